@@ -1,0 +1,91 @@
+"""One LSTM layer over a sequence: the time loop, padding masks and padded reversal.
+
+`run_sequence` is the loop every module here uses: the input projection of all steps is one matmul
+before the loop, then a `lax.scan` over time. Arrays are time-major inside (T, B, F), so a stack
+transposes once at each end rather than once per layer. `LSTMLayer` wraps it as a module with
+batch-major input for users who want a single layer.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from lstm import checks
+from lstm.cell import Carry, LSTMCell
+
+Array = jax.Array
+
+
+def time_mask(seq_lengths: Optional[Array], num_steps: int) -> Optional[Array]:
+  """(T, B) boolean mask of valid steps, or None when every step is valid."""
+  if seq_lengths is None:
+    return None
+  return jnp.arange(num_steps)[:, None] < seq_lengths[None, :]
+
+
+def reverse_padded(x: Array, seq_lengths: Optional[Array]) -> Array:
+  """Reverses time-major `x` (T, B, ...) within each sequence's valid part; padding stays put.
+
+  The permutation is its own inverse, so the same call maps reversed outputs back.
+  """
+  if seq_lengths is None:
+    return x[::-1]
+  t = jnp.arange(x.shape[0])[:, None]
+  index = jnp.where(t < seq_lengths[None, :], seq_lengths[None, :] - 1 - t, t)
+  index = index.reshape(index.shape + (1,) * (x.ndim - 2))
+  return jnp.take_along_axis(x, index, axis=0)
+
+
+def zero_carry(cell: LSTMCell, batch: int) -> Carry:
+  return cell.initialize_carry(None, (batch, 1))
+
+
+def run_sequence(cell: LSTMCell, x: Array, mask: Optional[Array] = None,
+                 seq_lengths: Optional[Array] = None, initial_carry: Optional[Carry] = None,
+                 reverse: bool = False, remat: bool = False) -> tuple[Array, Carry]:
+  """Runs a bound `cell` over time-major `x` (T, B, F); returns outputs (T, B, P) and final carry.
+
+  Past a sequence's length the carry stops changing and the output is zero. `reverse` runs each
+  sequence from its last valid step to its first, and returns outputs in the original order.
+  """
+  w = cell.weights(x.shape[-1])
+  if reverse:
+    x = reverse_padded(x, seq_lengths)
+  z = cell.project_inputs(w, x)
+  carry = zero_carry(cell, x.shape[1]) if initial_carry is None else initial_carry
+
+  def step(carry, inputs):
+    z_t, m_t = inputs
+    new_carry, h = cell.step(w, carry, z_t)
+    if m_t is not None:
+      m = m_t[:, None]
+      new_carry = jax.tree.map(lambda new, old: jnp.where(m, new, old), new_carry, carry)
+      h = jnp.where(m, h, jnp.zeros((), h.dtype))
+    return new_carry, h
+
+  if remat:
+    step = jax.checkpoint(step, prevent_cse=False)
+  carry, outputs = jax.lax.scan(step, carry, (z, mask))
+  if reverse:
+    outputs = reverse_padded(outputs, seq_lengths)
+  return outputs, carry
+
+
+class LSTMLayer(nn.Module):
+  """One LSTM layer over batch-major input (B, T, F): `outputs, carry = layer(x, seq_lengths)`."""
+  cell: LSTMCell
+  reverse: bool = False
+  remat: bool = False
+
+  @nn.compact
+  def __call__(self, x: Array, seq_lengths: Optional[Array] = None,
+               initial_carry: Optional[Carry] = None) -> tuple[Array, Carry]:
+    checks.check_inputs(x, seq_lengths)
+    x_tm = jnp.swapaxes(x, 0, 1)
+    mask = time_mask(seq_lengths, x_tm.shape[0])
+    outputs, carry = run_sequence(self.cell, x_tm, mask, seq_lengths, initial_carry,
+                                  self.reverse, self.remat)
+    return jnp.swapaxes(outputs, 0, 1), carry

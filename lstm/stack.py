@@ -1,0 +1,254 @@
+"""`StackedLSTM`: LSTM layers stacked, with a configurable op between them.
+
+Layer k >= 1 reads `dropout(between(y_{k-1}))` and, with `residual`, adds that input to its output
+(ELMo, GNMT). The default between-op is 'none': h goes straight up, as in every canonical design.
+`scan_layers` runs layers 2..L under `nn.scan` over the layer axis (the first layer has its own
+input width); `scanned_to_looped` / `looped_to_scanned` convert parameters between the layouts.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, Mapping, Optional, Sequence, Union
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from lstm import activations, checks
+from lstm.cell import Carry, LSTMCell
+from lstm.layer import run_sequence, time_mask, zero_carry
+
+Array = jax.Array
+Between = Union[str, Callable[[Array], Array]]
+CELL_FIELDS = tuple(f.name for f in dataclasses.fields(LSTMCell)
+                    if f.name not in ('parent', 'name'))
+BETWEEN_NAMES = ('none', 'layernorm')
+
+
+def _check_between(between: Between) -> None:
+  if callable(between) or between in BETWEEN_NAMES:
+    return
+  if isinstance(between, str) and between.lower() in activations.REGISTRY:
+    return
+  raise ValueError(f'between={between!r} is not known; use a callable or one of: '
+                   + ', '.join(BETWEEN_NAMES + tuple(activations.names())))
+
+
+class _Layer(nn.Module):
+  """One stacked layer: [between -> dropout] -> forward (and backward) cell -> [+ residual]."""
+  cell: Mapping[str, Any]
+  first: bool
+  bidirectional: bool
+  reverse: bool
+  between: Between
+  dropout: float
+  variational: bool
+  residual: bool
+  remat: bool
+  deterministic: bool
+
+  @nn.compact
+  def __call__(self, x, mask, seq_lengths, carry):
+    if not self.first:
+      if self.between == 'layernorm':
+        x = nn.LayerNorm(dtype=self.cell.get('dtype'), param_dtype=self.cell['param_dtype'],
+                         name='between')(x)
+      elif self.between != 'none':
+        x = activations.get(self.between, 'between')(x)
+      if self.dropout > 0:
+        x = nn.Dropout(self.dropout, broadcast_dims=(0,) if self.variational else ())(
+            x, deterministic=self.deterministic)
+    directions = [('forward', self.reverse)]
+    if self.bidirectional:
+      directions.append(('backward', not self.reverse))
+    outputs, carries = [], []
+    for i, (name, reverse) in enumerate(directions):
+      cell = LSTMCell(**self.cell, name=name)
+      init = None if carry is None else (carry[i] if self.bidirectional else carry)
+      y, c = run_sequence(cell, x, mask, seq_lengths, init, reverse, self.remat)
+      outputs.append(y)
+      carries.append(c)
+    y = outputs[0] if len(outputs) == 1 else jnp.concatenate(outputs, axis=-1)
+    if self.residual and not self.first:
+      y = y + x
+    return y, (tuple(carries) if self.bidirectional else carries[0])
+
+
+class StackedLSTM(nn.Module):
+  """A stack of LSTM layers over batch-major input (B, T, F).
+
+  `outputs, carries = model.apply(variables, x, seq_lengths=None, initial_carry=None,
+  deterministic=True, rngs={'dropout': key})`. `carries` is a tuple with one entry per layer:
+  (h, c), or ((h, c) forward, (h, c) backward) when bidirectional. Outputs past a sequence's length
+  are zero.
+
+  Attributes:
+    num_layers: number of layers (taken from `cells` when that is given).
+    hidden_size: features of every layer's cell (H).
+    cells: optional per-layer overrides of the cell options, one mapping per layer, e.g.
+      `({'features': 512}, {'features': 256, 'activation': 'relu'})`.
+    bidirectional: each layer runs both directions and concatenates them (PyTorch's layout).
+    reverse: the (forward) direction runs from the end of each sequence.
+    between: op applied to each layer's output before the next layer: 'none' (default), an
+      activation name, 'layernorm', or a callable.
+    dropout: dropout rate between layers (not after the last one, as PyTorch).
+    variational: one dropout mask per sequence, shared over time (locked dropout, AWD-LSTM).
+    residual: layer k >= 1 adds its input to its output (needs equal widths).
+    scan_layers: run layers 2..L with `nn.scan` (they must be identical); compile time stays flat.
+    remat: recompute activations in the backward pass (per layer and per step) to save memory.
+    The other attributes are `LSTMCell`'s, shared by every layer.
+  """
+  num_layers: int = 1
+  hidden_size: Optional[int] = None
+  cells: Optional[Sequence[Mapping[str, Any]]] = None
+  bidirectional: bool = False
+  reverse: bool = False
+  between: Between = 'none'
+  dropout: float = 0.0
+  variational: bool = False
+  residual: bool = False
+  scan_layers: bool = False
+  remat: bool = False
+  activation: activations.Activation = 'tanh'
+  recurrent_activation: activations.Activation = 'sigmoid'
+  use_bias: bool = True
+  forget_bias: float = 1.0
+  peephole: bool = False
+  proj_size: Optional[int] = None
+  cell_clip: Optional[float] = None
+  proj_clip: Optional[float] = None
+  layer_norm: bool = False
+  layer_norm_epsilon: float = 1e-5
+  kernel_init: Callable[..., Array] = LSTMCell.kernel_init
+  recurrent_kernel_init: Callable[..., Array] = LSTMCell.recurrent_kernel_init
+  bias_init: Callable[..., Array] = LSTMCell.bias_init
+  dtype: Optional[Any] = None
+  param_dtype: Any = jnp.float32
+
+  def __post_init__(self):
+    self._validate()
+    super().__post_init__()
+
+  def _validate(self):
+    if self.cells is None:
+      if isinstance(self.num_layers, bool) or not isinstance(self.num_layers, int) \
+          or self.num_layers < 1:
+        raise ValueError(f'num_layers must be a positive integer, got {self.num_layers!r}')
+      if self.hidden_size is None:
+        raise ValueError('hidden_size is required (or give one cell config per layer in cells)')
+    else:
+      if len(self.cells) == 0:
+        raise ValueError('cells must hold one mapping per layer, got an empty sequence')
+      if self.num_layers not in (1, len(self.cells)):
+        raise ValueError(f'num_layers={self.num_layers} disagrees with len(cells)={len(self.cells)}')
+      for i, overrides in enumerate(self.cells):
+        unknown = set(overrides) - set(CELL_FIELDS)
+        if unknown:
+          raise ValueError(f'cells[{i}] has unknown option(s) {sorted(unknown)}; '
+                           f'valid: {", ".join(CELL_FIELDS)}')
+    _check_between(self.between)
+    if not (isinstance(self.dropout, (int, float)) and 0.0 <= self.dropout < 1.0):
+      raise ValueError(f'dropout must be in [0, 1), got {self.dropout!r}')
+    configs = [self.cell_config(i) for i in range(self.depth)]
+    for i, config in enumerate(configs):
+      try:
+        LSTMCell(**config, parent=None)
+      except (ValueError, TypeError) as e:
+        raise type(e)(f'layer {i}: {e}') from None
+    widths = [self.output_width(c) for c in configs]
+    if self.residual and len(set(widths)) > 1:
+      raise ValueError(f'residual=True needs every layer to output the same width, got {widths}')
+    if self.scan_layers and any(c != configs[1] for c in configs[2:]):
+      raise ValueError('scan_layers=True needs identical cell configs for layers 2..num_layers')
+
+  @property
+  def depth(self) -> int:
+    return len(self.cells) if self.cells is not None else self.num_layers
+
+  def cell_config(self, layer: int) -> dict[str, Any]:
+    """The LSTMCell keyword arguments of `layer`: shared options, then that layer's overrides."""
+    config = {name: getattr(self, name) for name in CELL_FIELDS if name != 'features'}
+    config['features'] = self.hidden_size
+    if self.cells is not None:
+      config.update(self.cells[layer])
+    return config
+
+  def output_width(self, config: Mapping[str, Any]) -> int:
+    width = config.get('proj_size') or config['features']
+    return 2 * width if self.bidirectional else width
+
+  def _layer(self, i: int, deterministic: bool, first: bool, module=_Layer, **kwargs):
+    return module(cell=self.cell_config(i), first=first, bidirectional=self.bidirectional,
+                  reverse=self.reverse, between=self.between, dropout=self.dropout,
+                  variational=self.variational, residual=self.residual, remat=self.remat,
+                  deterministic=deterministic, **kwargs)
+
+  @nn.compact
+  def __call__(self, x: Array, seq_lengths: Optional[Array] = None,
+               initial_carry: Optional[Sequence[Any]] = None,
+               deterministic: bool = True) -> tuple[Array, tuple[Any, ...]]:
+    checks.check_inputs(x, seq_lengths)
+    if initial_carry is not None and len(initial_carry) != self.depth:
+      raise ValueError(f'initial_carry must hold one carry per layer ({self.depth}), '
+                       f'got {len(initial_carry)}')
+    y = jnp.swapaxes(x, 0, 1)
+    mask = time_mask(seq_lengths, y.shape[0])
+    layer_cls = nn.remat(_Layer, static_argnums=()) if self.remat else _Layer
+    carry = None if initial_carry is None else initial_carry[0]
+    y, first_carry = self._layer(0, deterministic, True, layer_cls, name='layer_0')(
+        y, mask, seq_lengths, carry)
+    carries = [first_carry]
+    if self.depth > 1 and self.scan_layers:
+      y, rest = self._scanned(y, mask, seq_lengths, initial_carry, deterministic, layer_cls)
+      carries.extend(rest)
+    else:
+      for i in range(1, self.depth):
+        carry = None if initial_carry is None else initial_carry[i]
+        y, c = self._layer(i, deterministic, False, layer_cls, name=f'layer_{i}')(
+            y, mask, seq_lengths, carry)
+        carries.append(c)
+    if mask is not None:
+      y = jnp.where(mask[..., None], y, jnp.zeros((), y.dtype))
+    return jnp.swapaxes(y, 0, 1), tuple(carries)
+
+  def _scanned(self, y, mask, seq_lengths, initial_carry, deterministic, layer_cls):
+    n = self.depth - 1
+    if initial_carry is None:
+      cell = LSTMCell(**self.cell_config(1), parent=None)
+      one = zero_carry(cell, y.shape[1])
+      one = (one, one) if self.bidirectional else one
+      stacked = jax.tree.map(lambda a: jnp.broadcast_to(a, (n,) + a.shape), one)
+    else:
+      stacked = jax.tree.map(lambda *a: jnp.stack(a), *initial_carry[1:])
+
+    def body(layer, y, carry):
+      return layer(y, mask, seq_lengths, carry)
+
+    scan = nn.scan(body, variable_axes={'params': 0}, split_rngs={'params': True, 'dropout': True},
+                   in_axes=0, out_axes=0, length=n)
+    y, finals = scan(self._layer(1, deterministic, False, layer_cls, name='layers'), y, stacked)
+    return y, [jax.tree.map(lambda a: a[i], finals) for i in range(n)]
+
+
+def looped_to_scanned(params: Mapping[str, Any]) -> dict[str, Any]:
+  """Parameters of a looped stack -> those of the same stack with `scan_layers=True`."""
+  params = dict(params)
+  rest = sorted((k for k in params if k.startswith('layer_') and k != 'layer_0'),
+                key=lambda k: int(k.split('_')[1]))
+  if not rest:
+    return params
+  stacked = jax.tree.map(lambda *a: jnp.stack(a), *[params.pop(k) for k in rest])
+  params['layers'] = stacked
+  return params
+
+
+def scanned_to_looped(params: Mapping[str, Any]) -> dict[str, Any]:
+  """Parameters of a stack with `scan_layers=True` -> those of the looped stack."""
+  params = dict(params)
+  if 'layers' not in params:
+    return params
+  stacked = params.pop('layers')
+  n = jax.tree.leaves(stacked)[0].shape[0]
+  for i in range(n):
+    params[f'layer_{i + 1}'] = jax.tree.map(lambda a: a[i], stacked)
+  return params
