@@ -50,7 +50,8 @@ def _check_clip(name: str, value):
 def _gate_norm(z: Array, scale: Array, bias: Optional[Array], groups: int, eps: float) -> Array:
   """Layer norm applied separately to each of `groups` equal blocks of the last axis."""
   shape = z.shape
-  zg = z.reshape(shape[:-1] + (groups, shape[-1] // groups)).astype(jnp.float32)
+  zg = z.reshape(shape[:-1] + (groups, shape[-1] // groups))
+  zg = zg.astype(jnp.promote_types(z.dtype, jnp.float32))
   mean = zg.mean(-1, keepdims=True)
   var = jnp.square(zg - mean).mean(-1, keepdims=True)
   normed = ((zg - mean) * jax.lax.rsqrt(var + eps)).reshape(shape).astype(z.dtype)

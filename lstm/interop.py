@@ -1,0 +1,326 @@
+"""Weight interop: `StackedLSTM` to and from `torch.nn.LSTM` and Keras 3 `LSTM` layers.
+
+`from_torch(module)` and `from_keras(layers)` return `(model, variables)`: a `StackedLSTM` with the
+same options and its float32 parameters, so `model.apply(variables, x)` computes what the source
+computes. `to_torch(model, variables)` goes the other way and refuses, with a ValueError naming the
+option, whatever `torch.nn.LSTM` cannot represent.
+
+Layouts (see the table in the project reference): PyTorch keeps (4H, in) row blocks and two biases,
+we keep (in, 4H) column blocks and one bias, both in gate order i, f, g, o; Keras' layout and gate
+order are ours, so its arrays copy straight.
+
+Our models are batch-major, (batch, time, features). A module's `batch_first` only says how that
+module lays out its input; it is not an option of the computation, so `from_torch` accepts either
+value and `to_torch` always returns a module with `batch_first=True`, which reads the same arrays
+as our model. Training-time options are carried where they have an equivalent (PyTorch `dropout`
+-> `dropout`); initialisers and Keras' `dropout` / `recurrent_dropout` are not (a warning says so).
+
+torch and keras are imported inside the functions: the library does not depend on them.
+"""
+from __future__ import annotations
+
+import warnings
+from typing import Any, Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from lstm import activations
+from lstm.stack import StackedLSTM, scanned_to_looped
+
+__all__ = ['from_torch', 'to_torch', 'from_keras']
+
+
+def _f32(a) -> jax.Array:
+  return jnp.asarray(np.asarray(a, dtype=np.float32))
+
+
+# ------------------------------------------------------------------------------------- PyTorch
+
+
+def _torch_numpy(t) -> np.ndarray:
+  return t.detach().to(device='cpu').float().numpy()
+
+
+def from_torch(module) -> tuple[StackedLSTM, dict[str, Any]]:
+  """A `StackedLSTM` and its variables computing what `torch.nn.LSTM` `module` computes.
+
+  kernel = weight_ih.T, recurrent_kernel = weight_hh.T, bias = bias_ih + bias_hh,
+  proj_kernel = weight_hr.T; the `_reverse` parameters become the `backward` direction. `dropout`
+  is carried over (PyTorch and `StackedLSTM` both drop every layer's output but the last).
+  `batch_first` is ignored: it only concerns the module's input layout, and ours is batch-major.
+  Parameters are converted to float32 whatever the module's dtype.
+
+  Weights under `torch.nn.utils.prune` or a parametrisation are read as the module uses them.
+  Raises TypeError when `module` is not a `torch.nn.LSTM`, and ValueError when one of the weights
+  its options call for is missing.
+  """
+  import torch
+
+  if not isinstance(module, torch.nn.LSTM):
+    raise TypeError(f'from_torch needs a torch.nn.LSTM, got {type(module).__module__}.'
+                    f'{type(module).__name__}')
+  if getattr(module, 'mode', 'LSTM') != 'LSTM':
+    raise ValueError(f'from_torch needs mode="LSTM", got mode={module.mode!r}')
+  hidden, proj = module.hidden_size, module.proj_size
+  bias, layers = module.bias, module.num_layers
+  suffixes = [('forward', '')] + ([('backward', '_reverse')] if module.bidirectional else [])
+
+  def get(name):
+    # getattr, not named_parameters: pruned or parametrised weights are read as they are used.
+    value = getattr(module, name, None)
+    if not isinstance(value, torch.Tensor):
+      raise ValueError(f'the module has no tensor {name!r}, which torch.nn.LSTM(num_layers='
+                       f'{layers}, bidirectional={module.bidirectional}, bias={bias}, '
+                       f'proj_size={proj}) has')
+    return _torch_numpy(value)
+
+  out: dict[str, Any] = {}
+  for k in range(layers):
+    layer = {}
+    for direction, suffix in suffixes:
+      tag = f'_l{k}{suffix}'
+      cell = {'kernel': _f32(get('weight_ih' + tag).T),
+              'recurrent_kernel': _f32(get('weight_hh' + tag).T)}
+      if bias:
+        cell['bias'] = _f32(get('bias_ih' + tag) + get('bias_hh' + tag))
+      if proj > 0:
+        cell['proj_kernel'] = _f32(get('weight_hr' + tag).T)
+      layer[direction] = cell
+    out[f'layer_{k}'] = layer
+  model = StackedLSTM(num_layers=layers, hidden_size=hidden, bidirectional=module.bidirectional,
+                      dropout=float(module.dropout), use_bias=bool(bias),
+                      proj_size=proj if proj > 0 else None)
+  return model, {'params': out}
+
+
+def _torch_refusals(model: StackedLSTM) -> list[str]:
+  """Options of `model` that torch.nn.LSTM cannot represent, each as a short message."""
+  problems = []
+  configs = [model.cell_config(i) for i in range(model.depth)]
+  for i, config in enumerate(configs):
+    where = f' (layer {i})' if model.cells is not None else ''
+    act = activations.name_of(config['activation'])
+    if act != 'tanh':
+      problems.append(f'activation={config["activation"]!r}{where}: torch.nn.LSTM uses tanh')
+    rec = activations.name_of(config['recurrent_activation'])
+    if rec != 'sigmoid':
+      problems.append(f'recurrent_activation={config["recurrent_activation"]!r}{where}: '
+                      'torch.nn.LSTM uses sigmoid')
+    for option in ('peephole', 'layer_norm'):
+      if config[option]:
+        problems.append(f'{option}=True{where}: torch.nn.LSTM has no {option}')
+    for option in ('cell_clip', 'proj_clip'):
+      if config[option] is not None:
+        problems.append(f'{option}={config[option]!r}{where}: torch.nn.LSTM does not clip')
+  shape = lambda c: (c['features'], c['proj_size'], c['use_bias'])
+  if len({shape(c) for c in configs}) > 1:
+    problems.append('cells: the layers differ in (features, proj_size, use_bias) = '
+                    f'{[shape(c) for c in configs]}; torch.nn.LSTM has one config for all layers')
+  if model.between != 'none':
+    problems.append(f'between={model.between!r}: torch.nn.LSTM feeds h straight up')
+  if model.residual:
+    problems.append('residual=True: torch.nn.LSTM has no residual connections')
+  if model.variational and model.dropout > 0:
+    problems.append('variational=True: torch.nn.LSTM dropout draws a new mask at every step')
+  if model.reverse:
+    problems.append('reverse=True: torch.nn.LSTM runs its forward direction forwards')
+  return problems
+
+
+def to_torch(model: StackedLSTM, variables: Mapping[str, Any]):
+  """A `torch.nn.LSTM` (batch_first=True, float32) computing what `model` computes.
+
+  bias_ih = bias and bias_hh = 0. Parameters of a `scan_layers=True` model are converted with
+  `scanned_to_looped` first (both layouts are accepted). Raises ValueError naming every option that
+  torch.nn.LSTM cannot represent: activation other than tanh, recurrent_activation other than
+  sigmoid, peephole, layer_norm, cell_clip, proj_clip, between other than 'none', residual,
+  variational dropout, reverse, and per-layer cells that differ in size or bias. Initialisers,
+  forget_bias, remat and the compute dtype do not change the function and are not carried.
+  """
+  import torch
+
+  if not isinstance(model, StackedLSTM):
+    raise TypeError(f'to_torch needs a StackedLSTM, got {type(model).__name__}')
+  problems = _torch_refusals(model)
+  if problems:
+    raise ValueError('torch.nn.LSTM cannot represent this StackedLSTM: ' + '; '.join(problems))
+  params = variables['params'] if 'params' in variables else variables
+  params = scanned_to_looped(dict(params))
+  config = model.cell_config(0)
+  hidden, proj, bias = config['features'], config['proj_size'] or 0, config['use_bias']
+  names = ['forward'] + (['backward'] if model.bidirectional else [])
+  missing = [f'layer_{k}/{d}' for k in range(model.depth) for d in names
+             if d not in params.get(f'layer_{k}', {})]
+  if missing:
+    raise ValueError(f'variables do not match the model: missing {missing}')
+  input_size = int(np.shape(params['layer_0']['forward']['kernel'])[0])
+  module = torch.nn.LSTM(input_size, hidden, num_layers=model.depth, bias=bias, batch_first=True,
+                         dropout=float(model.dropout), bidirectional=model.bidirectional,
+                         proj_size=proj, dtype=torch.float32)
+  state = {}
+  tensor = lambda a: torch.from_numpy(np.array(a, dtype=np.float32))
+  for k in range(model.depth):
+    for direction in names:
+      cell = params[f'layer_{k}'][direction]
+      tag = f'_l{k}' + ('_reverse' if direction == 'backward' else '')
+      state['weight_ih' + tag] = tensor(np.asarray(cell['kernel']).T)
+      state['weight_hh' + tag] = tensor(np.asarray(cell['recurrent_kernel']).T)
+      if bias:
+        state['bias_ih' + tag] = tensor(cell['bias'])
+        state['bias_hh' + tag] = torch.zeros(4 * hidden, dtype=torch.float32)
+      if proj:
+        state['weight_hr' + tag] = tensor(np.asarray(cell['proj_kernel']).T)
+  expected = module.state_dict()
+  for name, value in state.items():
+    if name in expected and tuple(expected[name].shape) != tuple(value.shape):
+      raise ValueError(f'variables do not match the model: {name} would have shape '
+                       f'{tuple(value.shape)}, torch.nn.LSTM expects {tuple(expected[name].shape)}')
+  module.load_state_dict(state, strict=True)
+  return module
+
+
+# --------------------------------------------------------------------------------------- Keras
+
+
+def _keras_leaky_relu(x):
+  """Keras 3's `leaky_relu`, whose default negative slope is 0.2 (JAX's and PyTorch's: 0.01)."""
+  return jax.nn.leaky_relu(x, negative_slope=0.2)
+
+
+# Keras names whose function differs from the registry entry of the same name.
+_KERAS_SPECIAL = {'leaky_relu': _keras_leaky_relu}
+
+
+def _keras_activation(fn, option: str, where: str):
+  """Our activation (registry name or callable) equal to Keras activation `fn`."""
+  import keras
+
+  name = None
+  try:
+    serialized = keras.activations.serialize(fn)
+  except Exception:  # noqa: BLE001 - custom callables do not always serialize
+    serialized = None
+  if isinstance(serialized, str):
+    name = serialized
+  elif getattr(fn, '__name__', None):
+    name = fn.__name__
+  builtin = None
+  if isinstance(name, str):
+    try:
+      builtin = keras.activations.get(name)
+    except Exception:  # noqa: BLE001
+      builtin = None
+  if builtin is not fn:
+    raise ValueError(f'{where}: {option}={fn!r} is not a built-in Keras activation; from_keras '
+                     'maps only those (known to us: ' + ', '.join(activations.names()) + ')')
+  if name in _KERAS_SPECIAL:
+    return _KERAS_SPECIAL[name]
+  if name not in activations.REGISTRY:
+    raise ValueError(f'{where}: {option}={name!r} has no equivalent here; known activations: '
+                     + ', '.join(activations.names()))
+  return name
+
+
+def _keras_cell(layer, where: str, backward: bool = False) -> tuple[dict[str, Any], dict[str, Any]]:
+  """(cell config, params) of one built keras.layers.LSTM; runs forwards unless `backward`."""
+  import keras
+
+  if not isinstance(layer, keras.layers.LSTM):
+    raise TypeError(f'{where}: from_keras needs keras.layers.LSTM layers (or Bidirectional '
+                    f'wrappers of them), got {type(layer).__name__}')
+  if not layer.built:
+    raise ValueError(f'{where}: layer {layer.name!r} is not built; call it on an input or '
+                     'layer.build(input_shape) first')
+  if layer.stateful:
+    raise ValueError(f'{where}: stateful=True is not supported (pass the state as initial_carry)')
+  if layer.go_backwards != backward:
+    raise ValueError(f'{where}: go_backwards={layer.go_backwards} is not supported (Keras '
+                     'returns the outputs reversed); use keras.layers.Bidirectional or '
+                     'StackedLSTM(reverse=True)')
+  if getattr(layer, 'dropout', 0) or getattr(layer, 'recurrent_dropout', 0):
+    warnings.warn(f'{where}: Keras dropout={layer.dropout} / recurrent_dropout='
+                  f'{layer.recurrent_dropout} are training-time options and are not carried over',
+                  stacklevel=3)
+  cell = layer.cell
+  config = {'features': int(cell.units),
+            'activation': _keras_activation(cell.activation, 'activation', where),
+            'recurrent_activation': _keras_activation(cell.recurrent_activation,
+                                                      'recurrent_activation', where),
+            'use_bias': bool(cell.use_bias)}
+  params = {'kernel': _f32(keras.ops.convert_to_numpy(cell.kernel)),
+            'recurrent_kernel': _f32(keras.ops.convert_to_numpy(cell.recurrent_kernel))}
+  if cell.use_bias:
+    params['bias'] = _f32(keras.ops.convert_to_numpy(cell.bias))
+  return config, params
+
+
+def from_keras(layers) -> tuple[StackedLSTM, dict[str, Any]]:
+  """A `StackedLSTM` and its variables computing what a stack of Keras 3 LSTM layers computes.
+
+  `layers`: built `keras.layers.LSTM` layers, first to last (or one layer, or a `keras.Sequential`
+  of them), or `keras.layers.Bidirectional(LSTM)` wrappers with merge_mode='concat' (all or none).
+  Keras' kernel (in, 4u), recurrent_kernel (u, 4u) and bias (4u,) have our layout and gate order,
+  so they are copied. `activation` and `recurrent_activation` map to our activations by name;
+  Keras' `hard_sigmoid` is Keras 3's relu6(x + 3) / 6, which is ours. Layers with different units
+  or activations become per-layer `cells`. The last layer's `return_sequences`/`return_state` do
+  not matter: our model returns both.
+
+  Raises TypeError for a layer that is not a (Bidirectional) keras.layers.LSTM, and ValueError
+  for an unbuilt layer, stateful=True, go_backwards=True, an activation without an equivalent,
+  or layers whose widths do not chain. Keras `dropout` and `recurrent_dropout` are not carried
+  (a warning says so).
+  """
+  import keras
+
+  if isinstance(layers, keras.Model):
+    layers = list(layers.layers)
+  elif isinstance(layers, keras.layers.Layer):
+    layers = [layers]
+  else:
+    layers = list(layers)
+  if not layers:
+    raise ValueError('from_keras needs at least one layer')
+  bidi = [isinstance(l, keras.layers.Bidirectional) for l in layers]
+  if any(bidi) and not all(bidi):
+    raise ValueError('from_keras: either every layer is keras.layers.Bidirectional or none is; '
+                     f'got {[type(l).__name__ for l in layers]}')
+  bidirectional = all(bidi)
+  configs, params = [], {}
+  for k, layer in enumerate(layers):
+    where = f'layers[{k}]'
+    if bidirectional:
+      if layer.merge_mode != 'concat':
+        raise ValueError(f'{where}: Bidirectional merge_mode={layer.merge_mode!r} is not '
+                         "supported; only 'concat'")
+      if not layer.built:
+        raise ValueError(f'{where}: layer {layer.name!r} is not built')
+      fwd, bwd = layer.forward_layer, layer.backward_layer
+      config, p_fwd = _keras_cell(fwd, where + '.forward_layer')
+      bwd_config, p_bwd = _keras_cell(bwd, where + '.backward_layer', backward=True)
+      if bwd_config != config:
+        raise ValueError(f'{where}: the forward and backward layers differ ({config} vs '
+                         f'{bwd_config}); StackedLSTM uses one cell config per layer')
+      params[f'layer_{k}'] = {'forward': p_fwd, 'backward': p_bwd}
+    else:
+      config, p = _keras_cell(layer, where)
+      params[f'layer_{k}'] = {'forward': p}
+    configs.append(config)
+  widths = [c['features'] * (2 if bidirectional else 1) for c in configs]
+  for k in range(1, len(configs)):
+    got = int(params[f'layer_{k}']['forward']['kernel'].shape[0])
+    if got != widths[k - 1]:
+      raise ValueError(f'layers[{k}] reads {got} features but layers[{k - 1}] outputs '
+                       f'{widths[k - 1]}: the layers do not form a stack')
+  first = configs[0]
+  if all(c == first for c in configs):
+    model = StackedLSTM(num_layers=len(configs), hidden_size=first['features'],
+                        bidirectional=bidirectional, activation=first['activation'],
+                        recurrent_activation=first['recurrent_activation'],
+                        use_bias=first['use_bias'])
+  else:
+    model = StackedLSTM(num_layers=len(configs), cells=tuple(configs),
+                        bidirectional=bidirectional)
+  return model, {'params': params}
+

@@ -1,0 +1,209 @@
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from lstm import StackedLSTM, looped_to_scanned, scanned_to_looped
+
+B, T, F, H = 3, 6, 4, 5
+LENGTHS = jnp.array([6, 3, 1])
+
+
+def _x(seed=0):
+  return jax.random.normal(jax.random.key(seed), (B, T, F))
+
+
+def _close(a, b, **kw):
+  jax.tree.map(lambda u, v: np.testing.assert_allclose(u, v, **kw), a, b)
+
+
+def test_default_is_plain_stack_of_layers():
+  model = StackedLSTM(num_layers=2, hidden_size=H)
+  assert model.between == 'none' and model.activation == 'tanh'
+  assert model.recurrent_activation == 'sigmoid' and model.forget_bias == 1.0
+  variables = model.init(jax.random.key(0), _x())
+  assert set(variables['params']) == {'layer_0', 'layer_1'}
+  y, carries = model.apply(variables, _x())
+  assert y.shape == (B, T, H) and len(carries) == 2
+  np.testing.assert_allclose(carries[1][0], y[:, -1], atol=1e-6)
+
+
+def test_between_op_is_applied_to_next_layer_input():
+  plain = StackedLSTM(num_layers=2, hidden_size=H)
+  relu = StackedLSTM(num_layers=2, hidden_size=H, between='relu')
+  variables = plain.init(jax.random.key(0), _x())
+  y_plain, c_plain = plain.apply(variables, _x())
+  y_relu, c_relu = relu.apply(variables, _x())
+  np.testing.assert_array_equal(c_plain[0][0], c_relu[0][0])  # first layer untouched
+  assert not np.allclose(y_plain, y_relu)
+  custom = StackedLSTM(num_layers=2, hidden_size=H, between=jax.nn.relu)
+  np.testing.assert_allclose(custom.apply(variables, _x())[0], y_relu, atol=1e-7)
+
+
+def test_layernorm_between_has_params_per_gap():
+  model = StackedLSTM(num_layers=3, hidden_size=H, between='layernorm')
+  params = model.init(jax.random.key(0), _x())['params']
+  assert 'between' not in params['layer_0']
+  assert params['layer_1']['between']['scale'].shape == (H,)
+  assert params['layer_2']['between']['scale'].shape == (H,)
+
+
+def test_residual_adds_layer_input():
+  model = StackedLSTM(num_layers=2, hidden_size=H, residual=True)
+  plain = StackedLSTM(num_layers=2, hidden_size=H)
+  variables = model.init(jax.random.key(0), _x())
+  y_res, c_res = model.apply(variables, _x())
+  y_plain, _ = plain.apply(variables, _x())
+  first = StackedLSTM(num_layers=1, hidden_size=H)
+  y_first, _ = first.apply({'params': {'layer_0': variables['params']['layer_0']}}, _x())
+  np.testing.assert_allclose(y_res, y_plain + y_first, atol=1e-6)
+
+
+def test_dropout_standard_and_variational():
+  x = _x()
+  for variational in (False, True):
+    model = StackedLSTM(num_layers=2, hidden_size=H, dropout=0.5, variational=variational,
+                        between=lambda v: v * 0 + 1.0)  # the next layer sees the mask itself
+    variables = model.init(jax.random.key(0), x)
+    y_eval, _ = model.apply(variables, x)
+    y_eval2, _ = model.apply(variables, x, deterministic=True)
+    np.testing.assert_array_equal(y_eval, y_eval2)
+
+    seen = {}
+
+    def capture(next_fun, args, kwargs, context):
+      out = next_fun(*args, **kwargs)
+      if isinstance(context.module, nn.Dropout):
+        seen['mask'] = out
+      return out
+
+    with nn.intercept_methods(capture):
+      y_train, _ = model.apply(variables, x, deterministic=False,
+                               rngs={'dropout': jax.random.key(3)})
+    mask = np.asarray(seen['mask'])  # (T, B, H) time-major, values 0 or 2
+    assert set(np.unique(mask)) <= {0.0, 2.0}
+    assert not np.allclose(y_train, y_eval)
+    same_over_time = np.all(mask == mask[:1])
+    assert same_over_time == variational
+
+
+def test_dropout_needs_rng_only_when_training():
+  model = StackedLSTM(num_layers=2, hidden_size=H, dropout=0.3)
+  variables = model.init(jax.random.key(0), _x())
+  model.apply(variables, _x())
+  with pytest.raises(Exception, match='dropout'):
+    model.apply(variables, _x(), deterministic=False)
+
+
+@pytest.mark.parametrize('bidirectional', [False, True])
+def test_scan_layers_matches_looped_after_conversion(bidirectional):
+  kw = dict(num_layers=4, hidden_size=H, bidirectional=bidirectional, between='layernorm',
+            residual=True)
+  looped, scanned = StackedLSTM(**kw), StackedLSTM(**kw, scan_layers=True)
+  x = _x()
+  v_loop = looped.init(jax.random.key(0), x)
+  v_scan = scanned.init(jax.random.key(0), x)
+  assert jax.tree.map(jnp.shape, looped_to_scanned(v_loop['params'])) == \
+      jax.tree.map(jnp.shape, v_scan['params'])
+  p_scan = looped_to_scanned(v_loop['params'])
+  _close(scanned_to_looped(p_scan), v_loop['params'], rtol=0, atol=0)
+
+  def loss(model, params):
+    y, carries = model.apply({'params': params}, x, seq_lengths=LENGTHS)
+    return jnp.sum(y ** 2) + sum(jnp.sum(a) for a in jax.tree.leaves(carries))
+
+  y_loop, c_loop = looped.apply(v_loop, x, seq_lengths=LENGTHS)
+  y_scan, c_scan = scanned.apply({'params': p_scan}, x, seq_lengths=LENGTHS)
+  _close(y_scan, y_loop, atol=1e-6)
+  _close(c_scan, c_loop, atol=1e-6)
+  g_loop = jax.grad(lambda p: loss(looped, p))(v_loop['params'])
+  g_scan = jax.grad(lambda p: loss(scanned, p))(p_scan)
+  _close(scanned_to_looped(g_scan), g_loop, rtol=1e-5, atol=1e-5)
+
+
+def test_scan_layers_initial_carry_and_dropout_rngs_differ_per_layer():
+  model = StackedLSTM(num_layers=3, hidden_size=H, scan_layers=True, dropout=0.5)
+  variables = model.init(jax.random.key(0), _x())
+  _, carries = model.apply(variables, _x())
+  y1, c1 = model.apply(variables, _x(1), initial_carry=carries)
+  looped = StackedLSTM(num_layers=3, hidden_size=H)
+  y2, c2 = looped.apply({'params': scanned_to_looped(variables['params'])}, _x(1),
+                        initial_carry=carries)
+  _close(y1, y2, atol=1e-6)
+  _close(c1, c2, atol=1e-6)
+  p = variables['params']['layers']['forward']['kernel']
+  assert not np.allclose(p[0], p[1])  # layers are initialised independently
+
+
+@pytest.mark.parametrize('kw', [dict(bidirectional=True), dict(bidirectional=True, residual=True,
+                                                               between='layernorm', peephole=True)])
+def test_bidirectional_padding_invariance(kw):
+  model = StackedLSTM(num_layers=2, hidden_size=H, **kw)
+  x = _x()
+  variables = model.init(jax.random.key(0), x)
+  pad = (jnp.arange(T)[None, :] >= LENGTHS[:, None])[..., None]
+  y1, c1 = model.apply(variables, x, seq_lengths=LENGTHS)
+  y2, c2 = model.apply(variables, jnp.where(pad, 1e3, x), seq_lengths=LENGTHS)
+  _close(y1, y2, rtol=0, atol=0)
+  _close(c1, c2, rtol=0, atol=0)
+  assert np.all(np.asarray(y1)[np.broadcast_to(np.asarray(pad), y1.shape)] == 0)
+  # each example alone, unpadded, gives the same valid outputs
+  for b, n in enumerate(np.asarray(LENGTHS)):
+    y_b, _ = model.apply(variables, x[b:b + 1, :n])
+    np.testing.assert_allclose(y1[b, :n], y_b[0], atol=1e-6)
+
+
+def test_per_layer_cells_and_projection():
+  model = StackedLSTM(cells=({'features': 8, 'proj_size': 3}, {'features': 6, 'activation': 'relu'}))
+  variables = model.init(jax.random.key(0), _x())
+  p = variables['params']
+  assert p['layer_0']['forward']['proj_kernel'].shape == (8, 3)
+  assert p['layer_1']['forward']['kernel'].shape == (3, 24)
+  y, carries = model.apply(variables, _x())
+  assert y.shape == (B, T, 6) and carries[0][0].shape == (B, 3) and carries[0][1].shape == (B, 8)
+
+
+def test_remat_and_bfloat16():
+  x = _x()
+  model = StackedLSTM(num_layers=2, hidden_size=H, remat=True)
+  ref = StackedLSTM(num_layers=2, hidden_size=H)
+  variables = ref.init(jax.random.key(0), x)
+  loss = lambda m: lambda v: jnp.sum(m.apply(v, x, seq_lengths=LENGTHS)[0] ** 2)
+  _close(jax.grad(loss(model))(variables), jax.grad(loss(ref))(variables), rtol=1e-5, atol=1e-6)
+  bf16 = StackedLSTM(num_layers=2, hidden_size=H, dtype=jnp.bfloat16)
+  y, _ = bf16.apply(variables, x)
+  assert y.dtype == jnp.bfloat16
+  assert jax.tree.leaves(variables)[0].dtype == jnp.float32
+  np.testing.assert_allclose(np.asarray(y, np.float32), ref.apply(variables, x)[0], atol=0.05)
+  g = jax.grad(lambda v: jnp.sum(bf16.apply(v, x)[0].astype(jnp.float32) ** 2))(variables)
+  assert all(a.dtype == jnp.float32 and np.all(np.isfinite(a)) for a in jax.tree.leaves(g))
+
+
+@pytest.mark.parametrize('kwargs, match', [
+    (dict(num_layers=0, hidden_size=4), 'num_layers must be a positive integer'),
+    (dict(num_layers=2, hidden_size=0), 'layer 0: features must be a positive integer'),
+    (dict(num_layers=2), 'hidden_size is required'),
+    (dict(num_layers=2, hidden_size=4, between='sofmax'), "between='sofmax' is not known"),
+    (dict(num_layers=2, hidden_size=4, activation='rleu'), "activation='rleu'"),
+    (dict(num_layers=2, hidden_size=4, proj_size=4), 'proj_size must be smaller'),
+    (dict(num_layers=2, hidden_size=4, dropout=1.0), r'dropout must be in \[0, 1\)'),
+    (dict(cells=({'features': 4}, {'features': 5}), residual=True), 'residual=True needs'),
+    (dict(cells=({'features': 4}, {'features': 5}, {'features': 6}), scan_layers=True),
+     'scan_layers=True needs identical'),
+    (dict(cells=({'featurs': 4},)), r"cells\[0\] has unknown option"),
+])
+def test_bad_config_raises_before_tracing(kwargs, match):
+  with pytest.raises(ValueError, match=match):
+    StackedLSTM(**kwargs)
+
+
+def test_bad_call_arguments():
+  model = StackedLSTM(num_layers=2, hidden_size=H)
+  variables = model.init(jax.random.key(0), _x())
+  with pytest.raises(ValueError, match='x must have rank 3'):
+    model.apply(variables, jnp.ones((B, F)))
+  with pytest.raises(ValueError, match='initial_carry must hold one carry per layer'):
+    model.apply(variables, _x(), initial_carry=((jnp.zeros((B, H)),) * 2,))
+  with pytest.raises(ValueError, match='seq_lengths must lie in'):
+    model.apply(variables, _x(), seq_lengths=jnp.array([1, -1, 2]))
