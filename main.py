@@ -1,0 +1,32 @@
+"""Entry point: `python main.py --config=configs/stack.py --workdir=DIR [--config.FIELD=VALUE ...]`."""
+import sys
+
+import jax
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+import train
+from train import validation
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string('workdir', None, 'Directory for checkpoints, metrics and results.')
+config_flags.DEFINE_config_file('config', None, 'Training configuration file.', lock_config=True)
+flags.mark_flags_as_required(['config', 'workdir'])
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError('Too many command-line arguments.')
+  config = FLAGS.config
+  if config.get('distributed'):
+    jax.distributed.initialize()
+  logging.info('JAX process %d of %d; devices: %s', jax.process_index(), jax.process_count(),
+               jax.devices())
+  try:
+    train.train_and_evaluate(config, FLAGS.workdir)
+  except (validation.ConfigError, train.trainer.NonFiniteLoss) as e:
+    sys.exit(f'error: {e}')
+
+
+if __name__ == '__main__':
+  app.run(main)

@@ -1,0 +1,99 @@
+"""Metric output: TensorBoard event files and `metrics.jsonl` in the workdir, and the console
+progress line. Only process 0 writes."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from typing import Mapping, Optional
+
+import jax
+from absl import logging
+
+
+def derived(kind: str, level: Optional[str], loss: float) -> dict[str, float]:
+  """Perplexity or bits per character for language models; nothing extra otherwise."""
+  if kind != 'lm':
+    return {}
+  if level == 'char':
+    return {'bpc': loss / math.log(2)}
+  return {'perplexity': math.exp(min(loss, 50.0))}
+
+
+class MetricWriter:
+  """Appends {'step', 'split', metrics...} records; on resume drops records past the checkpoint."""
+
+  def __init__(self, workdir: str, resume_step: int = 0):
+    self.enabled = jax.process_index() == 0
+    self.path = os.path.join(workdir, 'metrics.jsonl')
+    self.tb = None
+    if not self.enabled:
+      return
+    if os.path.exists(self.path):
+      with open(self.path) as f:
+        kept = [line for line in f if line.strip() and json.loads(line)['step'] <= resume_step]
+      with open(self.path, 'w') as f:
+        f.writelines(kept)
+    from tensorboardX import SummaryWriter
+    self.tb = SummaryWriter(os.path.join(workdir, 'tensorboard'), purge_step=resume_step + 1)
+
+  def write(self, step: int, split: str, metrics: Mapping[str, float]) -> None:
+    if not self.enabled:
+      return
+    record = {'step': int(step), 'split': split, **{k: float(v) for k, v in metrics.items()}}
+    with open(self.path, 'a') as f:
+      f.write(json.dumps(record) + '\n')
+    for k, v in metrics.items():
+      self.tb.add_scalar(f'{split}/{k}', float(v), int(step))
+    self.tb.flush()
+
+  def close(self) -> None:
+    if self.tb is not None:
+      self.tb.close()
+
+
+def _duration(seconds: float) -> str:
+  seconds = int(max(seconds, 0))
+  h, rem = divmod(seconds, 3600)
+  m, s = divmod(rem, 60)
+  return f'{h}h{m:02d}m' if h else f'{m}m{s:02d}s'
+
+
+class Progress:
+  """Console line with step, loss, rate and ETA, measured over the steps since the last line."""
+
+  def __init__(self, start_step: int, total_steps: int, tokens_per_step: int):
+    self.total, self.tokens = total_steps, tokens_per_step
+    self.last_step, self.last_time = start_step, time.perf_counter()
+    self.start_step, self.start_time = start_step, self.last_time
+
+  def rate(self, step: int) -> dict[str, float]:
+    now = time.perf_counter()
+    steps_per_s = (step - self.last_step) / max(now - self.last_time, 1e-9)
+    self.last_step, self.last_time = step, now
+    return {'steps_per_s': steps_per_s, 'tokens_per_s': steps_per_s * self.tokens}
+
+  def line(self, step: int, metrics: Mapping[str, float], rate: Mapping[str, float]) -> None:
+    if jax.process_index() != 0:
+      return
+    elapsed = time.perf_counter() - self.start_time
+    overall = (step - self.start_step) / max(elapsed, 1e-9)
+    eta = (self.total - step) / overall if overall > 0 else float('nan')
+    shown = ' | '.join(f'{k} {v:.4g}' for k, v in metrics.items())
+    logging.info('step %d/%d | %s | %.2f steps/s | %.0f tok/s | elapsed %s | ETA %s', step,
+                 self.total, shown, rate['steps_per_s'], rate['tokens_per_s'], _duration(elapsed),
+                 _duration(eta))
+
+
+class _DropLibraryInfo(logging.logging.Filter):
+  """Drops INFO records from orbax (a dozen lines per checkpoint) while keeping its warnings."""
+
+  def filter(self, record) -> bool:
+    return record.levelno > logging.logging.INFO or '/orbax/' not in record.pathname
+
+
+def quiet_library_logs() -> None:
+  handler = logging.get_absl_handler()
+  if not any(isinstance(f, _DropLibraryInfo) for f in handler.filters):
+    handler.addFilter(_DropLibraryInfo())

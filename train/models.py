@@ -1,0 +1,139 @@
+"""Task models around `lstm.StackedLSTM`, built from `config.model` by `build_model`.
+
+- `LanguageModel`: embedding -> dropout -> stack -> dropout -> softmax head (optionally tied).
+- `SequenceClassifier`: stack -> the last valid step (or a masked mean) -> dense head; with one
+  output it is the regressor of the adding problem.
+- `SequenceTagger`: stack -> a dense head on every step (copy task).
+"""
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from lstm import StackedLSTM
+
+STACK_FIELDS = ('num_layers', 'hidden_size', 'bidirectional', 'between', 'dropout', 'variational',
+                'residual', 'scan_layers', 'remat', 'activation', 'recurrent_activation',
+                'forget_bias', 'peephole', 'proj_size', 'cell_clip', 'proj_clip', 'layer_norm')
+DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16, 'float16': jnp.float16}
+POOLINGS = ('last', 'mean')
+
+
+def _uniform(scale: float):
+  """U(-scale, scale), Zaremba's initialisation of every weight."""
+  def init(key, shape, dtype=jnp.float32):
+    return jax.random.uniform(key, shape, dtype, -scale, scale)
+  return init
+
+
+def stack_kwargs(model_config) -> dict[str, Any]:
+  """StackedLSTM keyword arguments from `config.model` (names are shared one to one)."""
+  kwargs = {name: model_config[name] for name in STACK_FIELDS if name in model_config}
+  kwargs['dtype'] = DTYPES[model_config.get('dtype', 'float32')]
+  scale = model_config.get('init_scale', 0.0)
+  if scale:
+    kwargs.update(kernel_init=_uniform(scale), recurrent_kernel_init=_uniform(scale))
+  return kwargs
+
+
+def _dense(features, scale, dtype, name):
+  init = _uniform(scale) if scale else nn.initializers.lecun_normal()
+  return nn.Dense(features, kernel_init=init, dtype=dtype, name=name)
+
+
+def _last_valid(y: jax.Array, lengths: jax.Array, bidirectional: bool) -> jax.Array:
+  """Output at each sequence's last valid step; for a bidirectional stack the backward half is
+  taken at step 0, where that direction has read the whole sequence."""
+  last = jnp.take_along_axis(y, jnp.maximum(lengths - 1, 0)[:, None, None], axis=1)[:, 0]
+  if not bidirectional:
+    return last
+  half = y.shape[-1] // 2
+  return jnp.concatenate([last[:, :half], y[:, 0, half:]], axis=-1)
+
+
+class LanguageModel(nn.Module):
+  vocab_size: int
+  embed_size: int
+  stack: dict
+  embed_dropout: float = 0.0
+  output_dropout: float = 0.0
+  tie_embeddings: bool = False
+  init_scale: float = 0.0
+
+  @nn.compact
+  def __call__(self, tokens, initial_carry=None, deterministic=True):
+    dtype = self.stack.get('dtype')
+    embed_init = _uniform(self.init_scale) if self.init_scale else nn.initializers.normal(1.0)
+    embed = nn.Embed(self.vocab_size, self.embed_size, embedding_init=embed_init, dtype=dtype,
+                     name='embed')
+    x = nn.Dropout(self.embed_dropout)(embed(tokens), deterministic=deterministic)
+    y, carries = StackedLSTM(**self.stack, name='lstm')(x, initial_carry=initial_carry,
+                                                        deterministic=deterministic)
+    y = nn.Dropout(self.output_dropout)(y, deterministic=deterministic)
+    if self.tie_embeddings:
+      logits = embed.attend(y)
+    else:
+      logits = _dense(self.vocab_size, self.init_scale, dtype, 'head')(y)
+    return logits.astype(jnp.float32), carries
+
+
+class SequenceClassifier(nn.Module):
+  num_outputs: int
+  stack: dict
+  vocab_size: Optional[int] = None
+  embed_size: int = 0
+  pooling: str = 'last'
+
+  @nn.compact
+  def __call__(self, inputs, lengths, deterministic=True):
+    x = inputs
+    if self.vocab_size is not None:
+      x = nn.Embed(self.vocab_size, self.embed_size, name='embed')(inputs)
+    y, _ = StackedLSTM(**self.stack, name='lstm')(x, seq_lengths=lengths,
+                                                  deterministic=deterministic)
+    if self.pooling == 'mean':
+      pooled = y.sum(1) / jnp.maximum(lengths, 1)[:, None].astype(y.dtype)
+    else:
+      pooled = _last_valid(y, lengths, self.stack.get('bidirectional', False))
+    out = nn.Dense(self.num_outputs, dtype=self.stack.get('dtype'), name='head')(pooled)
+    return out.astype(jnp.float32)
+
+
+class SequenceTagger(nn.Module):
+  num_outputs: int
+  stack: dict
+  vocab_size: Optional[int] = None
+  embed_size: int = 0
+
+  @nn.compact
+  def __call__(self, inputs, deterministic=True):
+    x = inputs
+    if self.vocab_size is not None:
+      x = nn.Embed(self.vocab_size, self.embed_size, name='embed')(inputs)
+    y, _ = StackedLSTM(**self.stack, name='lstm')(x, deterministic=deterministic)
+    out = nn.Dense(self.num_outputs, dtype=self.stack.get('dtype'), name='head')(y)
+    return out.astype(jnp.float32)
+
+
+def build_model(config, dataset) -> nn.Module:
+  """The model for `dataset.kind`, configured by `config.model`."""
+  m = config.model
+  stack = stack_kwargs(m)
+  embed_size = m.get('embed_size', 0) or m.hidden_size
+  if dataset.kind == 'lm':
+    return LanguageModel(vocab_size=dataset.vocab_size, embed_size=embed_size, stack=stack,
+                         embed_dropout=m.get('embed_dropout', m.dropout),
+                         output_dropout=m.get('output_dropout', m.dropout),
+                         tie_embeddings=m.get('tie_embeddings', False),
+                         init_scale=m.get('init_scale', 0.0))
+  if dataset.kind in ('classify', 'regress'):
+    outputs = 1 if dataset.kind == 'regress' else dataset.num_classes
+    return SequenceClassifier(num_outputs=outputs, stack=stack, vocab_size=dataset.vocab_size,
+                              embed_size=embed_size, pooling=m.get('pooling', 'last'))
+  if dataset.kind == 'per_step':
+    return SequenceTagger(num_outputs=dataset.num_classes, stack=stack,
+                          vocab_size=dataset.vocab_size, embed_size=embed_size)
+  raise ValueError(f'no model for dataset kind {dataset.kind!r}')
