@@ -16,7 +16,7 @@ def derived(kind: str, level: Optional[str], loss: float) -> dict[str, float]:
   """Perplexity or bits per character for language models; nothing extra otherwise."""
   if kind != 'lm':
     return {}
-  if level == 'char':
+  if level in ('char', 'byte'):
     return {'bpc': loss / math.log(2)}
   return {'perplexity': math.exp(min(loss, 50.0))}
 

@@ -111,7 +111,7 @@ def make_train_step(model, kind: str, tx, schedule) -> Callable:
     (loss, (sums, new_carry)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    out = {'loss': loss, 'grad_norm': optax.global_norm(grads),
+    out = {'loss': loss, 'grad_norm': optax.tree.norm(grads),
            'learning_rate': jnp.asarray(schedule(state.step), jnp.float32)}
     if 'correct' in sums:
       out['accuracy'] = sums['correct'] / jnp.maximum(sums['count'], 1e-12)
@@ -236,7 +236,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
   validation.check_config(config)
   dataset, train_batches, eval_batches = _load(config)
   kind = dataset.kind
-  level = config.data.get('level', 'char' if config.task == 'ptb_char' else 'word')
+  level = {'ptb_char': 'char', 'ptb_word': 'word'}.get(config.task) or config.data.get('level') \
+      or 'char'
   dist = Distribution(config.batch_size)
   Distribution(config.get('eval_batch_size') or config.batch_size, 'config.eval_batch_size')
   model = models.build_model(config, dataset)
@@ -305,14 +306,16 @@ def train_and_evaluate(config, workdir: str) -> dict:
       reset = position == 0 or position >= steps_per_epoch
       batch = dist.put_batch(next(train_batches))
       state, train_metrics = train_step(state, batch, jnp.asarray(reset))
-      loss = float(train_metrics['loss'])
+      loss, grad_norm = float(train_metrics['loss']), float(train_metrics['grad_norm'])
       step += 1
-      if not math.isfinite(loss):
-        results.update(status='diverged', step=step, message=f'non-finite loss {loss} at step {step}')
+      if not (math.isfinite(loss) and math.isfinite(grad_norm)):
+        results.update(status='diverged', step=step,
+                       message=f'non-finite loss {loss} (gradient norm {grad_norm}) at step {step}')
         _write_json(os.path.join(workdir, 'results.json'), results)
         writer.close()
         ckpts.close()
-        raise NonFiniteLoss(f'loss is {loss} at step {step}; stopped. The last good checkpoint '
+        raise NonFiniteLoss(f'loss {loss}, gradient norm {grad_norm} at step {step}: stopped. '
+                            f'The last good checkpoint '
                             f'(step {ckpts.latest_step()}) in {workdir} is untouched.')
       if step % config.log_every_steps == 0 or step == num_train_steps:
         scalars = {k: float(v) for k, v in train_metrics.items()}

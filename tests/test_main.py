@@ -1,0 +1,85 @@
+"""The command line: resume after kill -9, SIGTERM, and one-line errors."""
+import json
+import os
+import signal
+import time
+
+import numpy as np
+
+from tests.trainer_utils import load_params, run_main
+
+LONG = ['--config.num_train_steps=60', '--config.checkpoint_every_steps=5',
+        '--config.eval_every_steps=1000', '--config.model.hidden_size=48',
+        '--config.num_steps=32', '--config.model.dropout=0.1']
+
+
+def _wait_for(predicate, proc, timeout=120):
+  deadline = time.time() + timeout
+  while time.time() < deadline:
+    if predicate():
+      return True
+    if proc.poll() is not None:
+      return False
+    time.sleep(0.005)
+  return False
+
+
+def _steps(workdir):
+  path = os.path.join(workdir, 'checkpoints')
+  return sorted(int(d) for d in os.listdir(path) if d.isdigit()) if os.path.isdir(path) else []
+
+
+def test_kill_9_then_resume_matches_uninterrupted(tmp_path):
+  whole, killed = str(tmp_path / 'whole'), str(tmp_path / 'killed')
+  done = run_main(whole, *LONG)
+  assert done.returncode == 0, done.stdout + done.stderr
+  proc = run_main(killed, *LONG, wait=False)
+  try:
+    assert _wait_for(lambda: any(s >= 10 for s in _steps(killed)), proc), 'no checkpoint appeared'
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+  finally:
+    proc.kill()
+  assert proc.returncode == -signal.SIGKILL
+  interrupted_at = max(_steps(killed))
+  assert interrupted_at < 60, 'the run finished before it could be killed'
+  resumed = run_main(killed, *LONG)
+  assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+  assert 'resumed from step' in resumed.stderr
+  step_a, params_a = load_params(whole)
+  step_b, params_b = load_params(killed)
+  assert step_a == step_b == 60
+  assert params_a.keys() == params_b.keys()
+  for key in params_a:
+    np.testing.assert_allclose(params_b[key], params_a[key], rtol=1e-6, atol=1e-7, err_msg=key)
+
+
+def test_sigterm_writes_checkpoint_and_exits_cleanly(tmp_path):
+  workdir = str(tmp_path)
+  proc = run_main(workdir, *LONG[:1], '--config.checkpoint_every_steps=1000',
+                  '--config.log_every_steps=1', '--config.model.hidden_size=48',
+                  '--config.num_steps=32', wait=False)
+  try:
+    assert _wait_for(lambda: os.path.exists(os.path.join(workdir, 'metrics.jsonl')), proc)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=60)
+  finally:
+    proc.kill()
+  assert proc.returncode == 0, out
+  results = json.loads((tmp_path / 'results.json').read_text())
+  assert results['status'] == 'preempted'
+  assert _steps(workdir) == [results['step']] and 0 < results['step'] < 60
+
+
+def test_bad_override_is_one_line(tmp_path):
+  result = run_main(str(tmp_path), '--config.model.between=sofmax')
+  assert result.returncode != 0
+  last = result.stderr.strip().splitlines()[-1]
+  assert last.startswith("error: config.model: between='sofmax' is not known"), result.stderr
+  assert 'Traceback' not in result.stderr
+
+
+def test_misspelt_field_is_refused(tmp_path):
+  result = run_main(str(tmp_path), '--config.model.num_layer=3')
+  assert result.returncode != 0
+  assert 'num_layer' in result.stderr
