@@ -6,7 +6,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 import train
-from train import validation
+from train import distributed, validation
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string('workdir', None, 'Directory for checkpoints, metrics and results.')
@@ -18,8 +18,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError('Too many command-line arguments.')
   config = FLAGS.config
-  if config.get('distributed'):
-    jax.distributed.initialize()
+  distributed.initialize(config)
   logging.info('JAX process %d of %d; devices: %s', jax.process_index(), jax.process_count(),
                jax.devices())
   try:

@@ -21,6 +21,11 @@ def _hard_sigmoid(x):
   return jnp.clip(x / 6.0 + 0.5, 0.0, 1.0)
 
 
+def _leaky_relu(x):
+  # Keras 3's default slope (JAX's and PyTorch's default is 0.01).
+  return jax.nn.leaky_relu(x, negative_slope=0.2)
+
+
 def _gelu(x):
   # Exact erf form, as torch.nn.GELU and keras.activations.gelu(approximate=False).
   return jax.nn.gelu(x, approximate=False)
@@ -39,7 +44,7 @@ REGISTRY: dict[str, Callable[[jax.Array], jax.Array]] = {
     'swish': jax.nn.silu,
     'softsign': jax.nn.soft_sign,
     'softplus': jax.nn.softplus,
-    'leaky_relu': jax.nn.leaky_relu,
+    'leaky_relu': _leaky_relu,
     'linear': _identity,
     'identity': _identity,
 }

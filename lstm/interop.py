@@ -5,7 +5,7 @@ same options and its float32 parameters, so `model.apply(variables, x)` computes
 computes. `to_torch(model, variables)` goes the other way and refuses, with a ValueError naming the
 option, whatever `torch.nn.LSTM` cannot represent.
 
-Layouts (see the table in the project reference): PyTorch keeps (4H, in) row blocks and two biases,
+Layouts: PyTorch keeps (4H, in) row blocks and two biases,
 we keep (in, 4H) column blocks and one bias, both in gate order i, f, g, o; Keras' layout and gate
 order are ours, so its arrays copy straight.
 
@@ -20,7 +20,7 @@ torch and keras are imported inside the functions: the library does not depend o
 from __future__ import annotations
 
 import warnings
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping
 
 import jax
 import jax.numpy as jnp
@@ -136,8 +136,11 @@ def to_torch(model: StackedLSTM, variables: Mapping[str, Any]):
   `scanned_to_looped` first (both layouts are accepted). Raises ValueError naming every option that
   torch.nn.LSTM cannot represent: activation other than tanh, recurrent_activation other than
   sigmoid, peephole, layer_norm, cell_clip, proj_clip, between other than 'none', residual,
-  variational dropout, reverse, and per-layer cells that differ in size or bias. Initialisers,
-  forget_bias, remat and the compute dtype do not change the function and are not carried.
+  variational dropout, reverse, and per-layer cells that differ in size or bias; and when
+  `variables` do not fit `model`. Initialisers, forget_bias and remat do not change the function
+  and are not carried; a `dtype`/`param_dtype` other than float32 is not carried either (the
+  module is float32). The module is in training mode, as every new torch module: call `.eval()`
+  to run it without dropout.
   """
   import torch
 
@@ -161,9 +164,14 @@ def to_torch(model: StackedLSTM, variables: Mapping[str, Any]):
                          proj_size=proj, dtype=torch.float32)
   state = {}
   tensor = lambda a: torch.from_numpy(np.array(a, dtype=np.float32))
+  wanted = {'kernel', 'recurrent_kernel'} | ({'bias'} if bias else set()) \
+      | ({'proj_kernel'} if proj else set())
   for k in range(model.depth):
     for direction in names:
       cell = params[f'layer_{k}'][direction]
+      if set(cell) != wanted:
+        raise ValueError(f'variables do not match the model: layer_{k}/{direction} holds '
+                         f'{sorted(cell)}, the model needs {sorted(wanted)}')
       tag = f'_l{k}' + ('_reverse' if direction == 'backward' else '')
       state['weight_ih' + tag] = tensor(np.asarray(cell['kernel']).T)
       state['weight_hh' + tag] = tensor(np.asarray(cell['recurrent_kernel']).T)
@@ -184,39 +192,21 @@ def to_torch(model: StackedLSTM, variables: Mapping[str, Any]):
 # --------------------------------------------------------------------------------------- Keras
 
 
-def _keras_leaky_relu(x):
-  """Keras 3's `leaky_relu`, whose default negative slope is 0.2 (JAX's and PyTorch's: 0.01)."""
-  return jax.nn.leaky_relu(x, negative_slope=0.2)
-
-
-# Keras names whose function differs from the registry entry of the same name.
-_KERAS_SPECIAL = {'leaky_relu': _keras_leaky_relu}
-
-
 def _keras_activation(fn, option: str, where: str):
   """Our activation (registry name or callable) equal to Keras activation `fn`."""
   import keras
 
-  name = None
-  try:
-    serialized = keras.activations.serialize(fn)
-  except Exception:  # noqa: BLE001 - custom callables do not always serialize
-    serialized = None
-  if isinstance(serialized, str):
-    name = serialized
-  elif getattr(fn, '__name__', None):
-    name = fn.__name__
+  # Keras' built-ins are plain functions registered under their __name__ ('swish' is silu).
+  name = getattr(fn, '__name__', None)
   builtin = None
-  if isinstance(name, str):
+  if isinstance(name, str) and not name.startswith('<'):
     try:
       builtin = keras.activations.get(name)
-    except Exception:  # noqa: BLE001
+    except (ValueError, TypeError):
       builtin = None
   if builtin is not fn:
     raise ValueError(f'{where}: {option}={fn!r} is not a built-in Keras activation; from_keras '
                      'maps only those (known to us: ' + ', '.join(activations.names()) + ')')
-  if name in _KERAS_SPECIAL:
-    return _KERAS_SPECIAL[name]
   if name not in activations.REGISTRY:
     raise ValueError(f'{where}: {option}={name!r} has no equivalent here; known activations: '
                      + ', '.join(activations.names()))
@@ -249,10 +239,11 @@ def _keras_cell(layer, where: str, backward: bool = False) -> tuple[dict[str, An
             'recurrent_activation': _keras_activation(cell.recurrent_activation,
                                                       'recurrent_activation', where),
             'use_bias': bool(cell.use_bias)}
-  params = {'kernel': _f32(keras.ops.convert_to_numpy(cell.kernel)),
-            'recurrent_kernel': _f32(keras.ops.convert_to_numpy(cell.recurrent_kernel))}
+  # `.value` is the backend array; np.array on a keras Variable warns under numpy 2.
+  array = lambda v: _f32(keras.ops.convert_to_numpy(v.value))
+  params = {'kernel': array(cell.kernel), 'recurrent_kernel': array(cell.recurrent_kernel)}
   if cell.use_bias:
-    params['bias'] = _f32(keras.ops.convert_to_numpy(cell.bias))
+    params['bias'] = array(cell.bias)
   return config, params
 
 

@@ -24,7 +24,7 @@ def test_callable_passes_through():
 def test_matches_keras_definitions():
   keras = pytest.importorskip('keras')
   x = np.linspace(-5, 5, 101).astype(np.float32)
-  for name in ['hard_sigmoid', 'softsign', 'elu', 'gelu', 'sigmoid', 'relu']:
+  for name in ['hard_sigmoid', 'softsign', 'elu', 'gelu', 'sigmoid', 'relu', 'leaky_relu', 'silu']:
     theirs = np.asarray(keras.activations.get(name)(x))
     np.testing.assert_allclose(activations.get(name)(jnp.asarray(x)), theirs, atol=1e-6,
                                err_msg=name)

@@ -278,7 +278,8 @@ REFUSALS = [
 ]
 
 
-@pytest.mark.parametrize('options,message', REFUSALS, ids=[m for _, m in REFUSALS])
+@pytest.mark.parametrize('options,message', REFUSALS,
+                         ids=['-'.join(sorted(o)) for o, _ in REFUSALS])
 def test_to_torch_refuses(options, message):
   if 'cells' not in options:
     options = dict(num_layers=2, hidden_size=H, **options)

@@ -60,11 +60,14 @@ def run_main(workdir, *flags, timeout=300, wait=True):
 def load_params(workdir):
   """The parameters of the latest checkpoint in `workdir`, as a flat {path: numpy array}."""
   import orbax.checkpoint as ocp
-  mngr = ocp.CheckpointManager(os.path.join(workdir, 'checkpoints'))
-  step = mngr.latest_step()
-  restored = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
-  mngr.close()
   import jax
+  path = os.path.join(workdir, 'checkpoints')
+  step = max(int(d) for d in os.listdir(path) if d.isdigit())
+  checkpointer = ocp.StandardCheckpointer()
+  metadata = checkpointer.metadata(os.path.join(path, str(step), 'state')).item_metadata
+  device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), metadata)
+  restored = {'state': checkpointer.restore(os.path.join(path, str(step), 'state'), target)}
   flat = jax.tree_util.tree_flatten_with_path(restored['state']['params'])[0]
   return step, {jax.tree_util.keystr(k): np.asarray(v) for k, v in flat}
 

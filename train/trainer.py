@@ -261,8 +261,9 @@ def train_and_evaluate(config, workdir: str) -> dict:
   def zero_carry(batch_size):
     carry_shapes = jax.eval_shape(
         lambda p: apply_model(model, kind, p, sample, None, None, False)[1], params_shape)
-    return jax.tree.map(lambda s: jax.device_put(jnp.zeros((batch_size,) + s.shape[1:], s.dtype),
-                                                 dist.batch), carry_shapes)
+    zeros = lambda: jax.tree.map(lambda s: jnp.zeros((batch_size,) + s.shape[1:], s.dtype),
+                                 carry_shapes)
+    return jax.jit(zeros, out_shardings=dist.carry_sharding(carry_shapes))()
 
   def init_state():
     rng = jax.random.PRNGKey(config.seed)
