@@ -54,7 +54,7 @@ def test_clipping_bounds_state():
 
 
 def test_gradients_numerically_with_every_option():
-  cell = LSTMCell(4, peephole=True, proj_size=3, cell_clip=50.0, proj_clip=50.0, layer_norm=True,
+  cell = LSTMCell(4, peephole=True, proj_size=3, cell_clip=0.6, proj_clip=0.25, layer_norm=True,
                   bias_init=nn.initializers.normal(0.5))
   variables, _, x = _init(cell, batch=2, features=3)
   params = jax.tree.map(lambda a: a + 0.1 * jax.random.normal(jax.random.key(3), a.shape),
@@ -66,6 +66,20 @@ def test_gradients_numerically_with_every_option():
     (h, c), out = cell.apply({'params': params}, carry, x)
     (h, c), out = cell.apply({'params': params}, (h, c), x * 0.5)
     return jnp.sum(out ** 2) + jnp.sum(jnp.sin(c))
+
+  # Both clips are active on some elements and keep clear of their boundaries, so the
+  # finite differences see the clipped (zero-gradient) branch as well as the smooth one.
+  def clipped_fraction(params, carry, x):
+    (h, c), _ = cell.apply({'params': params}, carry, x)
+    unclipped = cell.clone(cell_clip=None, proj_clip=None)
+    (h_raw, c_raw), _ = unclipped.apply({'params': params}, carry, x)
+    for raw, limit in ((c_raw, 0.6), (h_raw, 0.25)):
+      margin = jnp.abs(jnp.abs(raw) - limit)
+      assert float(margin.min()) > 1e-3
+    return float(jnp.mean(jnp.abs(c_raw) > 0.6)), float(jnp.mean(jnp.abs(h_raw) > 0.25))
+
+  c_frac, h_frac = clipped_fraction(params, carry, x)
+  assert 0 < c_frac < 1 and 0 < h_frac < 1
 
   with jax.enable_x64():
     params64, carry64, x64 = jax.tree.map(lambda a: a.astype(jnp.float64), (params, carry, x))
