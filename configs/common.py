@@ -49,6 +49,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.data = ml_collections.ConfigDict()
   c.data.path = config_dict.placeholder(str)
   c.data.max_train_tokens = config_dict.placeholder(int)
+  c.data.max_eval_tokens = config_dict.placeholder(int)
 
   m = c.model = ml_collections.ConfigDict()
   m.num_layers = 2
@@ -70,6 +71,7 @@ def base_config() -> ml_collections.ConfigDict:
   m.cell_clip = config_dict.placeholder(float)
   m.proj_clip = config_dict.placeholder(float)
   m.tie_embeddings = False
+  m.bilm = False                # language models: ELMo's forward + backward pair
   m.init_scale = 0.0            # > 0: every weight U(-init_scale, init_scale), as Zaremba
   m.pooling = 'last'
   m.scan_layers = False

@@ -423,3 +423,16 @@ def test_bad_batch_size_or_num_steps(batch_size, num_steps, match):
 def test_describe_is_one_line(ptb_word):
   assert ptb_word.describe() == ('ptb_word (lm): vocab 10000; train 929589, valid 73760, '
                                  'test 82430 tokens')
+
+
+def test_lm_with_reverse_cuts_the_reversed_stream_the_same_way():
+  stream = np.arange(1000, dtype=np.int32)
+  ds = data.Dataset(task='t', kind='lm', splits={'train': data.Split(tokens=stream)},
+                    vocab_size=1000, num_classes=1000, input_features=None, itos=None)
+  b = data.Batcher(ds, 'train', 4, 10, 0, shuffle=False, with_reverse=True)
+  first, second = next(b), next(b)
+  rows_rev = stream[::-1].reshape(4, 250)
+  np.testing.assert_array_equal(first['inputs_rev'], rows_rev[:, :10])
+  np.testing.assert_array_equal(first['targets_rev'], rows_rev[:, 1:11])
+  np.testing.assert_array_equal(second['inputs_rev'], rows_rev[:, 10:20])
+  np.testing.assert_array_equal(first['inputs'], stream.reshape(4, 250)[:, :10])

@@ -15,6 +15,9 @@ from tests.trainer_utils import read_metrics, tiny_config
 @pytest.mark.parametrize('task, overrides, metric', [
     ('ptb_char', {}, 'bpc'),
     ('ptb_word', {'model.tie_embeddings': True, 'model.embed_size': 16}, 'perplexity'),
+    ('ptb_word', {'model.bilm': True, 'model.proj_size': 8, 'model.cell_clip': 3.0,
+                  'model.proj_clip': 3.0, 'model.residual': True, 'optimizer.name': 'adagrad',
+                  'optimizer.learning_rate': 0.2}, 'perplexity_backward'),
     ('mnist1d', {'batch_size': 32, 'model.bidirectional': True}, 'accuracy'),
     ('digits', {'batch_size': 32, 'model.pooling': 'mean', 'model.between': 'layernorm'},
      'accuracy'),

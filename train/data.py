@@ -469,6 +469,8 @@ class Batcher:
   lm: the stream is cut into `batch_size` contiguous rows; batch i is rows[:, i*T:(i+1)*T] with the
   targets one step ahead. Never shuffled (`shuffle` is ignored: the trainer carries state across
   batches); every epoch restarts at batch 0. The last len % batch_size tokens are not used.
+  `with_reverse` adds 'inputs_rev' / 'targets_rev', the same cut of the reversed stream, for a
+  backward language model that carries its own state (ELMo's biLM).
   Other kinds: examples in the order of a permutation seeded by (seed, epoch) when `shuffle`, else
   in order. Every batch has 'valid' (B,) float32: 1 for real examples, 0 for padding; with
   drop_remainder=False the last batch is padded (with copies of the split's first example) to
@@ -479,7 +481,8 @@ class Batcher:
   """
 
   def __init__(self, dataset: Dataset, split: str, batch_size: int, num_steps: Optional[int],
-               seed: int, shuffle: bool, drop_remainder: bool = True):
+               seed: int, shuffle: bool, drop_remainder: bool = True,
+               with_reverse: bool = False):
     if split not in dataset.splits:
       raise ValueError(f'split {split!r} is not one of {sorted(dataset.splits)} of {dataset.task}')
     if not isinstance(batch_size, (int, np.integer)) or batch_size <= 0:
@@ -504,6 +507,9 @@ class Batcher:
                          f'({len(tokens)} tokens): rows of {row_len} tokens, need at least {need} '
                          f'(config.num_steps={self.num_steps})')
       self._rows = tokens[:row_len * self.batch_size].reshape(self.batch_size, row_len)
+      # The reversed stream, cut the same way, for a backward language model (ELMo's biLM).
+      self._rows_rev = (tokens[::-1][:row_len * self.batch_size].reshape(self.batch_size, row_len)
+                        if with_reverse else None)
       full, rest = divmod(row_len - 1, self.num_steps)
       self._num_batches = full + (1 if rest and not drop_remainder else 0)
     elif self.kind in _EXAMPLE_FIELDS:
@@ -563,8 +569,12 @@ class Batcher:
     if self.kind == 'lm':
       start = position * self.num_steps
       stop = min(start + self.num_steps, self._rows.shape[1] - 1)
-      return {'inputs': np.ascontiguousarray(self._rows[:, start:stop]),
-              'targets': np.ascontiguousarray(self._rows[:, start + 1:stop + 1])}
+      batch = {'inputs': np.ascontiguousarray(self._rows[:, start:stop]),
+               'targets': np.ascontiguousarray(self._rows[:, start + 1:stop + 1])}
+      if self._rows_rev is not None:
+        batch['inputs_rev'] = np.ascontiguousarray(self._rows_rev[:, start:stop])
+        batch['targets_rev'] = np.ascontiguousarray(self._rows_rev[:, start + 1:stop + 1])
+      return batch
     index = self._order(epoch)[position * self.batch_size:(position + 1) * self.batch_size]
     valid = np.ones((self.batch_size,), np.float32)
     if len(index) < self.batch_size:  # the padded last batch of a drop_remainder=False pass

@@ -1,6 +1,8 @@
 """Task models around `lstm.StackedLSTM`, built from `config.model` by `build_model`.
 
 - `LanguageModel`: embedding -> dropout -> stack -> dropout -> softmax head (optionally tied).
+- `BiLanguageModel`: ELMo's pair of language models, forward and backward, sharing embedding and
+  softmax.
 - `SequenceClassifier`: stack -> the last valid step (or a masked mean) -> dense head; with one
   output it is the regressor of the adding problem.
 - `SequenceTagger`: stack -> a dense head on every step (copy task).
@@ -80,6 +82,36 @@ class LanguageModel(nn.Module):
     return logits.astype(jnp.float32), carries
 
 
+class BiLanguageModel(nn.Module):
+  """ELMo's biLM: a forward and a backward language model, each its own stack reading its own
+  stream (the backward one reads the text reversed), sharing the embedding and the softmax."""
+  vocab_size: int
+  embed_size: int
+  stack: dict
+  embed_dropout: float = 0.0
+  output_dropout: float = 0.0
+  tie_embeddings: bool = False
+  init_scale: float = 0.0
+
+  @nn.compact
+  def __call__(self, tokens, tokens_rev, initial_carry=None, deterministic=True):
+    dtype = self.stack.get('dtype')
+    embed_init = _uniform(self.init_scale) if self.init_scale else nn.initializers.normal(1.0)
+    embed = nn.Embed(self.vocab_size, self.embed_size, embedding_init=embed_init, dtype=dtype,
+                     name='embed')
+    head = None if self.tie_embeddings else _dense(self.vocab_size, self.init_scale, dtype, 'head')
+    logits, carries = [], []
+    for i, (name, x) in enumerate((('forward', tokens), ('backward', tokens_rev))):
+      h = nn.Dropout(self.embed_dropout)(embed(x), deterministic=deterministic)
+      carry = None if initial_carry is None else initial_carry[i]
+      y, c = StackedLSTM(**self.stack, name=name)(h, initial_carry=carry,
+                                                  deterministic=deterministic)
+      y = nn.Dropout(self.output_dropout)(y, deterministic=deterministic)
+      logits.append((embed.attend(y) if head is None else head(y)).astype(jnp.float32))
+      carries.append(c)
+    return tuple(logits), tuple(carries)
+
+
 class SequenceClassifier(nn.Module):
   num_outputs: int
   stack: dict
@@ -124,7 +156,8 @@ def build_model(config, dataset) -> nn.Module:
   stack = stack_kwargs(m)
   embed_size = m.get('embed_size', 0) or m.hidden_size
   if dataset.kind == 'lm':
-    return LanguageModel(vocab_size=dataset.vocab_size, embed_size=embed_size, stack=stack,
+    cls = BiLanguageModel if m.get('bilm', False) else LanguageModel
+    return cls(vocab_size=dataset.vocab_size, embed_size=embed_size, stack=stack,
                          embed_dropout=m.get('embed_dropout', m.dropout),
                          output_dropout=m.get('output_dropout', m.dropout),
                          tie_embeddings=m.get('tie_embeddings', False),

@@ -53,6 +53,11 @@ def _xent(logits, labels):
 def loss_sums(kind: str, outputs, batch) -> dict[str, jax.Array]:
   """{'loss': sum, 'count': weight, 'correct': sum (classification)} for one batch."""
   if kind == 'lm':
+    if isinstance(outputs, tuple):  # biLM: forward and backward models, each on its own stream
+      forward = loss_sums(kind, outputs[0], batch)
+      backward = loss_sums(kind, outputs[1], {'targets': batch['targets_rev']})
+      total = jax.tree.map(jnp.add, forward, backward)
+      return {**total, 'loss_forward': forward['loss'], 'loss_backward': backward['loss']}
     xent = _xent(outputs, batch['targets'])
     correct = (outputs.argmax(-1) == batch['targets'])
     return {'loss': xent.sum(), 'count': jnp.asarray(xent.size, jnp.float32),
@@ -80,6 +85,11 @@ def summarize(kind: str, level: Optional[str], sums: dict[str, float]) -> dict[s
   if 'correct' in sums:
     out['accuracy'] = float(sums['correct']) / count
   out.update(metrics_lib.derived(kind, level, out['loss']))
+  for direction in ('forward', 'backward'):
+    if f'loss_{direction}' in sums:
+      loss = float(sums[f'loss_{direction}']) / (count / 2)
+      out.update({f'{k}_{direction}': v for k, v in
+                  {'loss': loss, **metrics_lib.derived(kind, level, loss)}.items()})
   return out
 
 
@@ -87,8 +97,9 @@ def apply_model(model, kind: str, params, batch, carry, rng, train: bool):
   """Runs the model on a batch; returns (outputs, new carry)."""
   rngs = {'dropout': rng} if train else {}
   if kind == 'lm':
-    return model.apply({'params': params}, batch['inputs'], initial_carry=carry,
-                       deterministic=not train, rngs=rngs)
+    tokens = (batch['inputs'], batch['inputs_rev']) if 'inputs_rev' in batch else (batch['inputs'],)
+    return model.apply({'params': params}, *tokens, initial_carry=carry, deterministic=not train,
+                       rngs=rngs)
   if kind in ('classify', 'regress'):
     lengths = batch.get('lengths')
     if lengths is None:
@@ -199,11 +210,12 @@ def _load(config):
     dataset = data.load_dataset(config)
     kind = dataset.kind
     num_steps = config.get('num_steps') if kind == 'lm' else None
+    bilm = kind == 'lm' and config.model.get('bilm', False)
     train = data.Batcher(dataset, 'train', config.batch_size, num_steps, config.seed,
-                         shuffle=kind != 'lm')
+                         shuffle=kind != 'lm', with_reverse=bilm)
     eval_bs = config.get('eval_batch_size') or config.batch_size
     evals = {split: data.Batcher(dataset, split, eval_bs, num_steps, config.seed, shuffle=False,
-                                 drop_remainder=False)
+                                 drop_remainder=False, with_reverse=bilm)
              for split in ('valid', 'test')}
   except ValueError as e:
     raise ConfigError(str(e)) from None
@@ -368,7 +380,8 @@ def _init_inputs(kind: str, sample: dict) -> dict:
     return {'inputs': sample['inputs'], 'lengths': sample['lengths'] if 'lengths' in sample
             else jnp.full(sample['inputs'].shape[:1], sample['inputs'].shape[1], jnp.int32)}
   if kind == 'lm':
-    return {'tokens': sample['inputs']}
+    return {'tokens': sample['inputs'], **({'tokens_rev': sample['inputs_rev']}
+                                           if 'inputs_rev' in sample else {})}
   return {'inputs': sample['inputs']}
 
 
