@@ -23,8 +23,11 @@ from tests.trainer_utils import read_metrics, tiny_config
      'accuracy'),
     ('copy', {'batch_size': 32, 'model.num_layers': 1}, 'accuracy'),
     ('adding', {'batch_size': 32, 'model.num_layers': 1, 'model.residual': False}, 'loss'),
+    ('speech_digits', {'batch_size': 16, 'model.bidirectional': True, 'model.peephole': True,
+                       'optimizer.learning_rate': 3e-3}, 'label_error_rate'),
 ])
-def test_every_task_trains_and_writes_results(tmp_path, task, overrides, metric):
+def test_every_task_trains_and_writes_results(tmp_path, monkeypatch, task, overrides, metric):
+  monkeypatch.setenv('STACKED_LSTM_CACHE', str(tmp_path / 'cache'))
   config = tiny_config(task, **overrides)
   results = trainer.train_and_evaluate(config, str(tmp_path))
   assert results['status'] == 'completed' and results['step'] == 30

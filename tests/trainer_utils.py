@@ -17,6 +17,7 @@ TASK_DATA = {
     'digits': dict(),
     'copy': dict(delay=5, num_train=256, num_valid=64, num_test=64),
     'adding': dict(seq_len=12, num_train=256, num_valid=64, num_test=64),
+    'speech_digits': dict(num_train=96, num_valid=16, num_test=16, max_digits=3),
 }
 
 

@@ -25,7 +25,7 @@ from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional
 
 import numpy as np
 
-KINDS = ('lm', 'classify', 'per_step', 'regress')
+KINDS = ('lm', 'classify', 'per_step', 'regress', 'ctc')
 SPLITS = ('train', 'valid', 'test')
 EOS = '<eos>'
 UNK = '<unk>'
@@ -441,7 +441,13 @@ TASKS: Dict[str, Callable[[Any], Dataset]] = {
     'digits': load_digits,
     'copy': load_copy,
     'adding': load_adding,
+    'speech_digits': lambda data: _speech().load_speech_digits(data),
 }
+
+
+def _speech():
+  from train import speech  # imported on use: it loads the espeak-ng library
+  return speech
 
 
 def load_dataset(config: Any) -> Dataset:
@@ -460,6 +466,7 @@ _EXAMPLE_FIELDS = {
     'classify': {'inputs': 'inputs', 'labels': 'targets', 'lengths': 'lengths'},
     'per_step': {'inputs': 'inputs', 'targets': 'targets', 'weights': 'weights'},
     'regress': {'inputs': 'inputs', 'targets': 'targets'},
+    'ctc': {'inputs': 'inputs', 'targets': 'targets', 'weights': 'weights', 'lengths': 'lengths'},
 }
 
 

@@ -12,6 +12,41 @@ import jax
 from absl import logging
 
 
+def edit_distance(a, b) -> int:
+  """Levenshtein distance between two sequences."""
+  previous = list(range(len(b) + 1))
+  for i, x in enumerate(a, 1):
+    current = [i]
+    for j, y in enumerate(b, 1):
+      current.append(min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (x != y)))
+    previous = current
+  return previous[-1]
+
+
+def greedy_ctc_decode(best_path, blank: int) -> list:
+  """Best-path CTC decoding: merge repeated classes, then drop blanks."""
+  out, last = [], None
+  for c in best_path:
+    if c != last and c != blank:
+      out.append(int(c))
+    last = c
+  return out
+
+
+def ctc_errors(best_path, batch, blank: int) -> dict[str, float]:
+  """Label errors (edit distance of the greedy decoding) and label count over a batch's valid
+  utterances."""
+  errors = labels = 0
+  for b in range(best_path.shape[0]):
+    if batch['valid'][b] == 0:
+      continue
+    hyp = greedy_ctc_decode(best_path[b, :batch['lengths'][b]], blank)
+    ref = [int(t) for t, w in zip(batch['targets'][b], batch['weights'][b]) if w > 0]
+    errors += edit_distance(hyp, ref)
+    labels += len(ref)
+  return {'label_errors': float(errors), 'labels': float(labels)}
+
+
 def derived(kind: str, level: Optional[str], loss: float) -> dict[str, float]:
   """Perplexity or bits per character for language models; nothing extra otherwise."""
   if kind != 'lm':

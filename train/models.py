@@ -5,7 +5,8 @@
   softmax.
 - `SequenceClassifier`: stack -> the last valid step (or a masked mean) -> dense head; with one
   output it is the regressor of the adding problem.
-- `SequenceTagger`: stack -> a dense head on every step (copy task).
+- `SequenceTagger`: stack -> a dense head on every step (copy task; CTC for speech, with the
+  blank as the last class).
 """
 from __future__ import annotations
 
@@ -141,11 +142,12 @@ class SequenceTagger(nn.Module):
   embed_size: int = 0
 
   @nn.compact
-  def __call__(self, inputs, deterministic=True):
+  def __call__(self, inputs, lengths=None, deterministic=True):
     x = inputs
     if self.vocab_size is not None:
       x = nn.Embed(self.vocab_size, self.embed_size, name='embed')(inputs)
-    y, _ = StackedLSTM(**self.stack, name='lstm')(x, deterministic=deterministic)
+    y, _ = StackedLSTM(**self.stack, name='lstm')(x, seq_lengths=lengths,
+                                                  deterministic=deterministic)
     out = nn.Dense(self.num_outputs, dtype=self.stack.get('dtype'), name='head')(y)
     return out.astype(jnp.float32)
 
@@ -166,7 +168,9 @@ def build_model(config, dataset) -> nn.Module:
     outputs = 1 if dataset.kind == 'regress' else dataset.num_classes
     return SequenceClassifier(num_outputs=outputs, stack=stack, vocab_size=dataset.vocab_size,
                               embed_size=embed_size, pooling=m.get('pooling', 'last'))
-  if dataset.kind == 'per_step':
-    return SequenceTagger(num_outputs=dataset.num_classes, stack=stack,
-                          vocab_size=dataset.vocab_size, embed_size=embed_size)
+  if dataset.kind in ('per_step', 'ctc'):
+    # CTC adds the blank as the last class.
+    outputs = dataset.num_classes + (dataset.kind == 'ctc')
+    return SequenceTagger(num_outputs=outputs, stack=stack, vocab_size=dataset.vocab_size,
+                          embed_size=embed_size)
   raise ValueError(f'no model for dataset kind {dataset.kind!r}')

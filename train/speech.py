@@ -13,7 +13,7 @@ Layers, each usable on its own:
                                         process, synchronous mode, samples collected by callback)
   english_voices(), voice_variants()    the voice ids and '+variant' suffixes this build has
   log_mel(audio, ...)                   pre-emphasis, 25 ms Hann windows every 10 ms, rfft power
-                                        spectrum, mel filterbank (mel_filterbank), log with a floor;
+                                        spectrum, mel filterbank (mel_filterbank), log with a floor
   normalize / add_deltas / stack_frames per-utterance mean/variance normalisation, delta
                                         coefficients, stacking neighbouring frames to subsample
   make_digit_dataset(...)               the three splits as padded numpy arrays, cached on disk

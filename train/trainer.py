@@ -76,6 +76,13 @@ def loss_sums(kind: str, outputs, batch) -> dict[str, jax.Array]:
   if kind == 'regress':
     err = jnp.square(outputs[:, 0] - batch['targets'])
     return {'loss': (err * valid).sum(), 'count': valid.sum()}
+  if kind == 'ctc':  # loss per utterance; the blank is the last class
+    frames = jnp.arange(outputs.shape[1])[None, :]
+    logit_paddings = (frames >= batch['lengths'][:, None]).astype(jnp.float32)
+    labels = jnp.where(batch['weights'] > 0, batch['targets'], 0)
+    per_utterance = optax.ctc_loss(outputs, logit_paddings, labels, 1.0 - batch['weights'],
+                                   blank_id=outputs.shape[-1] - 1)
+    return {'loss': (per_utterance * valid).sum(), 'count': valid.sum()}
   raise ValueError(f'unknown kind {kind!r}')
 
 
@@ -85,6 +92,8 @@ def summarize(kind: str, level: Optional[str], sums: dict[str, float]) -> dict[s
   if 'correct' in sums:
     out['accuracy'] = float(sums['correct']) / count
   out.update(metrics_lib.derived(kind, level, out['loss']))
+  if 'label_errors' in sums:
+    out['label_error_rate'] = float(sums['label_errors']) / max(float(sums['labels']), 1.0)
   for direction in ('forward', 'backward'):
     if f'loss_{direction}' in sums:
       loss = float(sums[f'loss_{direction}']) / (count / 2)
@@ -100,7 +109,7 @@ def apply_model(model, kind: str, params, batch, carry, rng, train: bool):
     tokens = (batch['inputs'], batch['inputs_rev']) if 'inputs_rev' in batch else (batch['inputs'],)
     return model.apply({'params': params}, *tokens, initial_carry=carry, deterministic=not train,
                        rngs=rngs)
-  if kind in ('classify', 'regress'):
+  if kind in ('classify', 'regress', 'ctc'):
     lengths = batch.get('lengths')
     if lengths is None:
       lengths = jnp.full(batch['inputs'].shape[:1], batch['inputs'].shape[1], jnp.int32)
@@ -135,7 +144,10 @@ def make_train_step(model, kind: str, tx, schedule) -> Callable:
 def make_eval_step(model, kind: str) -> Callable:
   def eval_step(params, batch, carry):
     outputs, new_carry = apply_model(model, kind, params, batch, carry or None, None, False)
-    return loss_sums(kind, outputs, batch), (new_carry if kind == 'lm' else ())
+    sums = loss_sums(kind, outputs, batch)
+    if kind == 'ctc':  # the frame-wise best class, decoded on the host
+      sums['best_path'] = outputs.argmax(-1)
+    return sums, (new_carry if kind == 'lm' else ())
   return eval_step
 
 
@@ -230,13 +242,18 @@ def total_steps(config, steps_per_epoch: int) -> int:
 
 def evaluate(eval_step, params, batcher: data.Batcher, dist: Distribution, kind: str,
              zero_carry: Callable) -> dict[str, float]:
+  blank = batcher.dataset.num_classes  # CTC: the class after the labels
   totals: dict[str, float] = {}
   carry = ()
-  for batch in batcher.epoch_batches():
-    batch = dist.put_batch(batch)
+  for host_batch in batcher.epoch_batches():
+    batch = dist.put_batch(host_batch)
     if kind == 'lm' and not carry:
       carry = zero_carry(batch['inputs'].shape[0])
     sums, carry = eval_step(params, batch, carry)
+    if 'best_path' in sums:
+      best_path = np.asarray(multihost_utils.process_allgather(sums.pop('best_path'), tiled=True))
+      for k, v in metrics_lib.ctc_errors(best_path, host_batch, blank).items():
+        totals[k] = totals.get(k, 0.0) + v
     for k, v in sums.items():
       totals[k] = totals.get(k, 0.0) + float(v)
   return totals
