@@ -398,7 +398,8 @@ def test_unknown_task_lists_valid_names():
   assert "config.task='imagenet'" in message and '\n' not in message
   for name in data.TASKS:
     assert name in message
-  assert set(data.TASKS) == {'ptb_char', 'ptb_word', 'text', 'mnist1d', 'digits', 'copy', 'adding'}
+  assert set(data.TASKS) == {'ptb_char', 'ptb_word', 'text', 'mnist1d', 'digits', 'copy', 'adding',
+                             'speech_digits'}
 
 
 def test_oversize_batch_errors_name_batch_size_and_split_size():
