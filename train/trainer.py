@@ -155,11 +155,13 @@ def make_eval_step(model, kind: str) -> Callable:
 # Distribution: one mesh axis over every device of every process.
 
 class Distribution:
-  def __init__(self, global_batch: int, what: str = 'config.batch_size'):
+  def __init__(self):
     self.mesh = Mesh(np.asarray(jax.devices()), ('data',))
     self.batch = NamedSharding(self.mesh, P('data'))
     self.replicated = NamedSharding(self.mesh, P())
     self.num_devices = jax.device_count()
+
+  def check_batch(self, global_batch: int, what: str) -> None:
     if global_batch % self.num_devices:
       raise ConfigError(f'{what}={global_batch} must divide by the number of devices '
                         f'({self.num_devices}); use a multiple of {self.num_devices}')
@@ -267,8 +269,10 @@ def train_and_evaluate(config, workdir: str) -> dict:
   kind = dataset.kind
   level = {'ptb_char': 'char', 'ptb_word': 'word'}.get(config.task) or config.data.get('level') \
       or 'char'
-  dist = Distribution(config.batch_size)
-  Distribution(config.get('eval_batch_size') or config.batch_size, 'config.eval_batch_size')
+  dist = Distribution()
+  dist.check_batch(config.batch_size, 'config.batch_size')
+  if config.get('eval_batch_size'):
+    dist.check_batch(config.eval_batch_size, 'config.eval_batch_size')
   model = models.build_model(config, dataset)
   steps_per_epoch = train_batches.batches_per_epoch()
   num_train_steps = total_steps(config, steps_per_epoch)

@@ -28,9 +28,7 @@ def check_config(config) -> None:
   for path in ('batch_size', 'eval_every_steps', 'checkpoint_every_steps', 'keep_checkpoints',
                'log_every_steps', 'model.num_layers', 'model.hidden_size'):
     _positive_int(config, path)
-  if config.get('num_epochs', 0) and config.num_epochs > 0:
-    pass
-  else:
+  if not config.get('num_epochs', 0) > 0:  # without epochs, the run is num_train_steps long
     _positive_int(config, 'num_train_steps')
   if config.get('num_steps') is not None:
     _positive_int(config, 'num_steps')
