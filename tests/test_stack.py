@@ -207,3 +207,18 @@ def test_bad_call_arguments():
     model.apply(variables, _x(), initial_carry=((jnp.zeros((B, H)),) * 2,))
   with pytest.raises(ValueError, match='seq_lengths must lie in'):
     model.apply(variables, _x(), seq_lengths=jnp.array([1, -1, 2]))
+
+
+def test_scan_layers_with_remat_and_variational_dropout_matches_looped():
+  kw = dict(num_layers=3, hidden_size=H, dropout=0.3, variational=True, remat=True)
+  looped, scanned = StackedLSTM(**kw), StackedLSTM(**kw, scan_layers=True)
+  x = _x()
+  v = looped.init(jax.random.key(0), x)
+  p_scan = looped_to_scanned(v['params'])
+  y_loop, _ = looped.apply(v, x, seq_lengths=LENGTHS)
+  y_scan, _ = scanned.apply({'params': p_scan}, x, seq_lengths=LENGTHS)
+  _close(y_scan, y_loop, atol=1e-6)
+  loss = lambda m, p: jnp.sum(m.apply({'params': p}, x, deterministic=False,
+                                      rngs={'dropout': jax.random.key(2)})[0] ** 2)
+  g = jax.grad(lambda p: loss(scanned, p))(p_scan)
+  assert all(np.all(np.isfinite(a)) for a in jax.tree.leaves(g))
