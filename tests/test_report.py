@@ -1,0 +1,215 @@
+"""train.report on hand-made workdirs: statistics over seeds checked against numbers worked out by
+hand, diverged and unfinished runs, the Student t quantile, the plots."""
+import json
+import math
+import os
+
+import pytest
+
+from train import report
+
+# Two-sided 95% Student t critical values t(0.975, df), df = 1..30, from the printed tables.
+T_TABLE = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179,
+           2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064,
+           2.060, 2.056, 2.052, 2.048, 2.045, 2.042]
+
+
+def test_t_quantile_matches_the_table():
+  for df, expected in enumerate(T_TABLE, start=1):
+    assert report.t_quantile(0.975, df) == pytest.approx(expected, abs=6e-4), df
+  assert report.t_quantile(0.95, 10) == pytest.approx(1.812, abs=6e-4)
+  assert report.t_quantile(0.995, 5) == pytest.approx(4.032, abs=6e-4)
+  with pytest.raises(ValueError):
+    report.t_quantile(0.975, 0)
+
+
+def test_t_quantile_matches_scipy():
+  stats = pytest.importorskip('scipy.stats')
+  for df in range(1, 61):
+    for p in (0.9, 0.975, 0.995):
+      assert report.t_quantile(p, df) == pytest.approx(stats.t.ppf(p, df), rel=1e-9)
+
+
+def test_stats_of_a_known_sample():
+  s = report.stats([1.0, 2.0, 3.0, 4.0, 5.0])
+  # mean 3, sd sqrt(2.5) = 1.58114, half width t(0.975, 4) * sd / sqrt(5) = 2.776445 * 0.707107
+  assert (s.n, s.mean) == (5, 3.0)
+  assert s.std == pytest.approx(math.sqrt(2.5))
+  assert s.half_width == pytest.approx(1.963243, abs=1e-6)
+  assert (s.ci_low, s.ci_high) == (pytest.approx(1.036757, abs=1e-6),
+                                   pytest.approx(4.963243, abs=1e-6))
+  one = report.stats([2.5])
+  assert one.n == 1 and one.mean == 2.5 and math.isnan(one.std) and math.isnan(one.ci_low)
+  assert report.stats([]).n == 0
+
+
+# ----------------------------------------------------------------------------------------------
+# A hand-made sweep: between {none, relu} x depth {2, 4} x seeds {0, 1, 2}.
+
+FIELDS = ['model.between', 'model.num_layers', 'model.residual']
+VALID = {  # final validation bpc per (between, depth) and seed; None: no final metric
+    ('none', 2): [1.5, 1.6, 1.8],
+    ('none', 4): [1.7, 1.9, float('nan')],  # seed 2 completed with a non-finite metric: diverged
+    ('relu', 2): [1.6, 1.7, None],         # seed 2 preempted: unfinished
+    ('relu', 4): [2.0, 2.2, None],         # seed 2 diverged
+}
+STATUS = {('relu', 2, 2): 'preempted', ('relu', 4, 2): 'diverged'}
+
+
+def _write(path, value):
+  with open(path, 'w') as f:
+    json.dump(value, f)
+
+
+def _make_run(sweep_dir, name, status, values, seed, valid=None, steps=(100, 200, 300),
+              task='ptb_char', key='bpc'):
+  workdir = os.path.join(sweep_dir, name)
+  os.makedirs(workdir)
+  config = {'task': task, 'seed': seed, 'model': {'between': values['model.between'],
+                                                  'num_layers': values['model.num_layers'],
+                                                  'residual': values['model.residual']}}
+  _write(os.path.join(workdir, 'config.json'), config)
+  results = {'status': status, 'task': task, 'step': steps[-1]}
+  if status == 'completed':
+    results.update(valid={'loss': valid * math.log(2), key: valid},
+                   test={'loss': (valid + 0.1) * math.log(2), key: valid + 0.1},
+                   train_time_s=10.0, platform='cpu')
+  elif status == 'diverged':
+    results.update(step=150, message='non-finite loss nan (gradient norm nan) at step 150')
+  _write(os.path.join(workdir, 'results.json'), results)
+  with open(os.path.join(workdir, 'metrics.jsonl'), 'w') as f:
+    last = valid if valid is not None and math.isfinite(valid) else 3.0
+    for i, step in enumerate(steps):
+      f.write(json.dumps({'step': step, 'split': 'train', 'loss': 9.0}) + '\n')
+      f.write(json.dumps({'step': step, 'split': 'valid', key: last + (len(steps) - 1 - i) * 0.5,
+                          'loss': 1.0}) + '\n')
+
+
+def make_sweep(sweep_dir, with_description=True):
+  points = []
+  for (between, depth), finals in VALID.items():
+    for seed, valid in enumerate(finals):
+      name = f'between={between},num_layers={depth},seed={seed}'
+      values = {'model.between': between, 'model.num_layers': depth, 'model.residual': False}
+      status = STATUS.get((between, depth, seed), 'completed')
+      _make_run(sweep_dir, name, status, values, seed, valid)
+      points.append({'name': name, 'seed': seed, 'values': values})
+  # residual at depth 4, as an extra point, two seeds
+  for seed, valid in enumerate([1.55, 1.65]):
+    name = f'num_layers=4,residual=True,seed={seed}'
+    values = {'model.between': 'none', 'model.num_layers': 4, 'model.residual': True}
+    _make_run(sweep_dir, name, 'completed', values, seed, valid)
+    points.append({'name': name, 'seed': seed, 'values': values})
+  points.append({'name': 'between=none,num_layers=2,seed=9', 'seed': 9,  # never started
+                 'values': {'model.between': 'none', 'model.num_layers': 2,
+                            'model.residual': False}})
+  if with_description:
+    _write(os.path.join(sweep_dir, 'sweep.json'), {
+        'config': 'configs/fake.py:ptb', 'fields': FIELDS,
+        'axes': {'model.between': ['none', 'relu'], 'model.num_layers': [2, 4]},
+        'base': {'model.between': 'none', 'model.num_layers': 2, 'model.residual': False},
+        'points': points})
+
+
+def _row(text, prefix):
+  rows = [line for line in text.splitlines() if line.startswith(prefix)]
+  assert len(rows) == 1, (prefix, rows)
+  return [c.strip() for c in rows[0].strip('|').split('|')]
+
+
+def test_report_statistics_diverged_and_plots(tmp_path):
+  sweep_dir, out = str(tmp_path / 'sweep'), str(tmp_path / 'out')
+  os.makedirs(sweep_dir)
+  make_sweep(sweep_dir)
+  path = report.write_report(sweep_dir, out)
+  assert path == os.path.join(out, 'report.md')
+  text = open(path).read()
+  assert '- 15 runs of task `ptb_char`: 11 completed, 2 diverged, 1 missing, 1 preempted.' in text
+
+  description, runs = report.load_sweep(sweep_dir)
+  metric = report.choose_metric(runs)
+  assert metric.key == 'bpc'
+  settings = {(s.values['model.between'], s.values['model.num_layers'],
+               s.values['model.residual']): s for s in report.group(description, runs, metric)}
+  # none, 2 layers: 1.5, 1.6, 1.8 -> mean 1.633333, sd sqrt(0.046667 / 2) = 0.152753,
+  # half width 4.302653 * 0.152753 / sqrt(3) = 0.379461 (the never-started seed 9 is unfinished)
+  s = report.stats(settings['none', 2, False].finals(metric, 'valid'))
+  assert (s.n, s.mean, s.std) == (3, pytest.approx(1.633333, abs=1e-6),
+                                   pytest.approx(0.152753, abs=1e-6))
+  assert (s.ci_low, s.ci_high) == (pytest.approx(1.253872, abs=1e-5),
+                                   pytest.approx(2.012795, abs=1e-5))
+  assert _row(text, '| none | 2 | False |') == [
+      'none', '2', 'False', '3 (1 unfinished)', '0/4', '1.633 ± 0.153', '[1.254, 2.013]',
+      '1.733 ± 0.153', '[1.354, 2.113]']
+  # none, 4 layers: seed 2 completed with NaN -> diverged; 1.7, 1.9: mean 1.8, sd 0.141421,
+  # half width 12.706205 * 0.141421 / sqrt(2) = 1.270620
+  assert _row(text, '| none | 4 | False |') == [
+      'none', '4', 'False', '2', '1/3', '1.800 ± 0.141', '[0.529, 3.071]', '1.900 ± 0.141',
+      '[0.629, 3.171]']
+  # relu, 2 layers: seed 2 preempted -> unfinished, not diverged
+  assert _row(text, '| relu | 2 | False |')[3:5] == ['2 (1 unfinished)', '0/3']
+  # relu, 4 layers: seed 2 diverged (status)
+  assert _row(text, '| relu | 4 | False |')[3:6] == ['2', '1/3', '2.100 ± 0.141']
+  assert _row(text, '| none | 4 | True |')[3:6] == ['2', '0/2', '1.600 ± 0.071']
+  assert '| between=relu,num_layers=4,seed=2 | diverged | 150 | - | - | - | non-finite loss nan' \
+      in text
+  assert ('| between=none,num_layers=4,seed=2 | diverged | 300 | nan | nan | 10.0 '
+          '| non-finite metric |') in text
+  # plots: written, PNG, referenced from the report
+  for name in ('depth.png', 'curves.png'):
+    with open(os.path.join(out, name), 'rb') as f:
+      data = f.read()
+    assert data[:8] == b'\x89PNG\r\n\x1a\n' and len(data) > 20_000
+    assert f'({name})' in text
+  assert not os.path.exists(os.path.join(out, 'settings.png'))
+
+
+def test_labels_show_extra_fields_only_where_they_differ_from_the_base(tmp_path):
+  make_sweep(str(tmp_path))
+  description, _ = report.load_sweep(str(tmp_path))
+  label = lambda **v: report.setting_label(description, {**{k: None for k in FIELDS}, **v},
+                                           exclude=['model.num_layers'])
+  assert label(**{'model.between': 'relu', 'model.residual': False}) == 'between=relu'
+  assert label(**{'model.between': 'none', 'model.residual': True}) == \
+      'between=none, residual=True'
+
+
+def test_report_without_sweep_json_infers_the_fields(tmp_path):
+  make_sweep(str(tmp_path), with_description=False)
+  description, runs = report.load_sweep(str(tmp_path))
+  assert description['fields'] == ['model.between', 'model.num_layers', 'model.residual']
+  assert len(runs) == 14  # the never-started point has no workdir
+  text = open(report.write_report(str(tmp_path))).read()
+  assert '| between | num_layers | residual | seeds |' in text
+
+
+def test_classification_accuracy_in_percent_and_settings_plot(tmp_path):
+  sweep_dir = str(tmp_path)
+  points = []
+  for activation, finals in (('tanh', [0.80, 0.82, 0.84]), ('relu', [0.5, None, None])):
+    for seed, acc in enumerate(finals):
+      name = f'activation={activation},seed={seed}'
+      values = {'model.activation': activation}
+      status = 'completed' if acc is not None else 'diverged'
+      workdir = os.path.join(sweep_dir, name)
+      os.makedirs(workdir)
+      _write(os.path.join(workdir, 'results.json'), {
+          'status': status, 'task': 'mnist1d', 'step': 100,
+          **({'valid': {'loss': 0.5, 'accuracy': acc}, 'test': {'loss': 0.5, 'accuracy': acc}}
+             if acc is not None else {'message': 'nan'})})
+      with open(os.path.join(workdir, 'metrics.jsonl'), 'w') as f:
+        for step in (50, 100):
+          f.write(json.dumps({'step': step, 'split': 'valid', 'loss': 1.0,
+                              'accuracy': (acc or 0.1) * step / 100}) + '\n')
+      points.append({'name': name, 'seed': seed, 'values': values})
+  _write(os.path.join(sweep_dir, 'sweep.json'), {
+      'config': 'configs/fake.py:mnist1d', 'fields': ['model.activation'],
+      'axes': {'model.activation': ['tanh', 'relu']}, 'base': {'model.activation': 'tanh'},
+      'points': points})
+  text = open(report.write_report(sweep_dir)).read()
+  # 80, 82, 84 %: mean 82, sd 2, half width 4.302653 * 2 / sqrt(3) = 4.968
+  assert _row(text, '| tanh |')[1:5] == ['3', '0/3', '82.00 ± 2.00', '[77.03, 86.97]']
+  assert _row(text, '| relu |')[1:5] == ['1', '2/3', '50.00', '-']
+  assert 'final accuracy (%)' in text and '(higher is better)' in text
+  assert os.path.getsize(os.path.join(sweep_dir, 'settings.png')) > 10_000
+  assert os.path.exists(os.path.join(sweep_dir, 'curves.png'))

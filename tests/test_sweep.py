@@ -1,0 +1,291 @@
+"""train.sweep: grid expansion, names and overrides, resume, parallel runs, the printed commands and
+the SLURM script. Nothing trains: the runner is a fake that writes results.json."""
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+from absl import flags
+from ml_collections import config_flags
+
+from train import sweep
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+CONFIG_FILE = '''"""A sweep config for the tests.
+
+  python -m train.sweep --config={path} --sweep_dir=/tmp/sweep
+"""
+import sys
+sys.path.insert(0, {root!r})
+from configs import common
+
+
+def get_config(arg=None):
+  c = common.base_config()
+  c.task = 'ptb_char'
+  c.model.hidden_size = 16
+  c.num_train_steps = 20
+  c.data.max_train_tokens = 5000
+  return c
+
+
+def get_sweep(arg=None):
+  seeds = [0, 1] if arg != 'one_seed' else [7]
+  return {{'axes': {{'model.between': ['none', 'relu', 'layernorm'], 'model.num_layers': [2, 4]}},
+          'seeds': seeds,
+          'extra': [{{'model.num_layers': 4, 'model.residual': True}},
+                    {{'model.between': 'relu', 'model.num_layers': 2}}]}}  # a grid point: dropped
+'''
+
+GRID_NAMES = ['between=none,num_layers=2', 'between=none,num_layers=4', 'between=relu,num_layers=2',
+              'between=relu,num_layers=4', 'between=layernorm,num_layers=2',
+              'between=layernorm,num_layers=4', 'num_layers=4,residual=True']
+
+
+@pytest.fixture
+def config_path(tmp_path):
+  path = tmp_path / 'sweep_config.py'
+  path.write_text(CONFIG_FILE.format(path=path, root=ROOT))
+  return str(path)
+
+
+def _points(config_path, arg=None):
+  spec = config_path + (f':{arg}' if arg else '')
+  module_sweep = sweep.load_sweep(spec)
+  from importlib import util
+  s = util.spec_from_file_location('cfg', config_path)
+  module = util.module_from_spec(s)
+  s.loader.exec_module(module)
+  base = module.get_config(arg)
+  return base, module_sweep, sweep.expand(base, module_sweep)
+
+
+def test_expand_counts_names_and_overrides(config_path):
+  base, spec, points = _points(config_path)
+  # 3 x 2 grid + 2 extras, one of which is a grid point, times 2 seeds; seeds outermost.
+  assert len(points) == (6 + 1) * 2
+  assert [p.name for p in points] == ([f'{n},seed=0' for n in GRID_NAMES]
+                                      + [f'{n},seed=1' for n in GRID_NAMES])
+  by_name = {p.name: p for p in points}
+  p = by_name['between=relu,num_layers=4,seed=1']
+  assert p.overrides == {'model.between': 'relu', 'model.num_layers': 4, 'seed': 1}
+  assert (p.config.model.between, p.config.model.num_layers, p.config.seed) == ('relu', 4, 1)
+  assert p.values == {'model.between': 'relu', 'model.num_layers': 4, 'model.residual': False}
+  assert p.config.model.hidden_size == 16 and p.config.is_locked
+  extra = by_name['num_layers=4,residual=True,seed=0']
+  assert extra.overrides == {'model.num_layers': 4, 'model.residual': True, 'seed': 0}
+  assert extra.values == {'model.between': 'none', 'model.num_layers': 4, 'model.residual': True}
+  assert extra.config.model.residual is True
+  # The base config is untouched.
+  assert (base.model.between, base.model.num_layers, base.seed, base.model.residual) == \
+      ('none', 2, 0, False)
+  # The config argument reaches get_sweep.
+  assert {p.seed for p in _points(config_path, 'one_seed')[2]} == {7}
+
+
+def test_expand_without_seeds_uses_the_config_seed(config_path):
+  base, _, _ = _points(config_path)
+  points = sweep.expand(base, {'axes': {'optimizer.learning_rate': [0.1, 0.01]}})
+  assert [p.name for p in points] == ['learning_rate=0.1,seed=0', 'learning_rate=0.01,seed=0']
+  assert points[1].config.optimizer.learning_rate == 0.01
+
+
+@pytest.mark.parametrize('bad, message', [
+    ({'axes': {'model.betwen': ['none']}}, "'model.betwen' is not a field"),
+    ({'axes': {'model.num_layers': ['four']}}, "cannot be set to 'four'"),
+    ({'axes': {'seed': [0, 1]}}, 'give seeds'),
+    ({'axes': {'model.between': []}}, 'non-empty list'),
+    ({'axes': {'model.between': ['relu', 'relu']}}, 'repeats a value'),
+    ({'axes': {'model.hidden_size': [None]}}, 'cannot be set to None'),
+    ({'grid': {}}, "keys ['grid'] are not known"),
+    ({'seeds': [0, 0]}, 'distinct integers'),
+    ({'extra': [{'seed': 3}]}, 'without seed'),
+])
+def test_expand_errors(config_path, bad, message):
+  base, _, _ = _points(config_path)
+  with pytest.raises(sweep.SweepError, match=message.replace('[', r'\[').replace(']', r'\]')):
+    sweep.expand(base, bad)
+
+
+def test_short_names_keep_the_full_field_when_ambiguous():
+  assert sweep._short_names(['model.dropout', 'data.dropout', 'model.between']) == {
+      'model.dropout': 'model.dropout', 'data.dropout': 'data.dropout', 'model.between': 'between'}
+
+
+@pytest.mark.filterwarnings('ignore:the load_module:DeprecationWarning')  # ml_collections
+def test_commands_reproduce_each_point_config(config_path):
+  base, _, points = _points(config_path)
+  forwarded = {'num_train_steps': 7}
+  for point in points[:7]:
+    cmd = sweep.point_command(point, config_path, f'/runs/{point.name}', forwarded=forwarded,
+                              base=base)
+    assert cmd[:4] == ['python', 'main.py', f'--config={config_path}',
+                       f'--workdir=/runs/{point.name}']
+    assert cmd[4] == '--config.num_train_steps=7' and cmd[-1] == f'--config.seed={point.seed}'
+    # main.py's own flag parsing turns the command into the point's config.
+    values = flags.FlagValues()
+    config_flags.DEFINE_config_file('config', None, '', flag_values=values, lock_config=True,
+                                    sys_argv=cmd[1:])
+    flags.DEFINE_string('workdir', None, '', flag_values=values)
+    values(cmd[1:])
+    expected = point.config.to_dict()
+    expected['num_train_steps'] = 7
+    assert values.config.to_dict() == expected
+  # A None that the config already holds needs no flag; any other None cannot be given.
+  point = sweep.Point('x', {'model.cell_clip': None, 'seed': 0}, {}, 0)
+  assert sweep.point_command(point, 'c.py', 'w', base=base)[4:] == ['--config.seed=0']
+
+
+def _write_results(workdir, status, **extra):
+  os.makedirs(workdir, exist_ok=True)
+  with open(os.path.join(workdir, 'results.json'), 'w') as f:
+    json.dump({'status': status, 'task': 'ptb_char', **extra}, f)
+
+
+class FakeRunner:
+  """Records what it runs and writes a completed results.json (or what `outcome` says)."""
+
+  def __init__(self, outcome=None, delay=0.0):
+    self.calls, self.outcome, self.delay = [], outcome or {}, delay
+    self.lock = threading.Lock()
+    self.running = self.max_running = 0
+
+  def __call__(self, argv, workdir):
+    name = os.path.basename(workdir)
+    with self.lock:
+      self.calls.append(name)
+      self.running += 1
+      self.max_running = max(self.max_running, self.running)
+    time.sleep(self.delay)
+    outcome = self.outcome.get(name, 'completed')
+    with self.lock:
+      self.running -= 1
+    if outcome == 'crash':
+      return 1
+    if outcome == 'raise':
+      raise OSError('no such interpreter')
+    if outcome == 'refused':  # main.py stops at once (e.g. a config conflict); an old results.json
+      _write_results(workdir, 'preempted')
+      return 1
+    _write_results(workdir, outcome, valid={'loss': 1.0, 'bpc': 1.4427}, test={'loss': 1.0,
+                                                                                'bpc': 1.4427})
+    return 1 if outcome == 'diverged' else 0  # as main.py
+
+
+def test_resume_skips_finished_points_and_reruns_the_others(config_path, tmp_path):
+  _, _, points = _points(config_path)
+  sweep_dir = str(tmp_path / 'sweep')
+  names = [p.name for p in points]
+  _write_results(os.path.join(sweep_dir, names[0]), 'completed')
+  _write_results(os.path.join(sweep_dir, names[1]), 'diverged', message='nan at step 3')
+  _write_results(os.path.join(sweep_dir, names[2]), 'preempted', step=10)
+  _write_results(os.path.join(sweep_dir, names[3]), 'running')  # killed mid-run
+  os.makedirs(os.path.join(sweep_dir, names[4], 'checkpoints'))  # killed before any results
+  commands = {n: ['true'] for n in names}
+  runner = FakeRunner()
+  lines = []
+  statuses = sweep.run_points(sweep_dir, points, commands, runner=runner, log=lines.append)
+  assert runner.calls == names[2:]
+  assert statuses[names[0]] == 'completed' and statuses[names[1]] == 'diverged'
+  assert all(statuses[n] == 'completed' for n in names[2:])
+  assert lines[0] == f'{len(names)} points in {sweep_dir}: 2 finished, {len(names) - 2} to run'
+  assert any(f'start {names[4]} (resuming)' in line for line in lines)
+  assert any(f'completed {names[2]} | valid bpc 1.443 | test bpc 1.443' in line
+             for line in lines)
+  # Restarted once more: everything is finished, nothing runs.
+  again = FakeRunner()
+  sweep.run_points(sweep_dir, points, commands, runner=again, log=lambda line: None)
+  assert again.calls == []
+
+
+def test_parallel_runs_each_point_once_and_failures_do_not_stop_the_sweep(config_path, tmp_path):
+  _, _, points = _points(config_path)
+  names = [p.name for p in points]
+  runner = FakeRunner(outcome={names[0]: 'crash', names[1]: 'raise', names[2]: 'diverged',
+                               names[3]: 'refused'}, delay=0.05)
+  lines = []
+  statuses = sweep.run_points(str(tmp_path), points, {n: ['true'] for n in names}, parallel=3,
+                              runner=runner, log=lines.append)
+  assert sorted(runner.calls) == sorted(names) and runner.max_running == 3
+  assert [statuses[n] for n in names[:4]] == ['failed', 'failed', 'diverged', 'failed']
+  assert any('failed' in line and 'exit code 1' in line for line in lines)
+  assert lines[-1] == f'sweep: {len(names) - 4} completed, 1 diverged, 3 failed'
+
+
+def _cli(*args, cwd=ROOT):
+  return subprocess.run([sys.executable, '-m', 'train.sweep', *args], cwd=cwd, text=True,
+                        capture_output=True, env=dict(os.environ, JAX_PLATFORMS='cpu',
+                                                      PYTHONPATH=ROOT), timeout=120)
+
+
+def test_print_commands_and_dry_run(config_path, tmp_path):
+  sweep_dir = str(tmp_path / 'sweep')
+  _write_results(os.path.join(sweep_dir, 'between=none,num_layers=2,seed=0'), 'completed')
+  dry = _cli(f'--config={config_path}', f'--sweep_dir={sweep_dir}', '--dry_run')
+  assert dry.returncode == 0, dry.stderr
+  assert dry.stdout.startswith(f'14 points in {sweep_dir}: 1 finished, 13 to run')
+  assert 'skip between=none,num_layers=2,seed=0 [completed]' in dry.stdout
+  assert not os.path.exists(os.path.join(sweep_dir, 'sweep.json'))
+
+  out = _cli(f'--config={config_path}', f'--sweep_dir={sweep_dir}', '--print_commands',
+             '--config.num_train_steps=5')
+  assert out.returncode == 0, out.stderr
+  lines = out.stdout.splitlines()
+  assert len(lines) == 13  # the finished point is left out
+  assert lines[0] == (f'python main.py --config={config_path} '
+                      f'--workdir={sweep_dir}/between=none,num_layers=4,seed=0 '
+                      '--config.num_train_steps=5 --config.model.between=none '
+                      '--config.model.num_layers=4 --config.seed=0')
+  assert lines[-1].endswith('--config.model.residual=True --config.seed=1')
+  with open(os.path.join(sweep_dir, 'sweep.json')) as f:
+    description = json.load(f)
+  assert description['num_points'] == 14 and len(description['points']) == 14
+  assert description['fields'] == ['model.between', 'model.num_layers', 'model.residual']
+  assert description['forwarded_overrides'] == {'num_train_steps': '5'}
+  assert description['points'][0]['values'] == {'model.between': 'none', 'model.num_layers': 2,
+                                                 'model.residual': False}
+
+
+def test_forwarded_overrides_may_not_name_a_swept_field(config_path, tmp_path):
+  base, _, _ = _points(config_path)
+  with pytest.raises(sweep.SweepError, match='--config.model.num_layers is swept'):
+    sweep.prepare(base, config_path, str(tmp_path), {'model.num_layers': 3}, 'python', 'main.py')
+  with pytest.raises(sweep.SweepError, match='--config.seed is swept'):
+    sweep.prepare(base, config_path, str(tmp_path), {'seed': 3}, 'python', 'main.py')
+
+
+def test_slurm_script(config_path, tmp_path):
+  sweep_dir = str(tmp_path / 'sweep')
+  _write_results(os.path.join(sweep_dir, 'between=none,num_layers=2,seed=0'), 'diverged')
+  script = str(tmp_path / 'job.sh')
+  out = _cli(f'--config={config_path}', f'--sweep_dir={sweep_dir}', f'--slurm={script}',
+             '--parallel=4', '--sbatch=--time=01:00:00')
+  assert out.returncode == 0, out.stderr
+  text = open(script).read()
+  commands_path = str(tmp_path / 'job.commands')
+  assert text.startswith('#!/bin/bash\n')
+  assert '#SBATCH --array=0-12%4\n' in text  # 13 unfinished points, at most 4 at once
+  assert '#SBATCH --time=01:00:00\n' in text and '#SBATCH --requeue\n' in text
+  assert f'#SBATCH --output={sweep_dir}/slurm-%A_%a.out' in text
+  assert f'sed -n "$((SLURM_ARRAY_TASK_ID + 1))p" {commands_path}' in text
+  commands = open(commands_path).read().splitlines()
+  assert len(commands) == 13
+  assert commands[0].startswith(f'{sys.executable} {os.path.join(ROOT, "main.py")} '
+                                f'--config={config_path} ')
+  assert f'--workdir={sweep_dir}/between=none,num_layers=4,seed=0 ' in commands[0]
+  assert subprocess.run(['bash', '-n', script]).returncode == 0
+
+
+def test_slurm_task_runs_its_line(tmp_path):
+  commands = tmp_path / 'c.commands'
+  commands.write_text(''.join(f"echo 'task {i}' ok\n" for i in range(3)))
+  script = tmp_path / 's.sh'
+  script.write_text(sweep.slurm_script(str(commands), 3, 'x', str(tmp_path), str(tmp_path)))
+  out = subprocess.run(['bash', str(script)], env=dict(os.environ, SLURM_ARRAY_TASK_ID='1'),
+                       capture_output=True, text=True)
+  assert out.returncode == 0 and out.stdout.splitlines()[-1] == 'task 1 ok'
+  assert '#SBATCH --array=0-2\n' in script.read_text()

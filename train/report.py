@@ -1,0 +1,615 @@
+"""Report of a sweep: tables over seeds and plots, from the finished workdirs.
+
+  python -m train.report --sweep_dir=runs/ablation_ptb [--out=results/ablation_ptb]
+
+Reads `sweep.json` (written by train.sweep) and each point's `results.json`, `metrics.jsonl` and
+`config.json`; without sweep.json every subdirectory with a config.json is a point and the swept
+fields are those whose values differ between them. Writes to `--out` (default: the sweep dir):
+
+- `report.md`: one row per setting (the points that differ only in seed): the final validation
+  and test metric (bits per character for character-level language models, perplexity for
+  word-level ones, accuracy for classifiers, label error rate for CTC), mean, standard deviation
+  (n - 1) and 95% confidence interval over seeds (Student t, mean +- t(0.975, n - 1) s / sqrt(n)),
+  the number of seeds with a result and the number of diverged runs (status `diverged`, or a
+  non-finite final metric; they are left out of the statistics); then one row per run.
+- `curves.png`: the validation metric over training steps, mean over seeds, per setting.
+- `depth.png` (when `model.num_layers` is swept): final metric against depth with 95% CI error
+  bars, one line per setting of the other fields (e.g. the between-layer op); otherwise
+  `settings.png` with one error bar per setting.
+"""
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+import math
+import os
+from typing import Any, Optional, Sequence
+
+import numpy as np
+
+DEPTH = 'model.num_layers'
+SKIP_INFERRED = ('seed', 'num_train_steps', 'num_epochs', 'eval_every_steps',
+                 'checkpoint_every_steps', 'keep_checkpoints', 'log_every_steps', 'eval_batch_size',
+                 'distributed', 'stop_after_steps')
+
+
+# ----------------------------------------------------------------------------------------------
+# Statistics
+
+
+def _two_sided_probability(t: float, df: int) -> float:
+  """P(|T| <= t) for Student's t with integer `df` degrees of freedom (exact: Abramowitz & Stegun
+  26.7.3 and 26.7.4)."""
+  theta = math.atan(t / math.sqrt(df))
+  c2 = math.cos(theta) ** 2
+  if df % 2 == 0:
+    term = total = 1.0
+    for j in range(1, (df - 2) // 2 + 1):
+      term *= (2 * j - 1) / (2 * j) * c2
+      total += term
+    return math.sin(theta) * total
+  if df == 1:
+    return 2 * theta / math.pi
+  term = total = math.cos(theta)
+  for j in range(1, (df - 3) // 2 + 1):
+    term *= (2 * j) / (2 * j + 1) * c2
+    total += term
+  return 2 / math.pi * (theta + math.sin(theta) * total)
+
+
+def t_quantile(probability: float, df: int) -> float:
+  """The `probability` quantile (> 0.5) of Student's t with `df` >= 1 degrees of freedom, e.g.
+  t_quantile(0.975, 2) = 4.303 (bisection on the exact distribution function)."""
+  if not 0.5 < probability < 1 or int(df) != df or df < 1:
+    raise ValueError(f't_quantile needs 0.5 < probability < 1 and an integer df >= 1; '
+                     f'got {probability}, {df}')
+  target = 2 * probability - 1
+  lo, hi = 0.0, math.pi / 2  # search theta = atan(t / sqrt(df)): the probability rises with it
+  for _ in range(64):
+    mid = (lo + hi) / 2
+    if _two_sided_probability(math.sqrt(df) * math.tan(mid), int(df)) < target:
+      lo = mid
+    else:
+      hi = mid
+  return math.sqrt(df) * math.tan((lo + hi) / 2)
+
+
+@dataclasses.dataclass
+class Stats:
+  n: int
+  mean: float = math.nan
+  std: float = math.nan        # sample standard deviation (n - 1)
+  ci_low: float = math.nan
+  ci_high: float = math.nan
+
+  @property
+  def half_width(self) -> float:
+    return (self.ci_high - self.ci_low) / 2
+
+
+def stats(values: Sequence[float], level: float = 0.95) -> Stats:
+  """Mean, sample standard deviation and the Student-t confidence interval of the mean."""
+  x = np.asarray([v for v in values], dtype=np.float64)
+  n = len(x)
+  if n == 0:
+    return Stats(0)
+  mean = float(x.mean())
+  if n == 1:
+    return Stats(1, mean)
+  std = float(x.std(ddof=1))
+  half = t_quantile((1 + level) / 2, n - 1) * std / math.sqrt(n)
+  return Stats(n, mean, std, mean - half, mean + half)
+
+
+# ----------------------------------------------------------------------------------------------
+# Metrics
+
+
+@dataclasses.dataclass(frozen=True)
+class Metric:
+  key: str
+  label: str        # axis label, with the unit
+  label_short: str
+  higher_is_better: bool
+  scale: float = 1.0
+  digits: int = 3
+
+  def value(self, values: dict) -> float:
+    v = values.get(self.key) if isinstance(values, dict) else None
+    try:
+      return float(v) * self.scale
+    except (TypeError, ValueError):
+      return math.nan
+
+  def format(self, raw: float) -> str:
+    return f'{float(raw) * self.scale:.{self.digits}f}'
+
+
+METRICS = (  # in order of preference: a language model's records also hold token accuracy
+    Metric('bpc', 'bits per character', 'bpc', False),
+    Metric('perplexity', 'perplexity', 'ppl', False, digits=1),
+    Metric('label_error_rate', 'label error rate (%)', 'LER %', False, 100.0, 2),
+    Metric('accuracy', 'accuracy (%)', 'acc %', True, 100.0, 2),
+    Metric('loss', 'loss', 'loss', False, digits=4),
+)
+
+
+def pick_metric(values: dict) -> Optional[Metric]:
+  """The metric a record or results split is judged by."""
+  for metric in METRICS:
+    if metric.key in values:
+      return metric
+  return None
+
+
+# ----------------------------------------------------------------------------------------------
+# Reading a sweep
+
+
+@dataclasses.dataclass
+class Run:
+  name: str
+  workdir: str
+  seed: Any
+  values: dict            # swept field -> value
+  status: str             # completed, diverged, preempted, running, missing
+  results: dict
+  curve: list             # [(step, valid record)]
+  diverged: bool = False
+
+  @property
+  def finished(self) -> bool:
+    return self.status in ('completed', 'diverged')
+
+
+def _read_json(path: str) -> Optional[dict]:
+  try:
+    with open(path) as f:
+      return json.load(f)
+  except (OSError, ValueError):
+    return None
+
+
+def _read_curve(workdir: str) -> list:
+  records = {}
+  try:
+    with open(os.path.join(workdir, 'metrics.jsonl')) as f:
+      for line in f:
+        line = line.strip()
+        if not line:
+          continue
+        try:
+          record = json.loads(line)
+        except ValueError:
+          continue
+        if record.get('split') == 'valid':
+          records[int(record['step'])] = record  # a later record for a step wins
+  except OSError:
+    pass
+  return sorted(records.items())
+
+
+def _flatten(d: Any, prefix: str = '') -> dict:
+  if isinstance(d, dict):
+    out = {}
+    for k, v in d.items():
+      out.update(_flatten(v, f'{prefix}{k}.'))
+    return out
+  return {prefix[:-1]: d}
+
+
+def _finite(results: dict, metric: Optional[Metric]) -> bool:
+  for split in ('valid', 'test'):
+    values = results.get(split)
+    if not isinstance(values, dict):
+      return False
+    keys = [metric.key] if metric and metric.key in values else ['loss']
+    if not all(isinstance(values.get(k), (int, float)) and math.isfinite(values[k]) for k in keys):
+      return False
+  return True
+
+
+def load_sweep(sweep_dir: str) -> tuple[dict, list[Run]]:
+  """(description, runs): sweep.json's description (or one inferred) and every point's run."""
+  description = _read_json(os.path.join(sweep_dir, 'sweep.json'))
+  if description is None:
+    names = sorted(d for d in os.listdir(sweep_dir)
+                   if os.path.isfile(os.path.join(sweep_dir, d, 'config.json')))
+    if not names:
+      raise FileNotFoundError(f'{sweep_dir} has neither sweep.json nor workdirs with config.json')
+    configs = {n: _flatten(_read_json(os.path.join(sweep_dir, n, 'config.json')) or {})
+               for n in names}
+    keys = sorted({k for c in configs.values() for k in c})
+    fields = [k for k in keys if k.split('.')[0] not in SKIP_INFERRED
+              and len({json.dumps(c.get(k)) for c in configs.values()}) > 1]
+    description = {'config': None, 'fields': fields, 'axes': {k: [] for k in fields}, 'base': {},
+                   'points': [{'name': n, 'seed': configs[n].get('seed'),
+                               'values': {k: configs[n].get(k) for k in fields}} for n in names]}
+  runs = []
+  for point in description['points']:
+    workdir = os.path.join(sweep_dir, point['name'])
+    results = _read_json(os.path.join(workdir, 'results.json'))
+    status = (results or {}).get('status') or ('missing' if not os.path.isdir(workdir)
+                                               else 'not finished')
+    runs.append(Run(point['name'], workdir, point.get('seed'), dict(point['values']), status,
+                    results or {}, _read_curve(workdir)))
+  return description, runs
+
+
+def choose_metric(runs: Sequence[Run]) -> Optional[Metric]:
+  for run in runs:
+    if isinstance(run.results.get('valid'), dict):
+      metric = pick_metric(run.results['valid'])
+      if metric:
+        return metric
+  for run in runs:
+    for _, record in run.curve:
+      metric = pick_metric(record)
+      if metric:
+        return metric
+  return None
+
+
+@dataclasses.dataclass
+class Setting:
+  values: dict
+  runs: list
+  label: str = ''
+
+  def finals(self, metric: Metric, split: str) -> list[float]:
+    return [metric.value(r.results[split]) for r in self.runs
+            if r.status == 'completed' and not r.diverged]
+
+  @property
+  def num_diverged(self) -> int:
+    return sum(r.diverged for r in self.runs)
+
+  @property
+  def num_unfinished(self) -> int:
+    return sum(not r.finished for r in self.runs)
+
+
+def group(description: dict, runs: Sequence[Run], metric: Optional[Metric]) -> list[Setting]:
+  """Settings in the order of their first point; runs that differ only in seed share one."""
+  for run in runs:
+    run.diverged = run.status == 'diverged' or (run.status == 'completed'
+                                                 and not _finite(run.results, metric))
+  settings: dict[str, Setting] = {}
+  for run in runs:
+    key = json.dumps(run.values, sort_keys=True, default=repr)
+    settings.setdefault(key, Setting(run.values, [])).runs.append(run)
+  out = list(settings.values())
+  for s in out:
+    s.label = setting_label(description, s.values)
+  return out
+
+
+def _short(fields: Sequence[str]) -> dict[str, str]:
+  last = [k.split('.')[-1] for k in fields]
+  return {k: (s if last.count(s) == 1 else k) for k, s in zip(fields, last)}
+
+
+def _fmt_value(v) -> str:
+  return v if isinstance(v, str) else repr(v)
+
+
+def setting_label(description: dict, values: dict, exclude: Sequence[str] = ()) -> str:
+  """'between=relu' or 'between=none, residual=True': axis fields always, fields set only by
+  extra points when they differ from the base config."""
+  fields = [k for k in description['fields'] if k not in exclude]
+  short = _short(description['fields'])
+  axes, base = description.get('axes', {}), description.get('base', {})
+  parts = [f'{short[k]}={_fmt_value(values.get(k))}' for k in fields
+           if k in axes or k not in base or values.get(k) != base.get(k)]
+  return ', '.join(parts) or 'base'
+
+
+# ----------------------------------------------------------------------------------------------
+# Plots
+
+
+def _colors(labels: Sequence[str]) -> dict[str, Any]:
+  import matplotlib
+  cmap = matplotlib.colormaps['tab10' if len(labels) <= 10 else 'tab20']
+  return {label: cmap(i % cmap.N) for i, label in enumerate(labels)}
+
+
+def _styles(labels: Sequence[str]) -> dict[str, str]:
+  """Solid and dashed lines in turn, so that lines that coincide stay visible."""
+  return {label: ('-', '--')[i % 2] for i, label in enumerate(labels)}
+
+
+def _mean_curve(runs: Sequence[Run], metric: Metric) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """Steps every run has, with the mean and the min/max of the metric over runs."""
+  curves = [{step: metric.value(rec) for step, rec in r.curve} for r in runs if r.curve]
+  if not curves:
+    return np.array([]), np.array([]), np.zeros((2, 0))
+  steps = sorted(set.intersection(*(set(c) for c in curves)))
+  values = np.array([[c[s] for s in steps] for c in curves])
+  return np.array(steps), values.mean(0), np.stack([values.min(0), values.max(0)])
+
+
+def plot_curves(path: str, description: dict, settings: Sequence[Setting], metric: Metric,
+                title: str) -> Optional[str]:
+  """Validation metric over steps: one panel per depth when the depth is swept."""
+  import matplotlib
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt
+  by_depth = DEPTH in description['fields']
+  exclude = [DEPTH] if by_depth else []
+  panels = sorted({s.values.get(DEPTH) for s in settings}) if by_depth else [None]
+  labels = list(dict.fromkeys(setting_label(description, s.values, exclude) for s in settings))
+  colors, styles = _colors(labels), _styles(labels)
+  fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels) + 1.2, 4.2), squeeze=False,
+                           sharey=True)
+  drawn = {}
+  for ax, depth in zip(axes[0], panels):
+    for s in settings:
+      if by_depth and s.values.get(DEPTH) != depth:
+        continue
+      runs = [r for r in s.runs if r.status == 'completed' and not r.diverged]
+      steps, mean, spread = _mean_curve(runs, metric)
+      if not len(steps):
+        continue
+      label = setting_label(description, s.values, exclude)
+      line, = ax.plot(steps, mean, color=colors[label], ls=styles[label], marker='.', lw=1.6,
+                      label=label)
+      if len(runs) > 1:
+        ax.fill_between(steps, spread[0], spread[1], color=colors[label], alpha=0.15, lw=0)
+      drawn.setdefault(label, line)
+    ax.set_title((f'{depth} layer' + ('s' if depth != 1 else '')) if by_depth else '',
+                 fontsize=11)
+    ax.set_xlabel('training step')
+    ax.grid(alpha=0.3)
+  if not drawn:
+    plt.close(fig)
+    return None
+  axes[0][0].set_ylabel(f'validation {metric.label}')
+  fig.legend(list(drawn.values()), list(drawn.keys()), loc='center left',
+             bbox_to_anchor=(1.0, 0.5), frameon=False, title='mean over seeds\n(band: min-max)')
+  fig.suptitle(f'{title}: validation {metric.label_short} during training', fontsize=12)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110, bbox_inches='tight')
+  plt.close(fig)
+  return path
+
+
+def _error_bar(stat: Stats) -> float:
+  return stat.half_width if stat.n >= 2 else 0.0
+
+
+def plot_depth(path: str, description: dict, settings: Sequence[Setting], metric: Metric,
+               title: str) -> Optional[str]:
+  """Final valid and test metric against depth, 95% CI error bars, one line per other setting."""
+  import matplotlib
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt
+  depths = sorted({s.values.get(DEPTH) for s in settings})
+  position = {d: i for i, d in enumerate(depths)}
+  labels = list(dict.fromkeys(setting_label(description, s.values, [DEPTH]) for s in settings))
+  colors, styles = _colors(labels), _styles(labels)
+  fig, axes = plt.subplots(1, 2, figsize=(11.5, 4.4))
+  width = 0.28
+  drawn = False
+  for ax, split in zip(axes, ('valid', 'test')):
+    for i, label in enumerate(labels):
+      offset = (i - (len(labels) - 1) / 2) * width / max(len(labels) - 1, 1)
+      xs, ys, errs, marks = [], [], [], []
+      for s in settings:
+        if setting_label(description, s.values, [DEPTH]) != label:
+          continue
+        stat = stats(s.finals(metric, split))
+        x = position[s.values.get(DEPTH)] + offset
+        if stat.n:
+          xs.append(x), ys.append(stat.mean), errs.append(_error_bar(stat))
+        if s.num_diverged:
+          marks.append((x, s.num_diverged, len(s.runs), stat.mean if stat.n else None))
+      order = np.argsort(xs)
+      if xs:
+        ax.errorbar(np.array(xs)[order], np.array(ys)[order], yerr=np.array(errs)[order],
+                    color=colors[label], ls=styles[label], marker='o', ms=5, capsize=3, lw=1.5,
+                    label=label)
+        drawn = True
+      for x, k, n, y in marks:
+        if y is None:  # no seed finished: mark the top of the panel
+          ax.plot([x], [0.96], marker='x', ms=7, color=colors[label], ls='none',
+                  transform=ax.get_xaxis_transform(), label=None if xs else label)
+          ax.annotate(f'{k}/{n} diverged', (x, 0.96), xycoords=('data', 'axes fraction'),
+                      textcoords='offset points', xytext=(5, -3), color=colors[label],
+                      fontsize=8)
+          drawn = True
+        else:
+          ax.annotate(f'{k}/{n} div.', (x, y), textcoords='offset points', xytext=(4, 6),
+                      color=colors[label], fontsize=8)
+    ax.set_xticks(range(len(depths)), [str(d) for d in depths])
+    ax.set_xlim(-0.5, len(depths) - 0.5)
+    ax.set_xlabel('LSTM layers')
+    ax.set_ylabel(f'final {"validation" if split == "valid" else "test"} {metric.label}')
+    ax.set_title('validation' if split == 'valid' else 'test', fontsize=11)
+    ax.grid(alpha=0.3)
+  if not drawn:
+    plt.close(fig)
+    return None
+  handles, names = axes[0].get_legend_handles_labels()
+  fig.legend(handles, names, loc='center left', bbox_to_anchor=(1.0, 0.5), frameon=False,
+             title='mean, 95% CI over seeds')
+  fig.suptitle(f'{title}: final {metric.label_short} by depth '
+               f'({"higher" if metric.higher_is_better else "lower"} is better)', fontsize=12)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110, bbox_inches='tight')
+  plt.close(fig)
+  return path
+
+
+def plot_settings(path: str, description: dict, settings: Sequence[Setting], metric: Metric,
+                  title: str) -> Optional[str]:
+  """One horizontal error bar (95% CI) per setting, validation and test side by side."""
+  import matplotlib
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt
+  fig, axes = plt.subplots(1, 2, figsize=(11, 0.45 * len(settings) + 1.8), sharey=True)
+  ys = np.arange(len(settings))[::-1]
+  drawn = False
+  for ax, split in zip(axes, ('valid', 'test')):
+    for y, s in zip(ys, settings):
+      stat = stats(s.finals(metric, split))
+      if stat.n:
+        ax.errorbar([stat.mean], [y], xerr=[_error_bar(stat)], color='C0', marker='o', capsize=3)
+        drawn = True
+      note = []
+      if s.num_diverged:
+        note.append(f'{s.num_diverged}/{len(s.runs)} diverged')
+      if note:
+        ax.annotate(', '.join(note), (1.0, y), xycoords=('axes fraction', 'data'),
+                    xytext=(-4, 0), textcoords='offset points', ha='right', va='center',
+                    color='C3', fontsize=8)
+    ax.set_yticks(ys, [s.label for s in settings])
+    ax.set_xlabel(f'final {"validation" if split == "valid" else "test"} {metric.label}')
+    ax.grid(alpha=0.3, axis='x')
+  if not drawn:
+    plt.close(fig)
+    return None
+  fig.suptitle(f'{title}: final {metric.label_short}, mean and 95% CI over seeds '
+               f'({"higher" if metric.higher_is_better else "lower"} is better)', fontsize=12)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110, bbox_inches='tight')
+  plt.close(fig)
+  return path
+
+
+# ----------------------------------------------------------------------------------------------
+# report.md
+
+
+def _cell(stat: Stats, metric: Metric) -> tuple[str, str]:
+  d = metric.digits
+  if stat.n == 0:
+    return '-', '-'
+  if stat.n == 1:
+    return f'{stat.mean:.{d}f}', '-'
+  return f'{stat.mean:.{d}f} ± {stat.std:.{d}f}', f'[{stat.ci_low:.{d}f}, {stat.ci_high:.{d}f}]'
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]], right: Sequence[bool]) -> str:
+  lines = ['| ' + ' | '.join(header) + ' |',
+           '|' + '|'.join('---:' if r else '---' for r in right) + '|']
+  lines += ['| ' + ' | '.join(str(c) for c in row) + ' |' for row in rows]
+  return '\n'.join(lines)
+
+
+def _duration(seconds: float) -> str:
+  minutes = seconds / 60
+  return f'{minutes / 60:.1f} h' if minutes >= 90 else f'{minutes:.0f} min'
+
+
+def write_report(sweep_dir: str, out: Optional[str] = None, title: Optional[str] = None) -> str:
+  """Writes report.md and the plots to `out` (default `sweep_dir`); returns report.md's path."""
+  out = out or sweep_dir
+  os.makedirs(out, exist_ok=True)
+  description, runs = load_sweep(sweep_dir)
+  metric = choose_metric(runs)
+  settings = group(description, runs, metric)
+  fields = description['fields']
+  short = _short(fields)
+  title = title or description.get('config') or os.path.basename(os.path.normpath(sweep_dir))
+  counts: dict[str, int] = {}
+  for r in runs:
+    key = 'diverged' if r.diverged else r.status
+    counts[key] = counts.get(key, 0) + 1
+  task = next((r.results.get('task') for r in runs if r.results.get('task')), None)
+
+  lines = [f'# Sweep report: {title}', '']
+  regen = f'python -m train.report --sweep_dir={sweep_dir}' + (f' --out={out}' if out != sweep_dir
+                                                                else '')
+  meta = [f'- Generated {datetime.datetime.now().strftime("%Y-%m-%d %H:%M")} by `{regen}`.']
+  if description.get('config'):
+    meta.append(f'- Sweep: `python -m train.sweep --config={description["config"]} '
+                f'--sweep_dir={sweep_dir}`' + (
+                    ' with ' + ' '.join(f'`--config.{k}={v}`' for k, v in
+                                        description.get('forwarded_overrides', {}).items())
+                    if description.get('forwarded_overrides') else '') + '.')
+  meta.append(f'- {len(runs)} runs' + (f' of task `{task}`' if task else '') + ': '
+              + ', '.join(f'{n} {s}' for s, n in sorted(counts.items())) + '.')
+  times = [r.results.get('train_time_s') for r in runs if r.results.get('train_time_s')]
+  platforms = sorted({str(r.results.get('platform')) for r in runs if r.results.get('platform')})
+  if times:
+    meta.append(f'- Training time: {_duration(sum(times))} in all, {np.mean(times):.0f} s per '
+                f'completed run on average (training loop only; {", ".join(platforms)}).')
+  if metric:
+    meta.append(f'- Metric: final {metric.label} on the validation and test splits '
+                f'({"higher" if metric.higher_is_better else "lower"} is better). Mean ± sample '
+                'standard deviation over seeds; 95% CI = mean ± t(0.975, n-1)·sd/√n. Diverged runs '
+                '(status `diverged` or a non-finite final metric) are counted, not averaged.')
+  lines += meta + ['']
+  if metric is None:
+    lines.append('No run has written a metric yet.')
+  else:
+    header = [short[k] for k in fields] + ['seeds', 'diverged', f'valid {metric.label_short}',
+                                           'valid 95% CI', f'test {metric.label_short}',
+                                           'test 95% CI']
+    rows = []
+    for s in settings:
+      valid = _cell(stats(s.finals(metric, 'valid')), metric)
+      test = _cell(stats(s.finals(metric, 'test')), metric)
+      seeds = str(len(s.finals(metric, 'valid')))
+      if s.num_unfinished:
+        seeds += f' ({s.num_unfinished} unfinished)'
+      rows.append([_fmt_value(s.values.get(k)) for k in fields]
+                  + [seeds, f'{s.num_diverged}/{len(s.runs)}', *valid, *test])
+    lines += ['## Results by setting', '',
+              _table(header, rows, [False] * len(fields) + [True] * 6), '']
+
+  plots = []
+  if metric:
+    curves = plot_curves(os.path.join(out, 'curves.png'), description, settings, metric, title)
+    if DEPTH in fields:
+      final = plot_depth(os.path.join(out, 'depth.png'), description, settings, metric, title)
+    else:
+      final = plot_settings(os.path.join(out, 'settings.png'), description, settings, metric,
+                            title)
+    plots = [p for p in (final, curves) if p]
+  if plots:
+    lines += ['## Plots', '']
+    for p in plots:
+      lines += [f'![{os.path.basename(p)}]({os.path.relpath(p, out)})', '']
+
+  lines += ['## Runs', '']
+  rows = []
+  for r in runs:
+    res = r.results
+    if r.status == 'completed' and metric:
+      valid, test = (f'{metric.value(res.get(split) or {}):.{metric.digits}f}'
+                     for split in ('valid', 'test'))
+    else:
+      valid = test = '-'
+    note = res.get('message', '') if r.status == 'diverged' else (
+        'non-finite metric' if r.diverged else '')
+    status = 'diverged' if r.diverged else r.status
+    rows.append([r.name, status, str(res.get('step', '-')), valid, test,
+                 str(res.get('train_time_s', '-')), note])
+  label = metric.label_short if metric else 'metric'
+  lines += [_table(['run', 'status', 'step', f'valid {label}', f'test {label}', 'train s', 'note'],
+                   rows, [False, False, True, True, True, True, False]), '']
+  path = os.path.join(out, 'report.md')
+  with open(path, 'w') as f:
+    f.write('\n'.join(lines))
+  return path
+
+
+def main(argv):
+  from absl import flags
+  FLAGS = flags.FLAGS
+  if len(argv) > 1:
+    raise SystemExit(f'error: unexpected arguments {argv[1:]}')
+  path = write_report(FLAGS.sweep_dir, FLAGS.out, FLAGS.title)
+  print(f'wrote {path}')
+
+
+if __name__ == '__main__':
+  from absl import app, flags
+  flags.DEFINE_string('sweep_dir', None, 'The sweep directory (train.sweep --sweep_dir).')
+  flags.DEFINE_string('out', None, 'Where report.md and the plots go (default: the sweep dir).')
+  flags.DEFINE_string('title', None, 'Title of the report and plots (default: the sweep config).')
+  flags.mark_flag_as_required('sweep_dir')
+  app.run(main)

@@ -1,0 +1,574 @@
+"""Sweeps: a grid of training runs, one workdir and one process per point, resumable.
+
+  python -m train.sweep --config=configs/ablation.py:ptb --sweep_dir=runs/ablation_ptb [--parallel=2]
+  python -m train.sweep --config=configs/ablation.py:ptb --sweep_dir=runs/ablation_ptb --print_commands
+  python -m train.sweep --config=configs/ablation.py:ptb --sweep_dir=runs/ablation_ptb --slurm=sweep.sh
+  python -m train.sweep --config=configs/ablation.py:ptb --sweep_dir=runs/ablation_ptb --dry_run
+
+A sweep config is an ordinary training config file: `get_config(arg)` returns the ConfigDict that
+`main.py` trains (so any point can be run, or rerun, by hand with main.py), and a second function
+`get_sweep(arg)` in the same file returns the grid as a plain dict:
+
+  def get_sweep(arg=None):
+    return {'axes': {'model.between': ['none', 'relu'], 'model.num_layers': [2, 4, 8]},
+            'seeds': [0, 1, 2],                                  # sets config.seed
+            'extra': [{'model.num_layers': 8, 'model.residual': True}]}
+
+The points are the product of the axes plus each extra point (a dict of overrides), each with
+every seed, seeds outermost (every setting's first seed runs before any second seed). An extra that
+lands on a grid point is dropped. Each point runs as
+
+  python main.py --config=<the same file:arg> --workdir=<sweep_dir>/<name> --config.K=V ...
+
+in its own workdir `<name>` = the point's own overrides with the last part of each field name,
+e.g. `between=relu,num_layers=4,seed=1` (`num_layers=8,residual=True,seed=0` for the extra). Fields
+given to the sweep as `--config.K=V` are passed on to every point (e.g. `--config.num_train_steps=20`
+for a smoke test); they may not name a swept field.
+
+A point whose workdir holds `results.json` with status `completed` or `diverged` is skipped; any
+other point runs, and main.py resumes a preempted or killed one from its checkpoint, so a sweep
+that is stopped and started again loses nothing. Ctrl-C or SIGTERM stops the sweep: the running
+points get SIGTERM, save a checkpoint and exit (status `preempted`). Each point's console output
+goes to `<workdir>/log.txt`; the sweep logs one line per point start and finish with the status and
+the final metric. `<sweep_dir>/sweep.json` describes the grid and its points (the report reads it);
+`--dry_run` writes nothing.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import fcntl
+import importlib.util
+import itertools
+import json
+import os
+import re
+import shlex
+import signal
+import subprocess
+import sys
+import threading
+import time
+from concurrent import futures
+from typing import Any, Callable, Optional, Sequence
+
+import ml_collections
+
+FINISHED = ('completed', 'diverged')
+MAIN = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'main.py')
+SWEEP_KEYS = ('axes', 'seeds', 'extra')
+
+
+class SweepError(ValueError):
+  """A problem with a sweep definition, reported as one line."""
+
+
+@dataclasses.dataclass
+class Point:
+  name: str                   # the workdir's name under the sweep directory
+  overrides: dict[str, Any]   # dotted field -> value, the point's own (seed included)
+  values: dict[str, Any]      # every swept field -> its value in this point's config (no seed)
+  seed: int
+  config: Any = None          # the point's full training config
+
+
+# ----------------------------------------------------------------------------------------------
+# Grid expansion
+
+
+def get_field(config, key: str):
+  node = config
+  for part in key.split('.'):
+    try:
+      node = node[part]
+    except (KeyError, AttributeError, TypeError):
+      raise SweepError(f'sweep field {key!r} is not a field of the config') from None
+  return node
+
+
+def apply_overrides(config, overrides: dict[str, Any]):
+  """A copy of `config` (a ConfigDict) with the dotted `overrides` set; the copy is locked, so a
+  misspelt field or a value of the wrong type is an error."""
+  new = copy.deepcopy(config)  # types and placeholders kept
+  new.lock()
+  for key, value in overrides.items():
+    *path, last = key.split('.')
+    node = new
+    for part in path:
+      node = get_field(node, part)
+    if not isinstance(node, ml_collections.ConfigDict) or last not in node:
+      raise SweepError(f'sweep field {key!r} is not a field of the config')
+    try:
+      node[last] = value
+    except (TypeError, ValueError, KeyError, AttributeError) as e:
+      raise SweepError(f'sweep field {key!r} cannot be set to {value!r}: {e}') from None
+  return new
+
+
+def format_value(value) -> str:
+  """A value as a command-line flag reads it (and as workdir names show it)."""
+  return value if isinstance(value, str) else repr(value)
+
+
+def _short_names(keys: Sequence[str]) -> dict[str, str]:
+  """Last part of each dotted key, or the whole key where two share a last part."""
+  last = [k.split('.')[-1] for k in keys]
+  return {k: (s if last.count(s) == 1 and s != 'seed' else k) for k, s in zip(keys, last)}
+
+
+def _name_part(value) -> str:
+  return re.sub(r'[^A-Za-z0-9._+-]', '_', format_value(value))
+
+
+def check_sweep(sweep: Any) -> dict:
+  if not isinstance(sweep, dict):
+    raise SweepError(f'get_sweep() must return a dict with keys {SWEEP_KEYS}, not {type(sweep)}')
+  unknown = set(sweep) - set(SWEEP_KEYS)
+  if unknown:
+    raise SweepError(f'sweep keys {sorted(unknown)} are not known; use {", ".join(SWEEP_KEYS)}')
+  axes = dict(sweep.get('axes') or {})
+  extra = list(sweep.get('extra') or [])
+  for key, values in axes.items():
+    if key == 'seed':
+      raise SweepError("give seeds as sweep['seeds'], not as an axis")
+    if not isinstance(values, (list, tuple)) or not values:
+      raise SweepError(f'sweep axis {key!r} must be a non-empty list of values')
+    if len(set(map(format_value, values))) != len(values):
+      raise SweepError(f'sweep axis {key!r} repeats a value: {values}')
+  for point in extra:
+    if not isinstance(point, dict) or not point or 'seed' in point:
+      raise SweepError(f'sweep extra points must be non-empty dicts of overrides without seed; '
+                       f'got {point!r}')
+  seeds = sweep.get('seeds')
+  if seeds is not None and (not isinstance(seeds, (list, tuple)) or not seeds
+                            or not all(isinstance(s, int) for s in seeds)
+                            or len(set(seeds)) != len(seeds)):
+    raise SweepError(f"sweep['seeds'] must be a non-empty list of distinct integers: {seeds!r}")
+  return {'axes': axes, 'seeds': None if seeds is None else list(seeds), 'extra': extra}
+
+
+def swept_fields(sweep: dict) -> list[str]:
+  keys = list(sweep['axes'])
+  for point in sweep['extra']:
+    keys += [k for k in point if k not in keys]
+  return keys
+
+
+def expand(config, sweep: dict) -> list[Point]:
+  """The sweep's points, seeds outermost, in grid order then extras; duplicates dropped."""
+  sweep = check_sweep(sweep)
+  keys = swept_fields(sweep)
+  short = _short_names(keys)
+  seeds = sweep['seeds'] if sweep['seeds'] is not None else [int(config.seed)]
+  axes = sweep['axes']
+  settings = [dict(zip(axes, combo)) for combo in itertools.product(*axes.values())] if axes else []
+  settings += [dict(p) for p in sweep['extra']]
+  for setting in settings:
+    for key, value in setting.items():
+      if value is None and get_field(config, key) is not None:
+        raise SweepError(f'sweep field {key!r} cannot be set to None from the command line')
+  points, seen, names = [], set(), set()
+  for seed in seeds:
+    for setting in settings:
+      overrides = {**setting, 'seed': seed}
+      point_config = apply_overrides(config, overrides)
+      values = {k: get_field(point_config, k) for k in keys}
+      identity = json.dumps([values, seed], sort_keys=True, default=repr)
+      if identity in seen:
+        continue
+      seen.add(identity)
+      ordered = [k for k in keys if k in setting]
+      name = ','.join([f'{short[k]}={_name_part(setting[k])}' for k in ordered] + [f'seed={seed}'])
+      if name in names:
+        raise SweepError(f'two sweep points would share the workdir name {name!r}')
+      names.add(name)
+      points.append(Point(name=name, overrides=overrides, values=values, seed=seed,
+                          config=point_config))
+  return points
+
+
+# ----------------------------------------------------------------------------------------------
+# Commands
+
+
+def override_flags(overrides: dict[str, Any], base=None) -> list[str]:
+  """`--config.K=V` flags; a None value that the base config also holds is left out (a flag
+  cannot say None)."""
+  flags = []
+  for key, value in overrides.items():
+    if value is None:
+      if base is not None and get_field(base, key) is None:
+        continue
+      raise SweepError(f'config.{key} cannot be set to None from the command line')
+    flags.append(f'--config.{key}={format_value(value)}')
+  return flags
+
+
+def point_command(point: Point, config_spec: str, workdir: str, python: str = 'python',
+                  main_py: str = 'main.py', forwarded: Optional[dict] = None,
+                  base=None) -> list[str]:
+  return [python, main_py, f'--config={config_spec}', f'--workdir={workdir}',
+          *override_flags(dict(forwarded or {}), base), *override_flags(point.overrides, base)]
+
+
+def _display_path(path: str) -> str:
+  rel = os.path.relpath(path)
+  return path if rel.startswith('..') else rel
+
+
+# ----------------------------------------------------------------------------------------------
+# State of a point's workdir
+
+
+def read_results(workdir: str) -> Optional[dict]:
+  try:
+    with open(os.path.join(workdir, 'results.json')) as f:
+      return json.load(f)
+  except (OSError, ValueError):
+    return None
+
+
+def point_status(workdir: str) -> Optional[str]:
+  """The status in the workdir's results.json (completed, diverged, preempted, ...), or None."""
+  results = read_results(workdir)
+  return None if results is None else results.get('status')
+
+
+def summary_line(results: Optional[dict]) -> str:
+  """'valid bpc 1.523 | test bpc 1.498' (the metric the report uses), or the divergence message."""
+  if not results:
+    return ''
+  if results.get('status') == 'diverged':
+    return results.get('message', '')
+  from train import report
+  parts = []
+  for split in ('valid', 'test'):
+    values = results.get(split)
+    if isinstance(values, dict):
+      metric = report.pick_metric(values)
+      if metric is not None:
+        parts.append(f'{split} {metric.label_short} {metric.format(values[metric.key])}')
+  return ' | '.join(parts)
+
+
+# ----------------------------------------------------------------------------------------------
+# Running
+
+
+class Runner:
+  """Runs point commands as subprocesses; on stop() sends them SIGTERM (they checkpoint)."""
+
+  def __init__(self):
+    self.lock = threading.Lock()
+    self.procs: set[subprocess.Popen] = set()
+    self.stopping = False
+
+  def __call__(self, argv: list[str], workdir: str) -> int:
+    os.makedirs(workdir, exist_ok=True)
+    with open(os.path.join(workdir, 'log.txt'), 'a') as log:
+      log.write(f'\n$ {shlex.join(argv)}\n')
+      log.flush()
+      with self.lock:
+        if self.stopping:
+          return -1
+        # Own session: a Ctrl-C at the terminal reaches the sweep only, which passes on SIGTERM.
+        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, start_new_session=True)
+        self.procs.add(proc)
+      try:
+        return proc.wait()
+      finally:
+        with self.lock:
+          self.procs.discard(proc)
+
+  def stop(self, sig=signal.SIGTERM) -> None:
+    with self.lock:
+      self.stopping = True
+      for proc in self.procs:
+        try:
+          proc.send_signal(sig)
+        except ProcessLookupError:
+          pass
+
+
+def run_points(sweep_dir: str, points: Sequence[Point], commands: dict[str, list[str]],
+               parallel: int = 1, runner: Optional[Callable[[list[str], str], int]] = None,
+               log: Callable[[str], None] = print) -> dict[str, str]:
+  """Runs the points that are not finished, `parallel` at a time; returns {name: status}.
+
+  `runner(argv, workdir)` runs one command and returns its exit code (tests pass a fake)."""
+  runner = runner or Runner()
+  statuses = {p.name: point_status(os.path.join(sweep_dir, p.name)) for p in points}
+  todo = [p for p in points if statuses[p.name] not in FINISHED]
+  done = len(points) - len(todo)
+  log(f'{len(points)} points in {sweep_dir}: {done} finished, {len(todo)} to run'
+      + (f', {parallel} at a time' if parallel > 1 and todo else ''))
+  width = len(str(len(todo)))
+  stopped = threading.Event()
+
+  def run_one(index_point):
+    index, point = index_point
+    if stopped.is_set():
+      return point.name, statuses[point.name] or 'not started'
+    tag = f'[{index + 1:>{width}}/{len(todo)}]'
+    workdir = os.path.join(sweep_dir, point.name)
+    resumed = os.path.isdir(os.path.join(workdir, 'checkpoints'))
+    log(f'{tag} start {point.name}' + (' (resuming)' if resumed else ''))
+    start = time.time()
+    try:
+      rc = runner(commands[point.name], workdir)
+    except Exception as e:  # a runner that fails must not stop the other points
+      rc, error = -1, e
+    else:
+      error = None
+    results = read_results(workdir)
+    status = (results or {}).get('status')
+    # main.py exits 0 when it completes or is preempted and 1 when the run diverges; any other
+    # outcome (a crash, a config error, results.json left from an earlier attempt) is a failure.
+    if status not in ('completed', 'diverged', 'preempted') or (rc != 0) != (status == 'diverged'):
+      status = 'failed'
+    detail = summary_line(results) if status != 'failed' else (
+        f'exit code {rc}' + (f' ({error})' if error else '')
+        + f'; see {os.path.join(workdir, "log.txt")}')
+    log(f'{tag} {status} {point.name}' + (f' | {detail}' if detail else '')
+        + f' | {time.time() - start:.0f} s')
+    return point.name, status
+
+  if todo:
+    pool = futures.ThreadPoolExecutor(max_workers=max(1, parallel))
+    previous = {}
+    if isinstance(runner, Runner) and threading.current_thread() is threading.main_thread():
+      def handle(signum, frame):
+        if stopped.is_set():  # a second signal: stop now
+          runner.stop(signal.SIGKILL)
+          return
+        log(f'signal {signum}: stopping; running points save a checkpoint and exit '
+            '(rerun the same command to continue)')
+        stopped.set()
+        runner.stop(signal.SIGTERM)
+      for sig in (signal.SIGINT, signal.SIGTERM):
+        previous[sig] = signal.signal(sig, handle)
+    try:
+      for name, status in pool.map(run_one, enumerate(todo)):
+        statuses[name] = status
+    finally:
+      pool.shutdown(wait=True)
+      for sig, handler in previous.items():
+        signal.signal(sig, handler)
+  counts = {}
+  for status in statuses.values():
+    counts[status or 'not started'] = counts.get(status or 'not started', 0) + 1
+  log('sweep: ' + ', '.join(f'{n} {s}' for s, n in sorted(counts.items())))
+  return statuses
+
+
+# ----------------------------------------------------------------------------------------------
+# Files: sweep.json, SLURM
+
+
+def sweep_description(config_spec: str, sweep: dict, points: Sequence[Point], base,
+                      forwarded: dict, commands: dict[str, list[str]]) -> dict:
+  sweep = check_sweep(sweep)
+  keys = swept_fields(sweep)
+  return {
+      'config': config_spec,
+      'forwarded_overrides': {k: format_value(v) for k, v in forwarded.items()},
+      'axes': sweep['axes'],
+      'seeds': sweep['seeds'] if sweep['seeds'] is not None else [int(base.seed)],
+      'extra': sweep['extra'],
+      'fields': keys,
+      'base': {k: get_field(base, k) for k in keys},
+      'num_points': len(points),
+      'points': [{'name': p.name, 'seed': p.seed, 'overrides': p.overrides, 'values': p.values,
+                  'command': shlex.join(commands[p.name])} for p in points],
+  }
+
+
+def write_json(path: str, value: dict) -> None:
+  tmp = path + '.tmp'
+  with open(tmp, 'w') as f:
+    json.dump(value, f, indent=2, default=repr)
+    f.write('\n')
+  os.replace(tmp, path)
+
+
+def slurm_script(commands_path: str, num_tasks: int, job_name: str, log_dir: str, cwd: str,
+                 throttle: int = 0, sbatch: Sequence[str] = ()) -> str:
+  """A SLURM array script: task i runs line i + 1 of `commands_path`."""
+  array = f'0-{num_tasks - 1}' + (f'%{throttle}' if throttle else '')
+  lines = [
+      '#!/bin/bash',
+      f'# One array task per sweep point: task i runs line i+1 of {commands_path}.',
+      '# Submit with: sbatch THIS_FILE. A task that is requeued or preempted resumes from its',
+      "# workdir's checkpoint; finished points are not in the list (rerun train.sweep --slurm",
+      '# to write a new one).',
+      f'#SBATCH --job-name={job_name}',
+      f'#SBATCH --array={array}',
+      f'#SBATCH --output={os.path.join(log_dir, "slurm-%A_%a.out")}',
+      '#SBATCH --signal=B:TERM@120',
+      '#SBATCH --requeue',
+      *[f'#SBATCH {opt}' for opt in sbatch],
+      'set -euo pipefail',
+      f'cd {shlex.quote(cwd)}',
+      f'CMD=$(sed -n "$((SLURM_ARRAY_TASK_ID + 1))p" {shlex.quote(commands_path)})',
+      'echo "task $SLURM_ARRAY_TASK_ID: $CMD"',
+      'eval "exec $CMD"',
+      '',
+  ]
+  return '\n'.join(lines)
+
+
+def write_slurm(path: str, commands: Sequence[list[str]], job_name: str, log_dir: str,
+                throttle: int = 0, sbatch: Sequence[str] = ()) -> str:
+  """Writes the script at `path` and its commands file next to it; returns the commands path."""
+  root, ext = os.path.splitext(os.path.abspath(path))
+  commands_path = root + '.commands' if ext != '.commands' else root + '.commands.txt'
+  os.makedirs(os.path.dirname(commands_path), exist_ok=True)
+  with open(commands_path, 'w') as f:
+    f.writelines(shlex.join(c) + '\n' for c in commands)
+  with open(path, 'w') as f:
+    f.write(slurm_script(commands_path, len(commands), job_name, os.path.abspath(log_dir),
+                         os.getcwd(), throttle, sbatch))
+  os.chmod(path, 0o755)
+  return commands_path
+
+
+# ----------------------------------------------------------------------------------------------
+# Loading a sweep config file
+
+
+def load_sweep(config_spec: str) -> dict:
+  """`get_sweep(arg)` of the config file named as in `--config=path.py:arg`."""
+  path, *arg = config_spec.split(':', 1)
+  spec = importlib.util.spec_from_file_location('sweep_config', path)
+  if spec is None or spec.loader is None:
+    raise SweepError(f'cannot load config file {path}')
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  if not hasattr(module, 'get_sweep'):
+    raise SweepError(f'{path} has no get_sweep(arg): a sweep config names its grid there '
+                     '(see train/sweep.py)')
+  return module.get_sweep(*arg)
+
+
+def prepare(config, config_spec: str, sweep_dir: str, forwarded: dict, python: str,
+            main_py: str, absolute: bool = False):
+  """(sweep, points, commands) for a loaded config; checks every point's config."""
+  from train import validation
+  sweep = check_sweep(load_sweep(config_spec))
+  keys = swept_fields(sweep)
+  for key in forwarded:
+    if key in keys or key == 'seed':
+      raise SweepError(f'--config.{key} is swept by the sweep config and cannot be set for all '
+                       'points')
+  points = expand(config, sweep)
+  for point in points:
+    try:
+      validation.check_config(point.config)
+    except validation.ConfigError as e:
+      raise SweepError(f'point {point.name}: {e}') from None
+  spec = config_spec
+  if absolute:
+    path, sep, arg = config_spec.partition(':')
+    spec = os.path.abspath(path) + sep + arg
+  commands = {p.name: point_command(
+      p, spec, os.path.abspath(os.path.join(sweep_dir, p.name)) if absolute
+      else os.path.join(sweep_dir, p.name), python, main_py, forwarded, config) for p in points}
+  return sweep, points, commands
+
+
+# ----------------------------------------------------------------------------------------------
+
+
+def main(argv):
+  from absl import flags, logging
+  from ml_collections import config_flags
+  FLAGS = flags.FLAGS
+  if len(argv) > 1:
+    raise SystemExit(f'error: unexpected arguments {argv[1:]}')
+  modes = [m for m in ('print_commands', 'slurm', 'dry_run') if getattr(FLAGS, m)]
+  if len(modes) > 1:
+    raise SystemExit(f'error: --{" and --".join(modes)} cannot be combined')
+  if FLAGS.parallel < 1:
+    raise SystemExit('error: --parallel must be at least 1')
+  config_spec = config_flags.get_config_filename(FLAGS['config'])
+  forwarded = dict(config_flags.get_override_values(FLAGS['config']))
+  sweep_dir = FLAGS.sweep_dir
+  slurm = bool(FLAGS.slurm)
+  try:
+    sweep, points, commands = prepare(
+        FLAGS.config, config_spec, sweep_dir, forwarded,
+        python=sys.executable if slurm else 'python',
+        main_py=MAIN if slurm else _display_path(MAIN), absolute=slurm)
+  except SweepError as e:
+    raise SystemExit(f'error: {e}')
+  log = lambda line: logging.info('%s', line)
+  statuses = {p.name: point_status(os.path.join(sweep_dir, p.name)) for p in points}
+  todo = [p for p in points if statuses[p.name] not in FINISHED]
+
+  if FLAGS.dry_run:
+    print(f'{len(points)} points in {sweep_dir}: {len(points) - len(todo)} finished, '
+          f'{len(todo)} to run (dry run: nothing written)')
+    for p in points:
+      state = statuses[p.name]
+      print(f'{"skip" if state in FINISHED else "run "} {p.name}'
+            + (f' [{state}]' if state else ''))
+      if state not in FINISHED:
+        print('     ' + shlex.join(commands[p.name]))
+    return 0
+
+  os.makedirs(sweep_dir, exist_ok=True)
+  write_json(os.path.join(sweep_dir, 'sweep.json'),
+             sweep_description(config_spec, sweep, points, FLAGS.config, forwarded, commands))
+  if FLAGS.print_commands:
+    if len(todo) < len(points):
+      print(f'# {len(points) - len(todo)} of {len(points)} points finished: not listed',
+            file=sys.stderr)
+    for p in todo:
+      print(shlex.join(commands[p.name]))
+    return 0
+  if slurm:
+    if not todo:
+      print(f'all {len(points)} points are finished: no SLURM script written', file=sys.stderr)
+      return 0
+    name = os.path.basename(os.path.normpath(sweep_dir)) or 'sweep'
+    commands_path = write_slurm(FLAGS.slurm, [commands[p.name] for p in todo], name, sweep_dir,
+                                FLAGS.parallel if FLAGS['parallel'].present else 0, FLAGS.sbatch)
+    print(f'wrote {FLAGS.slurm} ({len(todo)} array tasks; {len(points) - len(todo)} finished '
+          f'points left out) and {commands_path}; submit with: sbatch {FLAGS.slurm}')
+    return 0
+
+  lock = open(os.path.join(sweep_dir, '.sweep.lock'), 'w')
+  try:
+    fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+  except OSError:
+    raise SystemExit(f'error: another sweep is running in {sweep_dir}')
+  env_cmds = {name: [sys.executable, MAIN] + cmd[2:] for name, cmd in commands.items()}
+  statuses = run_points(sweep_dir, points, env_cmds, FLAGS.parallel, log=log)
+  log(f'report: python -m train.report --sweep_dir={sweep_dir}')
+  return 0 if all(s in FINISHED for s in statuses.values()) else 1
+
+
+def _define_flags():
+  from absl import flags
+  from ml_collections import config_flags
+  flags.DEFINE_string('sweep_dir', None, 'Directory holding one workdir per point and sweep.json.')
+  flags.DEFINE_integer('parallel', 1, 'Points run at once (processes); with --slurm, the most '
+                       'array tasks running at once when given.')
+  flags.DEFINE_bool('print_commands', False, 'Print the command of each unfinished point, one '
+                    'per line, and run nothing.')
+  flags.DEFINE_string('slurm', None, 'Write a SLURM array script here (and its commands file '
+                      'next to it) for the unfinished points, and run nothing.')
+  flags.DEFINE_multi_string('sbatch', [], 'Extra #SBATCH options for --slurm, e.g. '
+                            '--sbatch=--time=02:00:00 --sbatch=--cpus-per-task=2.')
+  flags.DEFINE_bool('dry_run', False, 'List the points, what would run and the commands; write '
+                    'nothing.')
+  config_flags.DEFINE_config_file('config', None, 'Sweep config file (get_config and get_sweep).',
+                                  lock_config=True)
+  flags.mark_flags_as_required(['config', 'sweep_dir'])
+
+
+if __name__ == '__main__':
+  from absl import app
+  _define_flags()
+  app.run(lambda argv: sys.exit(main(argv)))
