@@ -24,9 +24,9 @@ def get_config(arg=None):
   c.optimizer.schedule = 'cosine'
   c.optimizer.warmup_steps = 50
   c.optimizer.grad_clip_norm = 1.0
-  c.num_train_steps = 1200
-  c.eval_every_steps = 400
-  c.checkpoint_every_steps = 200
+  c.num_train_steps = 1000
+  c.eval_every_steps = 500
+  c.checkpoint_every_steps = 250
   c.data.max_eval_tokens = 100_000
   if args.full:
     c.model.hidden_size = 1000 if args.hidden == 256 else args.hidden
