@@ -1,0 +1,562 @@
+"""Stacked-LSTM benchmark: this project against PyTorch, Flax and Keras, in one process.
+
+Run by hand (never in CI):
+
+    python bench/bench_lstm.py --out bench/results                 # both parts, a few minutes
+    python bench/bench_lstm.py --out bench/results --part speed    # step times only
+    python bench/bench_lstm.py --out bench/results --part compile  # compile time and memory only
+    python bench/bench_lstm.py --quick --out /tmp/bench            # smoke run, seconds
+
+Part `speed` times one training step (forward + backward + Adam; a linear head to 128 classes and
+cross-entropy on every step; input 128, hidden 256, batch 32, T=128, float32) of:
+  project      this project's `StackedLSTM` (batch-major input), on the path it dispatches to;
+  project-ref  the same model forced onto the reference `lax.scan` path (`lstm.fast.reference_path`);
+  pytorch      `torch.nn.LSTM` (oneDNN), default threads, default allocator (no malloc tuning);
+  flax         `flax.linen.RNN(OptimizedLSTMCell)` layers in a Python loop;
+  keras        Keras 3 `LSTM` on the JAX backend, stateless jitted train step.
+Cases: 2 and 4 layers, forward only at 2 layers, bidirectional at 2 layers, T=1024 at 2 layers.
+All implementations run interleaved in the same process (the order rotates every repetition);
+the tables give the median and the min over repetitions, tokens/s, the ratio to PyTorch and the
+fraction of the fp32 matmul peak (measured with a large `jnp.dot`; LSTM FLOPs counted
+analytically, matmuls only).
+
+Part `compile` measures trace+lower and XLA compile time of the training step against depth
+(2..32 layers) with and without `scan_layers=True`, and the temp memory XLA plans for a T=4096
+training step with and without `remat=True` (`jitted.lower(...).compile().memory_analysis()`,
+deterministic).
+
+It writes `<out>/bench_<part>.json` and `<out>/bench_<part>.md`.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+
+os.environ.setdefault('KERAS_BACKEND', 'jax')
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+  sys.path.insert(0, ROOT)
+
+import flax.linen as nn  # noqa: E402
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+import optax  # noqa: E402
+
+from lstm import StackedLSTM  # noqa: E402
+
+try:
+  from lstm import fast as lstm_fast  # noqa: E402
+except ImportError:  # before the fast path exists
+  lstm_fast = None
+
+F_IN, HIDDEN, BATCH, STEPS, CLASSES = 128, 256, 32, 128, 128
+LR = 1e-3
+
+
+# ----------------------------------------------------------------------------------------------
+# Workload and FLOP count
+
+
+def lstm_flops(layers, f_in, hidden, batch, steps, classes, dirs=1, train=True):
+  """Matmul FLOPs of one step: forward, plus dX and dW of every matmul when training.
+
+  The input x needs no gradient, so the first layer's input projection has no dX.
+  """
+  fwd, width = 0, f_in
+  for _ in range(layers):
+    fwd += dirs * 2 * batch * steps * (width * 4 * hidden + hidden * 4 * hidden)
+    width = dirs * hidden
+  fwd += 2 * batch * steps * width * classes
+  if not train:
+    return fwd
+  first_dx = dirs * 2 * batch * steps * f_in * 4 * hidden
+  return fwd + fwd + (fwd - first_dx)
+
+
+def make_data(batch, steps, seed=0):
+  rng = np.random.default_rng(seed)
+  x = rng.standard_normal((batch, steps, F_IN), dtype=np.float32)
+  y = rng.integers(0, CLASSES, (batch, steps)).astype(np.int32)
+  return x, y
+
+
+# ----------------------------------------------------------------------------------------------
+# JAX implementations (project, Flax, Keras) share one trainer
+
+
+class ProjectNet(nn.Module):
+  layers: int
+  hidden: int
+  bidirectional: bool = False
+  scan_layers: bool = False
+  remat: bool = False
+
+  @nn.compact
+  def __call__(self, x):
+    y, _ = StackedLSTM(num_layers=self.layers, hidden_size=self.hidden,
+                       bidirectional=self.bidirectional, scan_layers=self.scan_layers,
+                       remat=self.remat)(x)
+    return nn.Dense(CLASSES)(y)
+
+
+class FlaxNet(nn.Module):
+  layers: int
+  hidden: int
+  bidirectional: bool = False
+
+  @nn.compact
+  def __call__(self, x):
+    for _ in range(self.layers):
+      if self.bidirectional:
+        x = nn.Bidirectional(nn.RNN(nn.OptimizedLSTMCell(self.hidden)),
+                             nn.RNN(nn.OptimizedLSTMCell(self.hidden)))(x)
+      else:
+        x = nn.RNN(nn.OptimizedLSTMCell(self.hidden))(x)
+    return nn.Dense(CLASSES)(x)
+
+
+def _xent(logits, labels):
+  return optax.softmax_cross_entropy_with_integer_labels(
+      logits.astype(jnp.float32), labels).mean()
+
+
+class JaxRunner:
+  """Holds params and optimizer state; `step()` runs one compiled step and blocks."""
+
+  def __init__(self, apply, params, x, y, train, context=contextlib.nullcontext):
+    self.x, self.y = jnp.asarray(x), jnp.asarray(y)
+    self.train = train
+    tx = optax.adam(LR)
+    self.params = params
+    self.opt_state = tx.init(params)
+
+    def loss_fn(p, x, y):
+      return _xent(apply(p, x), y)
+
+    if train:
+      def step(p, s, x, y):
+        loss, g = jax.value_and_grad(loss_fn)(p, x, y)
+        updates, s = tx.update(g, s, p)
+        return optax.apply_updates(p, updates), s, loss
+      with context():
+        t0 = time.perf_counter()
+        lowered = jax.jit(step, donate_argnums=(0, 1)).lower(
+            self.params, self.opt_state, self.x, self.y)
+        t1 = time.perf_counter()
+        self.compiled = lowered.compile()
+        t2 = time.perf_counter()
+    else:
+      with context():
+        t0 = time.perf_counter()
+        lowered = jax.jit(loss_fn).lower(self.params, self.x, self.y)
+        t1 = time.perf_counter()
+        self.compiled = lowered.compile()
+        t2 = time.perf_counter()
+    self.lower_s, self.compile_s = t1 - t0, t2 - t1
+    self.step()  # warm-up
+
+  def step(self):
+    if self.train:
+      self.params, self.opt_state, loss = self.compiled(self.params, self.opt_state, self.x, self.y)
+    else:
+      loss = self.compiled(self.params, self.x, self.y)
+    loss.block_until_ready()
+    return loss
+
+
+def _reference_context():
+  if lstm_fast is None:
+    return contextlib.nullcontext()
+  return lstm_fast.reference_path()
+
+
+def build_project(case, x, y, reference=False):
+  model = ProjectNet(case['layers'], HIDDEN, case.get('bidirectional', False))
+  params = model.init(jax.random.key(0), jnp.asarray(x[:1]))
+  context = _reference_context if reference else contextlib.nullcontext
+  return JaxRunner(model.apply, params, x, y, case['train'], context)
+
+
+def build_flax(case, x, y):
+  model = FlaxNet(case['layers'], HIDDEN, case.get('bidirectional', False))
+  params = model.init(jax.random.key(0), jnp.asarray(x[:1]))
+  return JaxRunner(model.apply, params, x, y, case['train'])
+
+
+def build_keras(case, x, y):
+  import keras
+  keras.utils.set_random_seed(0)
+  inputs = keras.Input((x.shape[1], F_IN), batch_size=x.shape[0])
+  h = inputs
+  for _ in range(case['layers']):
+    layer = keras.layers.LSTM(HIDDEN, return_sequences=True)
+    if case.get('bidirectional'):
+      layer = keras.layers.Bidirectional(layer)
+    h = layer(h)
+  logits = keras.layers.Dense(CLASSES)(h)
+  model = keras.Model(inputs, logits)
+  trainable = [v.value for v in model.trainable_variables]
+  non_trainable = [v.value for v in model.non_trainable_variables]
+
+  def apply(tv, x):
+    logits, _ = model.stateless_call(tv, non_trainable, x, training=case['train'])
+    return logits
+
+  return JaxRunner(apply, trainable, x, y, case['train'])
+
+
+
+# ----------------------------------------------------------------------------------------------
+# PyTorch
+
+
+class TorchRunner:
+  """`torch.nn.LSTM` + linear head + Adam; `threads` overrides torch's thread count for its steps."""
+
+  def __init__(self, case, x, y, threads=None):
+    import torch
+    self.torch = torch
+    self.threads = threads
+    torch.manual_seed(0)
+    dirs = 2 if case.get('bidirectional') else 1
+    self.lstm = torch.nn.LSTM(F_IN, HIDDEN, case['layers'], batch_first=True,
+                              bidirectional=dirs == 2)
+    self.head = torch.nn.Linear(dirs * HIDDEN, CLASSES)
+    self.params = list(self.lstm.parameters()) + list(self.head.parameters())
+    self.opt = torch.optim.Adam(self.params, lr=LR)
+    self.x = torch.from_numpy(x)
+    self.y = torch.from_numpy(y.astype(np.int64)).reshape(-1)
+    self.train = case['train']
+    self.lower_s = self.compile_s = 0.0
+    self.step()
+
+  def _loss(self):
+    out, _ = self.lstm(self.x)
+    logits = self.head(out)
+    return self.torch.nn.functional.cross_entropy(logits.reshape(-1, CLASSES), self.y)
+
+  def step(self):
+    previous = self.torch.get_num_threads()
+    if self.threads:
+      self.torch.set_num_threads(self.threads)
+    try:
+      if self.train:
+        self.opt.zero_grad(set_to_none=True)
+        loss = self._loss()
+        loss.backward()
+        self.opt.step()
+      else:
+        with self.torch.inference_mode():
+          loss = self._loss()
+      return float(loss.detach())
+    finally:
+      if self.threads:
+        self.torch.set_num_threads(previous)
+
+
+# ----------------------------------------------------------------------------------------------
+# Speed part
+
+
+BUILDERS = {
+    'project': lambda c, x, y: build_project(c, x, y),
+    'project-ref': lambda c, x, y: build_project(c, x, y, reference=True),
+    'pytorch': TorchRunner,
+    'pytorch-1t': lambda c, x, y: TorchRunner(c, x, y, threads=1),
+    'flax': build_flax,
+    'keras': build_keras,
+}
+
+
+def measure_peak(n=2048, reps=5):
+  """Best fp32 GFLOP/s of a large jnp.dot on this machine."""
+  a = jnp.asarray(np.random.default_rng(0).standard_normal((n, n), dtype=np.float32))
+  b = jnp.asarray(np.random.default_rng(1).standard_normal((n, n), dtype=np.float32))
+  f = jax.jit(jnp.dot)
+  f(a, b).block_until_ready()
+  best = float('inf')
+  for _ in range(reps):
+    t0 = time.perf_counter()
+    f(a, b).block_until_ready()
+    best = min(best, time.perf_counter() - t0)
+  return 2 * n ** 3 / best / 1e9
+
+
+def speed_cases(quick):
+  if quick:
+    return [
+        dict(name='train, 2 layers, T=16', layers=2, steps=16, train=True),
+        dict(name='forward only, 2 layers, T=16', layers=2, steps=16, train=False),
+        dict(name='train, bidirectional 2 layers, T=16', layers=2, steps=16, train=True,
+             bidirectional=True),
+    ]
+  return [
+      dict(name='train, 2 layers', layers=2, steps=STEPS, train=True),
+      dict(name='train, 4 layers', layers=4, steps=STEPS, train=True),
+      dict(name='forward only, 2 layers', layers=2, steps=STEPS, train=False),
+      dict(name='train, bidirectional, 2 layers', layers=2, steps=STEPS, train=True,
+           bidirectional=True),
+      dict(name='train, 2 layers, T=1024', layers=2, steps=1024, train=True),
+  ]
+
+
+def run_case(case, impls, reps, peak, log):
+  x, y = make_data(BATCH, case['steps'])
+  runners = {}
+  for name in impls:
+    t0 = time.perf_counter()
+    runners[name] = BUILDERS[name](case, x, y)
+    log(f'  built {name} in {time.perf_counter() - t0:.1f} s')
+  budget = 0.6 if case['steps'] <= 128 else 2.0  # seconds per implementation and repetition
+  probe = {}
+  for name, r in runners.items():
+    t0 = time.perf_counter()
+    r.step()
+    probe[name] = time.perf_counter() - t0
+  inner = max(1, int(budget / max(probe.values())))
+  times = {name: [] for name in runners}
+  order = list(runners)
+  for rep in range(reps):
+    k = rep % len(order)
+    for name in order[k:] + order[:k]:
+      r = runners[name]
+      t0 = time.perf_counter()
+      for _ in range(inner):
+        r.step()
+      times[name].append((time.perf_counter() - t0) / inner)
+  dirs = 2 if case.get('bidirectional') else 1
+  flops = lstm_flops(case['layers'], F_IN, HIDDEN, BATCH, case['steps'], CLASSES, dirs,
+                     case['train'])
+  rows = []
+  torch_median = statistics.median(times['pytorch']) if 'pytorch' in times else None
+  torch_min = min(times['pytorch']) if 'pytorch' in times else None
+  for name in runners:
+    med, best = statistics.median(times[name]), min(times[name])
+    rows.append(dict(
+        impl=name, median_ms=med * 1e3, min_ms=best * 1e3,
+        tokens_per_s=BATCH * case['steps'] / med,
+        ratio_to_pytorch=None if torch_median is None else med / torch_median,
+        ratio_to_pytorch_min=None if torch_min is None else best / torch_min,
+        peak_fraction=flops / med / (peak * 1e9),
+        compile_s=runners[name].compile_s, times_ms=[t * 1e3 for t in times[name]]))
+    log(f'  {name:12s} median {med * 1e3:8.1f} ms  min {best * 1e3:8.1f} ms  '
+        f'ratio {rows[-1]["ratio_to_pytorch"] or 0:.3f} (min {rows[-1]["ratio_to_pytorch_min"] or 0:.3f})')
+  return dict(case=case, inner_steps=inner, repetitions=reps, gflop=flops / 1e9, rows=rows)
+
+
+# ----------------------------------------------------------------------------------------------
+# Compile-time and memory part
+
+
+def _train_lowering(model, x, y):
+  params = jax.eval_shape(model.init, jax.random.key(0),
+                          jax.ShapeDtypeStruct((1,) + x.shape[1:], x.dtype))
+  tx = optax.adam(LR)
+  opt_state = jax.eval_shape(tx.init, params)
+
+  def step(p, s, x, y):
+    loss, g = jax.value_and_grad(lambda p: _xent(model.apply(p, x), y))(p)
+    updates, s = tx.update(g, s, p)
+    return optax.apply_updates(p, updates), s, loss
+
+  t0 = time.perf_counter()
+  lowered = jax.jit(step, donate_argnums=(0, 1)).lower(params, opt_state, x, y)
+  t1 = time.perf_counter()
+  compiled = lowered.compile()
+  t2 = time.perf_counter()
+  return compiled, t1 - t0, t2 - t1
+
+
+def compile_part(quick, log):
+  depths = (2, 4) if quick else (2, 4, 8, 16, 32)
+  steps = 16 if quick else STEPS
+  x = jax.ShapeDtypeStruct((BATCH, steps, F_IN), jnp.float32)
+  y = jax.ShapeDtypeStruct((BATCH, steps), jnp.int32)
+  compile_rows = []
+  for scan in (False, True):
+    for depth in depths:
+      _, lower_s, compile_s = _train_lowering(ProjectNet(depth, HIDDEN, scan_layers=scan), x, y)
+      compile_rows.append(dict(layers=depth, scan_layers=scan, lower_s=lower_s,
+                               compile_s=compile_s, total_s=lower_s + compile_s))
+      log(f'  layers {depth:2d} scan_layers={scan!s:5s}: lower {lower_s:6.2f} s, '
+          f'compile {compile_s:6.2f} s')
+  mem_steps = 256 if quick else 4096
+  x = jax.ShapeDtypeStruct((BATCH, mem_steps, F_IN), jnp.float32)
+  y = jax.ShapeDtypeStruct((BATCH, mem_steps), jnp.int32)
+  memory_rows = []
+  paths = [('fast', contextlib.nullcontext)]
+  if lstm_fast is not None:
+    paths.append(('reference', _reference_context))
+  for path, context in paths:
+    for remat in (False, True):
+      with context():
+        compiled, _, _ = _train_lowering(ProjectNet(2, HIDDEN, remat=remat), x, y)
+      m = compiled.memory_analysis()
+      memory_rows.append(dict(path=path, layers=2, steps=mem_steps, remat=remat,
+                              temp_mib=m.temp_size_in_bytes / 2 ** 20,
+                              argument_mib=m.argument_size_in_bytes / 2 ** 20,
+                              output_mib=m.output_size_in_bytes / 2 ** 20))
+      log(f'  T={mem_steps} path={path} remat={remat!s:5s}: temp '
+          f'{memory_rows[-1]["temp_mib"]:.1f} MiB')
+  return dict(compile=compile_rows, memory=memory_rows, compile_steps=steps,
+              memory_steps=mem_steps)
+
+
+# ----------------------------------------------------------------------------------------------
+# Reporting
+
+
+def machine_info():
+  import torch
+  model = platform.processor()
+  try:
+    with open('/proc/cpuinfo') as f:
+      for line in f:
+        if line.startswith('model name'):
+          model = line.split(':', 1)[1].strip()
+          break
+  except OSError:
+    pass
+  try:
+    commit = subprocess.run(['git', '-C', ROOT, 'rev-parse', '--short', 'HEAD'],
+                            capture_output=True, text=True).stdout.strip()
+  except OSError:
+    commit = ''
+  import flax
+  info = dict(cpu=model, cores=os.cpu_count(), python=platform.python_version(),
+              jax=jax.__version__, flax=flax.__version__, torch=torch.__version__,
+              torch_threads=torch.get_num_threads(),
+              malloc_env={k: v for k, v in os.environ.items() if k.startswith('MALLOC_')},
+              loadavg=os.getloadavg(), commit=commit,
+              date=datetime.datetime.now().isoformat(timespec='seconds'))
+  try:
+    import keras
+    info['keras'] = keras.__version__
+  except Exception:  # noqa: BLE001
+    pass
+  return info
+
+
+def speed_markdown(result):
+  info, peak = result['machine'], result['peak_gflops']
+  malloc = ('PyTorch default settings (no malloc tuning)' if not info['malloc_env']
+            else f'malloc env {info["malloc_env"]}')
+  lines = [
+      f'### Step time: {info["cpu"]}, {info["cores"]} cores',
+      '',
+      f'jax {info["jax"]}, flax {info["flax"]}, torch {info["torch"]} '
+      f'({info["torch_threads"]} threads, {malloc}), keras {info.get("keras", "-")}; '
+      f'fp32 matmul peak measured with jnp.dot: {peak:.0f} GFLOP/s; load average at start '
+      f'{info["loadavg"][0]:.2f}; {info["date"]}, commit {info["commit"]}.',
+      f'Batch {BATCH}, input {F_IN}, hidden {HIDDEN}, head to {CLASSES} classes, float32, Adam. '
+      'Median and min over interleaved repetitions; "vs PyTorch" = median / PyTorch median, '
+      '"(min)" = min / PyTorch min (less sensitive to other load on the machine); tokens/s and '
+      '% of peak from the median, counting matmul FLOPs only. project-ref = this project forced '
+      'onto its reference lax.scan path; pytorch-1t = PyTorch with torch.set_num_threads(1) '
+      '(its default 2 OpenMP threads degrade sharply when another process takes a core).',
+      f'Command: `{result["command"]}`',
+      '',
+      '| case | implementation | median ms | min ms | tokens/s | vs PyTorch | (min) '
+      '| % of peak |',
+      '|---|---|---:|---:|---:|---:|---:|---:|',
+  ]
+  fmt = lambda v: '-' if v is None else f'{v:.2f}x'
+  for c in result['cases']:
+    for r in c['rows']:
+      lines.append(f'| {c["case"]["name"]} | {r["impl"]} | '
+                   f'{r["median_ms"]:.1f} | {r["min_ms"]:.1f} | {r["tokens_per_s"]:,.0f} | '
+                   f'{fmt(r["ratio_to_pytorch"])} | {fmt(r.get("ratio_to_pytorch_min"))} | '
+                   f'{100 * r["peak_fraction"]:.0f}% |')
+  return '\n'.join(lines) + '\n'
+
+
+def compile_markdown(result):
+  info = result['machine']
+  lines = [
+      f'### Compile time and memory: {info["cpu"]}, {info["cores"]} cores',
+      '',
+      f'jax {info["jax"]}, flax {info["flax"]}; {info["date"]}, commit {info["commit"]}. '
+      f'Training step (Adam), hidden {HIDDEN}, batch {BATCH}, T={result["compile_steps"]}.',
+      f'Command: `{result["command"]}`',
+      '',
+      '| layers | scan_layers | trace+lower s | compile s | total s |',
+      '|---:|---|---:|---:|---:|',
+  ]
+  for r in result['compile']:
+    lines.append(f'| {r["layers"]} | {r["scan_layers"]} | {r["lower_s"]:.2f} | '
+                 f'{r["compile_s"]:.2f} | {r["total_s"]:.2f} |')
+  by = {(r['layers'], r['scan_layers']): r['total_s'] for r in result['compile']}
+  depths = sorted({r['layers'] for r in result['compile']})
+  if (depths[-1], True) in by and (depths[0], True) in by:
+    lines += ['', f'scan_layers: {depths[-1]} layers / {depths[0]} layers = '
+              f'{by[(depths[-1], True)] / by[(depths[0], True)]:.2f}x; without scan_layers: '
+              f'{by[(depths[-1], False)] / by[(depths[0], False)]:.2f}x.']
+  lines += ['', f'Temp memory XLA plans for one training step, 2 layers, T={result["memory_steps"]} '
+            '(`compiled.memory_analysis().temp_size_in_bytes`):', '',
+            '| path | remat | temp MiB | arguments MiB |', '|---|---|---:|---:|']
+  for r in result['memory']:
+    lines.append(f'| {r["path"]} | {r["remat"]} | {r["temp_mib"]:.0f} | {r["argument_mib"]:.1f} |')
+  return '\n'.join(lines) + '\n'
+
+
+def main(argv=None):
+  parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+  parser.add_argument('--out', default=os.path.join(ROOT, 'bench', 'results'))
+  parser.add_argument('--part', choices=('speed', 'compile', 'all'), default='all')
+  parser.add_argument('--quick', action='store_true', help='tiny smoke run')
+  parser.add_argument('--reps', type=int, default=None, help='repetitions per case')
+  parser.add_argument('--impls', default='project,project-ref,pytorch,pytorch-1t,flax,keras')
+  parser.add_argument('--cases', default=None, help='comma-separated case indices to run')
+  args = parser.parse_args(argv)
+  os.makedirs(args.out, exist_ok=True)
+  command = 'python bench/bench_lstm.py ' + ' '.join(argv if argv is not None else sys.argv[1:])
+  log = lambda s: print(s, flush=True)
+  info = machine_info()
+  log(json.dumps(info))
+  impls = [i for i in args.impls.split(',') if i]
+  if lstm_fast is None and 'project-ref' in impls:
+    impls.remove('project-ref')
+
+  if args.part in ('speed', 'all'):
+    peak = measure_peak(1024 if args.quick else 2048)
+    log(f'fp32 matmul peak: {peak:.1f} GFLOP/s')
+    reps = args.reps or (2 if args.quick else 7)
+    cases = speed_cases(args.quick)
+    if args.cases:
+      cases = [cases[int(i)] for i in args.cases.split(',')]
+    results = []
+    for case in cases:
+      log(f'case: {case["name"]}')
+      c_reps = reps if case['steps'] <= 128 else max(3, reps // 2)
+      results.append(run_case(case, impls, c_reps, peak, log))
+    peak_after = measure_peak(1024 if args.quick else 2048)
+    result = dict(machine=info, peak_gflops=max(peak, peak_after), peak_gflops_runs=[peak, peak_after],
+                  command=command, cases=results)
+    with open(os.path.join(args.out, 'bench_speed.json'), 'w') as f:
+      json.dump(result, f, indent=1)
+    md = speed_markdown(result)
+    with open(os.path.join(args.out, 'bench_speed.md'), 'w') as f:
+      f.write(md)
+    log(md)
+
+  if args.part in ('compile', 'all'):
+    result = dict(machine=info, command=command, **compile_part(args.quick, log))
+    with open(os.path.join(args.out, 'bench_compile.json'), 'w') as f:
+      json.dump(result, f, indent=1)
+    md = compile_markdown(result)
+    with open(os.path.join(args.out, 'bench_compile.md'), 'w') as f:
+      f.write(md)
+    log(md)
+
+
+if __name__ == '__main__':
+  main()
