@@ -51,11 +51,22 @@ def run_sequence(cell: LSTMCell, x: Array, mask: Optional[Array] = None,
   Past a sequence's length the carry stops changing and the output is zero. `reverse` runs each
   sequence from its last valid step to its first, and returns outputs in the original order.
   """
+  from lstm import fast  # pylint: disable=import-outside-toplevel
+
   w = cell.weights(x.shape[-1])
   if reverse:
     x = reverse_padded(x, seq_lengths)
-  z = cell.project_inputs(w, x)
   carry = zero_carry(cell, x.shape[1]) if initial_carry is None else initial_carry
+
+  if fast.supports(cell, w, x, carry):
+    # Custom-VJP projection and time loop (lstm/fast.py); the scan below is the reference it is
+    # tested against.
+    outputs, carry = fast.run_layer(cell, w, x, carry, mask, remat)
+    if reverse:
+      outputs = reverse_padded(outputs, seq_lengths)
+    return outputs, carry
+
+  z = cell.project_inputs(w, x)
 
   def step(carry, inputs):
     z_t, m_t = inputs

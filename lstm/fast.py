@@ -1,0 +1,372 @@
+"""Fast path for one LSTM layer over time: input projection and time loop under custom VJPs.
+
+`run_sequence` (lstm/layer.py) calls `run_layer` here when `supports(...)` holds, and otherwise
+runs its reference `lax.scan`, which the tests compare this path against. The function computed
+is the same; what differs is the work and memory around it (each point measured, see bench/):
+
+* The inputs of all steps are projected with one matmul before the loop. The bias is added
+  inside the loop, where it is free, instead of in a pass over the (T, B, 4H) array.
+* sigmoid(x) is computed as tanh(x/2)/2 + 1/2, and the four gates as one tanh over the (B, 4H)
+  block with per-column scale and offset: XLA:CPU's logistic is several times slower than its
+  tanh, and one wide elementwise op beats four narrow ones.
+* Training runs a forward loop that keeps only what the backward needs, time-major: the gate
+  activations (the pre-activations for activations other than tanh/sigmoid) and the carries
+  after every step. The gates are written over z[t], which is dead by then, and the backward
+  loop writes the gate-gradients dz[t] over the gates of step t; each loop reads slot t+1 (t-1)
+  only after writing slot t, which is the order that lets XLA update the buffer in place (reading
+  and writing the same slot in one iteration makes it copy the whole buffer every step). No
+  zero-filled (T, B, 4H) scan outputs, and about 40% less temp memory; on CPU every step
+  page-faults its whole temp allocation, so memory is time.
+* Every weight gradient is one 2-D matmul with K = T*B (h_prev^T dz, x^T dz), the small operand
+  transposed explicitly behind an optimization barrier (otherwise XLA:CPU folds the transpose
+  into a slower dot, or transposes the 4x larger dz); the bias gradient is a sum of dz.
+* Elementwise math runs in float32 when the compute dtype is narrower (bfloat16), and the loop
+  matmuls accumulate in float32; buffers and carries stay in the compute dtype.
+* With `remat`, a layer keeps only its input (T, B, F) and recomputes projection and forward
+  loop in its backward, tied to its output cotangents by a data dependency (see `_after`).
+
+Forward-mode autodiff (`jax.jvp`, `jax.jacfwd`, `jax.hessian`) is not defined through a
+`custom_vjp`: trace such code inside `reference_path()`. Reverse mode of any order works.
+
+Supported: padding masks (carry frozen past a sequence's length, outputs zero), an initial carry
+and its gradient, any activation and recurrent activation (registry name or callable:
+derivatives by `jax.vjp` from the saved pre-activations, closed forms for tanh/sigmoid). Peepholes,
+projection, clipping, layer norm and mixed dtypes (such as a float32 initial carry with bfloat16
+compute) take the reference path.
+
+`reference_path()` forces the reference path while code is traced:
+
+    with lstm.fast.reference_path():
+      y_ref = model.apply(variables, x)
+"""
+from __future__ import annotations
+
+import contextlib
+import threading
+from typing import Callable, NamedTuple, Optional
+
+import jax
+import jax.numpy as jnp
+
+from lstm import activations
+
+Array = jax.Array
+
+_state = threading.local()
+
+
+def enabled() -> bool:
+  """Whether `run_sequence` may dispatch to the fast path (True unless in `reference_path()`)."""
+  return not getattr(_state, 'force_reference', False)
+
+
+@contextlib.contextmanager
+def reference_path(force: bool = True):
+  """Within this context, layers traced run the reference `lax.scan` path (tests, benchmarks)."""
+  previous = getattr(_state, 'force_reference', False)
+  _state.force_reference = force
+  try:
+    yield
+  finally:
+    _state.force_reference = previous
+
+
+def compute_dtype(cell, w, x: Array):
+  """The dtype of the projected inputs z, as `LSTMCell.project_inputs` computes it."""
+  x_dtype = cell.dtype if cell.dtype is not None else x.dtype
+  parts = [jnp.zeros((), x_dtype), w.kernel]
+  if w.bias is not None:
+    parts.append(w.bias)
+  return jnp.result_type(*parts)
+
+
+def supports(cell, w, x: Array, carry) -> bool:
+  """Whether the fast path computes this layer: a plain LSTM cell, one float dtype throughout."""
+  if not enabled():
+    return False
+  if (cell.peephole or cell.proj_size or cell.cell_clip is not None
+      or cell.proj_clip is not None or cell.layer_norm):
+    return False
+  if w.peephole is not None or w.proj_kernel is not None:
+    return False
+  dtype = jnp.dtype(compute_dtype(cell, w, x))
+  if not jnp.issubdtype(dtype, jnp.floating):
+    return False
+  h0, c0 = carry
+  arrays = [w.kernel, w.recurrent_kernel, h0, c0] + ([w.bias] if w.bias is not None else [])
+  if any(jnp.dtype(a.dtype) != dtype for a in arrays):
+    return False
+  hidden = w.recurrent_kernel.shape[0]
+  return (x.ndim == 3 and x.shape[0] > 0 and h0.shape[:-1] == c0.shape[:-1] == x.shape[1:-1]
+          and h0.shape[-1] == c0.shape[-1] == hidden and w.recurrent_kernel.shape[1] == 4 * hidden)
+
+
+class _Spec(NamedTuple):
+  """Static configuration of the time loop (hashable: a custom_vjp nondiff argument)."""
+  act: Callable[[Array], Array]
+  gate: Callable[[Array], Array]
+  closed_form: bool  # tanh and sigmoid: the loop saves activations, derivatives in closed form
+  masked: bool
+  remat: bool  # the layer keeps only its inputs; the backward recomputes projection and loop
+
+
+def run_layer(cell, w, x: Array, carry, mask: Optional[Array], remat: bool = False):
+  """One layer over time-major `x` (T, B, F), already reversed when the layer runs backwards.
+
+  Returns outputs (T, B, H) and the final carry (h, c), as the reference scan of `run_sequence`.
+  With `remat`, the forward keeps nothing but its inputs and the backward recomputes the loop.
+  """
+  dtype = compute_dtype(cell, w, x)
+  bias = w.bias if w.bias is not None else jnp.zeros((w.kernel.shape[-1],), dtype)
+  act = _fast_form(activations.get(cell.activation))
+  gate = _fast_form(activations.get(cell.recurrent_activation))
+  spec = _Spec(act, gate, act is jnp.tanh and gate is _sigmoid, mask is not None, remat)
+  h0, c0 = carry
+  if mask is None:
+    mask = jnp.zeros((0,), jnp.bool_)  # placeholder: custom_vjp arguments are arrays
+  if remat:
+    y, h, c = _layer_remat(spec, x.astype(dtype), w.kernel, w.recurrent_kernel, bias, h0, c0, mask)
+  else:
+    y, h, c = _recurrence(spec, w.recurrent_kernel, bias, _project(x.astype(dtype), w.kernel),
+                          h0, c0, mask)
+  return y, (h, c)
+
+
+# ----------------------------------------------------------------------------------------------
+# Elementwise math
+
+
+def _sigmoid(x):
+  """sigmoid(x) = tanh(x / 2) / 2 + 1/2: XLA:CPU's tanh is much cheaper than its logistic."""
+  return 0.5 * jnp.tanh(0.5 * x) + 0.5
+
+
+def _fast_form(fn):
+  return _sigmoid if fn is jax.nn.sigmoid else fn
+
+
+def _math_dtype(dtype):
+  return jnp.promote_types(dtype, jnp.float32)
+
+
+def _split4(a):
+  return jnp.split(a, 4, axis=-1)
+
+
+def _gate_affine(four_h: int, dtype):
+  """(scale, offset) per column: the gates are tanh(s * scale) * scale + offset.
+
+  scale = offset = 1/2 on the i, f, o columns (sigmoid), scale 1 and offset 0 on g (tanh).
+  """
+  h = four_h // 4
+  half, one, zero = jnp.full((h,), 0.5, dtype), jnp.ones((h,), dtype), jnp.zeros((h,), dtype)
+  return jnp.concatenate([half, half, one, half]), jnp.concatenate([half, half, zero, half])
+
+
+def _activate(spec: _Spec, s: Array):
+  """Pre-activations s (B, 4H) -> gates (i, f, g, o) and what the training loop saves."""
+  if spec.closed_form:
+    scale, offset = _gate_affine(s.shape[-1], s.dtype)
+    a = jnp.tanh(s * scale) * scale + offset
+    return _split4(a), a
+  si, sf, sg, so = _split4(s)
+  return (spec.gate(si), spec.gate(sf), spec.act(sg), spec.gate(so)), s
+
+
+def _step(spec: _Spec, w, b, z_t, h_prev, c_prev, m_t):
+  """One time step: (new h carry, new c carry, output, saved) in the carry/compute dtypes."""
+  acc = _math_dtype(z_t.dtype)
+  s = z_t.astype(acc) + jnp.dot(h_prev, w, preferred_element_type=acc) + b.astype(acc)
+  (i, f, g, o), saved = _activate(spec, s)
+  c = f * c_prev.astype(acc) + i * g
+  h = (o * spec.act(c)).astype(h_prev.dtype)
+  c = c.astype(c_prev.dtype)
+  y = h
+  if spec.masked:
+    m = m_t[:, None]
+    c = jnp.where(m, c, c_prev)
+    h = jnp.where(m, h, h_prev)
+    y = jnp.where(m, y, jnp.zeros((), y.dtype))
+  return h, c, y, saved.astype(z_t.dtype)
+
+
+def _matmul_tn(a: Array, b: Array, dtype) -> Array:
+  """a^T b over all leading axes of a (..., M) and b (..., N), i.e. K = their product: (M, N).
+
+  The transpose of the small operand is kept apart by an optimization barrier: left to itself,
+  XLA:CPU folds it into the dot or transposes the larger operand, both slower here.
+  """
+  a_t = jax.lax.optimization_barrier(a.reshape(-1, a.shape[-1]).T)
+  out = jnp.dot(a_t, b.reshape(-1, b.shape[-1]), preferred_element_type=jnp.float32)
+  return out.astype(dtype)
+
+
+def _index(a: Array, t) -> Array:
+  return jax.lax.dynamic_index_in_dim(a, t, 0, keepdims=False)
+
+
+def _put(a: Array, value: Array, t) -> Array:
+  return jax.lax.dynamic_update_index_in_dim(a, value.astype(a.dtype), t, 0)
+
+
+# ----------------------------------------------------------------------------------------------
+# Input projection z = x @ kernel
+
+
+@jax.custom_vjp
+def _project(x, kernel):
+  return jnp.dot(x, kernel)
+
+
+def _project_fwd(x, kernel):
+  return jnp.dot(x, kernel), (x, kernel)
+
+
+def _project_bwd(residuals, dz):
+  x, kernel = residuals
+  dx = jnp.dot(dz, kernel.T, preferred_element_type=jnp.float32).astype(x.dtype)
+  return dx, _matmul_tn(x, dz, kernel.dtype)
+
+
+_project.defvjp(_project_fwd, _project_bwd)
+
+
+# ----------------------------------------------------------------------------------------------
+# Time loop
+
+
+def _recurrence_impl(spec: _Spec, w, b, z, h0, c0, mask):
+  """Forward only (inference): a scan that emits the outputs and nothing else."""
+
+  def step(carry, xs):
+    z_t, m_t = xs if spec.masked else (xs, None)
+    h, c, y, _ = _step(spec, w, b, z_t, *carry, m_t)
+    return (h, c), y
+
+  (h, c), y = jax.lax.scan(step, (h0, c0), (z, mask) if spec.masked else z)
+  return y, h, c
+
+
+_recurrence = jax.custom_vjp(_recurrence_impl, nondiff_argnums=(0,))
+
+
+def _recurrence_fwd(spec: _Spec, w, b, z, h0, c0, mask):
+  """Forward for training: saves gates over z, and the carries after every step."""
+  steps = z.shape[0]
+  hs = jnp.zeros((steps,) + h0.shape, h0.dtype)
+  cs = jnp.zeros((steps,) + c0.shape, c0.dtype)
+
+  def body(t, carry):
+    h_prev, c_prev, buf, z_t, hs, cs = carry
+    h, c, _, saved = _step(spec, w, b, z_t, h_prev, c_prev, _index(mask, t) if spec.masked else None)
+    buf = _put(buf, saved, t)
+    z_next = _index(buf, jnp.minimum(t + 1, steps - 1))  # read after the write: in place
+    return h, c, buf, z_next, _put(hs, h, t), _put(cs, c, t)
+
+  h, c, saved, _, hs, cs = jax.lax.fori_loop(0, steps, body, (h0, c0, z, z[0], hs, cs))
+  y = jnp.where(mask[..., None], hs, jnp.zeros((), hs.dtype)) if spec.masked else hs
+  return (y, h, c), (w, saved, hs, cs, h0, c0, mask)
+
+
+def _recurrence_bwd(spec: _Spec, residuals, cotangents):
+  """Reverse loop writing dz[t] over the saved gates of step t; then the weight gradients."""
+  dy, dh_last, dc_last = cotangents
+  w, saved, hs, cs, h0, c0, mask = residuals
+  steps = saved.shape[0]
+  acc = _math_dtype(saved.dtype)
+  w_t = w.T
+  zero = jnp.zeros((), acc)
+
+  def body(k, carry):
+    dh_next, dc_next, buf, a_t, c = carry  # a_t = buf[t]; c = cs[t], the c carry after step t
+    t = steps - 1 - k
+    c_prev = jnp.where(t > 0, _index(cs, jnp.maximum(t - 1, 0)), c0)
+    c_prev_acc, c_acc = c_prev.astype(acc), c.astype(acc)
+    dh = _index(dy, t).astype(acc) + dh_next
+    dc = dc_next
+    if spec.masked:
+      m = _index(mask, t)[:, None]
+      dh = jnp.where(m, dh, zero)
+      dc = jnp.where(m, dc, zero)
+    a_t = a_t.astype(acc)
+    if spec.closed_form:
+      i, f, g, o = _split4(a_t)
+      tc = jnp.tanh(c_acc)
+      dc = dc + dh * o * (1 - tc * tc)
+      dz = jnp.concatenate([dc * g * i * (1 - i), dc * c_prev_acc * f * (1 - f),
+                            dc * i * (1 - g * g), dh * tc * o * (1 - o)], -1)
+    else:
+      si, sf, sg, so = _split4(a_t)
+      i, pull_i = jax.vjp(spec.gate, si)
+      f, pull_f = jax.vjp(spec.gate, sf)
+      g, pull_g = jax.vjp(spec.act, sg)
+      o, pull_o = jax.vjp(spec.gate, so)
+      tc, pull_c = jax.vjp(spec.act, f * c_prev_acc + i * g)
+      dc = dc + pull_c(dh * o)[0]
+      dz = jnp.concatenate([pull_i(dc * g)[0], pull_f(dc * c_prev_acc)[0], pull_g(dc * i)[0],
+                            pull_o(dh * tc)[0]], -1)
+    dz = dz.astype(buf.dtype)
+    dh_prev = jnp.dot(dz, w_t, preferred_element_type=acc)
+    dc_prev = dc * f
+    if spec.masked:  # past the length the carry passes through unchanged
+      dh_prev = dh_prev + jnp.where(m, zero, dh_next)
+      dc_prev = dc_prev + jnp.where(m, zero, dc_next)
+    buf = _put(buf, dz, t)
+    a_prev = _index(buf, jnp.maximum(t - 1, 0))  # read after the write: in place
+    return dh_prev, dc_prev, buf, a_prev, c_prev
+
+  init = (dh_last.astype(acc), dc_last.astype(acc), saved, saved[steps - 1], cs[steps - 1])
+  dh0, dc0, dz, _, _ = jax.lax.fori_loop(0, steps, body, init)
+  h_prevs = jnp.concatenate([h0[None], hs[:-1]], axis=0)
+  dw = _matmul_tn(h_prevs, dz, w.dtype)
+  db = jnp.sum(dz, axis=(0, 1), dtype=jnp.float32).astype(w.dtype)
+  return dw, db, dz, dh0.astype(h0.dtype), dc0.astype(c0.dtype), None
+
+
+_recurrence.defvjp(_recurrence_fwd, _recurrence_bwd)
+
+
+# ----------------------------------------------------------------------------------------------
+# The whole layer, rematerialized
+
+
+def _layer_remat_impl(spec: _Spec, x, kernel, w, b, h0, c0, mask):
+  return _recurrence_impl(spec, w, b, jnp.dot(x, kernel), h0, c0, mask)
+
+
+_layer_remat = jax.custom_vjp(_layer_remat_impl, nondiff_argnums=(0,))
+
+
+def _layer_remat_fwd(spec: _Spec, x, kernel, w, b, h0, c0, mask):
+  """Keeps the layer's inputs only: x is (T, B, F), a fraction of the gates' (T, B, 4H)."""
+  return _layer_remat_impl(spec, x, kernel, w, b, h0, c0, mask), (x, kernel, w, b, h0, c0, mask)
+
+
+def _layer_remat_bwd(spec: _Spec, residuals, cotangents):
+  """Projection, forward loop and backward loop, once this layer's output cotangents exist.
+
+  Left free, XLA merges the recomputed projection with the forward's (keeping every layer's z
+  alive from the forward to the backward) and schedules recomputations early: remat would save
+  nothing. `_after` ties the recomputation to the cotangents.
+  """
+  x, kernel, w, b, h0, c0, mask = residuals
+  x = _after(x, cotangents[0])
+  _, saved = _recurrence_fwd(spec, w, b, jnp.dot(x, kernel), h0, c0, mask)
+  dw, db, dz, dh0, dc0, _ = _recurrence_bwd(spec, saved, cotangents)
+  dx, dkernel = _project_bwd((x, kernel), dz)
+  return dx, dkernel, dw, db, dh0, dc0, None
+
+
+_layer_remat.defvjp(_layer_remat_fwd, _layer_remat_bwd)
+
+
+def _after(x: Array, dependency: Array) -> Array:
+  """x, made to depend on `dependency` (adds 0 * one of its elements).
+
+  XLA:CPU removes optimization barriers before its last CSE, so a barrier neither delays the
+  recomputation nor keeps it from being merged with the forward pass's identical ops; a data
+  dependency does both. 0 * d is not simplified away for floats (it is NaN for inf or NaN d, and
+  then so is the gradient).
+  """
+  d = dependency.reshape(-1)[:1].astype(x.dtype)
+  return x + 0 * d.reshape((1,) * x.ndim)

@@ -1,0 +1,271 @@
+"""The fast path (lstm/fast.py) against the reference `lax.scan` path of `run_sequence`.
+
+Every configuration is run twice, the second time inside `fast.reference_path()`, and outputs,
+final carries and gradients with respect to parameters, inputs and initial carries must agree.
+"""
+import functools
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from lstm import LSTMCell, LSTMLayer, StackedLSTM, fast, run_sequence
+
+B, T, F, H = 3, 7, 4, 5
+LENGTHS = jnp.array([7, 4, 0])
+# Small programs: LLVM's optimizations cost more compile time than they save here.
+_jit = functools.partial(jax.jit, compiler_options={'xla_backend_optimization_level': 0})
+
+
+@pytest.fixture
+def fast_calls(monkeypatch):
+  """Counts the layers that took the fast path while tracing."""
+  calls = []
+  original = fast.run_layer
+
+  def counting(*args, **kwargs):
+    calls.append(1)
+    return original(*args, **kwargs)
+
+  monkeypatch.setattr(fast, 'run_layer', counting)
+  return calls
+
+
+def _assert_trees_close(got, want, tol=1e-5):
+  """Max abs difference within tol times the scale of the reference (at least 1)."""
+  got_leaves, got_def = jax.tree.flatten(got)
+  want_leaves, want_def = jax.tree.flatten(want)
+  assert got_def == want_def
+  for g, w in zip(got_leaves, want_leaves):
+    g, w = np.asarray(g, np.float64), np.asarray(w, np.float64)
+    assert g.shape == w.shape
+    assert np.all(np.isfinite(g))
+    scale = max(1.0, float(np.max(np.abs(w)))) if w.size else 1.0
+    np.testing.assert_allclose(g, w, rtol=0, atol=tol * scale)
+
+
+def _initial_carry(model, key, batch=B):
+  """A random initial carry shaped like `model`'s final carry."""
+  shapes = jax.eval_shape(model.init_with_output, jax.random.key(0), jnp.zeros((batch, T, F)))
+  carry_shapes = shapes[0][1]
+  leaves, treedef = jax.tree.flatten(carry_shapes)
+  keys = jax.random.split(key, len(leaves))
+  return jax.tree.unflatten(
+      treedef, [jax.random.normal(k, a.shape, a.dtype) for k, a in zip(keys, leaves)])
+
+
+def _compare(model, seq_lengths=None, with_carry=True, tol=1e-5, x=None):
+  """Outputs, carries and gradients of `model` on both paths; returns the fast-path outputs."""
+  if x is None:
+    x = jax.random.normal(jax.random.key(0), (B, T, F))
+  variables = _jit(model.init)(jax.random.key(1), x)
+  carry = _initial_carry(model, jax.random.key(2), x.shape[0]) if with_carry else None
+  weights = jax.random.normal(jax.random.key(3), jax.eval_shape(
+      lambda: model.apply(variables, x, seq_lengths)[0]).shape)
+
+  def loss(variables, x, carry):
+    y, final = model.apply(variables, x, seq_lengths, carry)
+    carry_term = sum(jnp.sum(jnp.sin(a)) for a in jax.tree.leaves(final))
+    return jnp.sum(y * weights) + carry_term, (y, final)
+
+  def run(variables, x, carry):
+    forward = model.apply(variables, x, seq_lengths, carry)  # inference (primal) path
+    grads, outputs = jax.grad(loss, argnums=(0, 1, 2), has_aux=True)(variables, x, carry)
+    return forward, outputs, grads
+
+  got = _jit(run)(variables, x, carry)
+  with fast.reference_path():
+    want = _jit(run)(variables, x, carry)
+  _assert_trees_close(got, want, tol)
+  return got
+
+
+# ----------------------------------------------------------------------------------------------
+# Single layers
+
+
+@pytest.mark.parametrize('reverse, padded', [(False, False), (True, True), (False, True)])
+def test_layer_matches_reference(fast_calls, reverse, padded):
+  _compare(LSTMLayer(LSTMCell(H), reverse=reverse), LENGTHS if padded else None)
+  assert fast_calls
+
+
+@pytest.mark.parametrize('activation, recurrent_activation, padded', [
+    ('relu', 'hard_sigmoid', True),
+    ('tanh', 'hard_sigmoid', True),
+    ('gelu', 'sigmoid', True),
+    (jax.nn.soft_sign, lambda z: jax.nn.sigmoid(2.0 * z), False),
+])
+def test_other_activations_match_reference(fast_calls, activation, recurrent_activation, padded):
+  cell = LSTMCell(H, activation=activation, recurrent_activation=recurrent_activation)
+  _compare(LSTMLayer(cell, reverse=padded), LENGTHS if padded else None)
+  assert fast_calls
+
+
+def test_no_bias_and_zero_initial_carry(fast_calls):
+  _compare(LSTMLayer(LSTMCell(H, use_bias=False)), LENGTHS, with_carry=False)
+  assert fast_calls
+
+
+def test_one_step_and_batch_of_one(fast_calls):
+  _compare(LSTMLayer(LSTMCell(H)), jnp.array([1]), x=jax.random.normal(jax.random.key(4), (1, 1, F)))
+  assert fast_calls
+
+
+def test_arbitrary_mask_through_run_sequence(fast_calls):
+  """run_sequence takes any (T, B) mask, not only prefixes: frozen carry, zero outputs."""
+
+  class Masked(nn.Module):
+    @nn.compact
+    def __call__(self, x, mask, carry):
+      return run_sequence(LSTMCell(H, name='cell'), jnp.swapaxes(x, 0, 1), mask, None, carry)
+
+  x = jax.random.normal(jax.random.key(0), (B, T, F))
+  mask = jax.random.bernoulli(jax.random.key(5), 0.6, (T, B))
+  model = Masked()
+  variables = _jit(model.init)(jax.random.key(1), x, mask, None)
+  carry = (jax.random.normal(jax.random.key(6), (B, H)), jax.random.normal(jax.random.key(7), (B, H)))
+
+  def loss(variables, x, carry):
+    y, final = model.apply(variables, x, mask, carry)
+    return jnp.sum(y ** 3) + jnp.sum(final[0] * final[1]), (y, final)
+
+  grad = _jit(jax.grad(loss, argnums=(0, 1, 2), has_aux=True))
+  got = grad(variables, x, carry)
+  with fast.reference_path():
+    want = _jit(jax.grad(loss, argnums=(0, 1, 2), has_aux=True))(variables, x, carry)
+  _assert_trees_close(got, want)
+  assert fast_calls
+
+
+# ----------------------------------------------------------------------------------------------
+# Stacks
+
+
+@pytest.mark.parametrize('kwargs', [
+    dict(num_layers=2, bidirectional=True),
+    dict(num_layers=3, residual=True, between='relu'),
+    dict(num_layers=3, scan_layers=True),
+    dict(num_layers=2, remat=True, reverse=True),
+    dict(cells=({'features': 6}, {'features': H, 'activation': 'relu'})),
+], ids=['bidirectional', 'residual', 'scan_layers', 'remat-reverse', 'cells'])
+def test_stack_matches_reference(fast_calls, kwargs):
+  kwargs = dict(kwargs)
+  kwargs.setdefault('hidden_size', H)
+  _compare(StackedLSTM(**kwargs), LENGTHS)
+  assert fast_calls
+
+
+def test_unpadded_bidirectional_remat_stack_matches_reference(fast_calls):
+  _compare(StackedLSTM(num_layers=2, hidden_size=H, bidirectional=True, reverse=True, remat=True))
+  assert fast_calls
+
+
+def test_padded_outputs_are_zero_and_carries_frozen():
+  model = StackedLSTM(num_layers=2, hidden_size=H, bidirectional=True)
+  x = jax.random.normal(jax.random.key(0), (B, T, F))
+  variables = _jit(model.init)(jax.random.key(1), x)
+  y, carries = _jit(model.apply)(variables, x, LENGTHS)
+  for b, n in enumerate(np.asarray(LENGTHS)):
+    np.testing.assert_array_equal(y[b, n:], 0.0)
+  # A zero-length sequence keeps its (zero) initial carry in both directions.
+  for leaf in jax.tree.leaves(carries):
+    np.testing.assert_array_equal(leaf[2], 0.0)
+
+
+def test_jit_and_second_order_gradients():
+  """The custom VJPs compose with jit and with reverse-over-reverse differentiation."""
+  model = LSTMLayer(LSTMCell(H))
+  x = jax.random.normal(jax.random.key(0), (B, T, F))
+  variables = _jit(model.init)(jax.random.key(1), x)
+
+  def loss(x):
+    return jnp.sum(model.apply(variables, x, LENGTHS)[0] ** 2)
+
+  def grad_norm(x):
+    return jnp.sum(jax.grad(loss)(x) ** 2)
+
+  got = _jit(jax.grad(grad_norm))(x)
+  with fast.reference_path():
+    want = _jit(jax.grad(grad_norm))(x)
+  _assert_trees_close(got, want, tol=1e-4)
+
+
+# ----------------------------------------------------------------------------------------------
+# Dispatch
+
+
+@pytest.mark.parametrize('cell_kwargs', [
+    dict(peephole=True), dict(proj_size=3), dict(cell_clip=1.0), dict(layer_norm=True),
+])
+def test_other_cells_take_the_reference_path(fast_calls, cell_kwargs):
+  layer = LSTMLayer(LSTMCell(H, **cell_kwargs))
+  x = jnp.ones((B, T, F))
+  jax.eval_shape(layer.init_with_output, jax.random.key(0), x)
+  assert not fast_calls
+
+
+def test_mixed_dtype_carry_takes_the_reference_path(fast_calls):
+  layer = LSTMLayer(LSTMCell(H, dtype=jnp.bfloat16))
+  x = jnp.ones((B, T, F))
+  variables = jax.eval_shape(layer.init, jax.random.key(0), x)
+  fast_calls.clear()
+  carry = (jnp.zeros((B, H), jnp.float32), jnp.zeros((B, H), jnp.float32))
+  jax.eval_shape(layer.apply, variables, x, None, carry)
+  assert not fast_calls
+  jax.eval_shape(layer.apply, variables, x)
+  assert fast_calls
+
+
+def test_reference_path_context_nests_and_restores():
+  assert fast.enabled()
+  with fast.reference_path():
+    assert not fast.enabled()
+    with fast.reference_path(False):
+      assert fast.enabled()
+    assert not fast.enabled()
+  assert fast.enabled()
+
+
+# ----------------------------------------------------------------------------------------------
+# bfloat16 compute with float32 parameters
+
+
+def test_bfloat16_runs_end_to_end_close_to_float32(fast_calls):
+  x = jax.random.normal(jax.random.key(0), (B, T, F))
+  model32 = StackedLSTM(num_layers=1, hidden_size=8, bidirectional=True)
+  model16 = StackedLSTM(num_layers=1, hidden_size=8, bidirectional=True, dtype=jnp.bfloat16)
+  variables = _jit(model32.init)(jax.random.key(1), x)
+
+  def loss(model):
+    def f(variables, x):
+      y, carries = model.apply(variables, x, LENGTHS)
+      return jnp.sum(y.astype(jnp.float32) ** 2), (y, carries)
+    return f
+
+  grad = lambda model: _jit(jax.grad(loss(model), argnums=(0, 1), has_aux=True))
+  (g16, x16), (y16, c16) = grad(model16)(variables, x)
+  assert fast_calls
+  assert y16.dtype == jnp.bfloat16
+  assert all(a.dtype == jnp.bfloat16 for a in jax.tree.leaves(c16))
+  assert all(a.dtype == jnp.float32 for a in jax.tree.leaves(g16))  # float32 parameters
+  (g32, x32), (y32, c32) = grad(model32)(variables, x)
+  _assert_trees_close((y16, c16), (y32, c32), tol=3e-2)
+  _assert_trees_close((g16, x16), (g32, x32), tol=5e-2)
+  with fast.reference_path():
+    (r16, rx16), (ry16, _) = grad(model16)(variables, x)
+  _assert_trees_close((g16, x16, y16), (r16, rx16, ry16), tol=5e-2)
+
+
+def test_forward_mode_autodiff_needs_the_reference_path():
+  layer = LSTMLayer(LSTMCell(H))
+  x = jax.random.normal(jax.random.key(0), (B, T, F))
+  variables = _jit(layer.init)(jax.random.key(1), x)
+  f = lambda x: layer.apply(variables, x, LENGTHS)[0]
+  with pytest.raises(TypeError, match='forward-mode'):
+    jax.jvp(f, (x,), (x,))
+  with fast.reference_path():
+    _, tangent = jax.jvp(f, (x,), (x,))
+  assert np.all(np.isfinite(tangent))
