@@ -277,8 +277,9 @@ BUILDERS = {
 }
 
 
-def measure_peak(n=2048, reps=5):
-  """Best fp32 GFLOP/s of a large jnp.dot on this machine."""
+def measure_peak(n=2048, reps=8):
+  """Best fp32 GFLOP/s of a large jnp.dot on this machine (best of `reps`; the script measures it
+  before, between and after the cases and keeps the best, since other load only lowers it)."""
   a = jnp.asarray(np.random.default_rng(0).standard_normal((n, n), dtype=np.float32))
   b = jnp.asarray(np.random.default_rng(1).standard_normal((n, n), dtype=np.float32))
   f = jax.jit(jnp.dot)
@@ -455,8 +456,10 @@ def speed_markdown(result):
       '',
       f'jax {info["jax"]}, flax {info["flax"]}, torch {info["torch"]} '
       f'({info["torch_threads"]} threads, {malloc}), keras {info.get("keras", "-")}; '
-      f'fp32 matmul peak measured with jnp.dot: {peak:.0f} GFLOP/s; load average at start '
-      f'{info["loadavg"][0]:.2f}; {info["date"]}, commit {info["commit"]}.',
+      f'fp32 matmul peak measured with jnp.dot: {peak:.0f} GFLOP/s (best of '
+      f'{len(result["peak_gflops_runs"])} measurements); 1-minute load average (a shared '
+      f'machine) {info["loadavg"][0]:.2f} at start, {info.get("loadavg_end", [0])[0]:.2f} at the '
+      f'end; {info["date"]}, commit {info["commit"]}.',
       f'Batch {BATCH}, input {F_IN}, hidden {HIDDEN}, head to {CLASSES} classes, float32, Adam. '
       'Median and min over interleaved repetitions; "vs PyTorch" = median / PyTorch median, '
       '"(min)" = min / PyTorch min (less sensitive to other load on the machine); tokens/s and '
@@ -533,13 +536,19 @@ def main(argv=None):
     cases = speed_cases(args.quick)
     if args.cases:
       cases = [cases[int(i)] for i in args.cases.split(',')]
-    results = []
+    results, peaks = [], [peak]
     for case in cases:
       log(f'case: {case["name"]}')
       c_reps = reps if case['steps'] <= 128 else max(3, reps // 2)
       results.append(run_case(case, impls, c_reps, peak, log))
-    peak_after = measure_peak(1024 if args.quick else 2048)
-    result = dict(machine=info, peak_gflops=max(peak, peak_after), peak_gflops_runs=[peak, peak_after],
+      peaks.append(measure_peak(1024 if args.quick else 2048))
+      log(f'fp32 matmul peak: {peaks[-1]:.1f} GFLOP/s')
+    peak = max(peaks)
+    for c in results:  # fractions against the best peak seen
+      for r in c['rows']:
+        r['peak_fraction'] = c['gflop'] * 1e9 / (r['median_ms'] * 1e-3) / (peak * 1e9)
+    info['loadavg_end'] = os.getloadavg()
+    result = dict(machine=info, peak_gflops=peak, peak_gflops_runs=peaks,
                   command=command, cases=results)
     with open(os.path.join(args.out, 'bench_speed.json'), 'w') as f:
       json.dump(result, f, indent=1)
