@@ -23,11 +23,12 @@ class ConfigConflict(ValueError):
   pass
 
 
-def _flatten(d: Any, prefix: str = '') -> dict[str, Any]:
+def flatten(d: Any, prefix: str = '') -> dict[str, Any]:
+  """A nested config dict as {'model.num_layers': 2, ...}."""
   if isinstance(d, dict):
     out = {}
     for k, v in d.items():
-      out.update(_flatten(v, f'{prefix}{k}.'))
+      out.update(flatten(v, f'{prefix}{k}.'))
     return out
   return {prefix[:-1]: d}
 
@@ -39,7 +40,7 @@ def check_config(workdir: str, config_json: str) -> None:
   if os.path.exists(path):
     with open(path) as f:
       old = json.load(f)
-    a, b = _flatten(old), _flatten(new)
+    a, b = flatten(old), flatten(new)
     diffs = [f'{k}: {a.get(k)!r} -> {b.get(k)!r}' for k in sorted(set(a) | set(b))
              if k.split('.')[0] not in RESUMABLE_FIELDS and a.get(k) != b.get(k)]
     if diffs:

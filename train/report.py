@@ -28,6 +28,8 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
+from train import checkpoint
+
 DEPTH = 'model.num_layers'
 SKIP_INFERRED = ('seed', 'num_train_steps', 'num_epochs', 'eval_every_steps',
                  'checkpoint_every_steps', 'keep_checkpoints', 'log_every_steps', 'eval_batch_size',
@@ -190,15 +192,6 @@ def _read_curve(workdir: str) -> list:
   return sorted(records.items())
 
 
-def _flatten(d: Any, prefix: str = '') -> dict:
-  if isinstance(d, dict):
-    out = {}
-    for k, v in d.items():
-      out.update(_flatten(v, f'{prefix}{k}.'))
-    return out
-  return {prefix[:-1]: d}
-
-
 def _finite(results: dict, metric: Optional[Metric]) -> bool:
   for split in ('valid', 'test'):
     values = results.get(split)
@@ -218,7 +211,7 @@ def load_sweep(sweep_dir: str) -> tuple[dict, list[Run]]:
                    if os.path.isfile(os.path.join(sweep_dir, d, 'config.json')))
     if not names:
       raise FileNotFoundError(f'{sweep_dir} has neither sweep.json nor workdirs with config.json')
-    configs = {n: _flatten(_read_json(os.path.join(sweep_dir, n, 'config.json')) or {})
+    configs = {n: checkpoint.flatten(_read_json(os.path.join(sweep_dir, n, 'config.json')) or {})
                for n in names}
     keys = sorted({k for c in configs.values() for k in c})
     fields = [k for k in keys if k.split('.')[0] not in SKIP_INFERRED
