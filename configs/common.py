@@ -88,4 +88,5 @@ def base_config() -> ml_collections.ConfigDict:
   o.momentum = 0.9
   o.weight_decay = 1e-4
   o.grad_clip_norm = 1.0
+  o.loss_reduction = 'token'    # token: mean over tokens | sequence: sum over time, mean over rows
   return c

@@ -1,6 +1,8 @@
 """Word-level Penn Treebank exactly as Zaremba, Sutskever & Vinyals (2014), "Recurrent Neural
 Network Regularization": SGD, batch 20, forget bias 0, every weight U(-init, init), dropout on the
-non-recurrent connections only (embedding output, between layers, before the softmax).
+non-recurrent connections only (embedding output, between layers, before the softmax), and their
+loss: summed over the unrolled steps and averaged over the batch, so that learning rate 1 and the
+clipping norm mean what they meant there.
 
   python main.py --config=configs/zaremba.py:small --workdir=runs/zaremba_small
   python main.py --config=configs/zaremba.py:medium --workdir=runs/zaremba_medium
@@ -47,4 +49,5 @@ def get_config(arg='small'):
   o.decay_start_epoch = start
   o.decay_factor = decay
   o.grad_clip_norm = clip
+  o.loss_reduction = 'sequence'  # their loss sums over the num_steps steps: lr 1 assumes it
   return c

@@ -48,12 +48,11 @@ def test_text_file_task(tmp_path):
   assert results['valid']['bpc'] < np.log2(28) - 0.5  # 28 symbols: uniform is 4.81 bits
 
 
-def test_one_step_changes_every_parameter():
-  config = tiny_config('ptb_char', **{'model.between': 'layernorm', 'model.num_layers': 3,
-                                      'model.peephole': True})
+def _one_step_setup(config):
+  """(model, batch, schedule, tx, state) for one training step of a language model config."""
   dataset = data.load_dataset(config)
   model = models.build_model(config, dataset)
-  batch = next(data.Batcher(dataset, 'train', 8, 10, 0, False))
+  batch = next(data.Batcher(dataset, 'train', config.batch_size, config.num_steps, 0, False))
   batch = jax.tree.map(jnp.asarray, batch)
   params = model.init(jax.random.key(0), batch['inputs'])['params']
   schedule = optim.make_schedule(config.optimizer, 10, 30)
@@ -62,6 +61,14 @@ def test_one_step_changes_every_parameter():
   carry = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), carry)
   state = trainer.TrainState(step=jnp.zeros((), jnp.int32), params=params,
                              opt_state=tx.init(params), rng=jax.random.PRNGKey(0), carry=carry)
+  return model, batch, schedule, tx, state
+
+
+def test_one_step_changes_every_parameter():
+  config = tiny_config('ptb_char', **{'model.between': 'layernorm', 'model.num_layers': 3,
+                                      'model.peephole': True})
+  model, batch, schedule, tx, state = _one_step_setup(config)
+  params = state.params
   step = jax.jit(trainer.make_train_step(model, 'lm', tx, schedule))
   new_state, metrics = step(state, batch, jnp.asarray(True))
   unchanged = [jax.tree_util.keystr(path) for path, a in jax.tree_util.tree_flatten_with_path(
@@ -70,41 +77,29 @@ def test_one_step_changes_every_parameter():
   assert np.isfinite(float(metrics['loss'])) and int(new_state.step) == 1
 
 
-def test_resume_in_process_matches_uninterrupted(tmp_path):
-  whole = trainer.train_and_evaluate(tiny_config('ptb_char', **{'model.dropout': 0.2}),
-                                     str(tmp_path / 'whole'))
-  first = trainer.train_and_evaluate(
-      tiny_config('ptb_char', **{'model.dropout': 0.2, 'stop_after_steps': 12}),
-      str(tmp_path / 'split'))
-  assert first['status'] == 'preempted' and first['step'] == 12
-  second = trainer.train_and_evaluate(tiny_config('ptb_char', **{'model.dropout': 0.2}),
-                                      str(tmp_path / 'split'))
-  assert second['steps_this_run'] == 18
-  assert second['test'] == pytest.approx(whole['test'], rel=1e-6)
-  steps = [r['step'] for r in read_metrics(tmp_path / 'split') if r['split'] == 'train']
-  assert steps == sorted(set(steps))  # no duplicated records after the resume
-
-
-def test_nan_is_caught_and_last_good_checkpoint_kept(tmp_path):
-  config = tiny_config('ptb_char', **{'optimizer.name': 'sgd', 'optimizer.learning_rate': 1e30,
-                                      'optimizer.grad_clip_norm': 0.0,
-                                      'checkpoint_every_steps': 1, 'model.activation': 'linear'})
-  with pytest.raises(trainer.NonFiniteLoss, match=r'at step (\d+).*last good checkpoint \(step'):
-    trainer.train_and_evaluate(config, str(tmp_path))
-  saved = json.loads((tmp_path / 'results.json').read_text())
-  assert saved['status'] == 'diverged'
-  bad_step = saved['step']
-  steps = sorted(int(d) for d in os.listdir(tmp_path / 'checkpoints') if d.isdigit())
-  assert steps and max(steps) == bad_step - 1
-
-
-def test_conflicting_workdir_is_refused(tmp_path):
-  trainer.train_and_evaluate(tiny_config('ptb_char', num_train_steps=5), str(tmp_path))
-  with pytest.raises(ConfigError, match=r'different config \(model.num_layers: 2 -> 3'):
-    trainer.train_and_evaluate(tiny_config('ptb_char', **{'model.num_layers': 3}), str(tmp_path))
-  # a longer run of the same config resumes instead
-  results = trainer.train_and_evaluate(tiny_config('ptb_char', num_train_steps=8), str(tmp_path))
-  assert results['steps_this_run'] == 3
+def test_sequence_loss_reduction_scales_the_gradient_by_num_steps():
+  """Zaremba's loss (sum over the unrolled steps, mean over rows) has num_steps times the per-token
+  gradient: SGD at rate r/num_steps on it takes the step SGD at rate r takes on the per-token mean.
+  The logged loss is the per-token mean either way."""
+  overrides = {'optimizer.name': 'sgd', 'optimizer.grad_clip_norm': 0.0}
+  token_config = tiny_config('ptb_word', **overrides, **{'optimizer.learning_rate': 1.0})
+  sequence_config = tiny_config('ptb_word', **overrides, **{
+      'optimizer.learning_rate': 1.0 / token_config.num_steps, 'optimizer.loss_reduction': 'sequence'})
+  results = {}
+  for config in (token_config, sequence_config):
+    model, batch, schedule, tx, state = _one_step_setup(config)
+    step = jax.jit(trainer.make_train_step(model, 'lm', tx, schedule,
+                                           config.optimizer.loss_reduction))
+    results[config.optimizer.loss_reduction] = step(state, batch, jnp.asarray(True))
+  (token_state, token), (sequence_state, sequence) = results['token'], results['sequence']
+  assert float(token['loss']) == pytest.approx(float(sequence['loss']), rel=1e-6)
+  assert float(sequence['grad_norm']) == pytest.approx(
+      token_config.num_steps * float(token['grad_norm']), rel=1e-5)
+  moved = jax.tree.map(lambda a, b: float(jnp.max(jnp.abs(a - b))), token_state.params,
+                       state.params)
+  assert min(jax.tree.leaves(moved)) > 1e-4  # every parameter moved, by more than rounding
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
+               token_state.params, sequence_state.params)
 
 
 @pytest.mark.parametrize('overrides, match', [
@@ -119,6 +114,7 @@ def test_conflicting_workdir_is_refused(tmp_path):
     ({'task': 'digits', 'batch_size': 5000}, r'config.batch_size=5000 is larger than'),
     ({'batch_size': 6000}, r'config.batch_size=6000 is too large'),
     ({'optimizer.schedule': 'linear'}, "config.optimizer.schedule='linear' is not known"),
+    ({'optimizer.loss_reduction': 'batch'}, "config.optimizer.loss_reduction='batch' is not known"),
 ])
 def test_bad_config_fails_before_compiling(tmp_path, monkeypatch, overrides, match):
   def no_jit(*a, **k):

@@ -118,7 +118,15 @@ def apply_model(model, kind: str, params, batch, carry, rng, train: bool):
   return model.apply({'params': params}, batch['inputs'], deterministic=not train, rngs=rngs), ()
 
 
-def make_train_step(model, kind: str, tx, schedule) -> Callable:
+def make_train_step(model, kind: str, tx, schedule, loss_reduction: str = 'token') -> Callable:
+  """The jitted-to-be training step. The loss it differentiates is the mean over tokens
+  (`loss_reduction='token'`) or the sum over time steps of the mean over sequences ('sequence',
+  Zaremba's and TensorFlow's PTB code: num_steps times larger, which their learning rates and
+  clipping thresholds assume). The logged loss is the per-token mean either way."""
+  if loss_reduction not in optim.LOSS_REDUCTIONS:
+    raise ValueError(f'loss_reduction={loss_reduction!r}; use one of '
+                     + ', '.join(optim.LOSS_REDUCTIONS))
+
   def train_step(state: TrainState, batch, reset):
     rng = jax.random.fold_in(state.rng, state.step)
     carry = jax.tree.map(lambda c: jnp.where(reset, jnp.zeros_like(c), c), state.carry)
@@ -126,9 +134,14 @@ def make_train_step(model, kind: str, tx, schedule) -> Callable:
     def loss_fn(params):
       outputs, new_carry = apply_model(model, kind, params, batch, carry or None, rng, True)
       sums = loss_sums(kind, outputs, batch)
-      return sums['loss'] / jnp.maximum(sums['count'], 1e-12), (sums, new_carry)
+      if loss_reduction == 'sequence':
+        objective = sums['loss'] / batch['inputs'].shape[0]  # rows of the global batch
+      else:
+        objective = sums['loss'] / jnp.maximum(sums['count'], 1e-12)
+      return objective, (sums, new_carry)
 
-    (loss, (sums, new_carry)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    (_, (sums, new_carry)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    loss = sums['loss'] / jnp.maximum(sums['count'], 1e-12)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     out = {'loss': loss, 'grad_norm': optax.tree.norm(grads),
@@ -324,7 +337,9 @@ def train_and_evaluate(config, workdir: str) -> dict:
   progress_tokens = int(np.prod(sample['inputs'].shape[:2])) * config.batch_size
   progress = metrics_lib.Progress(start_step, num_train_steps, progress_tokens)
 
-  train_step = jax.jit(make_train_step(model, kind, tx, schedule), donate_argnums=0)
+  train_step = jax.jit(make_train_step(model, kind, tx, schedule,
+                                       config.optimizer.get('loss_reduction', 'token')),
+                       donate_argnums=0)
   eval_step = jax.jit(make_eval_step(model, kind))
 
   def save(step):

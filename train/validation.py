@@ -41,6 +41,9 @@ def check_config(config) -> None:
   if opt.get('schedule', 'constant') not in optim.SCHEDULES:
     raise ConfigError(f'config.optimizer.schedule={opt.schedule!r} is not known; use one of '
                       + ', '.join(optim.SCHEDULES))
+  if opt.get('loss_reduction', 'token') not in optim.LOSS_REDUCTIONS:
+    raise ConfigError(f'config.optimizer.loss_reduction={opt.loss_reduction!r} is not known; use '
+                      'one of ' + ', '.join(optim.LOSS_REDUCTIONS))
   if not opt.learning_rate > 0:
     raise ConfigError(f'config.optimizer.learning_rate={opt.learning_rate!r} must be positive')
   m = config.model
