@@ -40,6 +40,22 @@ def test_every_task_trains_and_writes_results(tmp_path, monkeypatch, task, overr
   assert any(name.startswith('events') for name in os.listdir(tmp_path / 'tensorboard'))
 
 
+def test_logged_training_metrics_are_interval_means(tmp_path):
+  """A training record every 5 steps holds the mean of the 5 per-step records of the same run."""
+  finals = {}
+  for every in (1, 5):
+    workdir = tmp_path / f'every{every}'
+    trainer.train_and_evaluate(tiny_config('ptb_char', num_train_steps=10, log_every_steps=every),
+                               str(workdir))
+    finals[every] = {r['step']: r for r in read_metrics(workdir) if r['split'] == 'train'}
+  assert sorted(finals[5]) == [5, 10]
+  for step in (5, 10):
+    window = [finals[1][s] for s in range(step - 4, step + 1)]
+    for key in ('loss', 'bpc', 'grad_norm'):
+      assert finals[5][step][key] == pytest.approx(np.mean([r[key] for r in window]), rel=1e-5)
+    assert finals[5][step]['learning_rate'] == pytest.approx(window[-1]['learning_rate'])
+
+
 def test_text_file_task(tmp_path):
   corpus = tmp_path / 'corpus.txt'
   corpus.write_text('the quick brown fox jumps over the lazy dog\n' * 400)

@@ -349,6 +349,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   best_valid = None
   step = start_step
   t_start = time.perf_counter()
+  interval = []  # this logging interval's training metrics, logged as their mean
   with Preemption() as preemption:
     while step < num_train_steps:
       position = train_batches.state()['position']
@@ -366,8 +367,11 @@ def train_and_evaluate(config, workdir: str) -> dict:
         raise NonFiniteLoss(f'loss {loss}, gradient norm {grad_norm} at step {step}: stopped. '
                             f'The last good checkpoint '
                             f'(step {ckpts.latest_step()}) in {workdir} is untouched.')
+      interval.append(train_metrics)
       if step % config.log_every_steps == 0 or step == num_train_steps:
-        scalars = {k: float(v) for k, v in train_metrics.items()}
+        scalars = {k: float(np.mean([float(m[k]) for m in interval])) for k in train_metrics}
+        scalars['learning_rate'] = float(train_metrics['learning_rate'])
+        interval = []
         scalars.update(metrics_lib.derived(kind, level, scalars['loss']))
         rate = progress.rate(step)
         writer.write(step, 'train', {**scalars, **rate})
