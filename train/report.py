@@ -496,6 +496,33 @@ def _duration(seconds: float) -> str:
   return f'{minutes / 60:.1f} h' if minutes >= 90 else f'{minutes:.0f} min'
 
 
+def depth_table(description: dict, settings: Sequence[Setting], metric: Metric, split: str) -> str:
+  """One row per setting other than depth, one column per depth: mean ± 95% CI half width over
+  seeds (the mean alone for one seed), with the diverged runs counted."""
+  depths = sorted({s.values.get(DEPTH) for s in settings})
+  labels = list(dict.fromkeys(setting_label(description, s.values, [DEPTH]) for s in settings))
+  cells = {(setting_label(description, s.values, [DEPTH]), s.values.get(DEPTH)): s
+           for s in settings}
+  d = metric.digits
+  rows = []
+  for label in labels:
+    row = [label]
+    for depth in depths:
+      setting = cells.get((label, depth))
+      if setting is None:
+        row.append('')
+        continue
+      stat = stats(setting.finals(metric, split))
+      cell = '-' if stat.n == 0 else f'{stat.mean:.{d}f}' + (
+          f' ± {stat.half_width:.{d}f}' if stat.n > 1 else '')
+      if setting.num_diverged:
+        cell += f' ({setting.num_diverged}/{len(setting.runs)} diverged)'
+      row.append(cell)
+    rows.append(row)
+  return _table(['setting'] + [f'{depth} layers' for depth in depths], rows,
+                [False] + [True] * len(depths))
+
+
 def write_report(sweep_dir: str, out: Optional[str] = None, title: Optional[str] = None) -> str:
   """Writes report.md and the plots to `out` (default `sweep_dir`); returns report.md's path."""
   out = out or sweep_dir
@@ -550,6 +577,11 @@ def write_report(sweep_dir: str, out: Optional[str] = None, title: Optional[str]
         seeds += f' ({s.num_unfinished} unfinished)'
       rows.append([_fmt_value(s.values.get(k)) for k in fields]
                   + [seeds, f'{s.num_diverged}/{len(s.runs)}', *valid, *test])
+    if DEPTH in fields:
+      lines += [f'## Test {metric.label_short} by depth', '',
+                f'Mean ± 95% CI half width over seeds ({metric.label}, '
+                f'{"higher" if metric.higher_is_better else "lower"} is better).', '',
+                depth_table(description, settings, metric, 'test'), '']
     lines += ['## Results by setting', '',
               _table(header, rows, [False] * len(fields) + [True] * 6), '']
 
