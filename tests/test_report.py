@@ -154,9 +154,11 @@ def test_report_statistics_diverged_and_plots(tmp_path):
   assert '| between=relu,num_layers=4,seed=2 | diverged | 150 | - | - | - | non-finite loss nan' \
       in text
   # the depth table (test = valid + 0.1): mean ± half width; residual, only at 4 layers, is a row
-  assert _row(text, '| between=none |') == ['between=none', '1.733 ± 0.379', '1.900 ± 1.271 (1/3 diverged)']
+  assert _row(text, '| between=none |') == ['between=none', '1.733 ± 0.379',
+                                             '1.900 ± 1.271 (1/3 diverged)']
   assert _row(text, '| between=relu |')[2].endswith('(1/3 diverged)')
-  assert _row(text, '| between=none, residual=True |') == ['between=none, residual=True', '', '1.700 ± 0.635']
+  assert _row(text, '| between=none, residual=True |') == [
+      'between=none, residual=True', '', '1.700 ± 0.635']
   assert ('| between=none,num_layers=4,seed=2 | diverged | 300 | nan | nan | 10.0 '
           '| non-finite metric |') in text
   # plots: written, PNG, referenced from the report
