@@ -345,7 +345,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   def save(step):
     ckpts.save(step, state, {'data': train_batches.state(), 'step': step})
 
-  results = {'task': config.task, 'status': 'running', 'workdir': os.path.abspath(workdir)}
+  results = {'task': config.task, 'status': 'running'}
   best_valid = None
   step = start_step
   t_start = time.perf_counter()
