@@ -219,3 +219,15 @@ def test_classification_accuracy_in_percent_and_settings_plot(tmp_path):
   assert 'final accuracy (%)' in text and '(higher is better)' in text
   assert os.path.getsize(os.path.join(sweep_dir, 'settings.png')) > 10_000
   assert os.path.exists(os.path.join(sweep_dir, 'curves.png'))
+
+
+def test_plot_axes_are_cut_to_the_metric_range():
+  """A t interval over 3 seeds can reach past 100% accuracy or below 0 bpc; the axes stop there."""
+  accuracy = report.pick_metric({'accuracy': 0.9})
+  limits = []
+  report._cut_to_bounds(lambda low, high: limits.append((low, high)), (-40.0, 112.0), accuracy)
+  margin = 0.02 * 152.0
+  assert limits == [(pytest.approx(-margin), pytest.approx(100.0 + margin))]
+  bpc = report.pick_metric({'bpc': 2.0, 'accuracy': 0.5})
+  report._cut_to_bounds(lambda low, high: limits.append((low, high)), (-1.0, 9.0), bpc)
+  assert limits[-1] == (pytest.approx(-0.2), 9.0)

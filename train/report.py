@@ -116,6 +116,7 @@ class Metric:
   higher_is_better: bool
   scale: float = 1.0
   digits: int = 3
+  bounds: tuple = (None, None)  # the range of possible values (scaled); plots are cut to it
 
   def value(self, values: dict) -> float:
     v = values.get(self.key) if isinstance(values, dict) else None
@@ -129,10 +130,10 @@ class Metric:
 
 
 METRICS = (  # in order of preference: a language model's records also hold token accuracy
-    Metric('bpc', 'bits per character', 'bpc', False),
-    Metric('perplexity', 'perplexity', 'ppl', False, digits=1),
-    Metric('label_error_rate', 'label error rate (%)', 'LER %', False, 100.0, 2),
-    Metric('accuracy', 'accuracy (%)', 'acc %', True, 100.0, 2),
+    Metric('bpc', 'bits per character', 'bpc', False, bounds=(0.0, None)),
+    Metric('perplexity', 'perplexity', 'ppl', False, digits=1, bounds=(1.0, None)),
+    Metric('label_error_rate', 'label error rate (%)', 'LER %', False, 100.0, 2, (0.0, None)),
+    Metric('accuracy', 'accuracy (%)', 'acc %', True, 100.0, 2, (0.0, 100.0)),
     Metric('loss', 'loss', 'loss', False, digits=4),
 )
 
@@ -372,6 +373,16 @@ def _error_bar(stat: Stats) -> float:
   return stat.half_width if stat.n >= 2 else 0.0
 
 
+def _cut_to_bounds(set_limits, limits, metric: Metric) -> None:
+  """Keeps an axis within the metric's possible values (a t interval over 3 seeds can reach
+  beyond 100% accuracy), with a small margin so that markers on a bound stay visible."""
+  low, high = limits
+  margin = 0.02 * (high - low)
+  lo_bound, hi_bound = metric.bounds
+  set_limits(low if lo_bound is None else max(low, lo_bound - margin),
+             high if hi_bound is None else min(high, hi_bound + margin))
+
+
 def plot_depth(path: str, description: dict, settings: Sequence[Setting], metric: Metric,
                title: str) -> Optional[str]:
   """Final valid and test metric against depth, 95% CI error bars, one line per other setting."""
@@ -417,6 +428,7 @@ def plot_depth(path: str, description: dict, settings: Sequence[Setting], metric
                       color=colors[label], fontsize=8)
     ax.set_xticks(range(len(depths)), [str(d) for d in depths])
     ax.set_xlim(-0.5, len(depths) - 0.5)
+    _cut_to_bounds(ax.set_ylim, ax.get_ylim(), metric)
     ax.set_xlabel('LSTM layers')
     ax.set_ylabel(f'final {"validation" if split == "valid" else "test"} {metric.label}')
     ax.set_title('validation' if split == 'valid' else 'test', fontsize=11)
@@ -458,6 +470,7 @@ def plot_settings(path: str, description: dict, settings: Sequence[Setting], met
                     xytext=(-4, 0), textcoords='offset points', ha='right', va='center',
                     color='C3', fontsize=8)
     ax.set_yticks(ys, [s.label for s in settings])
+    _cut_to_bounds(ax.set_xlim, ax.get_xlim(), metric)
     ax.set_xlabel(f'final {"validation" if split == "valid" else "test"} {metric.label}')
     ax.grid(alpha=0.3, axis='x')
   if not drawn:
