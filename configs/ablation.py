@@ -1,9 +1,9 @@
 """The between-layer ablation: what belongs between stacked LSTM layers?
 
-  python -m train.sweep --config=configs/ablation.py:ptb --sweep_dir=runs/ablation_ptb
-  python -m train.sweep --config=configs/ablation.py:mnist1d --sweep_dir=runs/ablation_mnist1d
-  python -m train.report --sweep_dir=runs/ablation_ptb --out=results/ablation_ptb
-  python -m train.report --sweep_dir=runs/ablation_mnist1d --out=results/ablation_mnist1d
+  python -m train.sweep --config=configs/ablation.py:ptb --sweep_dir=results/ablation_ptb/runs
+  python -m train.sweep --config=configs/ablation.py:mnist1d --sweep_dir=results/ablation_mnist1d/runs
+  python -m train.report --sweep_dir=results/ablation_ptb/runs --out=results/ablation_ptb
+  python -m train.report --sweep_dir=results/ablation_mnist1d/runs --out=results/ablation_mnist1d
 
 One point by hand (what the sweep runs for it):
 
@@ -23,19 +23,16 @@ cosine decay, gradient norm clipped at 1.
 - `:mnist1d`: MNIST-1D (40 steps x 1 feature, 10 classes; 3,500 train / 500 valid / 1,000 test),
   hidden 64, batch 64, 1,000 steps (18 epochs). Metric: accuracy.
 
-Cost. Wall time of single runs (start-up, compilation and evaluation included), measured on the
-2-core CPU this was written on while other jobs shared it (load average 3 to 6, so +-30%):
+Cost, measured for the grids whose reports are in results/ (2-core AMD EPYC CPU, each sweep
+pinned to one core while another job used the other): wall time per run, start-up, compilation
+and evaluation included,
 
-  layers                    2       4       8
-  ptb (500 steps)        50-55 s  96-152 s  154-227 s   (CPU time 48 s, 94 s, 199 s)
-  mnist1d (1,000 steps)    58 s   90-112 s     195 s
+  layers                    2        4         8
+  ptb (500 steps)         28-30 s  57-65 s   102-164 s
+  mnist1d (1,000 steps)   21-23 s  37-39 s    88-99 s
 
-Grid, one run after another (`--parallel=1`), with 55/120/200 s and 60/100/195 s:
-  ptb      15 x 3 seeds x (55 + 120 + 200) s + 6 residual runs x 200 s = 6,825 s = 1.9 h
-  mnist1d  15 x 3 seeds x (60 + 100 + 195) s + 6 residual runs x 195 s = 6,495 s = 1.8 h
-  both about 3.7 h. A run keeps one core busy (CPU time = wall time when the machine is idle), so
-  on an idle 2-core machine `--parallel=2` should take about half that; on a loaded one it gains
-  nothing (two concurrent runs took 215 s against 112 s for one, at load average 5).
+and for the whole grid, one run after another: ptb 64 min, mnist1d 48 min. `--parallel=2` on an
+otherwise idle 2-core machine runs two points at once.
 
 Small on purpose: the question is relative (does anything between layers help), and 3 seeds give
 confidence intervals; the absolute numbers are far from those of converged models. In a check at
