@@ -511,6 +511,15 @@ def compile_markdown(result):
   return '\n'.join(lines) + '\n'
 
 
+def write_part(out: str, part: str, result: dict, markdown: str, log) -> None:
+  """Writes `<out>/bench_<part>.json` and `.md`, and logs the Markdown."""
+  with open(os.path.join(out, f'bench_{part}.json'), 'w') as f:
+    json.dump(result, f, indent=1)
+  with open(os.path.join(out, f'bench_{part}.md'), 'w') as f:
+    f.write(markdown)
+  log(markdown)
+
+
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
   parser.add_argument('--out', default=os.path.join(ROOT, 'bench', 'results'))
@@ -550,21 +559,11 @@ def main(argv=None):
     info['loadavg_end'] = os.getloadavg()
     result = dict(machine=info, peak_gflops=peak, peak_gflops_runs=peaks,
                   command=command, cases=results)
-    with open(os.path.join(args.out, 'bench_speed.json'), 'w') as f:
-      json.dump(result, f, indent=1)
-    md = speed_markdown(result)
-    with open(os.path.join(args.out, 'bench_speed.md'), 'w') as f:
-      f.write(md)
-    log(md)
+    write_part(args.out, 'speed', result, speed_markdown(result), log)
 
   if args.part in ('compile', 'all'):
     result = dict(machine=info, command=command, **compile_part(args.quick, log))
-    with open(os.path.join(args.out, 'bench_compile.json'), 'w') as f:
-      json.dump(result, f, indent=1)
-    md = compile_markdown(result)
-    with open(os.path.join(args.out, 'bench_compile.md'), 'w') as f:
-      f.write(md)
-    log(md)
+    write_part(args.out, 'compile', result, compile_markdown(result), log)
 
 
 if __name__ == '__main__':
