@@ -4,7 +4,12 @@
 runs its reference `lax.scan`, which the tests compare this path against. The function computed
 is the same; what differs is the work and memory around it (each point measured, see bench/):
 
-* The inputs of all steps are projected with one matmul before the loop. The bias is added
+* Inference (nothing differentiated: the custom VJP's primal) runs one feature-major loop:
+  carries (H, B), inputs (T, F, B), and each step computes kernel^T x_t + w^T h. XLA:CPU runs
+  these (4H, K) by (K, B) products markedly faster than the batch-major x_t kernel and h w, and
+  projecting inside the loop spares writing and reading a (T, B, 4H) z. The gates are a
+  (4, H, B) view, each one contiguous block.
+* Training projects the inputs of all steps with one matmul before the loop. The bias is added
   inside the loop, where it is free, instead of in a pass over the (T, B, 4H) array.
 * sigmoid(x) is computed as tanh(x/2)/2 + 1/2, and the four gates as one tanh over the (B, 4H)
   block with per-column scale and offset: XLA:CPU's logistic is several times slower than its
@@ -124,11 +129,7 @@ def run_layer(cell, w, x: Array, carry, mask: Optional[Array], remat: bool = Fal
   h0, c0 = carry
   if mask is None:
     mask = jnp.zeros((0,), jnp.bool_)  # placeholder: custom_vjp arguments are arrays
-  if remat:
-    y, h, c = _layer_remat(spec, x.astype(dtype), w.kernel, w.recurrent_kernel, bias, h0, c0, mask)
-  else:
-    y, h, c = _recurrence(spec, w.recurrent_kernel, bias, _project(x.astype(dtype), w.kernel),
-                          h0, c0, mask)
+  y, h, c = _layer(spec, x.astype(dtype), w.kernel, w.recurrent_kernel, bias, h0, c0, mask)
   return y, (h, c)
 
 
@@ -174,7 +175,7 @@ def _activate(spec: _Spec, s: Array):
 
 
 def _step(spec: _Spec, w, b, z_t, h_prev, c_prev, m_t):
-  """One time step: (new h carry, new c carry, output, saved) in the carry/compute dtypes."""
+  """One training step: (new h carry, new c carry, output, saved) in the carry/compute dtypes."""
   acc = _math_dtype(z_t.dtype)
   s = z_t.astype(acc) + jnp.dot(h_prev, w, preferred_element_type=acc) + b.astype(acc)
   (i, f, g, o), saved = _activate(spec, s)
@@ -188,6 +189,33 @@ def _step(spec: _Spec, w, b, z_t, h_prev, c_prev, m_t):
     h = jnp.where(m, h, h_prev)
     y = jnp.where(m, y, jnp.zeros((), y.dtype))
   return h, c, y, saved.astype(z_t.dtype)
+
+
+def _step_feature_major(spec: _Spec, kernel_t, w_t, b, x_t, h_prev, c_prev, m_t):
+  """One inference step on (F, B) inputs and (H, B) carries: the new carries (h, c).
+
+  The pre-activations are viewed as (4, H, B), so each gate is one contiguous block and the
+  closed form is one tanh with a per-gate scale and offset.
+  """
+  acc = _math_dtype(x_t.dtype)
+  hidden, batch = h_prev.shape
+  s = (jnp.dot(kernel_t, x_t, preferred_element_type=acc)
+       + jnp.dot(w_t, h_prev, preferred_element_type=acc) + b.astype(acc)[:, None])
+  s = s.reshape(4, hidden, batch)
+  if spec.closed_form:
+    scale = jnp.array([0.5, 0.5, 1.0, 0.5], acc)[:, None, None]
+    offset = jnp.array([0.5, 0.5, 0.0, 0.5], acc)[:, None, None]
+    i, f, g, o = jnp.tanh(s * scale) * scale + offset
+  else:
+    i, f, g, o = spec.gate(s[0]), spec.gate(s[1]), spec.act(s[2]), spec.gate(s[3])
+  c = f * c_prev.astype(acc) + i * g
+  h = (o * spec.act(c)).astype(h_prev.dtype)
+  c = c.astype(c_prev.dtype)
+  if spec.masked:
+    m = m_t[None, :]
+    c = jnp.where(m, c, c_prev)
+    h = jnp.where(m, h, h_prev)
+  return h, c
 
 
 def _matmul_tn(a: Array, b: Array, dtype) -> Array:
@@ -210,44 +238,67 @@ def _put(a: Array, value: Array, t) -> Array:
 
 
 # ----------------------------------------------------------------------------------------------
-# Input projection z = x @ kernel
+# The layer: projection and time loop under one custom VJP
 
 
-@jax.custom_vjp
-def _project(x, kernel):
-  return jnp.dot(x, kernel)
+def _layer_impl(spec: _Spec, x, kernel, w, b, h0, c0, mask):
+  """Inference (the primal, when nothing is differentiated): one feature-major loop, no z.
+
+  Each step computes kernel^T x_t + w^T h, (4H, F) by (F, B) and (4H, H) by (H, B), on carries
+  kept as (H, B): XLA:CPU runs these products markedly faster than x_t kernel and h w, and
+  projecting inside the loop saves writing and reading z (measured, bench/). The input and the
+  outputs are transposed once, before and after the loop.
+  """
+  x_fm = jnp.swapaxes(x, 1, 2)  # (T, F, B)
+  kernel_t, w_t = kernel.T, w.T
+
+  def step(carry, xs):
+    x_t, m_t = xs if spec.masked else (xs, None)
+    h, c = _step_feature_major(spec, kernel_t, w_t, b, x_t, *carry, m_t)
+    return (h, c), h
+
+  (h, c), y = jax.lax.scan(step, (h0.T, c0.T), (x_fm, mask) if spec.masked else x_fm)
+  if spec.masked:
+    y = jnp.where(mask[:, None, :], y, jnp.zeros((), y.dtype))
+  return jnp.swapaxes(y, 1, 2), h.T, c.T
 
 
-def _project_fwd(x, kernel):
-  return jnp.dot(x, kernel), (x, kernel)
+_layer = jax.custom_vjp(_layer_impl, nondiff_argnums=(0,))
 
 
-def _project_bwd(residuals, dz):
-  x, kernel = residuals
+def _layer_fwd(spec: _Spec, x, kernel, w, b, h0, c0, mask):
+  """Training forward. With remat it keeps only the layer's inputs: x is (T, B, F), a fraction
+  of the gates' (T, B, 4H)."""
+  if spec.remat:
+    return _layer_impl(spec, x, kernel, w, b, h0, c0, mask), (x, kernel, w, b, h0, c0, mask)
+  outputs, saved = _recurrence_fwd(spec, w, b, jnp.dot(x, kernel), h0, c0, mask)
+  return outputs, (x, kernel, saved)
+
+
+def _layer_bwd(spec: _Spec, residuals, cotangents):
+  """Backward loop, then the weight gradients and dx as single large matmuls.
+
+  With remat the projection and the forward loop are recomputed first, once this layer's output
+  cotangents exist. Left free, XLA merges the recomputed projection with the forward's (keeping
+  every layer's z alive from the forward to the backward) and schedules recomputations early:
+  remat would save nothing. `_after` ties the recomputation to the cotangents.
+  """
+  if spec.remat:
+    x, kernel, w, b, h0, c0, mask = residuals
+    x = _after(x, cotangents[0])
+    _, saved = _recurrence_fwd(spec, w, b, jnp.dot(x, kernel), h0, c0, mask)
+  else:
+    x, kernel, saved = residuals
+  dw, db, dz, dh0, dc0, _ = _recurrence_bwd(spec, saved, cotangents)
   dx = jnp.dot(dz, kernel.T, preferred_element_type=jnp.float32).astype(x.dtype)
-  return dx, _matmul_tn(x, dz, kernel.dtype)
+  return dx, _matmul_tn(x, dz, kernel.dtype), dw, db, dh0, dc0, None
 
 
-_project.defvjp(_project_fwd, _project_bwd)
+_layer.defvjp(_layer_fwd, _layer_bwd)
 
 
 # ----------------------------------------------------------------------------------------------
-# Time loop
-
-
-def _recurrence_impl(spec: _Spec, w, b, z, h0, c0, mask):
-  """Forward only (inference): a scan that emits the outputs and nothing else."""
-
-  def step(carry, xs):
-    z_t, m_t = xs if spec.masked else (xs, None)
-    h, c, y, _ = _step(spec, w, b, z_t, *carry, m_t)
-    return (h, c), y
-
-  (h, c), y = jax.lax.scan(step, (h0, c0), (z, mask) if spec.masked else z)
-  return y, h, c
-
-
-_recurrence = jax.custom_vjp(_recurrence_impl, nondiff_argnums=(0,))
+# Time loop for training: forward saving what the backward needs, backward loop
 
 
 def _recurrence_fwd(spec: _Spec, w, b, z, h0, c0, mask):
@@ -322,42 +373,6 @@ def _recurrence_bwd(spec: _Spec, residuals, cotangents):
   db = jnp.sum(dz, axis=(0, 1), dtype=jnp.float32).astype(w.dtype)
   return dw, db, dz, dh0.astype(h0.dtype), dc0.astype(c0.dtype), None
 
-
-_recurrence.defvjp(_recurrence_fwd, _recurrence_bwd)
-
-
-# ----------------------------------------------------------------------------------------------
-# The whole layer, rematerialized
-
-
-def _layer_remat_impl(spec: _Spec, x, kernel, w, b, h0, c0, mask):
-  return _recurrence_impl(spec, w, b, jnp.dot(x, kernel), h0, c0, mask)
-
-
-_layer_remat = jax.custom_vjp(_layer_remat_impl, nondiff_argnums=(0,))
-
-
-def _layer_remat_fwd(spec: _Spec, x, kernel, w, b, h0, c0, mask):
-  """Keeps the layer's inputs only: x is (T, B, F), a fraction of the gates' (T, B, 4H)."""
-  return _layer_remat_impl(spec, x, kernel, w, b, h0, c0, mask), (x, kernel, w, b, h0, c0, mask)
-
-
-def _layer_remat_bwd(spec: _Spec, residuals, cotangents):
-  """Projection, forward loop and backward loop, once this layer's output cotangents exist.
-
-  Left free, XLA merges the recomputed projection with the forward's (keeping every layer's z
-  alive from the forward to the backward) and schedules recomputations early: remat would save
-  nothing. `_after` ties the recomputation to the cotangents.
-  """
-  x, kernel, w, b, h0, c0, mask = residuals
-  x = _after(x, cotangents[0])
-  _, saved = _recurrence_fwd(spec, w, b, jnp.dot(x, kernel), h0, c0, mask)
-  dw, db, dz, dh0, dc0, _ = _recurrence_bwd(spec, saved, cotangents)
-  dx, dkernel = _project_bwd((x, kernel), dz)
-  return dx, dkernel, dw, db, dh0, dc0, None
-
-
-_layer_remat.defvjp(_layer_remat_fwd, _layer_remat_bwd)
 
 
 def _after(x: Array, dependency: Array) -> Array:
