@@ -33,6 +33,24 @@ def fast_calls(monkeypatch):
   return calls
 
 
+@pytest.fixture(params=['batch_major', 'feature_major'])
+def layout(request, monkeypatch):
+  """Runs the test once per inference loop layout (`fast.feature_major_pays` decides otherwise)."""
+  monkeypatch.setattr(fast, 'feature_major_pays',
+                      lambda batch, hidden: request.param == 'feature_major')
+  return request.param
+
+
+def _on_reference_path(fn, *args):
+  """`fn(*args)` jitted and traced inside `fast.reference_path()`.
+
+  The wrapper is a new function: jit caches traces by function, so jitting `fn` itself a second
+  time would reuse its fast-path trace and compare the fast path with itself.
+  """
+  with fast.reference_path():
+    return _jit(lambda *a: fn(*a))(*args)
+
+
 def _assert_trees_close(got, want, tol=1e-5):
   """Max abs difference within tol times the scale of the reference (at least 1)."""
   got_leaves, got_def = jax.tree.flatten(got)
@@ -76,8 +94,7 @@ def _compare(model, seq_lengths=None, with_carry=True, tol=1e-5, x=None):
     return forward, outputs, grads
 
   got = _jit(run)(variables, x, carry)
-  with fast.reference_path():
-    want = _jit(run)(variables, x, carry)
+  want = _on_reference_path(run, variables, x, carry)
   _assert_trees_close(got, want, tol)
   return got
 
@@ -87,7 +104,7 @@ def _compare(model, seq_lengths=None, with_carry=True, tol=1e-5, x=None):
 
 
 @pytest.mark.parametrize('reverse, padded', [(False, False), (True, True), (False, True)])
-def test_layer_matches_reference(fast_calls, reverse, padded):
+def test_layer_matches_reference(fast_calls, layout, reverse, padded):
   _compare(LSTMLayer(LSTMCell(H), reverse=reverse), LENGTHS if padded else None)
   assert fast_calls
 
@@ -98,23 +115,24 @@ def test_layer_matches_reference(fast_calls, reverse, padded):
     ('gelu', 'sigmoid', True),
     (jax.nn.soft_sign, lambda z: jax.nn.sigmoid(2.0 * z), False),
 ])
-def test_other_activations_match_reference(fast_calls, activation, recurrent_activation, padded):
+def test_other_activations_match_reference(fast_calls, layout, activation, recurrent_activation,
+                                           padded):
   cell = LSTMCell(H, activation=activation, recurrent_activation=recurrent_activation)
   _compare(LSTMLayer(cell, reverse=padded), LENGTHS if padded else None)
   assert fast_calls
 
 
-def test_no_bias_and_zero_initial_carry(fast_calls):
+def test_no_bias_and_zero_initial_carry(fast_calls, layout):
   _compare(LSTMLayer(LSTMCell(H, use_bias=False)), LENGTHS, with_carry=False)
   assert fast_calls
 
 
-def test_one_step_and_batch_of_one(fast_calls):
+def test_one_step_and_batch_of_one(fast_calls, layout):
   _compare(LSTMLayer(LSTMCell(H)), jnp.array([1]), x=jax.random.normal(jax.random.key(4), (1, 1, F)))
   assert fast_calls
 
 
-def test_arbitrary_mask_through_run_sequence(fast_calls):
+def test_arbitrary_mask_through_run_sequence(fast_calls, layout):
   """run_sequence takes any (T, B) mask, not only prefixes: frozen carry, zero outputs."""
 
   class Masked(nn.Module):
@@ -132,10 +150,12 @@ def test_arbitrary_mask_through_run_sequence(fast_calls):
     y, final = model.apply(variables, x, mask, carry)
     return jnp.sum(y ** 3) + jnp.sum(final[0] * final[1]), (y, final)
 
-  grad = _jit(jax.grad(loss, argnums=(0, 1, 2), has_aux=True))
-  got = grad(variables, x, carry)
-  with fast.reference_path():
-    want = _jit(jax.grad(loss, argnums=(0, 1, 2), has_aux=True))(variables, x, carry)
+  def run(variables, x, carry):
+    return (model.apply(variables, x, mask, carry),
+            jax.grad(loss, argnums=(0, 1, 2), has_aux=True)(variables, x, carry))
+
+  got = _jit(run)(variables, x, carry)
+  want = _on_reference_path(run, variables, x, carry)
   _assert_trees_close(got, want)
   assert fast_calls
 
@@ -151,19 +171,19 @@ def test_arbitrary_mask_through_run_sequence(fast_calls):
     dict(num_layers=2, remat=True, reverse=True),
     dict(cells=({'features': 6}, {'features': H, 'activation': 'relu'})),
 ], ids=['bidirectional', 'residual', 'scan_layers', 'remat-reverse', 'cells'])
-def test_stack_matches_reference(fast_calls, kwargs):
+def test_stack_matches_reference(fast_calls, layout, kwargs):
   kwargs = dict(kwargs)
   kwargs.setdefault('hidden_size', H)
   _compare(StackedLSTM(**kwargs), LENGTHS)
   assert fast_calls
 
 
-def test_unpadded_bidirectional_remat_stack_matches_reference(fast_calls):
+def test_unpadded_bidirectional_remat_stack_matches_reference(fast_calls, layout):
   _compare(StackedLSTM(num_layers=2, hidden_size=H, bidirectional=True, reverse=True, remat=True))
   assert fast_calls
 
 
-def test_padded_outputs_are_zero_and_carries_frozen():
+def test_padded_outputs_are_zero_and_carries_frozen(layout):
   model = StackedLSTM(num_layers=2, hidden_size=H, bidirectional=True)
   x = jax.random.normal(jax.random.key(0), (B, T, F))
   variables = _jit(model.init)(jax.random.key(1), x)
@@ -188,8 +208,7 @@ def test_jit_and_second_order_gradients():
     return jnp.sum(jax.grad(loss)(x) ** 2)
 
   got = _jit(jax.grad(grad_norm))(x)
-  with fast.reference_path():
-    want = _jit(jax.grad(grad_norm))(x)
+  want = _on_reference_path(jax.grad(grad_norm), x)
   _assert_trees_close(got, want, tol=1e-4)
 
 
@@ -219,6 +238,32 @@ def test_mixed_dtype_carry_takes_the_reference_path(fast_calls):
   assert fast_calls
 
 
+def test_inference_layout_follows_the_size(monkeypatch):
+  """At batch 32 x hidden 256 on CPU inference runs feature-major, equal to the reference path;
+  smaller layers and training run batch-major."""
+  used = []
+  for name in ('_infer_feature_major', '_infer_batch_major'):
+    original = getattr(fast, name)
+    monkeypatch.setattr(fast, name, functools.partial(
+        lambda original, name, *args: used.append(name) or original(*args), original, name))
+  model = StackedLSTM(num_layers=2, hidden_size=256)
+  x = jax.random.normal(jax.random.key(0), (32, 6, 16))
+  lengths = jnp.arange(32) % 7
+  variables = _jit(model.init)(jax.random.key(1), x)
+  used.clear()
+  got = _jit(model.apply)(variables, x, lengths)
+  assert used == ['_infer_feature_major'] * 2
+  want = _on_reference_path(model.apply, variables, x, lengths)
+  _assert_trees_close(got, want)
+  small = StackedLSTM(num_layers=1, hidden_size=128)
+  used.clear()
+  jax.eval_shape(small.init_with_output, jax.random.key(0), x)
+  assert used == ['_infer_batch_major']
+  used.clear()
+  jax.eval_shape(jax.grad(lambda v: jnp.sum(model.apply(v, x)[0])), variables)
+  assert used == []
+
+
 def test_reference_path_context_nests_and_restores():
   assert fast.enabled()
   with fast.reference_path():
@@ -233,7 +278,7 @@ def test_reference_path_context_nests_and_restores():
 # bfloat16 compute with float32 parameters
 
 
-def test_bfloat16_runs_end_to_end_close_to_float32(fast_calls):
+def test_bfloat16_runs_end_to_end_close_to_float32(fast_calls, layout):
   x = jax.random.normal(jax.random.key(0), (B, T, F))
   model32 = StackedLSTM(num_layers=1, hidden_size=8, bidirectional=True)
   model16 = StackedLSTM(num_layers=1, hidden_size=8, bidirectional=True, dtype=jnp.bfloat16)
@@ -257,6 +302,12 @@ def test_bfloat16_runs_end_to_end_close_to_float32(fast_calls):
   with fast.reference_path():
     (r16, rx16), (ry16, _) = grad(model16)(variables, x)
   _assert_trees_close((g16, x16, y16), (r16, rx16, ry16), tol=5e-2)
+  infer = _jit(lambda variables, x: model16.apply(variables, x, LENGTHS))
+  got = infer(variables, x)
+  assert all(a.dtype == jnp.bfloat16 for a in jax.tree.leaves(got))
+  want = _on_reference_path(lambda variables, x: model16.apply(variables, x, LENGTHS),
+                            variables, x)
+  _assert_trees_close(got, want, tol=3e-2)
 
 
 def test_forward_mode_autodiff_needs_the_reference_path():
