@@ -54,6 +54,7 @@ from typing import Callable, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from lstm import activations
 
@@ -160,14 +161,17 @@ def _split4(a):
   return jnp.split(a, 4, axis=-1)
 
 
-def _gate_affine(four_h: int, dtype):
-  """(scale, offset) per column: the gates are tanh(s * scale) * scale + offset.
+# The closed form of the gates (i, f, g, o): tanh(s * scale) * scale + offset, i.e. sigmoid as
+# tanh(s / 2) / 2 + 1/2 for i, f, o and tanh for g.
+_GATE_SCALE = (0.5, 0.5, 1.0, 0.5)
+_GATE_OFFSET = (0.5, 0.5, 0.0, 0.5)
 
-  scale = offset = 1/2 on the i, f, o columns (sigmoid), scale 1 and offset 0 on g (tanh).
-  """
-  h = four_h // 4
-  half, one, zero = jnp.full((h,), 0.5, dtype), jnp.ones((h,), dtype), jnp.zeros((h,), dtype)
-  return jnp.concatenate([half, half, one, half]), jnp.concatenate([half, half, zero, half])
+
+def _gate_affine(four_h: int, dtype):
+  """(scale, offset) per column of the (B, 4H) pre-activations."""
+  # numpy, so that they are constants of the program and not a broadcast inside the loop
+  return (jnp.asarray(np.repeat(_GATE_SCALE, four_h // 4), dtype),
+          jnp.asarray(np.repeat(_GATE_OFFSET, four_h // 4), dtype))
 
 
 def _activate(spec: _Spec, s: Array):
@@ -184,17 +188,23 @@ def _step(spec: _Spec, w, b, z_t, h_prev, c_prev, m_t):
   """One training step: (new h carry, new c carry, output, saved) in the carry/compute dtypes."""
   acc = _math_dtype(z_t.dtype)
   s = z_t.astype(acc) + jnp.dot(h_prev, w, preferred_element_type=acc) + b.astype(acc)
-  (i, f, g, o), saved = _activate(spec, s)
-  c = f * c_prev.astype(acc) + i * g
+  gates, saved = _activate(spec, s)
+  m = m_t[:, None] if spec.masked else None
+  h, c = _new_carry(spec, gates, h_prev, c_prev, m)
+  y = h if m is None else jnp.where(m, h, jnp.zeros((), h.dtype))
+  return h, c, y, saved.astype(z_t.dtype)
+
+
+def _new_carry(spec: _Spec, gates, h_prev, c_prev, m):
+  """(h, c) from the gates, in the carry dtypes; where the mask m is False, the previous carry."""
+  i, f, g, o = gates
+  c = f * c_prev.astype(i.dtype) + i * g
   h = (o * spec.act(c)).astype(h_prev.dtype)
   c = c.astype(c_prev.dtype)
-  y = h
-  if spec.masked:
-    m = m_t[:, None]
+  if m is not None:
     c = jnp.where(m, c, c_prev)
     h = jnp.where(m, h, h_prev)
-    y = jnp.where(m, y, jnp.zeros((), y.dtype))
-  return h, c, y, saved.astype(z_t.dtype)
+  return h, c
 
 
 def _step_feature_major(spec: _Spec, kernel_t, w_t, b, x_t, h_prev, c_prev, m_t):
@@ -209,19 +219,12 @@ def _step_feature_major(spec: _Spec, kernel_t, w_t, b, x_t, h_prev, c_prev, m_t)
        + jnp.dot(w_t, h_prev, preferred_element_type=acc) + b.astype(acc)[:, None])
   s = s.reshape(4, hidden, batch)
   if spec.closed_form:
-    scale = jnp.array([0.5, 0.5, 1.0, 0.5], acc)[:, None, None]
-    offset = jnp.array([0.5, 0.5, 0.0, 0.5], acc)[:, None, None]
-    i, f, g, o = jnp.tanh(s * scale) * scale + offset
+    scale = jnp.array(_GATE_SCALE, acc)[:, None, None]
+    offset = jnp.array(_GATE_OFFSET, acc)[:, None, None]
+    gates = tuple(jnp.tanh(s * scale) * scale + offset)
   else:
-    i, f, g, o = spec.gate(s[0]), spec.gate(s[1]), spec.act(s[2]), spec.gate(s[3])
-  c = f * c_prev.astype(acc) + i * g
-  h = (o * spec.act(c)).astype(h_prev.dtype)
-  c = c.astype(c_prev.dtype)
-  if spec.masked:
-    m = m_t[None, :]
-    c = jnp.where(m, c, c_prev)
-    h = jnp.where(m, h, h_prev)
-  return h, c
+    gates = spec.gate(s[0]), spec.gate(s[1]), spec.act(s[2]), spec.gate(s[3])
+  return _new_carry(spec, gates, h_prev, c_prev, m_t[None, :] if spec.masked else None)
 
 
 def _matmul_tn(a: Array, b: Array, dtype) -> Array:

@@ -19,20 +19,6 @@ LENGTHS = jnp.array([7, 4, 0])
 _jit = functools.partial(jax.jit, compiler_options={'xla_backend_optimization_level': 0})
 
 
-@pytest.fixture
-def fast_calls(monkeypatch):
-  """Counts the layers that took the fast path while tracing."""
-  calls = []
-  original = fast.run_layer
-
-  def counting(*args, **kwargs):
-    calls.append(1)
-    return original(*args, **kwargs)
-
-  monkeypatch.setattr(fast, 'run_layer', counting)
-  return calls
-
-
 @pytest.fixture(params=['batch_major', 'feature_major'])
 def layout(request, monkeypatch):
   """Runs the test once per inference loop layout (`fast.feature_major_pays` decides otherwise)."""
