@@ -32,61 +32,111 @@ def base_config() -> ml_collections.ConfigDict:
   """The fields every config has, with canonical defaults (h straight up, tanh/sigmoid, forget
   bias 1). Experiment configs change what they need."""
   c = ml_collections.ConfigDict()
-  c.task = 'ptb_char'
-  c.seed = 0
-  c.num_train_steps = 1000
+  c.task = 'ptb_char'           # the data: a name in train.data.TASKS
+  c.seed = 0                    # parameters, dropout and data order
+  c.num_train_steps = 1000      # the run's length (unless num_epochs > 0)
   c.num_epochs = 0.0            # > 0: train this many epochs instead of num_train_steps
-  c.batch_size = 32
+  c.batch_size = 32             # rows per training batch, over all devices
   c.eval_batch_size = config_dict.placeholder(int)  # None: batch_size
   c.num_steps = 64              # time steps per batch (truncated BPTT length for language models)
-  c.eval_every_steps = 500
-  c.checkpoint_every_steps = 500
-  c.keep_checkpoints = 2
-  c.log_every_steps = 50
+  c.eval_every_steps = 500      # validation every this many steps
+  c.checkpoint_every_steps = 500  # a checkpoint every this many steps
+  c.keep_checkpoints = 2        # the newest checkpoints kept
+  c.log_every_steps = 50        # a training record (interval means) every this many steps
   c.stop_after_steps = 0        # > 0: checkpoint and stop after this many steps of this run
   c.distributed = False         # call jax.distributed.initialize() (multi-process runs)
 
-  c.data = ml_collections.ConfigDict()
-  c.data.path = config_dict.placeholder(str)
-  c.data.max_train_tokens = config_dict.placeholder(int)
-  c.data.max_eval_tokens = config_dict.placeholder(int)
+  d = c.data = ml_collections.ConfigDict()
+  # Language models (ptb_char, ptb_word, text)
+  d.max_train_tokens = config_dict.placeholder(int)  # cut the train stream (quick runs)
+  d.max_eval_tokens = config_dict.placeholder(int)   # cut the valid and test streams
+  # task 'text': a plain-text file of the user's
+  d.path = config_dict.placeholder(str)        # the file (required for task 'text')
+  d.level = 'char'                             # char | word (whitespace, <eos> per line) | byte
+  d.valid_path = config_dict.placeholder(str)  # a file for valid; else cut from the end of path
+  d.test_path = config_dict.placeholder(str)   # a file for test; else cut from the end of path
+  d.valid_fraction = 0.05                      # of path cut for valid (without valid_path)
+  d.test_fraction = 0.05                       # of path cut for test (without test_path)
+  d.encoding = 'utf-8'                         # of the files (not used at byte level)
+  d.max_vocab = config_dict.placeholder(int)   # word level: the most frequent words; rest <unk>
+  # Generated datasets: each task's parameters in its own sub-dict
+  d.mnist1d = ml_collections.ConfigDict(dict(
+      seed=42,           # the package's own seed: the published dataset
+      num_samples=5000,  # split 4:1 into train and test
+      valid_size=500))   # the last train examples, held out for validation
+  d.digits = ml_collections.ConfigDict(dict(
+      seed=0,            # the permutation that splits sklearn's 1,797 digits
+      test_size=250,
+      valid_size=250))
+  d.copy = ml_collections.ConfigDict(dict(
+      delay=100,                  # T: blanks between the symbols and the recall
+      loss_on_recall_only=False,  # count the loss on the 10 recall steps only
+      num_train=10000, num_valid=1000, num_test=1000,
+      seed=0))
+  d.adding = ml_collections.ConfigDict(dict(
+      seq_len=100,                # T
+      num_train=10000, num_valid=1000, num_test=1000,
+      seed=0))
+  sd = d.speech_digits = ml_collections.ConfigDict()
+  sd.num_train = 2000
+  sd.num_valid = 200
+  sd.num_test = 300
+  sd.min_digits = 1              # digits per utterance
+  sd.max_digits = 5
+  sd.seed = 0
+  sd.num_mels = 40               # log-mel channels per frame
+  sd.energy = False              # add the frame's log energy
+  sd.deltas = 0                  # orders of delta coefficients: 0, 1 or 2
+  sd.normalize = True            # per-utterance mean and variance normalisation
+  sd.subsample = 3               # frames stacked into one step
+  sd.voices = config_dict.placeholder(str)       # train/valid voices, comma-separated
+  sd.test_voices = config_dict.placeholder(str)  # held-out test voices, comma-separated
+  sd.rate_jitter = 0.15          # speaking rate 175 words/min times 1 +- this
+  sd.pitch_jitter = 15           # pitch 50 +- this (espeak's 0..100)
+  sd.cache_dir = config_dict.placeholder(str)    # None: $STACKED_LSTM_CACHE or ~/.cache/...
 
   m = c.model = ml_collections.ConfigDict()
-  m.num_layers = 2
-  m.hidden_size = 256
+  m.num_layers = 2              # LSTM layers in the stack
+  m.hidden_size = 256           # units per layer (per direction)
   m.embed_size = 0              # 0: hidden_size
-  m.between = 'none'
-  m.activation = 'tanh'
-  m.recurrent_activation = 'sigmoid'
-  m.forget_bias = 1.0
-  m.dropout = 0.0
-  m.embed_dropout = 0.0
-  m.output_dropout = 0.0
-  m.variational = False
-  m.residual = False
-  m.bidirectional = False
-  m.peephole = False
-  m.layer_norm = False
-  m.proj_size = config_dict.placeholder(int)
-  m.cell_clip = config_dict.placeholder(float)
-  m.proj_clip = config_dict.placeholder(float)
-  m.tie_embeddings = False
+  m.between = 'none'            # op between layers: none | relu | tanh | gelu | layernorm | ...
+  m.activation = 'tanh'         # the cell's candidate and output activation (Keras' argument)
+  m.recurrent_activation = 'sigmoid'  # the gates' activation
+  m.forget_bias = 1.0           # initial bias of the forget gate
+  m.dropout = 0.0               # between layers
+  m.embed_dropout = 0.0         # language models: on the embedding
+  m.output_dropout = 0.0        # language models: on the last layer's output
+  m.variational = False         # one dropout mask per sequence (locked dropout)
+  m.residual = False            # add each layer's input to its output (from layer 2 on)
+  m.bidirectional = False       # a backward direction in every layer
+  m.peephole = False            # peephole connections from c to the gates
+  m.layer_norm = False          # layer norm inside the cell (gates and c)
+  m.proj_size = config_dict.placeholder(int)    # LSTMP: h projected to this width
+  m.cell_clip = config_dict.placeholder(float)  # clip c to +- this
+  m.proj_clip = config_dict.placeholder(float)  # clip the projected h to +- this
+  m.tie_embeddings = False      # language models: the softmax uses the embedding matrix
   m.bilm = False                # language models: ELMo's forward + backward pair
   m.init_scale = 0.0            # > 0: every weight U(-init_scale, init_scale), as Zaremba
-  m.pooling = 'last'
-  m.scan_layers = False
-  m.remat = False
-  m.dtype = 'float32'
+  m.pooling = 'last'            # sequence classifiers: last | mean over valid steps
+  m.scan_layers = False         # nn.scan over identical layers (compile time of deep stacks)
+  m.remat = False               # recompute each layer in the backward pass (memory)
+  m.dtype = 'float32'           # compute dtype: float32 | bfloat16 | float16 (parameters float32)
 
   o = c.optimizer = ml_collections.ConfigDict()
-  o.name = 'adam'
-  o.learning_rate = 2e-3
+  o.name = 'adam'               # sgd | momentum | adam | adamw | adagrad
+  o.learning_rate = 2e-3        # the peak rate of the schedule
   o.schedule = 'constant'       # constant | step | cosine
-  o.warmup_steps = 0
+  o.warmup_steps = 0            # cosine schedule: linear warm-up steps
   o.decay_start_epoch = 0       # step schedule: decay once per epoch from this epoch on
-  o.decay_factor = 0.5
-  o.momentum = 0.9
-  o.weight_decay = 1e-4
-  o.grad_clip_norm = 1.0
+  o.decay_factor = 0.5          # step schedule: the rate's factor per epoch
+  o.end_factor = 0.0            # cosine schedule: the final rate is learning_rate * end_factor
+  o.momentum = 0.9              # momentum
+  o.nesterov = False            # momentum: Nesterov's form
+  o.b1 = 0.9                    # adam, adamw
+  o.b2 = 0.999                  # adam, adamw
+  o.eps = 1e-8                  # adam, adamw
+  o.weight_decay = 1e-4         # adamw
+  o.initial_accumulator = 0.1   # adagrad
+  o.grad_clip_norm = 1.0        # clip the global gradient norm (0: no clipping)
   o.loss_reduction = 'token'    # token: mean over tokens | sequence: sum over time, mean over rows
   return c

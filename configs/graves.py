@@ -17,9 +17,9 @@ def get_config(arg=None):
   args = common.parse_arg(arg, layers=3, hidden=128, steps=3000)
   c = common.base_config()
   c.task = 'speech_digits'
-  c.data.num_train = 4000
-  c.data.num_valid = 300
-  c.data.num_test = 500
+  c.data.speech_digits.num_train = 4000
+  c.data.speech_digits.num_valid = 300
+  c.data.speech_digits.num_test = 500
   c.batch_size = 32
   c.num_train_steps = args.steps
   c.eval_every_steps = 500

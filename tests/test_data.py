@@ -2,15 +2,22 @@
 import json
 import math
 
-import ml_collections
 import numpy as np
 import pytest
 
+from configs import common
 from train import data
 
 
 def config(task, **fields):
-  return ml_collections.ConfigDict({'task': task, 'data': fields})
+  """The default config for `task` with `fields` set in config.data (in the task's own
+  sub-dict for generated datasets)."""
+  c = common.base_config()
+  c.task = task
+  section = c.data[task] if task in c.data else c.data
+  for key, value in fields.items():
+    section[key] = value
+  return c
 
 
 def take(batcher, n):

@@ -126,7 +126,7 @@ def test_report_statistics_diverged_and_plots(tmp_path):
   text = open(path).read()
   assert '- 15 runs of task `ptb_char`: 11 completed, 2 diverged, 1 missing, 1 preempted.' in text
 
-  description, runs = report.load_sweep(sweep_dir)
+  description, runs = report.read_sweep(sweep_dir)
   metric = report.choose_metric(runs)
   assert metric.key == 'bpc'
   settings = {(s.values['model.between'], s.values['model.num_layers'],
@@ -172,7 +172,7 @@ def test_report_statistics_diverged_and_plots(tmp_path):
 
 def test_labels_show_extra_fields_only_where_they_differ_from_the_base(tmp_path):
   make_sweep(str(tmp_path))
-  description, _ = report.load_sweep(str(tmp_path))
+  description, _ = report.read_sweep(str(tmp_path))
   label = lambda **v: report.setting_label(description, {**{k: None for k in FIELDS}, **v},
                                            exclude=['model.num_layers'])
   assert label(**{'model.between': 'relu', 'model.residual': False}) == 'between=relu'
@@ -182,7 +182,7 @@ def test_labels_show_extra_fields_only_where_they_differ_from_the_base(tmp_path)
 
 def test_report_without_sweep_json_infers_the_fields(tmp_path):
   make_sweep(str(tmp_path), with_description=False)
-  description, runs = report.load_sweep(str(tmp_path))
+  description, runs = report.read_sweep(str(tmp_path))
   assert description['fields'] == ['model.between', 'model.num_layers', 'model.residual']
   assert len(runs) == 14  # the never-started point has no workdir
   text = open(report.write_report(str(tmp_path))).read()

@@ -2,11 +2,11 @@
 import os
 import sys
 
-import ml_collections
 import numpy as np
 import pytest
 
-from train import speech
+from configs import common
+from train import data, speech
 
 
 def f0(audio):
@@ -205,11 +205,17 @@ def test_valid_and_test_do_not_depend_on_num_train(small, tmp_path):
   np.testing.assert_array_equal(bigger['train'].texts[:6], small['train'].texts)
 
 
+def _speech_config(**fields):
+  c = common.base_config()
+  c.task = 'speech_digits'
+  c.data.speech_digits.update(fields)
+  return c
+
+
 def test_load_speech_digits(small, cache_dir):
   from train.data import Dataset
-  data = ml_collections.ConfigDict({**SMALL, 'cache_dir': cache_dir, 'subsample': 3,
-                                    'deltas': 1, 'voices': ','.join(speech.TRAIN_VOICES)})
-  ds = speech.load_speech_digits(data)
+  ds = data.load_dataset(_speech_config(**SMALL, cache_dir=cache_dir, subsample=3, deltas=1,
+                                        voices=','.join(speech.TRAIN_VOICES)))
   assert isinstance(ds, Dataset)
   assert (ds.task, ds.kind, ds.num_classes, ds.vocab_size) == ('speech_digits', 'ctc', 10, None)
   assert ds.input_features == 40 * 2 * 3
@@ -225,4 +231,4 @@ def test_load_speech_digits(small, cache_dir):
     assert not s.inputs.flags.writeable
   assert 'speech_digits (ctc)' in ds.describe()
   with pytest.raises(ValueError, match='num_test'):
-    speech.load_speech_digits(ml_collections.ConfigDict({'num_test': 0, 'cache_dir': cache_dir}))
+    data.load_dataset(_speech_config(num_test=0, cache_dir=cache_dir))

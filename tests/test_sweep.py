@@ -55,7 +55,7 @@ def config_path(tmp_path):
 
 def _points(config_path, arg=None):
   spec = config_path + (f':{arg}' if arg else '')
-  module_sweep = sweep.load_sweep(spec)
+  module_sweep = sweep.load_grid(spec)
   from importlib import util
   s = util.spec_from_file_location('cfg', config_path)
   module = util.module_from_spec(s)

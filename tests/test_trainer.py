@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from train import data, models, optim, trainer
+from train import data, optim, tasks, trainer
 from train.validation import ConfigError
 from tests.trainer_utils import read_metrics, tiny_config
 
@@ -67,7 +67,7 @@ def test_text_file_task(tmp_path):
 def _one_step_setup(config):
   """(model, batch, schedule, tx, state) for one training step of a language model config."""
   dataset = data.load_dataset(config)
-  model = models.build_model(config, dataset)
+  model = tasks.for_dataset(dataset).build_model(config)
   batch = next(data.Batcher(dataset, 'train', config.batch_size, config.num_steps, 0, False))
   batch = jax.tree.map(jnp.asarray, batch)
   params = model.init(jax.random.key(0), batch['inputs'])['params']
@@ -85,7 +85,8 @@ def test_one_step_changes_every_parameter():
                                       'model.peephole': True})
   model, batch, schedule, tx, state = _one_step_setup(config)
   params = state.params
-  step = jax.jit(trainer.make_train_step(model, 'lm', tx, schedule))
+  task = tasks.for_dataset(data.load_dataset(config))
+  step = jax.jit(trainer.make_train_step(model, task, tx, schedule))
   new_state, metrics = step(state, batch, jnp.asarray(True))
   unchanged = [jax.tree_util.keystr(path) for path, a in jax.tree_util.tree_flatten_with_path(
       jax.tree.map(lambda a, b: bool(jnp.all(a == b)), params, new_state.params))[0] if a]
@@ -120,7 +121,8 @@ def test_sequence_loss_reduction_scales_the_gradient_by_num_steps():
   results = {}
   for config in (token_config, sequence_config):
     model, batch, schedule, tx, state = _one_step_setup(config)
-    step = jax.jit(trainer.make_train_step(model, 'lm', tx, schedule,
+    task = tasks.for_dataset(data.load_dataset(config))
+    step = jax.jit(trainer.make_train_step(model, task, tx, schedule,
                                            config.optimizer.loss_reduction))
     results[config.optimizer.loss_reduction] = step(state, batch, jnp.asarray(True))
   (token_state, token), (sequence_state, sequence) = results['token'], results['sequence']

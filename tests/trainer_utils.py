@@ -10,22 +10,33 @@ from configs import common
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-TASK_DATA = {
+TASK_DATA = {  # fields of config.data
     'ptb_char': dict(max_train_tokens=6000, max_eval_tokens=2000),
     'ptb_word': dict(max_train_tokens=6000, max_eval_tokens=2000),
-    'mnist1d': dict(num_samples=600, valid_size=100),
+    'mnist1d': {'mnist1d.num_samples': 600, 'mnist1d.valid_size': 100},
     'digits': dict(),
-    'copy': dict(delay=5, num_train=256, num_valid=64, num_test=64),
-    'adding': dict(seq_len=12, num_train=256, num_valid=64, num_test=64),
-    'speech_digits': dict(num_train=96, num_valid=16, num_test=16, max_digits=3),
+    'copy': {'copy.delay': 5, 'copy.num_train': 256, 'copy.num_valid': 64, 'copy.num_test': 64},
+    'adding': {'adding.seq_len': 12, 'adding.num_train': 256, 'adding.num_valid': 64,
+               'adding.num_test': 64},
+    'speech_digits': {'speech_digits.num_train': 96, 'speech_digits.num_valid': 16,
+                      'speech_digits.num_test': 16, 'speech_digits.max_digits': 3},
 }
+
+
+def set_field(config, key, value):
+  """config[key] = value for a dotted key."""
+  node = config
+  *path, last = key.split('.')
+  for part in path:
+    node = node[part]
+  node[last] = value
 
 
 def tiny_config(task='ptb_char', **overrides):
   c = common.base_config()
   c.task = task
   for k, v in TASK_DATA.get(task, {}).items():
-    c.data[k] = v
+    set_field(c, f'data.{k}', v)
   c.model.hidden_size = 16
   c.model.embed_size = 8
   c.batch_size = 8
@@ -36,11 +47,7 @@ def tiny_config(task='ptb_char', **overrides):
   c.log_every_steps = 5
   c.optimizer.learning_rate = 1e-2
   for key, value in overrides.items():
-    node = c
-    *path, last = key.split('.')
-    for part in path:
-      node = node[part]
-    node[last] = value
+    set_field(c, key, value)
   return c
 
 

@@ -1,7 +1,7 @@
 """Checkpoints in the workdir with orbax: the train state plus JSON metadata (data position).
 
 Orbax writes each step to a temporary directory and renames it when complete, so a run killed
-mid-save leaves the previous checkpoint as the latest. `check_config` refuses a workdir whose
+mid-save leaves the previous checkpoint as the latest. `record_config` refuses a workdir whose
 saved config describes a different run.
 """
 from __future__ import annotations
@@ -13,6 +13,8 @@ from typing import Any, Optional
 import jax
 import orbax.checkpoint as ocp
 
+from train import files
+
 # Fields that may change when a run is resumed; any other difference means a different run.
 RESUMABLE_FIELDS = ('num_train_steps', 'num_epochs', 'eval_every_steps', 'checkpoint_every_steps',
                     'keep_checkpoints', 'log_every_steps', 'eval_batch_size', 'distributed',
@@ -23,24 +25,14 @@ class ConfigConflict(ValueError):
   pass
 
 
-def flatten(d: Any, prefix: str = '') -> dict[str, Any]:
-  """A nested config dict as {'model.num_layers': 2, ...}."""
-  if isinstance(d, dict):
-    out = {}
-    for k, v in d.items():
-      out.update(flatten(v, f'{prefix}{k}.'))
-    return out
-  return {prefix[:-1]: d}
-
-
-def check_config(workdir: str, config_json: str) -> None:
+def record_config(workdir: str, config_json: str) -> None:
   """Saves the config in `workdir/config.json`, or refuses one that conflicts with it."""
   path = os.path.join(workdir, 'config.json')
   new = json.loads(config_json)
   if os.path.exists(path):
     with open(path) as f:
       old = json.load(f)
-    a, b = flatten(old), flatten(new)
+    a, b = files.flatten(old), files.flatten(new)
     diffs = [f'{k}: {a.get(k)!r} -> {b.get(k)!r}' for k in sorted(set(a) | set(b))
              if k.split('.')[0] not in RESUMABLE_FIELDS and a.get(k) != b.get(k)]
     if diffs:
@@ -48,10 +40,7 @@ def check_config(workdir: str, config_json: str) -> None:
           f'workdir {workdir} holds a run with a different config ({"; ".join(diffs[:5])}'
           f'{"; ..." if len(diffs) > 5 else ""}); use a new --workdir or the saved config')
   if jax.process_index() == 0:
-    tmp = path + '.tmp'
-    with open(tmp, 'w') as f:
-      json.dump(new, f, indent=2, sort_keys=True)
-    os.replace(tmp, path)
+    files.write_json(path, new, sort_keys=True)
 
 
 class Checkpoints:

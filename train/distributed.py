@@ -1,16 +1,29 @@
-"""Start-up of JAX's distributed runtime for multi-process runs.
+"""The multi-process runtime: start-up of JAX's distributed runtime, the device mesh the trainer
+shards batches over, and SIGTERM handling that every process agrees on.
 
 `initialize(config)` calls `jax.distributed.initialize()` when `config.distributed` is set or a
 cluster scheduler launched several tasks (SLURM's SLURM_NTASKS > 1, Open MPI's
 OMPI_COMM_WORLD_SIZE > 1). Without a scheduler, the environment names the job:
 JAX_COORDINATOR_ADDRESS (host:port of process 0), JAX_NUM_PROCESSES and JAX_PROCESS_ID.
 On CPU the processes exchange data through gloo collectives.
+
+`Distribution`: one mesh axis 'data' over every device of every process; batches are sharded on
+their leading axis, parameters replicated. `Preemption`: SIGTERM sets a flag that the training
+loop reads between steps; all processes stop together when any was asked to.
 """
 from __future__ import annotations
 
 import os
+import signal
+import threading
 
 import jax
+import numpy as np
+from absl import logging
+from jax.experimental import multihost_utils
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from train.validation import ConfigError
 
 
 def _scheduled_tasks() -> int:
@@ -22,7 +35,7 @@ def _scheduled_tasks() -> int:
 
 def initialize(config) -> None:
   """Must run before any JAX computation."""
-  if not (config.get('distributed') or _scheduled_tasks() > 1 or 'JAX_NUM_PROCESSES' in os.environ):
+  if not (config.distributed or _scheduled_tasks() > 1 or 'JAX_NUM_PROCESSES' in os.environ):
     return
   kwargs = {}
   if 'JAX_NUM_PROCESSES' in os.environ:
@@ -32,3 +45,58 @@ def initialize(config) -> None:
   # Only the CPU backend reads this; GPU and TPU runs use their own collectives.
   jax.config.update('jax_cpu_collectives_implementation', 'gloo')
   jax.distributed.initialize(**kwargs)
+
+
+class Distribution:
+  def __init__(self):
+    self.mesh = Mesh(np.asarray(jax.devices()), ('data',))
+    self.batch = NamedSharding(self.mesh, P('data'))
+    self.replicated = NamedSharding(self.mesh, P())
+    self.num_devices = jax.device_count()
+
+  def check_batch(self, global_batch: int, what: str) -> None:
+    if global_batch % self.num_devices:
+      raise ConfigError(f'{what}={global_batch} must divide by the number of devices '
+                        f'({self.num_devices}); use a multiple of {self.num_devices}')
+
+  def put_batch(self, batch: dict) -> dict:
+    """Global numpy batch -> global jax arrays; each process contributes its own rows."""
+    n, i = jax.process_count(), jax.process_index()
+
+    def put(x):
+      rows = x.shape[0] // n
+      return jax.make_array_from_process_local_data(self.batch, x[i * rows:(i + 1) * rows],
+                                                    x.shape)
+    return jax.tree.map(put, batch)
+
+  def carry_sharding(self, carry):
+    return jax.tree.map(lambda _: self.batch, carry)
+
+  def gather(self, x) -> np.ndarray:
+    """A batch-sharded array, whole, on every process."""
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+
+class Preemption:
+  def __init__(self):
+    self.requested = False
+    self._previous = None
+
+  def __enter__(self):
+    if threading.current_thread() is threading.main_thread():
+      self._previous = signal.signal(signal.SIGTERM, self._handle)
+    return self
+
+  def _handle(self, signum, frame):
+    logging.warning('SIGTERM received: saving a checkpoint and stopping')
+    self.requested = True
+
+  def __exit__(self, *exc):
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
+
+  def agreed(self) -> bool:
+    """True when any process was asked to stop (all processes must save together)."""
+    if jax.process_count() == 1:
+      return self.requested
+    return bool(np.any(multihost_utils.process_allgather(np.asarray(self.requested))))

@@ -88,11 +88,14 @@ class MetricWriter:
       self.tb.close()
 
 
-def _duration(seconds: float) -> str:
+def format_duration(seconds: float) -> str:
+  """'45s', '3m05s' or '1h02m'; '?' when not finite."""
+  if not math.isfinite(seconds):
+    return '?'
   seconds = int(max(seconds, 0))
   h, rem = divmod(seconds, 3600)
   m, s = divmod(rem, 60)
-  return f'{h}h{m:02d}m' if h else f'{m}m{s:02d}s'
+  return f'{h}h{m:02d}m' if h else f'{m}m{s:02d}s' if m else f'{s}s'
 
 
 class Progress:
@@ -117,8 +120,8 @@ class Progress:
     eta = (self.total - step) / overall if overall > 0 else float('nan')
     shown = ' | '.join(f'{k} {v:.4g}' for k, v in metrics.items())
     logging.info('step %d/%d | %s | %.2f steps/s | %.0f tok/s | elapsed %s | ETA %s', step,
-                 self.total, shown, rate['steps_per_s'], rate['tokens_per_s'], _duration(elapsed),
-                 _duration(eta))
+                 self.total, shown, rate['steps_per_s'], rate['tokens_per_s'],
+                 format_duration(elapsed), format_duration(eta))
 
 
 class _DropLibraryInfo(logging.logging.Filter):

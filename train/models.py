@@ -1,4 +1,4 @@
-"""Task models around `lstm.StackedLSTM`, built from `config.model` by `build_model`.
+"""Task models around `lstm.StackedLSTM`; `train.tasks` builds the one each task needs.
 
 - `LanguageModel`: embedding -> dropout -> stack -> dropout -> softmax head (optionally tied).
 - `BiLanguageModel`: ELMo's pair of language models, forward and backward, sharing embedding and
@@ -34,9 +34,9 @@ def _uniform(scale: float):
 
 def stack_kwargs(model_config) -> dict[str, Any]:
   """StackedLSTM keyword arguments from `config.model` (names are shared one to one)."""
-  kwargs = {name: model_config[name] for name in STACK_FIELDS if name in model_config}
-  kwargs['dtype'] = DTYPES[model_config.get('dtype', 'float32')]
-  scale = model_config.get('init_scale', 0.0)
+  kwargs = {name: model_config[name] for name in STACK_FIELDS}
+  kwargs['dtype'] = DTYPES[model_config.dtype]
+  scale = model_config.init_scale
   if scale:
     kwargs.update(kernel_init=_uniform(scale), recurrent_kernel_init=_uniform(scale))
   return kwargs
@@ -66,49 +66,42 @@ class LanguageModel(nn.Module):
   tie_embeddings: bool = False
   init_scale: float = 0.0
 
-  @nn.compact
-  def __call__(self, tokens, initial_carry=None, deterministic=True):
-    dtype = self.stack.get('dtype')
-    embed_init = _uniform(self.init_scale) if self.init_scale else nn.initializers.normal(1.0)
-    embed = nn.Embed(self.vocab_size, self.embed_size, embedding_init=embed_init, dtype=dtype,
-                     name='embed')
-    x = nn.Dropout(self.embed_dropout)(embed(tokens), deterministic=deterministic)
-    y, carries = StackedLSTM(**self.stack, name='lstm')(x, initial_carry=initial_carry,
-                                                        deterministic=deterministic)
-    y = nn.Dropout(self.output_dropout)(y, deterministic=deterministic)
-    if self.tie_embeddings:
-      logits = embed.attend(y)
-    else:
-      logits = _dense(self.vocab_size, self.init_scale, dtype, 'head')(y)
-    return logits.astype(jnp.float32), carries
-
-
-class BiLanguageModel(nn.Module):
-  """ELMo's biLM: a forward and a backward language model, each its own stack reading its own
-  stream (the backward one reads the text reversed), sharing the embedding and the softmax."""
-  vocab_size: int
-  embed_size: int
-  stack: dict
-  embed_dropout: float = 0.0
-  output_dropout: float = 0.0
-  tie_embeddings: bool = False
-  init_scale: float = 0.0
-
-  @nn.compact
-  def __call__(self, tokens, tokens_rev, initial_carry=None, deterministic=True):
+  def _embed_and_head(self):
+    """The embedding and the softmax head (None when tied to the embedding)."""
     dtype = self.stack.get('dtype')
     embed_init = _uniform(self.init_scale) if self.init_scale else nn.initializers.normal(1.0)
     embed = nn.Embed(self.vocab_size, self.embed_size, embedding_init=embed_init, dtype=dtype,
                      name='embed')
     head = None if self.tie_embeddings else _dense(self.vocab_size, self.init_scale, dtype, 'head')
+    return embed, head
+
+  def _direction(self, embed, head, tokens, initial_carry, deterministic, name):
+    """Logits and final carries of one stack reading `tokens`."""
+    x = nn.Dropout(self.embed_dropout)(embed(tokens), deterministic=deterministic)
+    y, carries = StackedLSTM(**self.stack, name=name)(x, initial_carry=initial_carry,
+                                                      deterministic=deterministic)
+    y = nn.Dropout(self.output_dropout)(y, deterministic=deterministic)
+    logits = embed.attend(y) if head is None else head(y)
+    return logits.astype(jnp.float32), carries
+
+  @nn.compact
+  def __call__(self, tokens, initial_carry=None, deterministic=True):
+    embed, head = self._embed_and_head()
+    return self._direction(embed, head, tokens, initial_carry, deterministic, 'lstm')
+
+
+class BiLanguageModel(LanguageModel):
+  """ELMo's biLM: a forward and a backward language model, each its own stack reading its own
+  stream (the backward one reads the text reversed), sharing the embedding and the softmax."""
+
+  @nn.compact
+  def __call__(self, tokens, tokens_rev, initial_carry=None, deterministic=True):
+    embed, head = self._embed_and_head()
     logits, carries = [], []
     for i, (name, x) in enumerate((('forward', tokens), ('backward', tokens_rev))):
-      h = nn.Dropout(self.embed_dropout)(embed(x), deterministic=deterministic)
       carry = None if initial_carry is None else initial_carry[i]
-      y, c = StackedLSTM(**self.stack, name=name)(h, initial_carry=carry,
-                                                  deterministic=deterministic)
-      y = nn.Dropout(self.output_dropout)(y, deterministic=deterministic)
-      logits.append((embed.attend(y) if head is None else head(y)).astype(jnp.float32))
+      out, c = self._direction(embed, head, x, carry, deterministic, name)
+      logits.append(out)
       carries.append(c)
     return tuple(logits), tuple(carries)
 
@@ -150,27 +143,3 @@ class SequenceTagger(nn.Module):
                                                   deterministic=deterministic)
     out = nn.Dense(self.num_outputs, dtype=self.stack.get('dtype'), name='head')(y)
     return out.astype(jnp.float32)
-
-
-def build_model(config, dataset) -> nn.Module:
-  """The model for `dataset.kind`, configured by `config.model`."""
-  m = config.model
-  stack = stack_kwargs(m)
-  embed_size = m.get('embed_size', 0) or m.hidden_size
-  if dataset.kind == 'lm':
-    cls = BiLanguageModel if m.get('bilm', False) else LanguageModel
-    return cls(vocab_size=dataset.vocab_size, embed_size=embed_size, stack=stack,
-                         embed_dropout=m.get('embed_dropout', m.dropout),
-                         output_dropout=m.get('output_dropout', m.dropout),
-                         tie_embeddings=m.get('tie_embeddings', False),
-                         init_scale=m.get('init_scale', 0.0))
-  if dataset.kind in ('classify', 'regress'):
-    outputs = 1 if dataset.kind == 'regress' else dataset.num_classes
-    return SequenceClassifier(num_outputs=outputs, stack=stack, vocab_size=dataset.vocab_size,
-                              embed_size=embed_size, pooling=m.get('pooling', 'last'))
-  if dataset.kind in ('per_step', 'ctc'):
-    # CTC adds the blank as the last class.
-    outputs = dataset.num_classes + (dataset.kind == 'ctc')
-    return SequenceTagger(num_outputs=outputs, stack=stack, vocab_size=dataset.vocab_size,
-                          embed_size=embed_size)
-  raise ValueError(f'no model for dataset kind {dataset.kind!r}')

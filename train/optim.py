@@ -6,7 +6,6 @@ after `decay_start_epoch` epochs); 'cosine' with linear warm-up. Global-norm cli
 """
 from __future__ import annotations
 
-import jax.numpy as jnp
 import optax
 
 OPTIMIZERS = ('sgd', 'momentum', 'adam', 'adamw', 'adagrad')
@@ -16,42 +15,41 @@ SCHEDULES = ('constant', 'step', 'cosine')
 LOSS_REDUCTIONS = ('token', 'sequence')
 
 
-def make_schedule(opt, steps_per_epoch: int, num_train_steps: int) -> optax.Schedule:
-  lr = opt.learning_rate
-  name = opt.get('schedule', 'constant')
+def make_schedule(opt_config, steps_per_epoch: int, num_train_steps: int) -> optax.Schedule:
+  lr = opt_config.learning_rate
+  name = opt_config.schedule
   if name == 'constant':
     return optax.constant_schedule(lr)
   if name == 'step':
-    start, factor = opt.get('decay_start_epoch', 0), opt.get('decay_factor', 0.5)
-
-    def schedule(step):
-      epoch = jnp.floor_divide(step, steps_per_epoch)
-      return lr * factor ** jnp.maximum(epoch + 1 - start, 0).astype(jnp.float32)
-    return schedule
+    # The rate is lr * factor**(epoch + 1 - start) from epoch start - 1 on: optax's staircase
+    # exponential decay, begun (start - 1) epochs in (at step 0 with one decay done if start is 0).
+    start, factor = opt_config.decay_start_epoch, opt_config.decay_factor
+    return optax.exponential_decay(lr * factor ** max(1 - start, 0), steps_per_epoch, factor,
+                                   transition_begin=max(start - 1, 0) * steps_per_epoch,
+                                   staircase=True)
   if name == 'cosine':
-    warmup = opt.get('warmup_steps', 0)
+    warmup = opt_config.warmup_steps
     return optax.warmup_cosine_decay_schedule(
         0.0, lr, warmup_steps=warmup, decay_steps=max(num_train_steps, warmup + 1),
-        end_value=lr * opt.get('end_factor', 0.0))
+        end_value=lr * opt_config.end_factor)
   raise ValueError(f'config.optimizer.schedule={name!r} is not known; use one of '
                    + ', '.join(SCHEDULES))
 
 
-def make_optimizer(opt, schedule: optax.Schedule) -> optax.GradientTransformation:
-  name = opt.name
-  if name == 'sgd':
+def make_optimizer(opt_config, schedule: optax.Schedule) -> optax.GradientTransformation:
+  o = opt_config
+  if o.name == 'sgd':
     tx = optax.sgd(schedule)
-  elif name == 'momentum':
-    tx = optax.sgd(schedule, momentum=opt.get('momentum', 0.9), nesterov=opt.get('nesterov', False))
-  elif name == 'adam':
-    tx = optax.adam(schedule, b1=opt.get('b1', 0.9), b2=opt.get('b2', 0.999), eps=opt.get('eps', 1e-8))
-  elif name == 'adamw':
-    tx = optax.adamw(schedule, b1=opt.get('b1', 0.9), b2=opt.get('b2', 0.999),
-                     eps=opt.get('eps', 1e-8), weight_decay=opt.get('weight_decay', 1e-4))
-  elif name == 'adagrad':
-    tx = optax.adagrad(schedule, initial_accumulator_value=opt.get('initial_accumulator', 0.1))
+  elif o.name == 'momentum':
+    tx = optax.sgd(schedule, momentum=o.momentum, nesterov=o.nesterov)
+  elif o.name == 'adam':
+    tx = optax.adam(schedule, b1=o.b1, b2=o.b2, eps=o.eps)
+  elif o.name == 'adamw':
+    tx = optax.adamw(schedule, b1=o.b1, b2=o.b2, eps=o.eps, weight_decay=o.weight_decay)
+  elif o.name == 'adagrad':
+    tx = optax.adagrad(schedule, initial_accumulator_value=o.initial_accumulator)
   else:
-    raise ValueError(f'config.optimizer.name={name!r} is not known; use one of '
+    raise ValueError(f'config.optimizer.name={o.name!r} is not known; use one of '
                      + ', '.join(OPTIMIZERS))
-  clip = opt.get('grad_clip_norm', 0.0)
+  clip = o.grad_clip_norm
   return optax.chain(optax.clip_by_global_norm(clip), tx) if clip and clip > 0 else tx

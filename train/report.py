@@ -27,8 +27,9 @@ import os
 from typing import Any, Optional, Sequence
 
 import numpy as np
+import scipy.stats
 
-from train import checkpoint
+from train import files, metrics as metrics_lib
 
 DEPTH = 'model.num_layers'
 SKIP_INFERRED = ('seed', 'num_train_steps', 'num_epochs', 'eval_every_steps',
@@ -40,41 +41,13 @@ SKIP_INFERRED = ('seed', 'num_train_steps', 'num_epochs', 'eval_every_steps',
 # Statistics
 
 
-def _two_sided_probability(t: float, df: int) -> float:
-  """P(|T| <= t) for Student's t with integer `df` degrees of freedom (exact: Abramowitz & Stegun
-  26.7.3 and 26.7.4)."""
-  theta = math.atan(t / math.sqrt(df))
-  c2 = math.cos(theta) ** 2
-  if df % 2 == 0:
-    term = total = 1.0
-    for j in range(1, (df - 2) // 2 + 1):
-      term *= (2 * j - 1) / (2 * j) * c2
-      total += term
-    return math.sin(theta) * total
-  if df == 1:
-    return 2 * theta / math.pi
-  term = total = math.cos(theta)
-  for j in range(1, (df - 3) // 2 + 1):
-    term *= (2 * j) / (2 * j + 1) * c2
-    total += term
-  return 2 / math.pi * (theta + math.sin(theta) * total)
-
-
 def t_quantile(probability: float, df: int) -> float:
   """The `probability` quantile (> 0.5) of Student's t with `df` >= 1 degrees of freedom, e.g.
-  t_quantile(0.975, 2) = 4.303 (bisection on the exact distribution function)."""
+  t_quantile(0.975, 2) = 4.303."""
   if not 0.5 < probability < 1 or int(df) != df or df < 1:
     raise ValueError(f't_quantile needs 0.5 < probability < 1 and an integer df >= 1; '
                      f'got {probability}, {df}')
-  target = 2 * probability - 1
-  lo, hi = 0.0, math.pi / 2  # search theta = atan(t / sqrt(df)): the probability rises with it
-  for _ in range(64):
-    mid = (lo + hi) / 2
-    if _two_sided_probability(math.sqrt(df) * math.tan(mid), int(df)) < target:
-      lo = mid
-    else:
-      hi = mid
-  return math.sqrt(df) * math.tan((lo + hi) / 2)
+  return float(scipy.stats.t.ppf(probability, df))
 
 
 @dataclasses.dataclass
@@ -166,14 +139,6 @@ class Run:
     return self.status in ('completed', 'diverged')
 
 
-def _read_json(path: str) -> Optional[dict]:
-  try:
-    with open(path) as f:
-      return json.load(f)
-  except (OSError, ValueError):
-    return None
-
-
 def _read_curve(workdir: str) -> list:
   records = {}
   try:
@@ -204,15 +169,15 @@ def _finite(results: dict, metric: Optional[Metric]) -> bool:
   return True
 
 
-def load_sweep(sweep_dir: str) -> tuple[dict, list[Run]]:
+def read_sweep(sweep_dir: str) -> tuple[dict, list[Run]]:
   """(description, runs): sweep.json's description (or one inferred) and every point's run."""
-  description = _read_json(os.path.join(sweep_dir, 'sweep.json'))
+  description = files.read_json(os.path.join(sweep_dir, 'sweep.json'))
   if description is None:
     names = sorted(d for d in os.listdir(sweep_dir)
                    if os.path.isfile(os.path.join(sweep_dir, d, 'config.json')))
     if not names:
       raise FileNotFoundError(f'{sweep_dir} has neither sweep.json nor workdirs with config.json')
-    configs = {n: checkpoint.flatten(_read_json(os.path.join(sweep_dir, n, 'config.json')) or {})
+    configs = {n: files.flatten(files.read_json(os.path.join(sweep_dir, n, 'config.json')) or {})
                for n in names}
     keys = sorted({k for c in configs.values() for k in c})
     fields = [k for k in keys if k.split('.')[0] not in SKIP_INFERRED
@@ -223,7 +188,7 @@ def load_sweep(sweep_dir: str) -> tuple[dict, list[Run]]:
   runs = []
   for point in description['points']:
     workdir = os.path.join(sweep_dir, point['name'])
-    results = _read_json(os.path.join(workdir, 'results.json'))
+    results = files.read_json(os.path.join(workdir, 'results.json'))
     status = (results or {}).get('status') or ('missing' if not os.path.isdir(workdir)
                                                else 'not finished')
     runs.append(Run(point['name'], workdir, point.get('seed'), dict(point['values']), status,
@@ -439,8 +404,13 @@ def plot_depth(path: str, description: dict, settings: Sequence[Setting], metric
   handles, names = axes[0].get_legend_handles_labels()
   fig.legend(handles, names, loc='center left', bbox_to_anchor=(1.0, 0.5), frameon=False,
              title='mean, 95% CI over seeds')
-  fig.suptitle(f'{title}: final {metric.label_short} by depth '
-               f'({"higher" if metric.higher_is_better else "lower"} is better)', fontsize=12)
+  return _save(fig, path, f'{title}: final {metric.label_short} by depth', metric)
+
+
+def _save(fig, path: str, title: str, metric: Metric) -> str:
+  import matplotlib.pyplot as plt
+  fig.suptitle(f'{title} ({"higher" if metric.higher_is_better else "lower"} is better)',
+               fontsize=12)
   fig.tight_layout()
   fig.savefig(path, dpi=110, bbox_inches='tight')
   plt.close(fig)
@@ -476,12 +446,8 @@ def plot_settings(path: str, description: dict, settings: Sequence[Setting], met
   if not drawn:
     plt.close(fig)
     return None
-  fig.suptitle(f'{title}: final {metric.label_short}, mean and 95% CI over seeds '
-               f'({"higher" if metric.higher_is_better else "lower"} is better)', fontsize=12)
-  fig.tight_layout()
-  fig.savefig(path, dpi=110, bbox_inches='tight')
-  plt.close(fig)
-  return path
+  return _save(fig, path, f'{title}: final {metric.label_short}, mean and 95% CI over seeds',
+               metric)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -502,11 +468,6 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]], right: Sequence
            '|' + '|'.join('---:' if r else '---' for r in right) + '|']
   lines += ['| ' + ' | '.join(str(c) for c in row) + ' |' for row in rows]
   return '\n'.join(lines)
-
-
-def _duration(seconds: float) -> str:
-  minutes = seconds / 60
-  return f'{minutes / 60:.1f} h' if minutes >= 90 else f'{minutes:.0f} min'
 
 
 def depth_table(description: dict, settings: Sequence[Setting], metric: Metric, split: str) -> str:
@@ -536,23 +497,15 @@ def depth_table(description: dict, settings: Sequence[Setting], metric: Metric, 
                 [False] + [True] * len(depths))
 
 
-def write_report(sweep_dir: str, out: Optional[str] = None, title: Optional[str] = None) -> str:
-  """Writes report.md and the plots to `out` (default `sweep_dir`); returns report.md's path."""
-  out = out or sweep_dir
-  os.makedirs(out, exist_ok=True)
-  description, runs = load_sweep(sweep_dir)
-  metric = choose_metric(runs)
-  settings = group(description, runs, metric)
-  fields = description['fields']
-  short = _short(fields)
-  title = title or description.get('config') or os.path.basename(os.path.normpath(sweep_dir))
+def _header(sweep_dir: str, out: str, description: dict, runs: Sequence[Run],
+            metric: Optional[Metric]) -> list[str]:
+  """The report's opening lines: how it was made, the runs, the time, the metric."""
   counts: dict[str, int] = {}
   for r in runs:
     key = 'diverged' if r.diverged else r.status
     counts[key] = counts.get(key, 0) + 1
   task = next((r.results.get('task') for r in runs if r.results.get('task')), None)
 
-  lines = [f'# Sweep report: {title}', '']
   regen = f'python -m train.report --sweep_dir={sweep_dir}' + (f' --out={out}' if out != sweep_dir
                                                                 else '')
   meta = [f'- Generated {datetime.datetime.now().strftime("%Y-%m-%d %H:%M")} by `{regen}`.']
@@ -567,14 +520,49 @@ def write_report(sweep_dir: str, out: Optional[str] = None, title: Optional[str]
   times = [r.results.get('train_time_s') for r in runs if r.results.get('train_time_s')]
   platforms = sorted({str(r.results.get('platform')) for r in runs if r.results.get('platform')})
   if times:
-    meta.append(f'- Training time: {_duration(sum(times))} in all, {np.mean(times):.0f} s per '
-                f'completed run on average (training loop only; {", ".join(platforms)}).')
+    meta.append(f'- Training time: {metrics_lib.format_duration(sum(times))} in all, '
+                f'{np.mean(times):.0f} s per completed run on average (training loop only; '
+                f'{", ".join(platforms)}).')
   if metric:
     meta.append(f'- Metric: final {metric.label} on the validation and test splits '
                 f'({"higher" if metric.higher_is_better else "lower"} is better). Mean ± sample '
                 'standard deviation over seeds; 95% CI = mean ± t(0.975, n-1)·sd/√n. Diverged runs '
                 '(status `diverged` or a non-finite final metric) are counted, not averaged.')
-  lines += meta + ['']
+  return meta
+
+
+def _runs_table(runs: Sequence[Run], metric: Optional[Metric]) -> str:
+  """One row per run: status, step, final metrics, training time."""
+  rows = []
+  for r in runs:
+    res = r.results
+    if r.status == 'completed' and metric:
+      valid, test = (f'{metric.value(res.get(split) or {}):.{metric.digits}f}'
+                     for split in ('valid', 'test'))
+    else:
+      valid = test = '-'
+    note = res.get('message', '') if r.status == 'diverged' else (
+        'non-finite metric' if r.diverged else '')
+    status = 'diverged' if r.diverged else r.status
+    rows.append([r.name, status, str(res.get('step', '-')), valid, test,
+                 str(res.get('train_time_s', '-')), note])
+  label = metric.label_short if metric else 'metric'
+  return _table(['run', 'status', 'step', f'valid {label}', f'test {label}', 'train s', 'note'],
+                rows, [False, False, True, True, True, True, False])
+
+
+def write_report(sweep_dir: str, out: Optional[str] = None, title: Optional[str] = None) -> str:
+  """Writes report.md and the plots to `out` (default `sweep_dir`); returns report.md's path."""
+  out = out or sweep_dir
+  os.makedirs(out, exist_ok=True)
+  description, runs = read_sweep(sweep_dir)
+  metric = choose_metric(runs)
+  settings = group(description, runs, metric)
+  fields = description['fields']
+  short = _short(fields)
+  title = title or description.get('config') or os.path.basename(os.path.normpath(sweep_dir))
+  lines = [f'# Sweep report: {title}', '', *_header(sweep_dir, out, description, runs, metric),
+           '']
   if metric is None:
     lines.append('No run has written a metric yet.')
   else:
@@ -612,23 +600,7 @@ def write_report(sweep_dir: str, out: Optional[str] = None, title: Optional[str]
     for p in plots:
       lines += [f'![{os.path.basename(p)}]({os.path.relpath(p, out)})', '']
 
-  lines += ['## Runs', '']
-  rows = []
-  for r in runs:
-    res = r.results
-    if r.status == 'completed' and metric:
-      valid, test = (f'{metric.value(res.get(split) or {}):.{metric.digits}f}'
-                     for split in ('valid', 'test'))
-    else:
-      valid = test = '-'
-    note = res.get('message', '') if r.status == 'diverged' else (
-        'non-finite metric' if r.diverged else '')
-    status = 'diverged' if r.diverged else r.status
-    rows.append([r.name, status, str(res.get('step', '-')), valid, test,
-                 str(res.get('train_time_s', '-')), note])
-  label = metric.label_short if metric else 'metric'
-  lines += [_table(['run', 'status', 'step', f'valid {label}', f'test {label}', 'train s', 'note'],
-                   rows, [False, False, True, True, True, True, False]), '']
+  lines += ['## Runs', '', _runs_table(runs, metric), '']
   path = os.path.join(out, 'report.md')
   with open(path, 'w') as f:
     f.write('\n'.join(lines))

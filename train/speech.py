@@ -4,7 +4,8 @@ The role of this module: make a Graves-style (2013) speech task without any real
 strings such as "three one four" are spoken by the espeak-ng engine that PyPI `espeakng-loader`
 bundles (library and voice data), turned into log-mel filterbank features in numpy, and returned
 as padded arrays with their label sequences. Train and valid use one set of voices; test uses
-voices (accents and variants) that training never hears.
+voices (accents and variants) that training never hears. This module knows nothing of the
+trainer: `train.data.speech_digits` turns its splits into the trainer's dataset.
 
 Layers, each usable on its own:
 
@@ -17,7 +18,6 @@ Layers, each usable on its own:
   normalize / add_deltas / stack_frames per-utterance mean/variance normalisation, delta
                                         coefficients, stacking neighbouring frames to subsample
   make_digit_dataset(...)               the three splits as padded numpy arrays, cached on disk
-  load_speech_digits(config.data)       a train.data.Dataset of kind 'ctc'
 
 Labels are digit ids 0..9 (num_classes=10). The CTC blank is NOT one of them: the trainer adds it
 as class index 10 (= num_classes), so the output layer has 11 units; with optax.ctc_loss pass
@@ -43,11 +43,12 @@ import dataclasses
 import hashlib
 import json
 import os
-import tempfile
 import time
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
+
+from train import files
 
 SAMPLE_RATE = 22050
 DIGIT_WORDS = ('zero', 'one', 'two', 'three', 'four', 'five', 'six', 'seven', 'eight', 'nine')
@@ -433,23 +434,6 @@ def _generate(spec: Dict[str, Any], features: FeatureConfig, log) -> Dict[str, n
   return out
 
 
-def _save_atomic(path: str, arrays: Dict[str, np.ndarray]) -> None:
-  directory = os.path.dirname(path)
-  os.makedirs(directory, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=directory, prefix='.tmp_', suffix='.npz')
-  try:
-    with os.fdopen(fd, 'wb') as f:
-      np.savez(f, **arrays)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o644 & ~umask)  # mkstemp makes it 0600
-    os.replace(tmp, path)  # concurrent writers of the same key write the same content
-  except BaseException:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-    raise
-
-
 def _default_log(message: str) -> None:
   try:
     from absl import logging
@@ -458,7 +442,7 @@ def _default_log(message: str) -> None:
     print(message)
 
 
-def _as_voices(voices: Any, default: Sequence[str], name: str) -> Tuple[str, ...]:
+def as_voices(voices: Any, default: Sequence[str], name: str) -> Tuple[str, ...]:
   if voices is None:
     return tuple(default)
   if isinstance(voices, str):
@@ -502,8 +486,8 @@ def make_digit_dataset(num_train: int = 2000, num_valid: int = 200, num_test: in
     raise ValueError(f'delta_order={delta_order} must be 0, 1 or 2')
   if subsample < 1:
     raise ValueError(f'subsample={subsample} must be >= 1')
-  train_voices = _as_voices(train_voices, TRAIN_VOICES, 'train_voices')
-  test_voices = _as_voices(test_voices, TEST_VOICES, 'test_voices')
+  train_voices = as_voices(train_voices, TRAIN_VOICES, 'train_voices')
+  test_voices = as_voices(test_voices, TEST_VOICES, 'test_voices')
   features = FeatureConfig(num_mels=int(num_mels), energy=bool(energy))
   spec = {'format': _CACHE_FORMAT, 'espeakng_loader': espeak_package_version(),
           'num_train': int(num_train), 'num_valid': int(num_valid), 'num_test': int(num_test),
@@ -528,7 +512,7 @@ def make_digit_dataset(num_train: int = 2000, num_valid: int = 200, num_test: in
     raw = _generate(spec, features, log)
     raw['spec'] = np.array(json.dumps(spec, sort_keys=True))
     if use_cache:
-      _save_atomic(path, raw)
+      files.atomic_write(path, lambda f: np.savez(f, **raw))
       log(f'speech: cached in {path}')
   return _assemble(raw, int(max_digits), int(delta_order), bool(normalize_features),
                    int(subsample))
@@ -568,63 +552,6 @@ def _assemble(raw: Dict[str, np.ndarray], max_digits: int, delta_order: int, nor
         voices=raw[f'{split}_voices'], rates=raw[f'{split}_rates'].astype(np.int32),
         pitches=raw[f'{split}_pitches'].astype(np.int32))
   return out
-
-
-# ------------------------------------------------------------------------------------------------
-# The trainer's loader
-
-
-def _field(data: Any, name: str, default: Any = None) -> Any:
-  if data is None:
-    return default
-  value = data.get(name, None)
-  return default if value is None else value
-
-
-_LOADED: Dict[str, Any] = {}
-
-
-def load_speech_digits(data: Any):
-  """train.data.Dataset of kind 'ctc' for config.task='speech_digits'. config.data fields (all
-  optional): num_train (2000), num_valid (200), num_test (300), min_digits (1), max_digits (5),
-  seed (0), num_mels (40), energy (False), deltas (0: none, 1, 2), normalize (True), subsample (3),
-  voices (train/valid voice ids, list or comma-separated string; default TRAIN_VOICES),
-  test_voices (default TEST_VOICES), rate_jitter (0.15), pitch_jitter (15), cache_dir.
-
-  Split fields: inputs (N, T, F) float32, lengths (N,) int32 frames, targets (N, max_digits) int32
-  digit ids (-1 padding), weights (N, max_digits) float32 (1 on real labels: label lengths are
-  weights.sum(1)). num_classes=10 digits; the CTC blank is class 10, added by the trainer."""
-  from train.data import Dataset, Split  # here: train.data may import this module
-  kwargs = dict(
-      num_train=int(_field(data, 'num_train', 2000)), num_valid=int(_field(data, 'num_valid', 200)),
-      num_test=int(_field(data, 'num_test', 300)), min_digits=int(_field(data, 'min_digits', 1)),
-      max_digits=int(_field(data, 'max_digits', 5)), seed=int(_field(data, 'seed', 0)),
-      train_voices=_as_voices(_field(data, 'voices'), TRAIN_VOICES, 'config.data.voices'),
-      test_voices=_as_voices(_field(data, 'test_voices'), TEST_VOICES, 'config.data.test_voices'),
-      num_mels=int(_field(data, 'num_mels', 40)), energy=bool(_field(data, 'energy', False)),
-      delta_order=int(_field(data, 'deltas', 0)),
-      normalize_features=bool(_field(data, 'normalize', True)),
-      subsample=int(_field(data, 'subsample', 3)),
-      rate_jitter=float(_field(data, 'rate_jitter', 0.15)),
-      pitch_jitter=int(_field(data, 'pitch_jitter', 15)), cache_dir=_field(data, 'cache_dir'))
-  for name in ('num_train', 'num_valid', 'num_test'):
-    if kwargs[name] < 1:
-      raise ValueError(f'config.data.{name}={kwargs[name]} must be >= 1')
-  memo = json.dumps(kwargs, sort_keys=True, default=list)
-  if memo not in _LOADED:
-    _LOADED.clear()  # keep one dataset in memory
-    _LOADED[memo] = make_digit_dataset(**kwargs)
-  built = _LOADED[memo]
-  splits = {}
-  for name, s in built.items():
-    weights = (np.arange(s.labels.shape[1])[None, :] < s.label_lengths[:, None]).astype(np.float32)
-    arrays = [s.features, s.lengths, s.labels, weights]
-    for a in arrays:
-      a.setflags(write=False)
-    splits[name] = Split(inputs=s.features, lengths=s.lengths, targets=s.labels, weights=weights)
-  return Dataset(task='speech_digits', kind='ctc', splits=splits, vocab_size=None,
-                 num_classes=NUM_CLASSES, input_features=int(built['train'].features.shape[2]),
-                 itos=list(DIGIT_WORDS))
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:

@@ -54,6 +54,8 @@ from typing import Any, Callable, Optional, Sequence
 
 import ml_collections
 
+from train import files
+
 FINISHED = ('completed', 'diverged')
 MAIN = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'main.py')
 SWEEP_KEYS = ('axes', 'seeds', 'extra')
@@ -221,11 +223,7 @@ def _display_path(path: str) -> str:
 
 
 def read_results(workdir: str) -> Optional[dict]:
-  try:
-    with open(os.path.join(workdir, 'results.json')) as f:
-      return json.load(f)
-  except (OSError, ValueError):
-    return None
+  return files.read_json(os.path.join(workdir, 'results.json'))
 
 
 def point_status(workdir: str) -> Optional[str]:
@@ -384,14 +382,6 @@ def sweep_description(config_spec: str, sweep: dict, points: Sequence[Point], ba
   }
 
 
-def write_json(path: str, value: dict) -> None:
-  tmp = path + '.tmp'
-  with open(tmp, 'w') as f:
-    json.dump(value, f, indent=2, default=repr)
-    f.write('\n')
-  os.replace(tmp, path)
-
-
 def slurm_script(commands_path: str, num_tasks: int, job_name: str, log_dir: str, cwd: str,
                  throttle: int = 0, sbatch: Sequence[str] = ()) -> str:
   """A SLURM array script: task i runs line i + 1 of `commands_path`."""
@@ -437,7 +427,7 @@ def write_slurm(path: str, commands: Sequence[list[str]], job_name: str, log_dir
 # Loading a sweep config file
 
 
-def load_sweep(config_spec: str) -> dict:
+def load_grid(config_spec: str) -> dict:
   """`get_sweep(arg)` of the config file named as in `--config=path.py:arg`."""
   path, *arg = config_spec.split(':', 1)
   spec = importlib.util.spec_from_file_location('sweep_config', path)
@@ -455,7 +445,7 @@ def prepare(config, config_spec: str, sweep_dir: str, forwarded: dict, python: s
             main_py: str, absolute: bool = False):
   """(sweep, points, commands) for a loaded config; checks every point's config."""
   from train import validation
-  sweep = check_sweep(load_sweep(config_spec))
+  sweep = check_sweep(load_grid(config_spec))
   keys = swept_fields(sweep)
   for key in forwarded:
     if key in keys or key == 'seed':
@@ -518,8 +508,9 @@ def main(argv):
     return 0
 
   os.makedirs(sweep_dir, exist_ok=True)
-  write_json(os.path.join(sweep_dir, 'sweep.json'),
-             sweep_description(config_spec, sweep, points, FLAGS.config, forwarded, commands))
+  files.write_json(os.path.join(sweep_dir, 'sweep.json'),
+                   sweep_description(config_spec, sweep, points, FLAGS.config, forwarded, commands),
+                   default=repr)
   if FLAGS.print_commands:
     if len(todo) < len(points):
       print(f'# {len(points) - len(todo)} of {len(points)} points finished: not listed',

@@ -17,42 +17,38 @@ def _positive_int(config, path: str, allow_zero: bool = False) -> None:
     node = node[part]
   ok = isinstance(node, int) and not isinstance(node, bool) and (node >= 0 if allow_zero else node > 0)
   if not ok:
-    raise ConfigError(f'config.{path}={node!r} must be a {"non-negative" if allow_zero else "positive"} integer')
+    kind = 'non-negative' if allow_zero else 'positive'
+    raise ConfigError(f'config.{path}={node!r} must be a {kind} integer')
+
+
+def _one_of(value, path: str, choices) -> None:
+  if value not in choices:
+    raise ConfigError(f'config.{path}={value!r} is not known; use one of ' + ', '.join(choices))
 
 
 def check_config(config) -> None:
   """Raises ConfigError for the first problem found in `config`."""
-  if config.get('task') not in data.TASKS:
-    raise ConfigError(f'config.task={config.get("task")!r} is not a known task; '
+  if config.task not in data.TASKS:
+    raise ConfigError(f'config.task={config.task!r} is not a known task; '
                       f'choose one of {", ".join(data.TASKS)}')
   for path in ('batch_size', 'eval_every_steps', 'checkpoint_every_steps', 'keep_checkpoints',
                'log_every_steps', 'model.num_layers', 'model.hidden_size'):
     _positive_int(config, path)
-  if not config.get('num_epochs', 0) > 0:  # without epochs, the run is num_train_steps long
+  if not config.num_epochs > 0:  # without epochs, the run is num_train_steps long
     _positive_int(config, 'num_train_steps')
-  if config.get('num_steps') is not None:
+  if config.num_steps is not None:
     _positive_int(config, 'num_steps')
-  if config.get('eval_batch_size') is not None:
+  if config.eval_batch_size is not None:
     _positive_int(config, 'eval_batch_size')
   opt = config.optimizer
-  if opt.name not in optim.OPTIMIZERS:
-    raise ConfigError(f'config.optimizer.name={opt.name!r} is not known; use one of '
-                      + ', '.join(optim.OPTIMIZERS))
-  if opt.get('schedule', 'constant') not in optim.SCHEDULES:
-    raise ConfigError(f'config.optimizer.schedule={opt.schedule!r} is not known; use one of '
-                      + ', '.join(optim.SCHEDULES))
-  if opt.get('loss_reduction', 'token') not in optim.LOSS_REDUCTIONS:
-    raise ConfigError(f'config.optimizer.loss_reduction={opt.loss_reduction!r} is not known; use '
-                      'one of ' + ', '.join(optim.LOSS_REDUCTIONS))
+  m = config.model
+  _one_of(opt.name, 'optimizer.name', optim.OPTIMIZERS)
+  _one_of(opt.schedule, 'optimizer.schedule', optim.SCHEDULES)
+  _one_of(opt.loss_reduction, 'optimizer.loss_reduction', optim.LOSS_REDUCTIONS)
   if not opt.learning_rate > 0:
     raise ConfigError(f'config.optimizer.learning_rate={opt.learning_rate!r} must be positive')
-  m = config.model
-  if m.get('dtype', 'float32') not in models.DTYPES:
-    raise ConfigError(f'config.model.dtype={m.dtype!r} is not known; use one of '
-                      + ', '.join(models.DTYPES))
-  if m.get('pooling', 'last') not in models.POOLINGS:
-    raise ConfigError(f'config.model.pooling={m.pooling!r} is not known; use one of '
-                      + ', '.join(models.POOLINGS))
+  _one_of(m.dtype, 'model.dtype', models.DTYPES)
+  _one_of(m.pooling, 'model.pooling', models.POOLINGS)
   try:
     from lstm import StackedLSTM
     StackedLSTM(**models.stack_kwargs(m))

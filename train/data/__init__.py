@@ -1,0 +1,50 @@
+"""Datasets and batching for the trainer: pure numpy, deterministic, resumable.
+
+`load_dataset(config)` builds the `Dataset` named by `config.task` from `config.data`; `Batcher`
+walks one of its splits. The loaders, one module per family:
+
+  text.py           token streams for language models: Penn Treebank (char, word), text files
+  examples.py       datasets of whole examples: MNIST-1D, sklearn digits, copy task, adding problem
+  speech_digits.py  spoken digit strings (train/speech.py synthesises them) for CTC
+  dataset.py        `Dataset` and `Split`, what every loader returns
+  batcher.py        `Batcher`
+
+Nothing is downloaded, and nothing is written except the speech cache (see train/speech.py).
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Dict
+
+from train.data.batcher import Batcher
+from train.data.dataset import KINDS, SPLITS, Dataset, Split
+from train.data.examples import (ADDING_BASELINE_MSE, COPY_BLANK, COPY_DATA_SYMBOLS,
+                                 COPY_DELIMITER, COPY_LENGTH, copy_baseline, load_adding,
+                                 load_copy, load_digits, load_mnist1d, make_adding_split,
+                                 make_copy_split)
+from train.data.speech_digits import load_speech_digits
+from train.data.text import EOS, UNK, load_ptb_char, load_ptb_word, load_text
+
+
+TASKS: Dict[str, Callable[[Any], Dataset]] = {
+    'ptb_char': load_ptb_char,
+    'ptb_word': load_ptb_word,
+    'text': load_text,
+    'mnist1d': load_mnist1d,
+    'digits': load_digits,
+    'copy': load_copy,
+    'adding': load_adding,
+    'speech_digits': load_speech_digits,
+}
+
+
+def load_dataset(config: Any) -> Dataset:
+  """The Dataset named by `config.task`, built from `config.data`."""
+  if config.task not in TASKS:
+    raise ValueError(f'config.task={config.task!r} is not a known task; choose one of '
+                     f'{", ".join(TASKS)}')
+  return TASKS[config.task](config.data)
+
+
+__all__ = ['ADDING_BASELINE_MSE', 'Batcher', 'COPY_BLANK', 'COPY_DATA_SYMBOLS', 'COPY_DELIMITER',
+           'COPY_LENGTH', 'Dataset', 'EOS', 'KINDS', 'SPLITS', 'Split', 'TASKS', 'UNK',
+           'copy_baseline', 'load_dataset', 'make_adding_split', 'make_copy_split']

@@ -1,0 +1,54 @@
+"""Files of a run: writes that a reader never sees half of, JSON in and out, and the dotted view
+of a saved config.
+
+`atomic_write` writes to a temporary file in the target's directory and renames it over the
+target, so a crash or a full disk leaves either the old file or the new one, never a mix; the
+temporary file is removed when the write fails.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from typing import Any, BinaryIO, Callable, Optional
+
+from flax import traverse_util
+
+
+def atomic_write(path: str, write: Callable[[BinaryIO], None]) -> None:
+  """Calls `write(f)` on a temporary file beside `path`, then renames it to `path`."""
+  directory = os.path.dirname(os.path.abspath(path))
+  os.makedirs(directory, exist_ok=True)
+  fd, tmp = tempfile.mkstemp(dir=directory, prefix='.tmp_' + os.path.basename(path) + '.')
+  try:
+    with os.fdopen(fd, 'wb') as f:
+      write(f)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it 0600
+    os.replace(tmp, path)
+  except BaseException:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+    raise
+
+
+def write_json(path: str, value: Any, **dump_options) -> None:
+  """`value` as indented JSON (a newline at the end), atomically; `dump_options` go to
+  json.dumps (e.g. sort_keys=True)."""
+  text = json.dumps(value, indent=2, **dump_options) + '\n'
+  atomic_write(path, lambda f: f.write(text.encode('utf-8')))
+
+
+def read_json(path: str) -> Optional[Any]:
+  """The JSON value in `path`, or None when it is missing or unreadable."""
+  try:
+    with open(path) as f:
+      return json.load(f)
+  except (OSError, ValueError):
+    return None
+
+
+def flatten(config: dict) -> dict[str, Any]:
+  """A nested config dict as {'model.num_layers': 2, ...}."""
+  return traverse_util.flatten_dict(config, sep='.')
