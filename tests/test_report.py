@@ -4,9 +4,11 @@ import json
 import math
 import os
 
+import numpy as np
 import pytest
+import scipy.stats
 
-from train import report
+from train import report, statistics
 
 # Two-sided 95% Student t critical values t(0.975, df), df = 1..30, from the printed tables.
 T_TABLE = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179,
@@ -231,3 +233,59 @@ def test_plot_axes_are_cut_to_the_metric_range():
   bpc = report.pick_metric({'bpc': 2.0, 'accuracy': 0.5})
   report._cut_to_bounds(lambda low, high: limits.append((low, high)), (-1.0, 9.0), bpc)
   assert limits[-1] == (pytest.approx(-0.2), 9.0)
+
+
+# ----------------------------------------------------------------------------------------------
+# Paired differences
+
+
+def test_paired_difference_pairs_by_seed_and_excludes_diverged_pairs():
+  reference = {0: 1.50, 1: 1.60, 2: 1.80, 3: 1.70, 4: 1.65}
+  arm = {0: 1.52, 1: 1.61, 2: float('nan'), 3: 1.72, 5: 1.0}  # seed 2 diverged, 4 and 5 unpaired
+  d = statistics.paired_difference(arm, reference)
+  assert (d.pairs, d.excluded) == (3, 3)
+  assert d.diffs == pytest.approx([0.02, 0.01, 0.02])
+  expected = scipy.stats.t.ppf(0.975, 2) * np.std([0.02, 0.01, 0.02], ddof=1) / math.sqrt(3)
+  assert d.stats.mean == pytest.approx(0.05 / 3)
+  assert d.stats.half_width == pytest.approx(expected)
+  assert d.equivalence_bound == pytest.approx(0.05 / 3 + expected)
+  assert d.verdict(higher_is_better=False) == 'worse'  # the interval is above 0
+  # The pairing is what makes it tell: the arms' own intervals overlap widely.
+  arm_stats = statistics.stats([arm[s] for s in (0, 1, 3)])
+  ref_stats = statistics.stats([reference[s] for s in (0, 1, 3)])
+  assert arm_stats.ci_low < ref_stats.ci_high and ref_stats.ci_low < arm_stats.ci_high
+  same = statistics.paired_difference({0: 1.0, 1: 2.0, 2: 3.0}, {0: 1.1, 1: 1.9, 2: 3.05})
+  assert same.verdict(False) == 'no difference detected'
+  assert statistics.paired_difference({0: 1.0}, {0: 2.0}).verdict(False) == 'too few pairs'
+
+
+def test_best_tuned_value_is_the_validation_best_and_skips_diverged_values():
+  def results(bpc, status='completed'):
+    return {'status': status, 'valid': {'bpc': bpc, 'loss': bpc}} if status == 'completed' \
+        else {'status': status}
+  candidates = [(0.001, results(1.9)), (0.01, results(1.5)), (0.1, results(0, 'diverged'))]
+  assert statistics.best_tuned_value(candidates) == 0.01
+  # two tuning seeds: the mean decides, and one diverged seed rules a value out
+  candidates = [(0.001, results(1.6)), (0.001, results(1.6)), (0.01, results(1.4)),
+                (0.01, results(2.0)), (0.1, results(1.0)), (0.1, results(0, 'diverged'))]
+  assert statistics.best_tuned_value(candidates) == 0.001
+  accuracy = [(1, {'status': 'completed', 'valid': {'accuracy': 0.9}}),
+              (2, {'status': 'completed', 'valid': {'accuracy': 0.95}})]
+  assert statistics.best_tuned_value(accuracy) == 2  # higher is better
+  assert statistics.best_tuned_value([(1, results(0, 'diverged'))]) is None
+
+
+def test_report_pairs_arms_by_seed_with_a_diverged_run_in_one_arm(tmp_path):
+  """relu vs none at 4 layers: seed 2 diverged in relu and none; the pairs left are seeds 0, 1."""
+  make_sweep(str(tmp_path))
+  path = os.path.join(str(tmp_path), 'sweep.json')
+  description = json.load(open(path))
+  description['compare'] = {'field': 'model.between', 'reference': 'none'}
+  _write(path, description)
+  text = open(report.write_report(str(tmp_path))).read()
+  assert '## Paired differences from model.between=none (test)' in text
+  four = _row(text, '| num_layers=4 | relu |')
+  assert four[2:5] == ['2', '1', '+0.300']  # (2.0 - 1.7) and (2.2 - 1.9) on test (+0.1 each)
+  two = _row(text, '| num_layers=2 | relu |')
+  assert two[2:5] == ['2', '1', '+0.100']  # seed 2 of relu unfinished
+  assert os.path.exists(tmp_path / 'differences.png')

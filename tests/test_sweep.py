@@ -1,6 +1,7 @@
 """train.sweep: grid expansion, names and overrides, resume, parallel runs, the printed commands and
 the SLURM script. Nothing trains: the runner is a fake that writes results.json."""
 import json
+import math
 import os
 import subprocess
 import sys
@@ -34,6 +35,10 @@ def get_config(arg=None):
 
 
 def get_sweep(arg=None):
+  if arg == 'tune':
+    return {{'axes': {{'model.between': ['none', 'relu'], 'model.num_layers': [2, 4]}},
+            'seeds': [0, 1, 2], 'tune': {{'optimizer.learning_rate': [0.001, 0.01, 0.1]}},
+            'compare': {{'field': 'model.between', 'reference': 'none'}}}}
   seeds = [0, 1] if arg != 'one_seed' else [7]
   return {{'axes': {{'model.between': ['none', 'relu', 'layernorm'], 'model.num_layers': [2, 4]}},
           'seeds': seeds,
@@ -289,3 +294,113 @@ def test_slurm_task_runs_its_line(tmp_path):
                        capture_output=True, text=True)
   assert out.returncode == 0 and out.stdout.splitlines()[-1] == 'task 1 ok'
   assert '#SBATCH --array=0-2\n' in script.read_text()
+
+
+# ------------------------------------------------------------------------------------------------
+# The tuning stage
+
+
+def _tuned_bpc(name):
+  """A made-up validation metric with a different best rate per setting: relu likes 0.1, none
+  0.01 at 2 layers and 0.001 at 4."""
+  best = {'between=none,num_layers=2': 0.01, 'between=none,num_layers=4': 0.001,
+          'between=relu,num_layers=2': 0.1, 'between=relu,num_layers=4': 0.1}
+  setting = ','.join(part for part in name.split(',') if part.split('=')[0] in
+                     ('between', 'num_layers'))
+  lr = float(dict(part.split('=') for part in name.split(','))['learning_rate'])
+  seed = int(name.rsplit('seed=', 1)[1])
+  return 1.0 + abs(math.log10(lr) - math.log10(best[setting])) + 0.01 * seed
+
+
+class TuningRunner(FakeRunner):
+  def __call__(self, argv, workdir):
+    name = os.path.basename(workdir)
+    self.calls.append(name)
+    bpc = _tuned_bpc(name)
+    _write_results(workdir, 'completed', valid={'bpc': bpc, 'loss': bpc * math.log(2)},
+                   test={'bpc': bpc, 'loss': bpc * math.log(2)})
+    return 0
+
+
+def _prepare(config_path, sweep_dir):
+  base, _, _ = _points(config_path, 'tune')
+  return sweep.prepare(base, config_path + ':tune', sweep_dir, {}, 'python', 'main.py')
+
+
+def test_tuning_stage_then_seeds_at_each_settings_best_rate(config_path, tmp_path):
+  sweep_dir = str(tmp_path / 'sweep')
+  spec, points, _ = _prepare(config_path, sweep_dir)
+  # Before any run: the tuning stage only, each setting at every rate with the first seed.
+  assert len(points) == 4 * 3 and {p.stage for p in points} == {'tune'}
+  assert {p.seed for p in points} == {0}
+  assert 'between=relu,num_layers=4,learning_rate=0.1,seed=0' in [p.name for p in points]
+  assert all(c['pending'] for c in spec['choices'].values())
+  runner = TuningRunner()
+  sweep.run_points(sweep_dir, points, {p.name: ['true'] for p in points}, runner=runner,
+                   log=lambda line: None)
+  spec, points, _ = _prepare(config_path, sweep_dir)
+  seed_points = [p for p in points if p.stage == 'seeds']
+  # Seeds 1 and 2 at each setting's validation-best rate (seed 0 is the tuning run itself).
+  chosen = {(p.values['model.between'], p.values['model.num_layers']):
+            p.values['optimizer.learning_rate'] for p in seed_points}
+  assert chosen == {('none', 2): 0.01, ('none', 4): 0.001, ('relu', 2): 0.1, ('relu', 4): 0.1}
+  assert sorted({p.seed for p in seed_points}) == [1, 2] and len(seed_points) == 8
+  # The seeds stage reuses the tuning run at the chosen rate as its seed-0 run.
+  names = [p.name for p in points]
+  assert 'between=none,num_layers=4,learning_rate=0.001,seed=0' in names
+  assert all(not c['pending'] for c in spec['choices'].values())
+
+
+def test_an_interrupted_tuning_stage_resumes(config_path, tmp_path):
+  sweep_dir = str(tmp_path / 'sweep')
+  _, points, _ = _prepare(config_path, sweep_dir)
+  first = [p for p in points if 'between=none,num_layers=2' in p.name]
+  sweep.run_points(sweep_dir, points[:5], {p.name: ['true'] for p in points}, runner=TuningRunner(),
+                   log=lambda line: None)
+  os.makedirs(os.path.join(sweep_dir, points[5].name, 'checkpoints'))  # killed mid-run
+  spec, points, _ = _prepare(config_path, sweep_dir)
+  # Only the setting whose three tuning runs finished has its seeds; the others wait.
+  seed_points = [p for p in points if p.stage == 'seeds']
+  assert {p.name.rsplit(',learning_rate', 1)[0] for p in seed_points} == {
+      'between=none,num_layers=2'}
+  assert len(first) == 3
+  runner = TuningRunner()
+  sweep.run_points(sweep_dir, points, {p.name: ['true'] for p in points}, runner=runner,
+                   log=lambda line: None)
+  assert points[5].name in runner.calls and points[0].name not in runner.calls
+  _, points, _ = _prepare(config_path, sweep_dir)
+  assert len([p for p in points if p.stage == 'seeds']) == 8
+
+
+def test_tuning_stage_cli_runs_both_stages_and_the_report_pairs_them(config_path, tmp_path):
+  """train.sweep's own loop: the tuning stage, then the seeds its choices make runnable (main.py
+  replaced by a script that writes results.json), then the report."""
+  sweep_dir = str(tmp_path / 'sweep')
+  fake_main = tmp_path / 'fake_main.py'
+  fake_main.write_text(f'''import json, math, os, sys
+sys.path.insert(0, {os.path.join(ROOT, 'tests')!r})
+from test_sweep import _tuned_bpc
+workdir = [a for a in sys.argv if a.startswith('--workdir=')][0].split('=', 1)[1]
+os.makedirs(workdir, exist_ok=True)
+bpc = _tuned_bpc(os.path.basename(workdir))
+json.dump({{'status': 'completed', 'task': 'ptb_char', 'valid': {{'bpc': bpc}},
+           'test': {{'bpc': bpc}}}}, open(os.path.join(workdir, 'results.json'), 'w'))
+''')
+  code = (f'import sys; sys.path.insert(0, {ROOT!r}); from train import sweep; '
+          f'sweep.MAIN = {str(fake_main)!r}; sweep._define_flags(); '
+          'from absl import app; app.run(lambda argv: sys.exit(sweep.main(argv)))')
+  result = subprocess.run([sys.executable, '-c', code, f'--config={config_path}:tune',
+                           f'--sweep_dir={sweep_dir}'], capture_output=True, text=True,
+                          timeout=120, env=dict(os.environ, JAX_PLATFORMS='cpu'))
+  assert result.returncode == 0, result.stderr
+  runs = sorted(d for d in os.listdir(sweep_dir) if os.path.isdir(os.path.join(sweep_dir, d)))
+  assert len(runs) == 12 + 8
+  from train import report
+  path = report.write_report(sweep_dir)
+  text = open(path).read()
+  assert '## Tuning' in text and '## Paired differences from model.between=none (test)' in text
+  # relu minus none at 2 layers, paired by seed: the 0.01 * seed terms cancel exactly
+  row = next(line for line in text.splitlines() if line.startswith('| num_layers=2 | relu |'))
+  cells = [c.strip() for c in row.strip('|').split('|')]
+  assert cells[2:5] == ['3', '0', '+0.000']
+  assert os.path.exists(os.path.join(sweep_dir, 'tuning.png'))

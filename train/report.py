@@ -27,96 +27,15 @@ import os
 from typing import Any, Optional, Sequence
 
 import numpy as np
-import scipy.stats
 
-from train import files, metrics as metrics_lib
+from train import files, metrics as metrics_lib, sweep as sweep_lib
+from train.statistics import (METRICS, Metric, Stats, best_tuned_value, paired_difference,
+                              pick_metric, stats, t_quantile)
 
 DEPTH = 'model.num_layers'
 SKIP_INFERRED = ('seed', 'num_train_steps', 'num_epochs', 'eval_every_steps',
                  'checkpoint_every_steps', 'keep_checkpoints', 'log_every_steps', 'eval_batch_size',
                  'distributed', 'stop_after_steps')
-
-
-# ----------------------------------------------------------------------------------------------
-# Statistics
-
-
-def t_quantile(probability: float, df: int) -> float:
-  """The `probability` quantile (> 0.5) of Student's t with `df` >= 1 degrees of freedom, e.g.
-  t_quantile(0.975, 2) = 4.303."""
-  if not 0.5 < probability < 1 or int(df) != df or df < 1:
-    raise ValueError(f't_quantile needs 0.5 < probability < 1 and an integer df >= 1; '
-                     f'got {probability}, {df}')
-  return float(scipy.stats.t.ppf(probability, df))
-
-
-@dataclasses.dataclass
-class Stats:
-  n: int
-  mean: float = math.nan
-  std: float = math.nan        # sample standard deviation (n - 1)
-  ci_low: float = math.nan
-  ci_high: float = math.nan
-
-  @property
-  def half_width(self) -> float:
-    return (self.ci_high - self.ci_low) / 2
-
-
-def stats(values: Sequence[float], level: float = 0.95) -> Stats:
-  """Mean, sample standard deviation and the Student-t confidence interval of the mean."""
-  x = np.asarray([v for v in values], dtype=np.float64)
-  n = len(x)
-  if n == 0:
-    return Stats(0)
-  mean = float(x.mean())
-  if n == 1:
-    return Stats(1, mean)
-  std = float(x.std(ddof=1))
-  half = t_quantile((1 + level) / 2, n - 1) * std / math.sqrt(n)
-  return Stats(n, mean, std, mean - half, mean + half)
-
-
-# ----------------------------------------------------------------------------------------------
-# Metrics
-
-
-@dataclasses.dataclass(frozen=True)
-class Metric:
-  key: str
-  label: str        # axis label, with the unit
-  label_short: str
-  higher_is_better: bool
-  scale: float = 1.0
-  digits: int = 3
-  bounds: tuple = (None, None)  # the range of possible values (scaled); plots are cut to it
-
-  def value(self, values: dict) -> float:
-    v = values.get(self.key) if isinstance(values, dict) else None
-    try:
-      return float(v) * self.scale
-    except (TypeError, ValueError):
-      return math.nan
-
-  def format(self, raw: float) -> str:
-    return f'{float(raw) * self.scale:.{self.digits}f}'
-
-
-METRICS = (  # in order of preference: a language model's records also hold token accuracy
-    Metric('bpc', 'bits per character', 'bpc', False, bounds=(0.0, None)),
-    Metric('perplexity', 'perplexity', 'ppl', False, digits=1, bounds=(1.0, None)),
-    Metric('label_error_rate', 'label error rate (%)', 'LER %', False, 100.0, 2, (0.0, None)),
-    Metric('accuracy', 'accuracy (%)', 'acc %', True, 100.0, 2, (0.0, 100.0)),
-    Metric('loss', 'loss', 'loss', False, digits=4),
-)
-
-
-def pick_metric(values: dict) -> Optional[Metric]:
-  """The metric a record or results split is judged by."""
-  for metric in METRICS:
-    if metric.key in values:
-      return metric
-  return None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -417,6 +336,66 @@ def _save(fig, path: str, title: str, metric: Metric) -> str:
   return path
 
 
+def plot_tuning(path: str, description: dict, records: Sequence[dict], metric: Metric,
+                title: str) -> Optional[str]:
+  """Final validation metric against the tuned value, one line per setting (mean over the tuning
+  seeds; diverged runs left out)."""
+  import matplotlib
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt
+  field = list(description['tune'])[0]
+  labels = [setting_label(description, rec['values'], [field]) for rec in records]
+  colors, styles = _colors(labels), _styles(labels)
+  fig, ax = plt.subplots(figsize=(8, 5))
+  drawn = False
+  for label, rec in zip(labels, records):
+    points = sorted((r.values[field], metric.value(r.results.get('valid') or {}))
+                    for r in rec['tuning'] if r.finished and not r.diverged)
+    if points:
+      xs, ys = zip(*points)
+      ax.plot(xs, ys, marker='o', color=colors[label], ls=styles[label], label=label)
+      drawn = True
+  if not drawn:
+    plt.close(fig)
+    return None
+  if all(isinstance(v, (int, float)) and v > 0 for v in description['tune'][field]):
+    ax.set_xscale('log')
+  ax.set_xlabel(field)
+  ax.set_ylabel(f'final validation {metric.label}')
+  _cut_to_bounds(ax.set_ylim, ax.get_ylim(), metric)
+  ax.grid(alpha=0.3)
+  fig.legend(loc='center left', bbox_to_anchor=(1.0, 0.5), frameon=False, fontsize=8)
+  return _save(fig, path, f'{title}: tuning', metric)
+
+
+def plot_differences(path: str, rows: Sequence[dict], metric: Metric, split: str,
+                     title: str) -> Optional[str]:
+  """Each arm's paired difference from its group's reference, with its 95% CI, one panel per
+  group."""
+  import matplotlib
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt
+  rows = [r for r in rows if r['difference'].stats.n > 1]
+  if not rows:
+    return None
+  groups = list(dict.fromkeys(r['group'] for r in rows))
+  fig, axes = plt.subplots(len(groups), 1, figsize=(8, 0.5 * len(rows) + 1.2 * len(groups)),
+                           squeeze=False)
+  for ax, group_name in zip(axes[:, 0], groups):
+    members = [r for r in rows if r['group'] == group_name]
+    ys = np.arange(len(members))[::-1]
+    for y, r in zip(ys, members):
+      st = r['difference'].stats
+      ax.errorbar([st.mean], [y], xerr=[[st.mean - st.ci_low], [st.ci_high - st.mean]],
+                  color='C0', marker='o', capsize=3)
+    ax.axvline(0.0, color='k', lw=0.8)
+    ax.set_yticks(ys, [_fmt_value(r['value']) for r in members])
+    ax.set_title(f'{group_name or "all"} (vs {members[0]["reference"]})', fontsize=10)
+    ax.set_xlabel(f'{split} {metric.label}: arm - reference (paired by seed)')
+    ax.grid(alpha=0.3, axis='x')
+  return _save(fig, path, f'{title}: paired differences, mean and 95% CI', metric)
+
+
 def plot_settings(path: str, description: dict, settings: Sequence[Setting], metric: Metric,
                   title: str) -> Optional[str]:
   """One horizontal error bar (95% CI) per setting, validation and test side by side."""
@@ -497,6 +476,116 @@ def depth_table(description: dict, settings: Sequence[Setting], metric: Metric, 
                 [False] + [True] * len(depths))
 
 
+# ----------------------------------------------------------------------------------------------
+# The tuning stage and paired comparisons
+
+
+def tuning_choices(description: dict, runs: Sequence[Run]) -> tuple[list[Run], list[dict]]:
+  """(the runs at each setting's chosen value, one record per setting of its tuning runs and
+  choice). Without a tuned field: (all runs, [])."""
+  tuned = list(description.get('tune') or {})
+  if not tuned:
+    return list(runs), []
+  field = tuned[0]
+  tune_names = {p['name'] for p in description['points'] if p.get('stage') == 'tune'}
+  by_setting: dict[str, list[Run]] = {}
+  for run in runs:
+    by_setting.setdefault(sweep_lib.setting_key(run.values, tuned), []).append(run)
+  final, records = [], []
+  for setting_runs in by_setting.values():
+    tuning = [r for r in setting_runs if r.name in tune_names]
+    pending = [r.name for r in tuning if not r.finished]
+    choice = None if pending else best_tuned_value([(r.values[field], r.results) for r in tuning])
+    if choice is not None:
+      final += [r for r in setting_runs if json.dumps(r.values[field]) == json.dumps(choice)]
+    records.append({'values': setting_runs[0].values, 'tuning': tuning, 'choice': choice,
+                    'pending': pending})
+  return final, records
+
+
+def tuning_table(description: dict, records: Sequence[dict], metric: Metric) -> str:
+  """Final validation metric (mean over the tuning seeds) per setting and tuned value; the
+  chosen value in bold; 'div' where a run diverged."""
+  field = list(description['tune'])[0]
+  values = description['tune'][field]
+  rows = []
+  for rec in records:
+    row = [setting_label(description, rec['values'], [field])]
+    for v in values:
+      runs = [r for r in rec['tuning'] if json.dumps(r.values[field]) == json.dumps(v)]
+      if not runs or not all(r.finished for r in runs):
+        row.append('')
+        continue
+      scores = [metric.value(r.results.get('valid') or {}) for r in runs if not r.diverged]
+      cell = 'div' if len(scores) < len(runs) else metric.format(np.mean(scores) / metric.scale)
+      row.append(f'**{cell}**' if json.dumps(v) == json.dumps(rec['choice']) else cell)
+    rows.append(row)
+  short = _short([field])[field]
+  return _table(['setting'] + [f'{short}={_fmt_value(v)}' for v in values], rows,
+                [False] + [True] * len(values))
+
+
+def comparisons(description: dict, settings: Sequence[Setting], metric: Metric,
+                split: str) -> list[dict]:
+  """Each arm against the reference arm of its group (the settings equal but for the compared
+  field and the tuned one), paired by seed."""
+  compare = description.get('compare')
+  if not compare:
+    return []
+  field, reference = compare['field'], compare['reference']
+  ignore = [field, *(description.get('tune') or {})]
+  groups: dict[str, list[Setting]] = {}
+  for s in settings:
+    groups.setdefault(sweep_lib.setting_key(s.values, ignore), []).append(s)
+  out = []
+  for members in groups.values():
+    ref = next((s for s in members if s.values.get(field) == reference), None)
+    if ref is None:
+      continue
+    for s in members:
+      if s is not ref:
+        out.append({'group': setting_label(description, s.values, ignore), 'arm': s.label,
+                    'value': s.values.get(field), 'reference': ref.label,
+                    'difference': paired_difference(_by_seed(s, metric, split),
+                                                    _by_seed(ref, metric, split))})
+  return out
+
+
+def _by_seed(setting: Setting, metric: Metric, split: str) -> dict:
+  """seed -> final metric for finished runs; NaN for diverged ones."""
+  return {r.seed: (math.nan if r.diverged else metric.value(r.results.get(split) or {}))
+          for r in setting.runs if r.finished}
+
+
+def comparison_table(rows: Sequence[dict], metric: Metric) -> str:
+  d = metric.digits
+  body = []
+  for row in rows:
+    diff = row['difference']
+    st = diff.stats
+    ci = f'[{st.ci_low:+.{d}f}, {st.ci_high:+.{d}f}]' if st.n > 1 else '-'
+    bound = f'{diff.equivalence_bound:.{d}f}' if st.n > 1 else '-'
+    body.append([row['group'] or '-', _fmt_value(row['value']), str(diff.pairs), str(diff.excluded), f'{st.mean:+.{d}f}' if st.n else '-', ci, bound,
+                 diff.verdict(metric.higher_is_better)])
+  return _table(['group', 'arm', 'pairs', 'excluded', 'mean difference', '95% CI',
+                 'equivalence bound ±', 'verdict'], body,
+                [False, False, True, True, True, True, True, False])
+
+
+def plateau_gain(setting: Setting, metric: Metric) -> float:
+  """Mean over the setting's finished runs of the relative improvement of the validation metric
+  over the last quarter of training (from the record nearest 3/4 of the steps to the last)."""
+  gains = []
+  for r in setting.runs:
+    if r.diverged or not r.finished or len(r.curve) < 2:
+      continue
+    steps = [step for step, _ in r.curve]
+    start = min(range(len(steps)), key=lambda i: abs(steps[i] - 0.75 * steps[-1]))
+    a, b = metric.value(r.curve[start][1]), metric.value(r.curve[-1][1])
+    gains.append((b - a if metric.higher_is_better else a - b) / abs(b))
+  return float(np.mean(gains)) if gains else math.nan
+
+
 def _header(sweep_dir: str, out: str, description: dict, runs: Sequence[Run],
             metric: Optional[Metric]) -> list[str]:
   """The report's opening lines: how it was made, the runs, the time, the metric."""
@@ -551,59 +640,101 @@ def _runs_table(runs: Sequence[Run], metric: Optional[Metric]) -> str:
                 rows, [False, False, True, True, True, True, False])
 
 
+def _results_section(description: dict, settings: Sequence[Setting], metric: Metric) -> list:
+  fields = description['fields']
+  short = _short(fields)
+  header = [short[k] for k in fields] + ['seeds', 'diverged', f'valid {metric.label_short}',
+                                         'valid 95% CI', f'test {metric.label_short}',
+                                         'test 95% CI']
+  rows = []
+  for s in settings:
+    valid = _cell(stats(s.finals(metric, 'valid')), metric)
+    test = _cell(stats(s.finals(metric, 'test')), metric)
+    seeds = str(len(s.finals(metric, 'valid')))
+    if s.num_unfinished:
+      seeds += f' ({s.num_unfinished} unfinished)'
+    rows.append([_fmt_value(s.values.get(k)) for k in fields]
+                + [seeds, f'{s.num_diverged}/{len(s.runs)}', *valid, *test])
+  lines = []
+  if DEPTH in fields:
+    lines += [f'## Test {metric.label_short} by depth', '',
+              f'Mean ± 95% CI half width over seeds ({metric.label}, '
+              f'{"higher" if metric.higher_is_better else "lower"} is better).', '',
+              depth_table(description, settings, metric, 'test'), '']
+  gains = [[s.label, f'{100 * g:.2f}%'] for s in settings
+           if not math.isnan(g := plateau_gain(s, metric))]
+  lines += ['## Results by setting', '', _table(header, rows, [False] * len(fields) + [True] * 6),
+            '', '## Plateau', '',
+            'The relative improvement of the validation metric over the last quarter of '
+            'training, mean over seeds (under 1%: trained to a plateau).', '',
+            _table(['setting', 'last ¼ gain'], gains, [False, True]), '']
+  return lines
+
+
+def _study_sections(description: dict, records: Sequence[dict], settings: Sequence[Setting],
+                    metric: Metric) -> tuple[list, list]:
+  """The tuning table and the paired comparisons (lines), and their rows for the plots."""
+  lines = []
+  if records:
+    field = list(description['tune'])[0]
+    lines += ['## Tuning', '',
+              f'Every setting ran at each `{field}` with seeds {description.get("tune_seeds")} '
+              '(default: the first seed); the value with the best final validation metric '
+              f'(bold) is the one its seeds ran at. Final validation {metric.label}:', '',
+              tuning_table(description, records, metric), '']
+  rows = comparisons(description, settings, metric, 'test')
+  if rows:
+    compare = description['compare']
+    lines += [f'## Paired differences from {compare["field"]}={compare["reference"]} (test)', '',
+              'Per seed, arm minus reference in the same group (same seed: same data order and '
+              'the same initial values of the parameters they share); mean and 95% t interval '
+              'of the differences. Equivalence bound: the interval lies inside ± this bound, so the '
+              'study excludes differences larger than it. Pairs with a diverged or unfinished run '
+              'are excluded and counted.', '',
+              comparison_table(rows, metric), '']
+  return lines, rows
+
+
 def write_report(sweep_dir: str, out: Optional[str] = None, title: Optional[str] = None) -> str:
   """Writes report.md and the plots to `out` (default `sweep_dir`); returns report.md's path."""
   out = out or sweep_dir
   os.makedirs(out, exist_ok=True)
   description, runs = read_sweep(sweep_dir)
   metric = choose_metric(runs)
-  settings = group(description, runs, metric)
-  fields = description['fields']
-  short = _short(fields)
+  group(description, runs, metric)  # marks diverged runs
+  final_runs, records = tuning_choices(description, runs)
+  settings = group(description, final_runs, metric)
   title = title or description.get('config') or os.path.basename(os.path.normpath(sweep_dir))
   lines = [f'# Sweep report: {title}', '', *_header(sweep_dir, out, description, runs, metric),
            '']
+  plots = []
   if metric is None:
     lines.append('No run has written a metric yet.')
   else:
-    header = [short[k] for k in fields] + ['seeds', 'diverged', f'valid {metric.label_short}',
-                                           'valid 95% CI', f'test {metric.label_short}',
-                                           'test 95% CI']
-    rows = []
-    for s in settings:
-      valid = _cell(stats(s.finals(metric, 'valid')), metric)
-      test = _cell(stats(s.finals(metric, 'test')), metric)
-      seeds = str(len(s.finals(metric, 'valid')))
-      if s.num_unfinished:
-        seeds += f' ({s.num_unfinished} unfinished)'
-      rows.append([_fmt_value(s.values.get(k)) for k in fields]
-                  + [seeds, f'{s.num_diverged}/{len(s.runs)}', *valid, *test])
-    if DEPTH in fields:
-      lines += [f'## Test {metric.label_short} by depth', '',
-                f'Mean ± 95% CI half width over seeds ({metric.label}, '
-                f'{"higher" if metric.higher_is_better else "lower"} is better).', '',
-                depth_table(description, settings, metric, 'test'), '']
-    lines += ['## Results by setting', '',
-              _table(header, rows, [False] * len(fields) + [True] * 6), '']
-
-  plots = []
-  if metric:
-    curves = plot_curves(os.path.join(out, 'curves.png'), description, settings, metric, title)
-    if DEPTH in fields:
-      final = plot_depth(os.path.join(out, 'depth.png'), description, settings, metric, title)
+    lines += _results_section(description, settings, metric)
+    study_lines, comparison_rows = _study_sections(description, records, settings, metric)
+    lines += study_lines
+    plots.append(plot_curves(os.path.join(out, 'curves.png'), description, settings, metric,
+                             title))
+    if DEPTH in description['fields']:
+      plots.insert(0, plot_depth(os.path.join(out, 'depth.png'), description, settings, metric,
+                                 title))
     else:
-      final = plot_settings(os.path.join(out, 'settings.png'), description, settings, metric,
-                            title)
-    plots = [p for p in (final, curves) if p]
+      plots.insert(0, plot_settings(os.path.join(out, 'settings.png'), description, settings,
+                                    metric, title))
+    if records:
+      plots.append(plot_tuning(os.path.join(out, 'tuning.png'), description, records, metric,
+                               title))
+    plots.append(plot_differences(os.path.join(out, 'differences.png'), comparison_rows, metric,
+                                  'test', title))
+  plots = [p for p in plots if p]
   if plots:
     lines += ['## Plots', '']
     for p in plots:
       lines += [f'![{os.path.basename(p)}]({os.path.relpath(p, out)})', '']
-
   lines += ['## Runs', '', _runs_table(runs, metric), '']
   path = os.path.join(out, 'report.md')
-  with open(path, 'w') as f:
-    f.write('\n'.join(lines))
+  files.atomic_write(path, lambda f: f.write('\n'.join(lines).encode('utf-8')))
   return path
 
 

@@ -25,6 +25,15 @@ e.g. `between=relu,num_layers=4,seed=1` (`num_layers=8,residual=True,seed=0` for
 given to the sweep as `--config.K=V` are passed on to every point (e.g. `--config.num_train_steps=20`
 for a smoke test); they may not name a swept field.
 
+Tuning (equal tuning per arm): `'tune': {'optimizer.learning_rate': [1e-3, 3e-3, 1e-2]}` makes
+the sweep run in two stages. The tuning stage runs every setting at every value with the tuning
+seeds (`'tune_seeds'`, default the first seed); once all of a setting's tuning runs have finished,
+the value with the best final validation metric is its choice, and the seeds stage runs that
+setting at that value with every seed (the tuning run at the chosen value is its own seed's run).
+A value with a diverged run is never chosen. `'compare': {'field': 'model.between', 'reference':
+'none'}` tells the report which arm the others are paired against. Point names then carry the
+tuned field, e.g. `between=relu,num_layers=4,learning_rate=0.003,seed=1`.
+
 A point whose workdir holds `results.json` with status `completed` or `diverged` is skipped; any
 other point runs, and main.py resumes a preempted or killed one from its checkpoint, so a sweep
 that is stopped and started again loses nothing. Ctrl-C or SIGTERM stops the sweep: the running
@@ -54,11 +63,11 @@ from typing import Any, Callable, Optional, Sequence
 
 import ml_collections
 
-from train import files
+from train import files, statistics
 
 FINISHED = ('completed', 'diverged')
 MAIN = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'main.py')
-SWEEP_KEYS = ('axes', 'seeds', 'extra')
+SWEEP_KEYS = ('axes', 'seeds', 'extra', 'tune', 'tune_seeds', 'compare')
 
 
 class SweepError(ValueError):
@@ -72,6 +81,7 @@ class Point:
   values: dict[str, Any]      # every swept field -> its value in this point's config (no seed)
   seed: int
   config: Any = None          # the point's full training config
+  stage: str = 'grid'         # 'grid' (no tuning), 'tune' or 'seeds'
 
 
 # ----------------------------------------------------------------------------------------------
@@ -130,7 +140,8 @@ def check_sweep(sweep: Any) -> dict:
     raise SweepError(f'sweep keys {sorted(unknown)} are not known; use {", ".join(SWEEP_KEYS)}')
   axes = dict(sweep.get('axes') or {})
   extra = list(sweep.get('extra') or [])
-  for key, values in axes.items():
+  tune = dict(sweep.get('tune') or {})
+  for key, values in [*axes.items(), *tune.items()]:
     if key == 'seed':
       raise SweepError("give seeds as sweep['seeds'], not as an axis")
     if not isinstance(values, (list, tuple)) or not values:
@@ -141,27 +152,43 @@ def check_sweep(sweep: Any) -> dict:
     if not isinstance(point, dict) or not point or 'seed' in point:
       raise SweepError(f'sweep extra points must be non-empty dicts of overrides without seed; '
                        f'got {point!r}')
-  seeds = sweep.get('seeds')
+  seeds = _check_seeds(sweep.get('seeds'), 'seeds')
+  tune_seeds = _check_seeds(sweep.get('tune_seeds'), 'tune_seeds')
+  if len(tune) > 1:
+    raise SweepError(f"sweep['tune'] names one field to tune, not {sorted(tune)}")
+  for key in tune:
+    if key in axes or any(key in point for point in extra):
+      raise SweepError(f'the tuned field {key!r} may not also be an axis or set by an extra point')
+  if tune_seeds is not None and not tune:
+    raise SweepError("sweep['tune_seeds'] needs sweep['tune']")
+  compare = sweep.get('compare')
+  if compare is not None and (not isinstance(compare, dict) or set(compare) != {'field', 'reference'}
+                              or compare['field'] not in axes):
+    raise SweepError("sweep['compare'] must be {'field': <an axis>, 'reference': <its value>}; "
+                     f'got {compare!r}')
+  return {'axes': axes, 'seeds': seeds, 'extra': extra, 'tune': tune,
+          'tune_seeds': tune_seeds, 'compare': compare}
+
+
+def _check_seeds(seeds, key: str):
   if seeds is not None and (not isinstance(seeds, (list, tuple)) or not seeds
                             or not all(isinstance(s, int) for s in seeds)
                             or len(set(seeds)) != len(seeds)):
-    raise SweepError(f"sweep['seeds'] must be a non-empty list of distinct integers: {seeds!r}")
-  return {'axes': axes, 'seeds': None if seeds is None else list(seeds), 'extra': extra}
+    raise SweepError(f"sweep[{key!r}] must be a non-empty list of distinct integers: {seeds!r}")
+  return None if seeds is None else list(seeds)
 
 
 def swept_fields(sweep: dict) -> list[str]:
+  """The fields the points set (the tuned one last), seed excluded."""
   keys = list(sweep['axes'])
   for point in sweep['extra']:
     keys += [k for k in point if k not in keys]
-  return keys
+  return keys + list(sweep['tune'])
 
 
-def expand(config, sweep: dict) -> list[Point]:
-  """The sweep's points, seeds outermost, in grid order then extras; duplicates dropped."""
-  sweep = check_sweep(sweep)
-  keys = swept_fields(sweep)
-  short = _short_names(keys)
-  seeds = sweep['seeds'] if sweep['seeds'] is not None else [int(config.seed)]
+def _settings(config, sweep: dict) -> list[dict]:
+  """The grid's settings (the product of the axes, then the extra points), the tuned field not
+  set."""
   axes = sweep['axes']
   settings = [dict(zip(axes, combo)) for combo in itertools.product(*axes.values())] if axes else []
   settings += [dict(p) for p in sweep['extra']]
@@ -169,24 +196,89 @@ def expand(config, sweep: dict) -> list[Point]:
     for key, value in setting.items():
       if value is None and get_field(config, key) is not None:
         raise SweepError(f'sweep field {key!r} cannot be set to None from the command line')
+  return settings
+
+
+def _make_points(config, sweep: dict, runs) -> list[Point]:
+  """Points for (setting, seed, stage) triples in order; duplicates dropped."""
+  keys = swept_fields(sweep)
+  short = _short_names(keys)
   points, seen, names = [], set(), set()
-  for seed in seeds:
-    for setting in settings:
-      overrides = {**setting, 'seed': seed}
-      point_config = apply_overrides(config, overrides)
-      values = {k: get_field(point_config, k) for k in keys}
-      identity = json.dumps([values, seed], sort_keys=True, default=repr)
-      if identity in seen:
-        continue
-      seen.add(identity)
-      ordered = [k for k in keys if k in setting]
-      name = ','.join([f'{short[k]}={_name_part(setting[k])}' for k in ordered] + [f'seed={seed}'])
-      if name in names:
-        raise SweepError(f'two sweep points would share the workdir name {name!r}')
-      names.add(name)
-      points.append(Point(name=name, overrides=overrides, values=values, seed=seed,
-                          config=point_config))
+  for setting, seed, stage in runs:
+    overrides = {**setting, 'seed': seed}
+    point_config = apply_overrides(config, overrides)
+    values = {k: get_field(point_config, k) for k in keys}
+    identity = json.dumps([values, seed], sort_keys=True, default=repr)
+    if identity in seen:
+      continue
+    seen.add(identity)
+    ordered = [k for k in keys if k in setting]
+    name = ','.join([f'{short[k]}={_name_part(setting[k])}' for k in ordered] + [f'seed={seed}'])
+    if name in names:
+      raise SweepError(f'two sweep points would share the workdir name {name!r}')
+    names.add(name)
+    points.append(Point(name=name, overrides=overrides, values=values, seed=seed,
+                        config=point_config, stage=stage))
   return points
+
+
+def _seeds(config, sweep: dict) -> list[int]:
+  return sweep['seeds'] if sweep['seeds'] is not None else [int(config.seed)]
+
+
+def expand(config, sweep: dict) -> list[Point]:
+  """The sweep's points, seeds outermost, in grid order then extras; duplicates dropped. With a
+  tuned field: the tuning stage, every setting at every tuned value with the tuning seeds (by
+  default the first seed); `expand_seed_stage` gives the rest once the tuning has run."""
+  sweep = check_sweep(sweep)
+  settings = _settings(config, sweep)
+  seeds = _seeds(config, sweep)
+  if not sweep['tune']:
+    return _make_points(config, sweep, [(s, seed, 'grid') for seed in seeds for s in settings])
+  (field, values), = sweep['tune'].items()
+  tune_seeds = sweep['tune_seeds'] or seeds[:1]
+  return _make_points(config, sweep, [({**s, field: v}, seed, 'tune') for seed in tune_seeds
+                                      for s in settings for v in values])
+
+
+def setting_key(values: dict, tuned: Sequence[str]) -> str:
+  """What identifies a point's setting: its swept values without the tuned field."""
+  return json.dumps({k: v for k, v in values.items() if k not in tuned}, sort_keys=True,
+                    default=repr)
+
+
+def choose_tuned(sweep_dir: str, tune_points: Sequence[Point], field: str) -> dict[str, dict]:
+  """Per setting, {'value': the tuned value with the best validation metric (None when every run
+  diverged), 'pending': names of tuning runs not finished}. A setting's value is chosen only
+  when all of its tuning runs have finished (averaged over tuning seeds when there are several)."""
+  by_setting: dict[str, list] = {}
+  for p in tune_points:
+    by_setting.setdefault(setting_key(p.values, [field]), []).append(p)
+  out = {}
+  for key, points in by_setting.items():
+    results = {p.name: read_results(os.path.join(sweep_dir, p.name)) for p in points}
+    pending = [p.name for p in points if (results[p.name] or {}).get('status') not in FINISHED]
+    if pending:
+      out[key] = {'value': None, 'pending': pending}
+      continue
+    candidates = [(p.values[field], results[p.name]) for p in points]
+    out[key] = {'value': statistics.best_tuned_value(candidates), 'pending': []}
+  return out
+
+
+def expand_seed_stage(config, sweep: dict, choices: dict[str, dict]) -> list[Point]:
+  """The seeds stage: every setting whose value is chosen, at that value, with every seed (seeds
+  outermost). Points that coincide with a tuning run are that run. `sweep` is as check_sweep
+  returns it."""
+  (field, _), = sweep['tune'].items()
+  runs = []
+  for seed in _seeds(config, sweep):
+    for setting in _settings(config, sweep):
+      values = {k: get_field(apply_overrides(config, setting), k) for k in swept_fields(sweep)}
+      choice = choices.get(setting_key(values, [field]), {}).get('value')
+      if choice is not None:
+        runs.append(({**setting, field: choice}, seed, 'seeds'))
+  return _make_points(config, sweep, runs)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -238,12 +330,11 @@ def summary_line(results: Optional[dict]) -> str:
     return ''
   if results.get('status') == 'diverged':
     return results.get('message', '')
-  from train import report
   parts = []
   for split in ('valid', 'test'):
     values = results.get(split)
     if isinstance(values, dict):
-      metric = report.pick_metric(values)
+      metric = statistics.pick_metric(values)
       if metric is not None:
         parts.append(f'{split} {metric.label_short} {metric.format(values[metric.key])}')
   return ' | '.join(parts)
@@ -366,7 +457,7 @@ def run_points(sweep_dir: str, points: Sequence[Point], commands: dict[str, list
 
 def sweep_description(config_spec: str, sweep: dict, points: Sequence[Point], base,
                       forwarded: dict, commands: dict[str, list[str]]) -> dict:
-  sweep = check_sweep(sweep)
+  """What sweep.json holds; `sweep` is as prepare returns it."""
   keys = swept_fields(sweep)
   return {
       'config': config_spec,
@@ -374,11 +465,15 @@ def sweep_description(config_spec: str, sweep: dict, points: Sequence[Point], ba
       'axes': sweep['axes'],
       'seeds': sweep['seeds'] if sweep['seeds'] is not None else [int(base.seed)],
       'extra': sweep['extra'],
+      'tune': sweep['tune'],
+      'tune_seeds': sweep['tune_seeds'],
+      'compare': sweep['compare'],
+      'choices': sweep.get('choices', {}),
       'fields': keys,
       'base': {k: get_field(base, k) for k in keys},
       'num_points': len(points),
       'points': [{'name': p.name, 'seed': p.seed, 'overrides': p.overrides, 'values': p.values,
-                  'command': shlex.join(commands[p.name])} for p in points],
+                  'stage': p.stage, 'command': shlex.join(commands[p.name])} for p in points],
   }
 
 
@@ -443,7 +538,9 @@ def load_grid(config_spec: str) -> dict:
 
 def prepare(config, config_spec: str, sweep_dir: str, forwarded: dict, python: str,
             main_py: str, absolute: bool = False):
-  """(sweep, points, commands) for a loaded config; checks every point's config."""
+  """(sweep, points, commands) for a loaded config; checks every point's config. With a tuned
+  field the points are the tuning stage and the seeds stage of every setting whose tuning runs in
+  `sweep_dir` have finished; sweep['choices'] holds each setting's choice."""
   from train import validation
   sweep = check_sweep(load_grid(config_spec))
   keys = swept_fields(sweep)
@@ -452,6 +549,12 @@ def prepare(config, config_spec: str, sweep_dir: str, forwarded: dict, python: s
       raise SweepError(f'--config.{key} is swept by the sweep config and cannot be set for all '
                        'points')
   points = expand(config, sweep)
+  if sweep['tune']:
+    (field, _), = sweep['tune'].items()
+    sweep['choices'] = choose_tuned(sweep_dir, points, field)
+    names = {p.name for p in points}
+    points += [p for p in expand_seed_stage(config, sweep, sweep['choices'])
+               if p.name not in names]
   for point in points:
     try:
       validation.check_config(point.config)
@@ -534,10 +637,36 @@ def main(argv):
     fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
   except OSError:
     raise SystemExit(f'error: another sweep is running in {sweep_dir}')
-  env_cmds = {name: [sys.executable, MAIN] + cmd[2:] for name, cmd in commands.items()}
-  statuses = run_points(sweep_dir, points, env_cmds, FLAGS.parallel, log=log)
+  return _run_stages(FLAGS, config_spec, forwarded, sweep, points, commands)
+
+
+def _run_stages(FLAGS, config_spec: str, forwarded: dict, sweep: dict, points, commands) -> int:
+  """Runs the unfinished points; with a tuned field, then the seed points its choices make
+  runnable, until nothing new can run. Returns the exit status."""
+  from absl import logging
+  log = lambda line: logging.info('%s', line)
+  sweep_dir = FLAGS.sweep_dir
+  attempted: set[str] = set()
+  statuses: dict[str, Optional[str]] = {}
+  while True:  # with a tuned field, finishing the tuning stage makes seed points runnable
+    new = [p for p in points if p.name not in attempted]
+    if not new:
+      break
+    attempted.update(p.name for p in new)
+    env_cmds = {name: [sys.executable, MAIN] + cmd[2:] for name, cmd in commands.items()}
+    round_statuses = run_points(sweep_dir, new, env_cmds, FLAGS.parallel, log=log)
+    statuses.update(round_statuses)
+    stopped = any(s in ('preempted', 'not started') for s in round_statuses.values())
+    if not sweep['tune'] or stopped:
+      break
+    sweep, points, commands = prepare(FLAGS.config, config_spec, sweep_dir, forwarded,
+                                      python='python', main_py=_display_path(MAIN))
+    files.write_json(os.path.join(sweep_dir, 'sweep.json'),
+                     sweep_description(config_spec, sweep, points, FLAGS.config, forwarded,
+                                       commands), default=repr)
   log(f'report: python -m train.report --sweep_dir={sweep_dir}')
-  return 0 if all(s in FINISHED for s in statuses.values()) else 1
+  pending = [k for k, c in sweep.get('choices', {}).items() if c['pending']]
+  return 0 if all(s in FINISHED for s in statuses.values()) and not pending else 1
 
 
 def _define_flags():

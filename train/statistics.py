@@ -1,0 +1,151 @@
+"""Statistics of a sweep's results: Student-t intervals over seeds, paired differences between
+arms that share seeds, and the metric each task is judged by.
+
+`stats(values)`: mean, sample standard deviation and the 95% t interval of the mean.
+`paired_difference(arm, reference)`: the per-seed differences of two arms run with the same seeds
+(same data order, same initial values of the parameters they share), their mean and 95% interval,
+and the equivalence bound: the smallest d with the interval inside [-d, d], i.e. the difference
+the study can exclude beyond d (two one-sided tests at 2.5% each).
+`best_tuned_value`: the tuning stage's choice, on validation.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from typing import Any, Mapping, Optional, Sequence
+
+import numpy as np
+import scipy.stats
+
+
+def t_quantile(probability: float, df: int) -> float:
+  """The `probability` quantile (> 0.5) of Student's t with `df` >= 1 degrees of freedom, e.g.
+  t_quantile(0.975, 2) = 4.303."""
+  if not 0.5 < probability < 1 or int(df) != df or df < 1:
+    raise ValueError(f't_quantile needs 0.5 < probability < 1 and an integer df >= 1; '
+                     f'got {probability}, {df}')
+  return float(scipy.stats.t.ppf(probability, df))
+
+
+@dataclasses.dataclass
+class Stats:
+  n: int
+  mean: float = math.nan
+  std: float = math.nan        # sample standard deviation (n - 1)
+  ci_low: float = math.nan
+  ci_high: float = math.nan
+
+  @property
+  def half_width(self) -> float:
+    return (self.ci_high - self.ci_low) / 2
+
+
+def stats(values: Sequence[float], level: float = 0.95) -> Stats:
+  """Mean, sample standard deviation and the Student-t confidence interval of the mean."""
+  x = np.asarray([v for v in values], dtype=np.float64)
+  n = len(x)
+  if n == 0:
+    return Stats(0)
+  mean = float(x.mean())
+  if n == 1:
+    return Stats(1, mean)
+  std = float(x.std(ddof=1))
+  half = t_quantile((1 + level) / 2, n - 1) * std / math.sqrt(n)
+  return Stats(n, mean, std, mean - half, mean + half)
+
+
+# ----------------------------------------------------------------------------------------------
+# Metrics
+
+
+@dataclasses.dataclass(frozen=True)
+class Metric:
+  key: str
+  label: str        # axis label, with the unit
+  label_short: str
+  higher_is_better: bool
+  scale: float = 1.0
+  digits: int = 3
+  bounds: tuple = (None, None)  # the range of possible values (scaled); plots are cut to it
+
+  def value(self, values: dict) -> float:
+    v = values.get(self.key) if isinstance(values, dict) else None
+    try:
+      return float(v) * self.scale
+    except (TypeError, ValueError):
+      return math.nan
+
+  def format(self, raw: float) -> str:
+    return f'{float(raw) * self.scale:.{self.digits}f}'
+
+
+METRICS = (  # in order of preference: a language model's records also hold token accuracy
+    Metric('bpc', 'bits per character', 'bpc', False, bounds=(0.0, None)),
+    Metric('perplexity', 'perplexity', 'ppl', False, digits=1, bounds=(1.0, None)),
+    Metric('label_error_rate', 'label error rate (%)', 'LER %', False, 100.0, 2, (0.0, None)),
+    Metric('accuracy', 'accuracy (%)', 'acc %', True, 100.0, 2, (0.0, 100.0)),
+    Metric('loss', 'loss', 'loss', False, digits=4),
+)
+
+
+def best_tuned_value(candidates: Sequence[tuple[Any, dict]]) -> Any:
+  """The tuned value whose runs reach the best mean final validation metric, from (value,
+  results.json) pairs (several per value with several tuning seeds). A value with a diverged run
+  or a non-finite metric is not chosen; None when no value qualifies."""
+  by_value: dict[str, list] = {}
+  for value, results in candidates:
+    by_value.setdefault(json.dumps(value), [value]).append(results)
+  metric = next((pick_metric(r['valid']) for _, r in candidates
+                 if isinstance(r.get('valid'), dict)), None)
+  best, best_score = None, math.inf
+  for value, *runs in by_value.values():
+    scores = [metric.value(r.get('valid')) if r.get('status') == 'completed' and metric
+              else math.nan for r in runs]
+    if not all(math.isfinite(x) for x in scores):
+      continue
+    score = float(np.mean(scores)) * (-1 if metric.higher_is_better else 1)
+    if score < best_score:
+      best, best_score = value, score
+  return best
+
+
+def pick_metric(values: dict) -> Optional[Metric]:
+  """The metric a record or results split is judged by."""
+  for metric in METRICS:
+    if metric.key in values:
+      return metric
+  return None
+
+
+
+
+@dataclasses.dataclass
+class Difference:
+  """Arm minus reference over the seeds both ran."""
+  pairs: int                 # seeds with a finite result in both arms
+  excluded: int              # seeds where one arm or both diverged or did not finish
+  diffs: list                # per-seed differences (arm - reference), in seed order
+  stats: Stats               # of `diffs`
+  equivalence_bound: float   # max(|ci_low|, |ci_high|): |difference| < this with 95% confidence
+
+  def verdict(self, higher_is_better: bool) -> str:
+    s = self.stats
+    if self.pairs < 2:
+      return 'too few pairs'
+    if s.ci_low > 0 or s.ci_high < 0:
+      better = (s.mean > 0) == higher_is_better
+      return 'better' if better else 'worse'
+    return 'no difference detected'
+
+
+def paired_difference(arm: Mapping[Any, float], reference: Mapping[Any, float]) -> Difference:
+  """`arm` and `reference` map seed -> final metric (NaN or inf for a diverged run; a seed
+  missing when it did not finish). Pairs are the seeds both have with finite values."""
+  seeds = sorted(set(arm) | set(reference), key=json.dumps)
+  pairs = [s for s in seeds if s in arm and s in reference
+           and math.isfinite(arm[s]) and math.isfinite(reference[s])]
+  diffs = [float(arm[s] - reference[s]) for s in pairs]
+  st = stats(diffs)
+  bound = max(abs(st.ci_low), abs(st.ci_high)) if st.n > 1 else math.nan
+  return Difference(len(pairs), len(seeds) - len(pairs), diffs, st, bound)
