@@ -91,6 +91,7 @@ def base_config() -> ml_collections.ConfigDict:
   sd.subsample = 3               # frames stacked into one step
   sd.voices = config_dict.placeholder(str)       # train/valid voices, comma-separated
   sd.test_voices = config_dict.placeholder(str)  # held-out test voices, comma-separated
+  sd.valid_voices = config_dict.placeholder(str)  # None: valid hears the train/valid voices
   sd.rate_jitter = 0.15          # speaking rate 175 words/min times 1 +- this
   sd.pitch_jitter = 15           # pitch 50 +- this (espeak's 0..100)
   sd.cache_dir = config_dict.placeholder(str)    # None: $STACKED_LSTM_CACHE or ~/.cache/...

@@ -62,7 +62,7 @@ def test_voices_of_this_build():
   for voice in ('gmw/en', 'gmw/en-US', 'gmw/en-GB-scotland', 'gmw/en-GB-x-rp', 'gmw/en-029'):
     assert voice in voices
   assert {'f1', 'f3', 'm3', 'm7'} <= set(speech.voice_variants())
-  for voice in speech.TRAIN_VOICES + speech.TEST_VOICES:
+  for voice in speech.TRAIN_VOICES + speech.TEST_VOICES + speech.VALID_VOICES:
     assert len(speech.synthesize('one', voice)) > 0
   with pytest.raises(ValueError, match='not in this espeak-ng build'):
     speech.synthesize('one', 'en-gb')
@@ -165,6 +165,19 @@ def test_dataset_splits(small):
   assert train_voices <= set(speech.TRAIN_VOICES) and test_voices <= set(speech.TEST_VOICES)
   assert not train_voices & test_voices
   assert not set(speech.TRAIN_VOICES) & set(speech.TEST_VOICES)
+
+
+def test_held_out_validation_voices(small, tmp_path):
+  """valid_voices: the valid split hears only them, none of train's or test's; train and test
+  draw the same utterances as without them."""
+  held_out = speech.make_digit_dataset(**SMALL, subsample=2, cache_dir=str(tmp_path),
+                                       valid_voices=speech.VALID_VOICES)
+  assert set(map(str, held_out['valid'].voices)) <= set(speech.VALID_VOICES)
+  assert not set(speech.VALID_VOICES) & (set(speech.TRAIN_VOICES) | set(speech.TEST_VOICES))
+  for name in ('train', 'test'):
+    np.testing.assert_array_equal(held_out[name].texts, small[name].texts)
+    np.testing.assert_array_equal(held_out[name].voices, small[name].voices)
+  np.testing.assert_array_equal(held_out['valid'].texts, small['valid'].texts)
 
 
 def test_cache_is_reused(small, cache_dir, monkeypatch, tmp_path):

@@ -62,6 +62,10 @@ TRAIN_VOICES = ('gmw/en', 'gmw/en-US', 'gmw/en-GB-x-rp', 'gmw/en+f2', 'gmw/en-US
                 'gmw/en-GB-x-rp+f4')
 TEST_VOICES = ('gmw/en-GB-scotland', 'gmw/en-029+f3', 'gmw/en-US-nyc+m7',
                'gmw/en-GB-x-gbclan+f1')
+# Held-out validation voices for tuning: in neither list above (the West Midlands accent is in
+# neither; the others are accent and variant pairs that neither uses).
+VALID_VOICES = ('gmw/en-GB-x-gbcwmd', 'gmw/en-GB-x-gbcwmd+f3', 'gmw/en-US-nyc+f2',
+                'gmw/en-029+m3')
 
 CACHE_ENV = 'STACKED_LSTM_CACHE'
 _CACHE_FORMAT = 1  # bump when the generator changes what it writes
@@ -391,7 +395,7 @@ def _generate(spec: Dict[str, Any], features: FeatureConfig, log) -> Dict[str, n
   total = 0
   for index, split in enumerate(SPLITS):
     n = spec[f'num_{split}']
-    voices = spec['test_voices'] if split == 'test' else spec['train_voices']
+    voices = spec.get(f'{split}_voices', spec['train_voices'])  # valid: train's unless held out
     plans = [_utterance(spec['seed'], index, i, spec['min_digits'], spec['max_digits'], voices,
                         spec['rate'], spec['rate_jitter'], spec['pitch'], spec['pitch_jitter'])
              for i in range(n)]
@@ -457,6 +461,7 @@ def make_digit_dataset(num_train: int = 2000, num_valid: int = 200, num_test: in
                        min_digits: int = 1, max_digits: int = 5, seed: int = 0,
                        train_voices: Optional[Sequence[str]] = None,
                        test_voices: Optional[Sequence[str]] = None,
+                       valid_voices: Optional[Sequence[str]] = None,
                        num_mels: int = 40, energy: bool = False, delta_order: int = 0,
                        normalize_features: bool = True, subsample: int = 1,
                        rate: int = 175, rate_jitter: float = 0.15, pitch: int = 50,
@@ -466,7 +471,8 @@ def make_digit_dataset(num_train: int = 2000, num_valid: int = 200, num_test: in
   """Random digit strings spoken by espeak-ng, as padded log-mel features with label sequences.
 
   Each utterance: min_digits..max_digits random digits read as words ("three one four"), a voice
-  drawn from train_voices (train, valid) or test_voices (test: held-out speakers), rate
+  drawn from train_voices (train; valid too unless valid_voices are given: speakers held out for
+  validation, e.g. to tune on) or test_voices (test: held-out speakers), rate
   rate*(1 +- rate_jitter) words/min and pitch pitch +- pitch_jitter (espeak's 0..100 scale).
   Features: num_mels log-mel energies (+ log energy if `energy`) per 10 ms frame, per-utterance
   mean/variance normalised if `normalize_features`, with delta_order (0, 1, 2) orders of deltas,
@@ -488,6 +494,7 @@ def make_digit_dataset(num_train: int = 2000, num_valid: int = 200, num_test: in
     raise ValueError(f'subsample={subsample} must be >= 1')
   train_voices = as_voices(train_voices, TRAIN_VOICES, 'train_voices')
   test_voices = as_voices(test_voices, TEST_VOICES, 'test_voices')
+  valid_voices = as_voices(valid_voices, train_voices, 'valid_voices')
   features = FeatureConfig(num_mels=int(num_mels), energy=bool(energy))
   spec = {'format': _CACHE_FORMAT, 'espeakng_loader': espeak_package_version(),
           'num_train': int(num_train), 'num_valid': int(num_valid), 'num_test': int(num_test),
@@ -496,6 +503,8 @@ def make_digit_dataset(num_train: int = 2000, num_valid: int = 200, num_test: in
           'rate': int(rate), 'rate_jitter': float(rate_jitter), 'pitch': int(pitch),
           'pitch_jitter': int(pitch_jitter), 'trim': bool(trim),
           'features': dataclasses.asdict(features)}
+  if valid_voices != train_voices:  # only then: the cache of runs without it keeps its key
+    spec['valid_voices'] = list(valid_voices)
   key = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
   path = os.path.join(os.path.expanduser(cache_dir or default_cache_dir()), f'speech_{key}.npz')
   raw = None

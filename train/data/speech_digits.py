@@ -20,14 +20,17 @@ _LOADED: Dict[str, Any] = {}  # the last dataset built, by its arguments
 
 def load_speech_digits(data_config: Any) -> Dataset:
   fields = data_config.speech_digits
+  train_voices = speech.as_voices(fields.voices, speech.TRAIN_VOICES,
+                                  'config.data.speech_digits.voices')
   kwargs = dict(
       num_train=int(fields.num_train), num_valid=int(fields.num_valid),
       num_test=int(fields.num_test), min_digits=int(fields.min_digits),
       max_digits=int(fields.max_digits), seed=int(fields.seed),
-      train_voices=speech.as_voices(fields.voices, speech.TRAIN_VOICES,
-                                    'config.data.speech_digits.voices'),
+      train_voices=train_voices,
       test_voices=speech.as_voices(fields.test_voices, speech.TEST_VOICES,
                                    'config.data.speech_digits.test_voices'),
+      valid_voices=speech.as_voices(fields.valid_voices, train_voices,
+                                    'config.data.speech_digits.valid_voices'),
       num_mels=int(fields.num_mels), energy=bool(fields.energy), delta_order=int(fields.deltas),
       normalize_features=bool(fields.normalize), subsample=int(fields.subsample),
       rate_jitter=float(fields.rate_jitter), pitch_jitter=int(fields.pitch_jitter),
