@@ -1,0 +1,114 @@
+"""The study: what belongs between stacked LSTM layers, with equal tuning per arm and paired seeds.
+
+  python -m train.sweep --config=configs/study.py:mnist1d --sweep_dir=results/study_mnist1d/runs
+  python -m train.sweep --config=configs/study.py:ptb --sweep_dir=results/study_ptb/runs
+  python -m train.sweep --config=configs/study.py:speech --sweep_dir=results/study_speech/runs
+  python -m train.report --sweep_dir=results/study_mnist1d/runs --out=results/study_mnist1d
+
+One point by hand (what the sweep runs for it):
+
+  python main.py --config=configs/study.py:ptb --workdir=runs/x --config.model.between=relu \
+      --config.model.num_layers=4 --config.optimizer.learning_rate=0.003 --config.seed=1
+
+Protocol (implemented by train.sweep's tuning stage and train.report's paired comparisons):
+- Arms: model.between in {none, relu, tanh, gelu, layernorm} at 2 and 4 layers; the same five
+  with model.residual=True at 8 layers (GNMT, Kim et al. 2017: plain deep stacks need it); and a
+  plain 8-layer stack (between none) with a long warm-up (WARMUP_8_PLAIN steps), to see whether
+  any plain 8-layer stack leaves the unigram level. 16 settings per task. Everything else is the
+  canonical stack: tanh/sigmoid cell, forget bias 1, no dropout; Adam with linear warm-up, cosine
+  decay, gradient norm clipped at 1.
+- Equal tuning: every setting runs at each learning rate of LEARNING_RATES (a factor of 10) with
+  seed 0; the rate with the best final validation metric is the setting's; test figures are
+  reported at that rate only (report: "Tuning", tuning.png).
+- Seeds: SEEDS (5) at the chosen rate. Paired: a seed fixes the data order (the batcher's
+  permutation depends on the seed only) and the initial values of every parameter two arms share
+  (Flax derives each parameter's key from the seed and its path: tests/test_study.py checks it);
+  the report gives each arm's per-seed difference from between=none in its group (same depth and
+  residual), its 95% CI and the equivalence bound.
+- Budget: each run is trained for a fixed number of steps chosen so that the validation metric of
+  the best arm improves by less than 1% over the last quarter of training (report: "Plateau").
+
+Tasks (`get_config(arg)`):
+- `:mnist1d`: MNIST-1D (40 steps x 1 feature, 10 classes; 3,500 train / 500 valid / 1,000 test),
+  hidden 64, batch 64. Metric: accuracy.
+- `:ptb`: character-level Penn Treebank, the full training text (5.0M characters), hidden 128,
+  embedding 32, batch 32 x 64 steps; validation and test on their first 100k characters. Metric:
+  bits per character.
+- `:speech`: spoken digit strings (train/speech.py) with CTC, bidirectional (Graves et al. 2013),
+  hidden 64 per direction; 2,000 training utterances, validation on 300 utterances of held-out
+  voices (speech.VALID_VOICES), test on 500 of other held-out voices (speech.TEST_VOICES).
+  Metric: label error rate.
+
+Plan and cost: see PLAN below (measured on the project's 2-core AMD EPYC machine).
+"""
+from configs import common
+
+TASKS = ('mnist1d', 'ptb', 'speech')
+BETWEEN = ['none', 'relu', 'tanh', 'gelu', 'layernorm']
+LEARNING_RATES = [1e-3, 3e-3, 1e-2]
+SEEDS = [0, 1, 2, 3, 4]
+WARMUP_8_PLAIN = {'mnist1d': 500, 'ptb': 1000, 'speech': 500}
+NUM_TRAIN_STEPS = {'mnist1d': 3000, 'ptb': 3000, 'speech': 2000}
+PLAN = """(filled in from the measured cost of one run of each size)"""
+
+
+def _task(arg) -> str:
+  name = (arg or 'ptb').strip()
+  if name not in TASKS:
+    raise ValueError(f'configs/study.py:{name} is not known; use one of {", ".join(TASKS)}')
+  return name
+
+
+def get_config(arg='ptb'):
+  task = _task(arg)
+  c = common.base_config()
+  c.model.num_layers = 2
+  c.model.between = 'none'
+  o = c.optimizer
+  o.name = 'adam'
+  o.learning_rate = 3e-3
+  o.schedule = 'cosine'
+  o.warmup_steps = 100
+  o.grad_clip_norm = 1.0
+  c.num_train_steps = NUM_TRAIN_STEPS[task]
+  c.keep_checkpoints = 1
+  c.log_every_steps = 50
+  c.eval_every_steps = c.num_train_steps // 10
+  c.checkpoint_every_steps = c.num_train_steps // 4
+  if task == 'mnist1d':
+    c.task = 'mnist1d'
+    c.model.hidden_size = 64
+    c.batch_size = 64
+  elif task == 'ptb':
+    c.task = 'ptb_char'
+    c.model.hidden_size = 128
+    c.model.embed_size = 32
+    c.batch_size = 32
+    c.num_steps = 64
+    c.data.max_eval_tokens = 100_000
+  else:
+    c.task = 'speech_digits'
+    c.model.hidden_size = 64
+    c.model.bidirectional = True
+    c.batch_size = 32
+    d = c.data.speech_digits
+    d.num_train, d.num_valid, d.num_test = 2000, 300, 500
+    d.valid_voices = ','.join(_valid_voices())
+  return c
+
+
+def _valid_voices():
+  from train import speech  # the voice lists live with the synthesiser
+  return speech.VALID_VOICES
+
+
+def get_sweep(arg='ptb'):
+  task = _task(arg)
+  return {'axes': {'model.between': BETWEEN, 'model.num_layers': [2, 4]},
+          'extra': ([{'model.between': b, 'model.num_layers': 8, 'model.residual': True}
+                     for b in BETWEEN]
+                    + [{'model.between': 'none', 'model.num_layers': 8,
+                        'optimizer.warmup_steps': WARMUP_8_PLAIN[task]}]),
+          'seeds': SEEDS,
+          'tune': {'optimizer.learning_rate': LEARNING_RATES},
+          'compare': {'field': 'model.between', 'reference': 'none'}}
