@@ -2,11 +2,14 @@
 import json
 import os
 import signal
+import subprocess
+import sys
 import time
 
 import numpy as np
+import pytest
 
-from tests.trainer_utils import load_params, run_main
+from tests.trainer_utils import ROOT, load_params, run_main
 
 LONG = ['--config.num_train_steps=60', '--config.checkpoint_every_steps=5',
         '--config.eval_every_steps=1000', '--config.model.hidden_size=48',
@@ -83,3 +86,36 @@ def test_misspelt_field_is_refused(tmp_path):
   result = run_main(str(tmp_path), '--config.model.num_layer=3')
   assert result.returncode != 0
   assert 'num_layer' in result.stderr
+
+
+@pytest.mark.parametrize('flags, expected', [
+    (['--config.model.nmu_layers=3'],
+     "error: --config.model.nmu_layers: config has no field 'model.nmu_layers'; did you mean "
+     'config.model.num_layers'),
+    (['--config.model.num_layers=abc'],
+     "error: --config.model.num_layers=abc: config.model.num_layers is an integer, not 'abc'"),
+    (['--config.optimizer.b1=x'], "config.optimizer.b1 is a number, not 'x'"),
+    (['--config.model.residual=maybe'], "config.model.residual is true or false, not 'maybe'"),
+    (['--config.data.mnist1d=3'], 'config.data.mnist1d is a group of fields, not one'),
+    (['--workdr=/tmp/x'], "Unknown command line flag 'workdr'. Did you mean: workdir"),
+])
+def test_flag_errors_are_one_line_with_status_2(tmp_path, flags, expected):
+  result = run_main(str(tmp_path), *flags)
+  assert result.returncode == 2, result.stderr
+  lines = result.stderr.strip().splitlines()
+  assert len(lines) == 1 and expected in lines[0], result.stderr
+  assert not os.path.exists(tmp_path / 'config.json')
+
+
+@pytest.mark.parametrize('spec, expected', [
+    ('configs/stak.py', '--config=configs/stak.py: no such file; did you mean configs/stack.py'),
+    ('configs/stack.py:layrs=4', "--config=configs/stack.py:layrs=4: config argument 'layrs' is "
+     'not known; valid: layers, hidden, between, full'),
+])
+def test_config_file_errors_are_one_line_with_status_2(tmp_path, spec, expected):
+  result = subprocess.run([sys.executable, 'main.py', f'--config={spec}',
+                           f'--workdir={tmp_path}'], cwd=ROOT, capture_output=True, text=True,
+                          timeout=120, env=dict(os.environ, JAX_PLATFORMS='cpu'))
+  assert result.returncode == 2
+  lines = result.stderr.strip().splitlines()
+  assert len(lines) == 1 and lines[0].startswith(f'error: {expected}'), result.stderr

@@ -753,4 +753,5 @@ if __name__ == '__main__':
   flags.DEFINE_string('out', None, 'Where report.md and the plots go (default: the sweep dir).')
   flags.DEFINE_string('title', None, 'Title of the report and plots (default: the sweep config).')
   flags.mark_flag_as_required('sweep_dir')
-  app.run(main)
+  from train import cli
+  app.run(main, flags_parser=cli.parse_flags)

@@ -690,5 +690,6 @@ def _define_flags():
 
 if __name__ == '__main__':
   from absl import app
+  from train import cli
   _define_flags()
-  app.run(lambda argv: sys.exit(main(argv)))
+  app.run(lambda argv: sys.exit(main(argv)), flags_parser=cli.parse_flags)

@@ -1,0 +1,148 @@
+"""Command-line start-up shared by main.py and the train.* tools: flag errors as one line.
+
+`app.run(main, flags_parser=cli.parse_flags)` parses the flags; any error in them (an unknown
+flag or config field, a value of the wrong type, a config file that does not exist or whose
+argument is not known) ends the program with one line on stderr naming the flag, what is wrong
+and the closest valid names, and exit status 2 (absl's status for flag errors), instead of a
+traceback.
+"""
+from __future__ import annotations
+
+import difflib
+import glob
+import importlib.util
+import os
+import sys
+from typing import Any, Iterator, Optional
+
+import ml_collections
+from absl import flags
+
+USAGE_ERROR = 2
+_TRUE, _FALSE = ('true', 't', '1', 'yes'), ('false', 'f', '0', 'no')
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl's flags_parser: the parsed FLAGS, or one error line and exit status 2."""
+  try:
+    rest = flags.FLAGS(argv)
+    if 'config' in flags.FLAGS and flags.FLAGS['config'].value is not None:
+      flags.FLAGS['config'].value.keys()  # a config file that failed to load raises only here
+    return rest
+  except Exception as e:  # noqa: BLE001 - flags and config loading raise many kinds
+    sys.stderr.write(f'error: {flag_error(argv, e)}\n')
+    sys.exit(USAGE_ERROR)
+
+
+def flag_error(argv: list[str], error: Exception, config_flag: str = 'config') -> str:
+  """One line that says what is wrong with the flags in `argv` (`error` is what parsing raised)."""
+  spec = _flag_value(argv, config_flag)
+  if spec is not None:
+    config, problem = load_config(spec, config_flag)
+    if problem:
+      return problem
+    for path, value in _overrides(argv, config_flag):
+      problem = override_problem(config, path, value, config_flag)
+      if problem:
+        return problem
+  lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+  return lines[0] if lines else type(error).__name__
+
+
+def _flag_value(argv: list[str], name: str) -> Optional[str]:
+  for i, arg in enumerate(argv):
+    if arg.startswith(f'--{name}='):
+      return arg.split('=', 1)[1]
+    if arg == f'--{name}' and i + 1 < len(argv):
+      return argv[i + 1]
+  return None
+
+
+def _overrides(argv: list[str], name: str) -> Iterator[tuple[str, Optional[str]]]:
+  """(field path, value) of each --name.PATH=VALUE (value None for --name.PATH / --noname.PATH)."""
+  for arg in argv:
+    for prefix in (f'--{name}.', f'--no{name}.'):
+      if arg.startswith(prefix):
+        path, eq, value = arg[len(prefix):].partition('=')
+        yield path, (value if eq else None)
+
+
+def load_config(spec: str, name: str = 'config') -> tuple[Any, Optional[str]]:
+  """(config, None) from 'path.py[:arg]', or (None, the one-line problem)."""
+  path, _, arg = spec.partition(':')
+  where = f'--{name}={spec}'
+  if not os.path.isfile(path):
+    here = sorted(os.path.relpath(p) for p in glob.glob(os.path.join(os.path.dirname(path) or '.',
+                                                                     '*.py')))
+    near = difflib.get_close_matches(path, here, n=3, cutoff=0.5)
+    hint = f'; did you mean {", ".join(near)}?' if near else (
+        f'; config files there: {", ".join(here[:8])}' if here else '')
+    return None, f'{where}: no such file{hint}'
+  try:
+    module_spec = importlib.util.spec_from_file_location('_config_file', path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    if not hasattr(module, 'get_config'):
+      return None, f'{where}: {path} has no get_config() function'
+    config = module.get_config(arg) if arg else module.get_config()
+  except Exception as e:  # noqa: BLE001 - the config file's own error, reported in one line
+    message = str(e).strip().splitlines()
+    return None, f'{where}: {message[0] if message else type(e).__name__}'
+  return config, None
+
+
+def _leaves(config, prefix: str = '') -> Iterator[str]:
+  for key, value in config.items():
+    if isinstance(value, ml_collections.ConfigDict):
+      yield from _leaves(value, f'{prefix}{key}.')
+    else:
+      yield prefix + key
+
+
+def override_problem(config, path: str, value: Optional[str], name: str = 'config'
+                     ) -> Optional[str]:
+  """What is wrong with --name.PATH=VALUE for `config`, or None."""
+  node, parts = config, path.split('.')
+  for i, part in enumerate(parts):
+    if not isinstance(node, ml_collections.ConfigDict) or part not in node:
+      fields = list(_leaves(config))
+      near = difflib.get_close_matches(path, fields, n=3, cutoff=0.6)
+      if not near:
+        near = [f for f in fields if f.split('.')[-1] in
+                difflib.get_close_matches(parts[-1], [f.split('.')[-1] for f in fields], n=3)]
+      hint = f'; did you mean {", ".join(f"{name}.{f}" for f in near[:3])}?' if near else ''
+      return f'--{name}.{path}: {name} has no field {path!r}{hint}'
+    if i < len(parts) - 1:
+      node = node[part]
+  if isinstance(node[parts[-1]], ml_collections.ConfigDict):
+    return (f'--{name}.{path}: {name}.{path} is a group of fields, not one; set one of '
+            + ', '.join(f'{name}.{path}.{k}' for k in list(node[parts[-1]].keys())[:6]))
+  return _type_problem(node, parts[-1], path, value, name)
+
+
+def _type_problem(node, field: str, path: str, value: Optional[str], name: str
+                  ) -> Optional[str]:
+  current = node[field]
+  kind = node.get_ref(field).get_type() if current is None else type(current)
+  flag = f'--{name}.{path}' + ('' if value is None else f'={value}')
+  if value is None:
+    return None if kind is bool else f'{flag}: needs a value, e.g. --{name}.{path}={current}'
+  if kind is bool:
+    ok = value.lower() in _TRUE + _FALSE
+    expected = 'true or false'
+  elif kind is int:
+    ok = value.lstrip('+-').isdigit()
+    expected = 'an integer'
+  elif kind is float:
+    try:
+      float(value)
+      ok = True
+    except ValueError:
+      ok = False
+    expected = 'a number'
+  else:
+    return None
+  if ok:
+    return None
+  example = '' if current is None else f', e.g. --{name}.{path}={current}'
+  return f'{flag}: {name}.{path} is {expected}, not {value!r}{example}'
