@@ -1,5 +1,6 @@
 """train.sweep: grid expansion, names and overrides, resume, parallel runs, the printed commands and
 the SLURM script. Nothing trains: the runner is a fake that writes results.json."""
+import inspect
 import json
 import math
 import os
@@ -377,21 +378,19 @@ def test_tuning_stage_cli_runs_both_stages_and_the_report_pairs_them(config_path
   replaced by a script that writes results.json), then the report."""
   sweep_dir = str(tmp_path / 'sweep')
   fake_main = tmp_path / 'fake_main.py'
-  fake_main.write_text(f'''import json, math, os, sys
-sys.path.insert(0, {os.path.join(ROOT, 'tests')!r})
-from test_sweep import _tuned_bpc
+  fake_main.write_text('import json, math, os, sys\n' + inspect.getsource(_tuned_bpc) + '''
 workdir = [a for a in sys.argv if a.startswith('--workdir=')][0].split('=', 1)[1]
 os.makedirs(workdir, exist_ok=True)
 bpc = _tuned_bpc(os.path.basename(workdir))
-json.dump({{'status': 'completed', 'task': 'ptb_char', 'valid': {{'bpc': bpc}},
-           'test': {{'bpc': bpc}}}}, open(os.path.join(workdir, 'results.json'), 'w'))
+json.dump({'status': 'completed', 'task': 'ptb_char', 'valid': {'bpc': bpc},
+           'test': {'bpc': bpc}}, open(os.path.join(workdir, 'results.json'), 'w'))
 ''')
   code = (f'import sys; sys.path.insert(0, {ROOT!r}); from train import sweep; '
           f'sweep.MAIN = {str(fake_main)!r}; sweep._define_flags(); '
           'from absl import app; app.run(lambda argv: sys.exit(sweep.main(argv)))')
   result = subprocess.run([sys.executable, '-c', code, f'--config={config_path}:tune',
                            f'--sweep_dir={sweep_dir}'], capture_output=True, text=True,
-                          timeout=120, env=dict(os.environ, JAX_PLATFORMS='cpu'))
+                          timeout=300, env=dict(os.environ, JAX_PLATFORMS='cpu'))
   assert result.returncode == 0, result.stderr
   runs = sorted(d for d in os.listdir(sweep_dir) if os.path.isdir(os.path.join(sweep_dir, d)))
   assert len(runs) == 12 + 8

@@ -565,7 +565,8 @@ def comparison_table(rows: Sequence[dict], metric: Metric) -> str:
     st = diff.stats
     ci = f'[{st.ci_low:+.{d}f}, {st.ci_high:+.{d}f}]' if st.n > 1 else '-'
     bound = f'{diff.equivalence_bound:.{d}f}' if st.n > 1 else '-'
-    body.append([row['group'] or '-', _fmt_value(row['value']), str(diff.pairs), str(diff.excluded), f'{st.mean:+.{d}f}' if st.n else '-', ci, bound,
+    body.append([row['group'] or '-', _fmt_value(row['value']), str(diff.pairs),
+                 str(diff.excluded), f'{st.mean:+.{d}f}' if st.n else '-', ci, bound,
                  diff.verdict(metric.higher_is_better)])
   return _table(['group', 'arm', 'pairs', 'excluded', 'mean difference', '95% CI',
                  'equivalence bound ±', 'verdict'], body,
@@ -688,8 +689,8 @@ def _study_sections(description: dict, records: Sequence[dict], settings: Sequen
     lines += [f'## Paired differences from {compare["field"]}={compare["reference"]} (test)', '',
               'Per seed, arm minus reference in the same group (same seed: same data order and '
               'the same initial values of the parameters they share); mean and 95% t interval '
-              'of the differences. Equivalence bound: the interval lies inside ± this bound, so the '
-              'study excludes differences larger than it. Pairs with a diverged or unfinished run '
+              'of the differences. Equivalence bound: the interval lies inside ± this bound, so '
+              'the study excludes differences larger than it. Pairs with a diverged or unfinished run '
               'are excluded and counted.', '',
               comparison_table(rows, metric), '']
   return lines, rows

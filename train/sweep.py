@@ -162,7 +162,8 @@ def check_sweep(sweep: Any) -> dict:
   if tune_seeds is not None and not tune:
     raise SweepError("sweep['tune_seeds'] needs sweep['tune']")
   compare = sweep.get('compare')
-  if compare is not None and (not isinstance(compare, dict) or set(compare) != {'field', 'reference'}
+  if compare is not None and (not isinstance(compare, dict)
+                              or set(compare) != {'field', 'reference'}
                               or compare['field'] not in axes):
     raise SweepError("sweep['compare'] must be {'field': <an axis>, 'reference': <its value>}; "
                      f'got {compare!r}')

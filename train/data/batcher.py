@@ -18,7 +18,8 @@ class Batcher:
 
   Token streams: the stream is cut into `batch_size` contiguous rows; batch i is
   rows[:, i*T:(i+1)*T] with the targets one step ahead. Never shuffled (`shuffle` is ignored: the
-  trainer carries state across batches); every epoch restarts at batch 0. The last len % batch_size tokens are not used.
+  trainer carries state across batches); every epoch restarts at batch 0. The last
+  len % batch_size tokens are not used.
   `with_reverse` adds 'inputs_rev' / 'targets_rev', the same cut of the reversed stream, for a
   backward language model that carries its own state (ELMo's biLM).
   Example datasets: the batch holds `fields` (batch key -> Split field; by default the task's

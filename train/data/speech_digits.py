@@ -50,5 +50,5 @@ def load_speech_digits(data_config: Any) -> Dataset:
       readonly(a)
     splits[name] = Split(inputs=s.features, lengths=s.lengths, targets=s.labels, weights=weights)
   return Dataset(task='speech_digits', kind='ctc', splits=splits, vocab_size=None,
-                 num_classes=speech.NUM_CLASSES, input_features=int(built['train'].features.shape[2]),
-                 itos=list(speech.DIGIT_WORDS))
+                 num_classes=speech.NUM_CLASSES,
+                 input_features=int(built['train'].features.shape[2]), itos=list(speech.DIGIT_WORDS))
