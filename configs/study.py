@@ -19,7 +19,10 @@ Protocol (implemented by train.sweep's tuning stage and train.report's paired co
   decay, gradient norm clipped at 1.
 - Equal tuning: every setting runs at each learning rate of LEARNING_RATES (a factor of 10) with
   seed 0; the rate with the best final validation metric is the setting's; test figures are
-  reported at that rate only (report: "Tuning", tuning.png).
+  reported at that rate only (report: "Tuning", tuning.png, which marks a choice at the edge of
+  the grid). The grid was first {1e-3, 3e-3, 1e-2}: on mnist1d the first six tuning runs (between
+  none at 2 and 4 layers) reached 55-73% / 87-94% / 96-98% validation accuracy, best at the
+  grid's edge, so it moved up by a factor of 3 before any other arm ran.
 - Seeds: SEEDS (5) at the chosen rate. Paired: a seed fixes the data order (the batcher's
   permutation depends on the seed only) and the initial values of every parameter two arms share
   (Flax derives each parameter's key from the seed and its path: tests/test_study.py checks it);
@@ -61,7 +64,7 @@ from configs import common
 
 TASKS = ('mnist1d', 'ptb', 'speech')
 BETWEEN = ['none', 'relu', 'tanh', 'gelu', 'layernorm']
-LEARNING_RATES = [1e-3, 3e-3, 1e-2]
+LEARNING_RATES = [3e-3, 1e-2, 3e-2]
 SEEDS = [0, 1, 2, 3, 4]
 WARMUP_8_PLAIN = {'mnist1d': 500, 'ptb': 500, 'speech': 250}  # of NUM_TRAIN_STEPS
 NUM_TRAIN_STEPS = {'mnist1d': 2000, 'ptb': 2000, 'speech': 1000}

@@ -175,6 +175,7 @@ def _fmt_value(v) -> str:
 def setting_label(description: dict, values: dict, exclude: Sequence[str] = ()) -> str:
   """'between=relu' or 'between=none, residual=True': axis fields always, fields set only by
   extra points when they differ from the base config."""
+  exclude = [*exclude, *(description.get('tune') or {})]  # a tuned value is shown on its own
   fields = [k for k in description['fields'] if k not in exclude]
   short = _short(description['fields'])
   axes, base = description.get('axes', {}), description.get('base', {})
@@ -519,10 +520,12 @@ def tuning_table(description: dict, records: Sequence[dict], metric: Metric) -> 
       scores = [metric.value(r.results.get('valid') or {}) for r in runs if not r.diverged]
       cell = 'div' if len(scores) < len(runs) else metric.format(np.mean(scores) / metric.scale)
       row.append(f'**{cell}**' if json.dumps(v) == json.dumps(rec['choice']) else cell)
-    rows.append(row)
+    edge = rec['choice'] is not None and json.dumps(rec['choice']) in (json.dumps(values[0]),
+                                                                      json.dumps(values[-1]))
+    rows.append(row + ['edge of the grid' if edge else ''])
   short = _short([field])[field]
-  return _table(['setting'] + [f'{short}={_fmt_value(v)}' for v in values], rows,
-                [False] + [True] * len(values))
+  return _table(['setting'] + [f'{short}={_fmt_value(v)}' for v in values] + ['note'], rows,
+                [False] + [True] * len(values) + [False])
 
 
 def comparisons(description: dict, settings: Sequence[Setting], metric: Metric,
@@ -679,9 +682,10 @@ def _study_sections(description: dict, records: Sequence[dict], settings: Sequen
   if records:
     field = list(description['tune'])[0]
     lines += ['## Tuning', '',
-              f'Every setting ran at each `{field}` with seeds {description.get("tune_seeds")} '
-              '(default: the first seed); the value with the best final validation metric '
-              f'(bold) is the one its seeds ran at. Final validation {metric.label}:', '',
+              f'Every setting ran at each `{field}` with seed(s) '
+              f'{", ".join(map(str, description.get("tune_seeds") or description["seeds"][:1]))}; '
+              'the value with the best final validation metric (bold) is the one its seeds ran '
+              f'at. Final validation {metric.label}:', '',
               tuning_table(description, records, metric), '']
   rows = comparisons(description, settings, metric, 'test')
   if rows:
