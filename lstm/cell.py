@@ -39,8 +39,9 @@ class CellWeights(NamedTuple):
 class Noise(NamedTuple):
   """The training-time masks of one layer call, drawn before the time loop; None where unused.
 
-  Dropout masks hold 0 or 1/(1-p); zoneout masks hold 1 where the unit keeps its previous value.
-  `step` takes this with the zoneout fields sliced to its own time step, (B, .).
+  Dropout masks hold 0 or 1/(1-p); zoneout masks hold 1 where the unit keeps its previous value,
+  indexed by the step of the loop (a reversed layer's reading order). `step` takes this with the
+  zoneout fields sliced to its own time step, (B, .).
   """
   recurrent: Optional[Array]       # (B, P): recurrent dropout on h_{t-1}, one mask per sequence
   weight: Optional[Array]          # (P, 4H): weight drop on recurrent_kernel, one mask per call
@@ -123,6 +124,14 @@ class LSTMCell(nn.Module):
     features: hidden size H (the size of c).
     activation: candidate and output activation, as Keras' `activation` (name or callable).
     recurrent_activation: gate activation, as Keras' `recurrent_activation`.
+    use_bias: whether the gates have a bias.
+    forget_bias: initial value of the forget-gate bias (1 as Jozefowicz et al.; 0 as Zaremba).
+    peephole: Graves' diagonal peephole connections from c to the i, f (old c) and o (new c) gates.
+    proj_size: LSTMP projection of h to this size (PyTorch `proj_size`, ELMo); must be < features.
+    cell_clip: clip c to [-cell_clip, cell_clip] after each update (ELMo).
+    proj_clip: clip the projected h to [-proj_clip, proj_clip] (ELMo).
+    layer_norm: layer norm (Ba et al. 2016) on each gate's input and recurrent pre-activations and
+      on c before the output activation.
     candidate_activation: activation of the candidate g; None uses `activation`. 'linear' is
       Greff's NIAF variant.
     output_activation: activation of c in h = o * act(c); None uses `activation`. 'linear' is
@@ -140,16 +149,9 @@ class LSTMCell(nn.Module):
       from c_new (before c is zoned), as in the paper; the output is the zoned h.
     weight_drop: DropConnect on `recurrent_kernel` (AWD-LSTM): one mask per call, for the whole
       batch and every step, scaled by 1/(1-p).
-    The training-time options draw from the 'dropout' RNG stream, when a layer runs with
-    deterministic=False; `__call__` (one step, for `flax.linen.RNN`) is deterministic.
-    use_bias: whether the gates have a bias.
-    forget_bias: initial value of the forget-gate bias (1 as Jozefowicz et al.; 0 as Zaremba).
-    peephole: Graves' diagonal peephole connections from c to the i, f (old c) and o (new c) gates.
-    proj_size: LSTMP projection of h to this size (PyTorch `proj_size`, ELMo); must be < features.
-    cell_clip: clip c to [-cell_clip, cell_clip] after each update (ELMo).
-    proj_clip: clip the projected h to [-proj_clip, proj_clip] (ELMo).
-    layer_norm: layer norm (Ba et al. 2016) on each gate's input and recurrent pre-activations and
-      on c before the output activation.
+    The training-time options (recurrent_dropout, zoneout, weight_drop) act when a layer runs
+    with deterministic=False and draw from the 'dropout' RNG stream; `__call__` (one step, for
+    `flax.linen.RNN`) is deterministic.
   """
   features: int
   activation: activations.Activation = 'tanh'

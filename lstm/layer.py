@@ -67,8 +67,9 @@ def run_sequence(cell: LSTMCell, x: Array, mask: Optional[Array] = None,
   Past a sequence's length the carry stops changing and the output is zero. `reverse` runs each
   sequence from its last valid step to its first, and returns outputs in the original order.
   `segment_starts` (T, B) bool marks steps that begin a new segment: the carry is reset to zero
-  there (`initial_carry` applies to the segment under way at step 0), so each segment computes
-  what it computes alone; a reversed layer resets where its reading of a segment begins.
+  before them, so each segment computes what it computes alone; a reversed layer resets before a
+  segment's last step, where its reading of the segment begins. `initial_carry` is the carry of
+  the segment read first (step 0 marked drops it forwards).
   `deterministic=False` applies the cell's training-time options (masks from `cell.noise`).
   """
   from lstm import fast  # pylint: disable=import-outside-toplevel

@@ -86,9 +86,10 @@ class StackedLSTM(nn.Module):
 
   `segment_starts` (B, T) bool marks the steps where a new segment (document, episode) begins in a
   row: every layer resets its carry to zero before such a step, and a backward direction before
-  the last step of each segment, where its own reading of the segment begins; `initial_carry`
-  applies to the segment under way at step 0 (mark step 0 to drop it). Marks past a sequence's
-  length are ignored. Each segment then gives the outputs it gives alone.
+  the last step of each segment, where its own reading of the segment begins. A direction's
+  `initial_carry` is that of the segment it reads first: the first (mark step 0 to drop it), or
+  the last for a direction that runs backwards. Marks past a sequence's length are ignored. Each
+  segment then gives the outputs it gives alone.
 
   Attributes:
     num_layers: number of layers (taken from `cells` when that is given).
