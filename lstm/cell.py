@@ -1,8 +1,9 @@
-"""`LSTMCell`: the parameters of one LSTM cell and its two pure pieces of math.
+"""`LSTMCell`: the parameters of one LSTM cell, its training-time masks and its pure math.
 
-A layer calls `weights(in_features)` once, `project_inputs` once for every time step together
-(one matmul outside the time loop) and `step` inside the loop. `__call__(carry, x)` does both for
-one step, so the cell also works with `flax.linen.RNN`.
+A layer calls `weights(in_features)` once, `noise(...)` once (the masks of the training-time
+options, drawn for the whole sequence), `project_inputs` once for every time step together
+(one matmul outside the time loop) and `step` inside the loop. `__call__(carry, x)` does the
+deterministic step for one step, so the cell also works with `flax.linen.RNN`.
 
 Gate order is i, f, g, o in column blocks of one fused kernel (PyTorch's and Keras' order).
 The carry is (h, c); h has `proj_size` features when a projection is used.
@@ -15,7 +16,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from lstm import activations
+from lstm import activations, checks
 
 Array = jax.Array
 Carry = tuple[Array, Array]
@@ -33,6 +34,53 @@ class CellWeights(NamedTuple):
   ln_recurrent_scale: Optional[Array]  # (4H,)
   ln_cell_scale: Optional[Array]      # (H,)
   ln_cell_bias: Optional[Array]       # (H,)
+
+
+class Noise(NamedTuple):
+  """The training-time masks of one layer call, drawn before the time loop; None where unused.
+
+  Dropout masks hold 0 or 1/(1-p); zoneout masks hold 1 where the unit keeps its previous value,
+  indexed by the step of the loop (a reversed layer's reading order). `step` takes this with the
+  zoneout fields sliced to its own time step, (B, .).
+  """
+  recurrent: Optional[Array]       # (B, P): recurrent dropout on h_{t-1}, one mask per sequence
+  weight: Optional[Array]          # (P, 4H): weight drop on recurrent_kernel, one mask per call
+  zoneout_cell: Optional[Array]    # (T, B, H)
+  zoneout_hidden: Optional[Array]  # (T, B, P)
+
+
+NO_NOISE = Noise(None, None, None, None)
+
+
+def _dropout_mask(key, rate: float, shape, dtype) -> Optional[Array]:
+  if rate == 0:
+    return None
+  keep = jax.random.bernoulli(key, 1.0 - rate, shape)
+  return keep.astype(dtype) / jnp.asarray(1.0 - rate, dtype)
+
+
+def _zoneout_mask(key, rate: float, shape, dtype) -> Optional[Array]:
+  return jax.random.bernoulli(key, rate, shape).astype(dtype) if rate else None
+
+
+def _zone(old: Array, new: Array, rate: float, keep: Optional[Array]) -> Array:
+  """Zoneout: each unit keeps `old` where `keep` is 1 (training); without a mask, the
+  expectation rate * old + (1 - rate) * new."""
+  if keep is None:
+    if rate == 0:
+      return new
+    keep = rate
+  return keep * old + (1 - keep) * new
+
+
+def restart(reset: Optional[Array], arrays: tuple[Array, ...],
+            feature_axis: int = -1) -> tuple[Array, ...]:
+  """`arrays` (a carry, or its cotangents) with zeros where the bool `reset` is True; `reset` has
+  the arrays' shape without their `feature_axis`."""
+  if reset is None:
+    return arrays
+  reset = jnp.expand_dims(reset, feature_axis)
+  return tuple(jnp.where(reset, jnp.zeros((), a.dtype), a) for a in arrays)
 
 
 def _check_positive(name: str, value, allow_none: bool = False):
@@ -67,7 +115,10 @@ def _forget_bias_init(base: Initializer, features: int, forget_bias: float) -> I
 
 
 class LSTMCell(nn.Module):
-  """An LSTM cell with Keras-style activations, peepholes, projection, clipping and layer norm.
+  """An LSTM cell with Keras-style activations, peepholes, projection, clipping, layer norm,
+  recurrent regularisers and the gate variants of Greff et al. 2017.
+
+  The defaults are the canonical LSTM: c_t = f * c_{t-1} + i * act(g), h_t = o * act(c_t).
 
   Attributes:
     features: hidden size H (the size of c).
@@ -81,6 +132,26 @@ class LSTMCell(nn.Module):
     proj_clip: clip the projected h to [-proj_clip, proj_clip] (ELMo).
     layer_norm: layer norm (Ba et al. 2016) on each gate's input and recurrent pre-activations and
       on c before the output activation.
+    candidate_activation: activation of the candidate g; None uses `activation`. 'linear' is
+      Greff's NIAF variant.
+    output_activation: activation of c in h = o * act(c); None uses `activation`. 'linear' is
+      Greff's NOAF variant.
+    input_gate, forget_gate, output_gate: False makes that gate the constant 1 (Greff's NIG,
+      NFG, NOG). The parameters keep their shapes, so weights import and export alike for every
+      variant; the unused gate's kernel, bias and peephole columns get zero gradients.
+    coupled_gates: the input gate is 1 - f (CIFG); the input gate's columns are unused likewise.
+    recurrent_dropout: dropout on h_{t-1} where it enters the recurrent kernel, as Keras'
+      `recurrent_dropout` (Gal & Ghahramani 2016): one mask per sequence for all steps, shared by
+      the four gates, scaled by 1/(1-p). (Keras 3 draws a separate mask for each gate.)
+    zoneout_cell, zoneout_hidden: zoneout (Krueger et al. 2016) of c and h: in training each unit
+      keeps its previous value with this probability, c_t = d * c_{t-1} + (1 - d) * c_new, d drawn
+      per unit and step; deterministic, the expectation z * old + (1 - z) * new. h_new is computed
+      from c_new (before c is zoned), as in the paper; the output is the zoned h.
+    weight_drop: DropConnect on `recurrent_kernel` (AWD-LSTM): one mask per call, for the whole
+      batch and every step, scaled by 1/(1-p).
+    The training-time options (recurrent_dropout, zoneout, weight_drop) act when a layer runs
+    with deterministic=False and draw from the 'dropout' RNG stream; `__call__` (one step, for
+    `flax.linen.RNN`) is deterministic.
   """
   features: int
   activation: activations.Activation = 'tanh'
@@ -93,6 +164,16 @@ class LSTMCell(nn.Module):
   proj_clip: Optional[float] = None
   layer_norm: bool = False
   layer_norm_epsilon: float = 1e-5
+  candidate_activation: Optional[activations.Activation] = None
+  output_activation: Optional[activations.Activation] = None
+  input_gate: bool = True
+  forget_gate: bool = True
+  output_gate: bool = True
+  coupled_gates: bool = False
+  recurrent_dropout: float = 0.0
+  zoneout_cell: float = 0.0
+  zoneout_hidden: float = 0.0
+  weight_drop: float = 0.0
   kernel_init: Initializer = nn.initializers.glorot_uniform()
   recurrent_kernel_init: Initializer = nn.initializers.orthogonal()
   bias_init: Initializer = nn.initializers.zeros_init()
@@ -111,12 +192,31 @@ class LSTMCell(nn.Module):
     _check_clip('proj_clip', self.proj_clip)
     activations.get(self.activation, 'activation')
     activations.get(self.recurrent_activation, 'recurrent_activation')
+    for name in ('candidate_activation', 'output_activation'):
+      if getattr(self, name) is not None:
+        activations.get(getattr(self, name), name)
+    if self.coupled_gates and not (self.input_gate and self.forget_gate):
+      raise ValueError('coupled_gates=True makes the input gate 1 - f: it needs input_gate=True '
+                       f'and forget_gate=True, got input_gate={self.input_gate}, '
+                       f'forget_gate={self.forget_gate}')
+    for name in ('recurrent_dropout', 'zoneout_cell', 'zoneout_hidden', 'weight_drop'):
+      checks.check_rate(name, getattr(self, name))
     super().__post_init__()
 
   @property
   def carry_features(self) -> int:
     """Size of h, which is what the cell outputs and feeds back."""
     return self.proj_size or self.features
+
+  @property
+  def candidate_fn(self) -> Callable[[Array], Array]:
+    return activations.get(self.activation if self.candidate_activation is None
+                           else self.candidate_activation)
+
+  @property
+  def output_fn(self) -> Callable[[Array], Array]:
+    return activations.get(self.activation if self.output_activation is None
+                           else self.output_activation)
 
   @nn.compact
   def weights(self, in_features: int) -> CellWeights:
@@ -140,6 +240,26 @@ class LSTMCell(nn.Module):
       arrays = [None if a is None else a.astype(self.dtype) for a in arrays]
     return CellWeights(*arrays)
 
+  def noise(self, steps: int, batch: int, deterministic: bool) -> Noise:
+    """The masks of the training-time options for `steps` x `batch` (NO_NOISE when deterministic
+    or when none is set), from the 'dropout' RNG stream."""
+    if deterministic or not (self.recurrent_dropout or self.weight_drop or self.zoneout_cell
+                             or self.zoneout_hidden):
+      return NO_NOISE
+    return self.draw_noise(self.make_rng('dropout'), steps, batch)
+
+  @nn.nowrap
+  def draw_noise(self, key, steps: int, batch: int) -> Noise:
+    """The masks `noise` draws from `key`: each option has its own part of the key, so one
+    option's mask does not depend on which other options are set."""
+    h, p = self.features, self.carry_features
+    dtype = self.dtype or self.param_dtype
+    k_rec, k_weight, k_cell, k_hidden = jax.random.split(key, 4)
+    return Noise(_dropout_mask(k_rec, self.recurrent_dropout, (batch, p), dtype),
+                 _dropout_mask(k_weight, self.weight_drop, (p, 4 * h), dtype),
+                 _zoneout_mask(k_cell, self.zoneout_cell, (steps, batch, h), dtype),
+                 _zoneout_mask(k_hidden, self.zoneout_hidden, (steps, batch, p), dtype))
+
   @nn.nowrap
   def project_inputs(self, w: CellWeights, x: Array) -> Array:
     """Input half of the gate pre-activations, (..., in) -> (..., 4H); any leading axes."""
@@ -153,19 +273,25 @@ class LSTMCell(nn.Module):
     return z
 
   @nn.nowrap
-  def step(self, w: CellWeights, carry: Carry, z: Array) -> tuple[Carry, Array]:
-    """One recurrent update from the projected input `z` (B, 4H); returns (new carry, h)."""
-    act = activations.get(self.activation)
+  def step(self, w: CellWeights, carry: Carry, z: Array,
+           noise: Noise = NO_NOISE) -> tuple[Carry, Array]:
+    """One recurrent update from the projected input `z` (B, 4H); returns (new carry, h).
+
+    `noise` holds this step's masks (zoneout fields (B, .)); weight drop is already in `w`.
+    """
     gate = activations.get(self.recurrent_activation)
     h_prev, c_prev = carry
-    r = jnp.dot(h_prev, w.recurrent_kernel)
+    h_in = h_prev if noise.recurrent is None else h_prev * noise.recurrent
+    r = jnp.dot(h_in, w.recurrent_kernel)
     if self.layer_norm:
       r = _gate_norm(r, w.ln_recurrent_scale, None, 4, self.layer_norm_epsilon)
     zi, zf, zg, zo = jnp.split(z + r, 4, axis=-1)
     if w.peephole is not None:
       zi = zi + w.peephole[0] * c_prev
       zf = zf + w.peephole[1] * c_prev
-    c = gate(zf) * c_prev + gate(zi) * act(zg)
+    f = gate(zf) if self.forget_gate else 1.0
+    i = 1 - f if self.coupled_gates else (gate(zi) if self.input_gate else 1.0)
+    c = f * c_prev + i * self.candidate_fn(zg)
     if self.cell_clip is not None:
       c = jnp.clip(c, -self.cell_clip, self.cell_clip)
     if w.peephole is not None:
@@ -173,15 +299,18 @@ class LSTMCell(nn.Module):
     c_out = c
     if self.layer_norm:
       c_out = _gate_norm(c, w.ln_cell_scale, w.ln_cell_bias, 1, self.layer_norm_epsilon)
-    h = gate(zo) * act(c_out)
+    o = gate(zo) if self.output_gate else 1.0
+    h = o * self.output_fn(c_out)
     if w.proj_kernel is not None:
       h = jnp.dot(h, w.proj_kernel)
       if self.proj_clip is not None:
         h = jnp.clip(h, -self.proj_clip, self.proj_clip)
+    c = _zone(c_prev, c, self.zoneout_cell, noise.zoneout_cell)
+    h = _zone(h_prev, h, self.zoneout_hidden, noise.zoneout_hidden)
     return (h, c), h
 
   def __call__(self, carry: Carry, inputs: Array) -> tuple[Carry, Array]:
-    """One time step, in the `flax.linen.RNN` cell interface."""
+    """One deterministic time step (zoneout in expectation), in the `flax.linen.RNN` interface."""
     w = self.weights(inputs.shape[-1])
     return self.step(w, carry, self.project_inputs(w, inputs))
 

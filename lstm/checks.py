@@ -1,4 +1,5 @@
-"""Checks of call arguments, run on shapes (and on values when they are concrete) before tracing."""
+"""Checks of call arguments and options, run on shapes (and on values when they are concrete)
+before tracing."""
 from __future__ import annotations
 
 import jax
@@ -29,3 +30,22 @@ def check_inputs(x, seq_lengths, in_features: int | None = None) -> None:
     if values.size and (values.min() < 0 or values.max() > shape[1]):
       raise ValueError(f'seq_lengths must lie in [0, {shape[1]}] (the time axis of x), '
                        f'got values from {values.min()} to {values.max()}')
+
+
+def check_rate(name: str, value) -> None:
+  """Raises ValueError naming `name` unless `value` is a probability in [0, 1)."""
+  if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
+    raise ValueError(f'{name} must be in [0, 1), got {value!r}')
+
+
+def check_segment_starts(x, segment_starts) -> None:
+  """Raises ValueError/TypeError unless `segment_starts` is None or a (batch, time) bool array."""
+  if segment_starts is None:
+    return
+  shape = getattr(segment_starts, 'shape', None)
+  if shape is None or tuple(shape) != tuple(x.shape[:2]):
+    got = type(segment_starts).__name__ if shape is None else tuple(shape)
+    raise ValueError(f'segment_starts must have shape (batch, time) = {tuple(x.shape[:2])}, '
+                     f'got {got}')
+  if segment_starts.dtype != np.bool_:
+    raise TypeError(f'segment_starts must be a boolean array, got dtype {segment_starts.dtype}')

@@ -35,10 +35,15 @@ Forward-mode autodiff (`jax.jvp`, `jax.jacfwd`, `jax.hessian`) is not defined th
 `custom_vjp`: trace such code inside `reference_path()`. Reverse mode of any order works.
 
 Supported: padding masks (carry frozen past a sequence's length, outputs zero), an initial carry
-and its gradient, any activation and recurrent activation (registry name or callable:
-derivatives by `jax.vjp` from the saved pre-activations, closed forms for tanh/sigmoid). Peepholes,
-projection, clipping, layer norm and mixed dtypes (such as a float32 initial carry with bfloat16
-compute) take the reference path.
+and its gradient, any activation, candidate/output activation and recurrent activation (registry
+name or callable: derivatives by `jax.vjp` from the saved pre-activations, closed forms for
+tanh/sigmoid), coupled input and forget gates (CIFG), segment resets (the carry zeroed before
+marked steps, a select per step each way), recurrent dropout (a (B, H) mask on h_{t-1}: a
+multiply per step each way and one on the weight-gradient operand) and weight drop (the masked
+recurrent kernel is computed before the layer, so nothing here changes). Peepholes, projection,
+clipping, layer norm, zoneout, a gate held at 1 (input_gate, forget_gate or output_gate False)
+and mixed dtypes (such as a float32 initial carry with bfloat16 compute) take the reference
+path.
 
 `reference_path()` forces the reference path while code is traced (a function traced before
 keeps its cached trace, so jit a new one inside the context):
@@ -57,6 +62,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from lstm import activations
+from lstm.cell import restart
 
 Array = jax.Array
 
@@ -99,6 +105,9 @@ def supports(cell, w, x: Array, carry) -> bool:
   if (cell.peephole or cell.proj_size or cell.cell_clip is not None
       or cell.proj_clip is not None or cell.layer_norm):
     return False
+  if (cell.zoneout_cell or cell.zoneout_hidden
+      or not (cell.input_gate and cell.forget_gate and cell.output_gate)):
+    return False
   if w.peephole is not None or w.proj_kernel is not None:
     return False
   dtype = jnp.dtype(compute_dtype(cell, w, x))
@@ -115,28 +124,36 @@ def supports(cell, w, x: Array, carry) -> bool:
 
 class _Spec(NamedTuple):
   """Static configuration of the time loop (hashable: a custom_vjp nondiff argument)."""
-  act: Callable[[Array], Array]
+  candidate: Callable[[Array], Array]
+  output: Callable[[Array], Array]
   gate: Callable[[Array], Array]
   closed_form: bool  # tanh and sigmoid: the loop saves activations, derivatives in closed form
   masked: bool
   remat: bool  # the layer keeps only its inputs; the backward recomputes projection and loop
+  coupled: bool  # CIFG: the input gate is 1 - f
 
 
-def run_layer(cell, w, x: Array, carry, mask: Optional[Array], remat: bool = False):
+def run_layer(cell, w, x: Array, carry, mask: Optional[Array], remat: bool = False,
+              resets: Optional[Array] = None, recurrent_mask: Optional[Array] = None):
   """One layer over time-major `x` (T, B, F), already reversed when the layer runs backwards.
 
   Returns outputs (T, B, H) and the final carry (h, c), as the reference scan of `run_sequence`.
   With `remat`, the forward keeps nothing but its inputs and the backward recomputes the loop.
+  `resets` (T, B) marks the steps before which the carry restarts from zero (loop order);
+  `recurrent_mask` (B, H) multiplies h_{t-1} where it enters the recurrent kernel.
   """
   dtype = compute_dtype(cell, w, x)
   bias = w.bias if w.bias is not None else jnp.zeros((w.kernel.shape[-1],), dtype)
-  act = _fast_form(activations.get(cell.activation))
+  candidate, output = _fast_form(cell.candidate_fn), _fast_form(cell.output_fn)
   gate = _fast_form(activations.get(cell.recurrent_activation))
-  spec = _Spec(act, gate, act is jnp.tanh and gate is _sigmoid, mask is not None, remat)
+  closed_form = candidate is jnp.tanh and output is jnp.tanh and gate is _sigmoid
+  spec = _Spec(candidate, output, gate, closed_form, mask is not None, remat, cell.coupled_gates)
   h0, c0 = carry
   if mask is None:
     mask = jnp.zeros((0,), jnp.bool_)  # placeholder: custom_vjp arguments are arrays
-  y, h, c = _layer(spec, x.astype(dtype), w.kernel, w.recurrent_kernel, bias, h0, c0, mask)
+  drop = None if recurrent_mask is None else recurrent_mask.astype(dtype)
+  y, h, c = _layer(spec, x.astype(dtype), w.kernel, w.recurrent_kernel, bias, h0, c0, mask,
+                   resets, drop)
   return y, (h, c)
 
 
@@ -174,20 +191,32 @@ def _gate_affine(four_h: int, dtype):
           jnp.asarray(np.repeat(_GATE_OFFSET, four_h // 4), dtype))
 
 
+def _couple(spec: _Spec, gates):
+  """The gates (i, f, g, o), with i = 1 - f for coupled gates (the i columns go unused)."""
+  i, f, g, o = gates
+  return (1 - f, f, g, o) if spec.coupled else gates
+
+
 def _activate(spec: _Spec, s: Array):
   """Pre-activations s (B, 4H) -> gates (i, f, g, o) and what the training loop saves."""
   if spec.closed_form:
     scale, offset = _gate_affine(s.shape[-1], s.dtype)
     a = jnp.tanh(s * scale) * scale + offset
-    return _split4(a), a
+    return _couple(spec, _split4(a)), a
   si, sf, sg, so = _split4(s)
-  return (spec.gate(si), spec.gate(sf), spec.act(sg), spec.gate(so)), s
+  return _couple(spec, (spec.gate(si), spec.gate(sf), spec.candidate(sg), spec.gate(so))), s
 
 
-def _step(spec: _Spec, w, b, z_t, h_prev, c_prev, m_t):
+def _dropped(h: Array, drop: Optional[Array]) -> Array:
+  """h where it enters the recurrent kernel: times the recurrent dropout mask, if any."""
+  return h if drop is None else h * drop
+
+
+def _step(spec: _Spec, w, b, z_t, h_prev, c_prev, m_t, drop):
   """One training step: (new h carry, new c carry, output, saved) in the carry/compute dtypes."""
   acc = _math_dtype(z_t.dtype)
-  s = z_t.astype(acc) + jnp.dot(h_prev, w, preferred_element_type=acc) + b.astype(acc)
+  s = (z_t.astype(acc) + jnp.dot(_dropped(h_prev, drop), w, preferred_element_type=acc)
+       + b.astype(acc))
   gates, saved = _activate(spec, s)
   m = m_t[:, None] if spec.masked else None
   h, c = _new_carry(spec, gates, h_prev, c_prev, m)
@@ -199,7 +228,7 @@ def _new_carry(spec: _Spec, gates, h_prev, c_prev, m):
   """(h, c) from the gates, in the carry dtypes; where the mask m is False, the previous carry."""
   i, f, g, o = gates
   c = f * c_prev.astype(i.dtype) + i * g
-  h = (o * spec.act(c)).astype(h_prev.dtype)
+  h = (o * spec.output(c)).astype(h_prev.dtype)
   c = c.astype(c_prev.dtype)
   if m is not None:
     c = jnp.where(m, c, c_prev)
@@ -207,7 +236,7 @@ def _new_carry(spec: _Spec, gates, h_prev, c_prev, m):
   return h, c
 
 
-def _step_feature_major(spec: _Spec, kernel_t, w_t, b, x_t, h_prev, c_prev, m_t):
+def _step_feature_major(spec: _Spec, kernel_t, w_t, b, x_t, h_prev, c_prev, m_t, drop_t):
   """One inference step on (F, B) inputs and (H, B) carries: the new carries (h, c).
 
   The pre-activations are viewed as (4, H, B), so each gate is one contiguous block and the
@@ -216,15 +245,17 @@ def _step_feature_major(spec: _Spec, kernel_t, w_t, b, x_t, h_prev, c_prev, m_t)
   acc = _math_dtype(x_t.dtype)
   hidden, batch = h_prev.shape
   s = (jnp.dot(kernel_t, x_t, preferred_element_type=acc)
-       + jnp.dot(w_t, h_prev, preferred_element_type=acc) + b.astype(acc)[:, None])
+       + jnp.dot(w_t, _dropped(h_prev, drop_t), preferred_element_type=acc)
+       + b.astype(acc)[:, None])
   s = s.reshape(4, hidden, batch)
   if spec.closed_form:
     scale = jnp.array(_GATE_SCALE, acc)[:, None, None]
     offset = jnp.array(_GATE_OFFSET, acc)[:, None, None]
     gates = tuple(jnp.tanh(s * scale) * scale + offset)
   else:
-    gates = spec.gate(s[0]), spec.gate(s[1]), spec.act(s[2]), spec.gate(s[3])
-  return _new_carry(spec, gates, h_prev, c_prev, m_t[None, :] if spec.masked else None)
+    gates = spec.gate(s[0]), spec.gate(s[1]), spec.candidate(s[2]), spec.gate(s[3])
+  return _new_carry(spec, _couple(spec, gates), h_prev, c_prev,
+                    m_t[None, :] if spec.masked else None)
 
 
 def _matmul_tn(a: Array, b: Array, dtype) -> Array:
@@ -246,6 +277,10 @@ def _put(a: Array, value: Array, t) -> Array:
   return jax.lax.dynamic_update_index_in_dim(a, value.astype(a.dtype), t, 0)
 
 
+def _reset_at(resets: Optional[Array], t) -> Optional[Array]:
+  return None if resets is None else _index(resets, t)
+
+
 # ----------------------------------------------------------------------------------------------
 # The layer: projection and time loop under one custom VJP
 
@@ -262,27 +297,28 @@ def feature_major_pays(batch: int, hidden: int) -> bool:
   return jax.default_backend() == 'cpu' and batch >= 32 and hidden >= 256
 
 
-def _layer_impl(spec: _Spec, x, kernel, w, b, h0, c0, mask):
+def _layer_impl(spec: _Spec, x, kernel, w, b, h0, c0, mask, resets, drop):
   """Inference (the primal, when nothing is differentiated)."""
   if feature_major_pays(x.shape[1], w.shape[0]):
-    return _infer_feature_major(spec, x, kernel, w, b, h0, c0, mask)
-  return _infer_batch_major(spec, x, kernel, w, b, h0, c0, mask)
+    return _infer_feature_major(spec, x, kernel, w, b, h0, c0, mask, resets, drop)
+  return _infer_batch_major(spec, x, kernel, w, b, h0, c0, mask, resets, drop)
 
 
-def _infer_batch_major(spec: _Spec, x, kernel, w, b, h0, c0, mask):
+def _infer_batch_major(spec: _Spec, x, kernel, w, b, h0, c0, mask, resets, drop):
   """The inputs of all steps projected by one matmul, then a scan that emits the outputs."""
 
   def step(carry, xs):
-    z_t, m_t = xs if spec.masked else (xs, None)
-    h, c, y, _ = _step(spec, w, b, z_t, *carry, m_t)
+    z_t, m_t, r_t = xs
+    carry = restart(r_t, carry)
+    h, c, y, _ = _step(spec, w, b, z_t, *carry, m_t, drop)
     return (h, c), y
 
   z = jnp.dot(x, kernel)
-  (h, c), y = jax.lax.scan(step, (h0, c0), (z, mask) if spec.masked else z)
+  (h, c), y = jax.lax.scan(step, (h0, c0), (z, mask if spec.masked else None, resets))
   return y, h, c
 
 
-def _infer_feature_major(spec: _Spec, x, kernel, w, b, h0, c0, mask):
+def _infer_feature_major(spec: _Spec, x, kernel, w, b, h0, c0, mask, resets, drop):
   """One feature-major loop and no z.
 
   Each step computes kernel^T x_t + w^T h, (4H, F) by (F, B) and (4H, H) by (H, B), on carries
@@ -293,13 +329,15 @@ def _infer_feature_major(spec: _Spec, x, kernel, w, b, h0, c0, mask):
   """
   x_fm = jnp.swapaxes(x, 1, 2)  # (T, F, B)
   kernel_t, w_t = kernel.T, w.T
+  drop_t = None if drop is None else drop.T
 
   def step(carry, xs):
-    x_t, m_t = xs if spec.masked else (xs, None)
-    h, c = _step_feature_major(spec, kernel_t, w_t, b, x_t, *carry, m_t)
+    x_t, m_t, r_t = xs
+    carry = restart(r_t, carry, feature_axis=0)
+    h, c = _step_feature_major(spec, kernel_t, w_t, b, x_t, *carry, m_t, drop_t)
     return (h, c), h
 
-  (h, c), y = jax.lax.scan(step, (h0.T, c0.T), (x_fm, mask) if spec.masked else x_fm)
+  (h, c), y = jax.lax.scan(step, (h0.T, c0.T), (x_fm, mask if spec.masked else None, resets))
   if spec.masked:
     y = jnp.where(mask[:, None, :], y, jnp.zeros((), y.dtype))
   return jnp.swapaxes(y, 1, 2), h.T, c.T
@@ -308,12 +346,13 @@ def _infer_feature_major(spec: _Spec, x, kernel, w, b, h0, c0, mask):
 _layer = jax.custom_vjp(_layer_impl, nondiff_argnums=(0,))
 
 
-def _layer_fwd(spec: _Spec, x, kernel, w, b, h0, c0, mask):
+def _layer_fwd(spec: _Spec, x, kernel, w, b, h0, c0, mask, resets, drop):
   """Training forward. With remat it keeps only the layer's inputs: x is (T, B, F), a fraction
   of the gates' (T, B, 4H)."""
+  inputs = (x, kernel, w, b, h0, c0, mask, resets, drop)
   if spec.remat:
-    return _layer_impl(spec, x, kernel, w, b, h0, c0, mask), (x, kernel, w, b, h0, c0, mask)
-  outputs, saved = _recurrence_fwd(spec, w, b, jnp.dot(x, kernel), h0, c0, mask)
+    return _layer_impl(spec, *inputs), inputs
+  outputs, saved = _recurrence_fwd(spec, w, b, jnp.dot(x, kernel), h0, c0, mask, resets, drop)
   return outputs, (x, kernel, saved)
 
 
@@ -326,14 +365,14 @@ def _layer_bwd(spec: _Spec, residuals, cotangents):
   remat would save nothing. `_after` ties the recomputation to the cotangents.
   """
   if spec.remat:
-    x, kernel, w, b, h0, c0, mask = residuals
+    x, kernel, w, b, h0, c0, mask, resets, drop = residuals
     x = _after(x, cotangents[0])
-    _, saved = _recurrence_fwd(spec, w, b, jnp.dot(x, kernel), h0, c0, mask)
+    _, saved = _recurrence_fwd(spec, w, b, jnp.dot(x, kernel), h0, c0, mask, resets, drop)
   else:
     x, kernel, saved = residuals
   dw, db, dz, dh0, dc0, _ = _recurrence_bwd(spec, saved, cotangents)
   dx = jnp.dot(dz, kernel.T, preferred_element_type=jnp.float32).astype(x.dtype)
-  return dx, _matmul_tn(x, dz, kernel.dtype), dw, db, dh0, dc0, None
+  return dx, _matmul_tn(x, dz, kernel.dtype), dw, db, dh0, dc0, None, None, None
 
 
 _layer.defvjp(_layer_fwd, _layer_bwd)
@@ -343,7 +382,7 @@ _layer.defvjp(_layer_fwd, _layer_bwd)
 # Time loop for training: forward saving what the backward needs, backward loop
 
 
-def _recurrence_fwd(spec: _Spec, w, b, z, h0, c0, mask):
+def _recurrence_fwd(spec: _Spec, w, b, z, h0, c0, mask, resets, drop):
   """Forward for training: saves gates over z, and the carries after every step."""
   steps = z.shape[0]
   hs = jnp.zeros((steps,) + h0.shape, h0.dtype)
@@ -351,20 +390,22 @@ def _recurrence_fwd(spec: _Spec, w, b, z, h0, c0, mask):
 
   def body(t, carry):
     h_prev, c_prev, buf, z_t, hs, cs = carry
-    h, c, _, saved = _step(spec, w, b, z_t, h_prev, c_prev, _index(mask, t) if spec.masked else None)
+    h_prev, c_prev = restart(_reset_at(resets, t), (h_prev, c_prev))
+    h, c, _, saved = _step(spec, w, b, z_t, h_prev, c_prev,
+                           _index(mask, t) if spec.masked else None, drop)
     buf = _put(buf, saved, t)
     z_next = _index(buf, jnp.minimum(t + 1, steps - 1))  # read after the write: in place
     return h, c, buf, z_next, _put(hs, h, t), _put(cs, c, t)
 
   h, c, saved, _, hs, cs = jax.lax.fori_loop(0, steps, body, (h0, c0, z, z[0], hs, cs))
   y = jnp.where(mask[..., None], hs, jnp.zeros((), hs.dtype)) if spec.masked else hs
-  return (y, h, c), (w, saved, hs, cs, h0, c0, mask)
+  return (y, h, c), (w, saved, hs, cs, h0, c0, mask, resets, drop)
 
 
 def _recurrence_bwd(spec: _Spec, residuals, cotangents):
   """Reverse loop writing dz[t] over the saved gates of step t; then the weight gradients."""
   dy, dh_last, dc_last = cotangents
-  w, saved, hs, cs, h0, c0, mask = residuals
+  w, saved, hs, cs, h0, c0, mask, resets, drop = residuals
   steps = saved.shape[0]
   acc = _math_dtype(saved.dtype)
   w_t = w.T
@@ -374,7 +415,8 @@ def _recurrence_bwd(spec: _Spec, residuals, cotangents):
     dh_next, dc_next, buf, a_t, c = carry  # a_t = buf[t]; c = cs[t], the c carry after step t
     t = steps - 1 - k
     c_prev = jnp.where(t > 0, _index(cs, jnp.maximum(t - 1, 0)), c0)
-    c_prev_acc, c_acc = c_prev.astype(acc), c.astype(acc)
+    reset = _reset_at(resets, t)
+    c_prev_acc, c_acc = restart(reset, (c_prev,))[0].astype(acc), c.astype(acc)
     dh = _index(dy, t).astype(acc) + dh_next
     dc = dc_next
     if spec.masked:
@@ -382,28 +424,35 @@ def _recurrence_bwd(spec: _Spec, residuals, cotangents):
       dh = jnp.where(m, dh, zero)
       dc = jnp.where(m, dc, zero)
     a_t = a_t.astype(acc)
+    # With coupled gates the i columns get no gradient and f gets dc * (c_prev - g).
     if spec.closed_form:
-      i, f, g, o = _split4(a_t)
+      i, f, g, o = _couple(spec, _split4(a_t))
       tc = jnp.tanh(c_acc)
       dc = dc + dh * o * (1 - tc * tc)
-      dz = jnp.concatenate([dc * g * i * (1 - i), dc * c_prev_acc * f * (1 - f),
-                            dc * i * (1 - g * g), dh * tc * o * (1 - o)], -1)
+      dz_i, dz_f = dc * g * i * (1 - i), dc * c_prev_acc * f * (1 - f)
+      if spec.coupled:
+        dz_i, dz_f = jnp.zeros_like(dz_i), dc * (c_prev_acc - g) * f * (1 - f)
+      dz = jnp.concatenate([dz_i, dz_f, dc * i * (1 - g * g), dh * tc * o * (1 - o)], -1)
     else:
       si, sf, sg, so = _split4(a_t)
       i, pull_i = jax.vjp(spec.gate, si)
       f, pull_f = jax.vjp(spec.gate, sf)
-      g, pull_g = jax.vjp(spec.act, sg)
+      g, pull_g = jax.vjp(spec.candidate, sg)
       o, pull_o = jax.vjp(spec.gate, so)
-      tc, pull_c = jax.vjp(spec.act, f * c_prev_acc + i * g)
+      i = _couple(spec, (i, f, g, o))[0]
+      tc, pull_c = jax.vjp(spec.output, f * c_prev_acc + i * g)
       dc = dc + pull_c(dh * o)[0]
-      dz = jnp.concatenate([pull_i(dc * g)[0], pull_f(dc * c_prev_acc)[0], pull_g(dc * i)[0],
-                            pull_o(dh * tc)[0]], -1)
+      dz_i, dz_f = pull_i(dc * g)[0], pull_f(dc * c_prev_acc)[0]
+      if spec.coupled:
+        dz_i, dz_f = jnp.zeros_like(dz_i), pull_f(dc * (c_prev_acc - g))[0]
+      dz = jnp.concatenate([dz_i, dz_f, pull_g(dc * i)[0], pull_o(dh * tc)[0]], -1)
     dz = dz.astype(buf.dtype)
-    dh_prev = jnp.dot(dz, w_t, preferred_element_type=acc)
+    dh_prev = _dropped(jnp.dot(dz, w_t, preferred_element_type=acc), drop)
     dc_prev = dc * f
     if spec.masked:  # past the length the carry passes through unchanged
       dh_prev = dh_prev + jnp.where(m, zero, dh_next)
       dc_prev = dc_prev + jnp.where(m, zero, dc_next)
+    dh_prev, dc_prev = restart(reset, (dh_prev, dc_prev))
     buf = _put(buf, dz, t)
     a_prev = _index(buf, jnp.maximum(t - 1, 0))  # read after the write: in place
     return dh_prev, dc_prev, buf, a_prev, c_prev
@@ -411,7 +460,8 @@ def _recurrence_bwd(spec: _Spec, residuals, cotangents):
   init = (dh_last.astype(acc), dc_last.astype(acc), saved, saved[steps - 1], cs[steps - 1])
   dh0, dc0, dz, _, _ = jax.lax.fori_loop(0, steps, body, init)
   h_prevs = jnp.concatenate([h0[None], hs[:-1]], axis=0)
-  dw = _matmul_tn(h_prevs, dz, w.dtype)
+  h_prevs = restart(resets, (h_prevs,))[0]
+  dw = _matmul_tn(_dropped(h_prevs, drop), dz, w.dtype)
   db = jnp.sum(dz, axis=(0, 1), dtype=jnp.float32).astype(w.dtype)
   return dw, db, dz, dh0.astype(h0.dtype), dc0.astype(c0.dtype), None
 

@@ -13,7 +13,8 @@ Our models are batch-major, (batch, time, features). A module's `batch_first` on
 module lays out its input; it is not an option of the computation, so `from_torch` accepts either
 value and `to_torch` always returns a module with `batch_first=True`, which reads the same arrays
 as our model. Training-time options are carried where they have an equivalent (PyTorch `dropout`
--> `dropout`); initialisers and Keras' `dropout` / `recurrent_dropout` are not (a warning says so).
+-> `dropout`, Keras `recurrent_dropout` -> `recurrent_dropout`); initialisers and Keras' input
+`dropout` are not (a warning says so).
 
 torch and keras are imported inside the functions: the library does not depend on them.
 """
@@ -101,9 +102,12 @@ def _torch_refusals(model: StackedLSTM) -> list[str]:
   configs = [model.cell_config(i) for i in range(model.depth)]
   for i, config in enumerate(configs):
     where = f' (layer {i})' if model.cells is not None else ''
-    act = activations.name_of(config['activation'])
-    if act != 'tanh':
-      problems.append(f'activation={config["activation"]!r}{where}: torch.nn.LSTM uses tanh')
+    used = [o for o in ('candidate_activation', 'output_activation') if config[o] is not None]
+    if len(used) < 2:  # `activation` serves the other one
+      used.insert(0, 'activation')
+    for option in used:
+      if activations.name_of(config[option]) != 'tanh':
+        problems.append(f'{option}={config[option]!r}{where}: torch.nn.LSTM uses tanh')
     rec = activations.name_of(config['recurrent_activation'])
     if rec != 'sigmoid':
       problems.append(f'recurrent_activation={config["recurrent_activation"]!r}{where}: '
@@ -114,6 +118,15 @@ def _torch_refusals(model: StackedLSTM) -> list[str]:
     for option in ('cell_clip', 'proj_clip'):
       if config[option] is not None:
         problems.append(f'{option}={config[option]!r}{where}: torch.nn.LSTM does not clip')
+    for option in ('input_gate', 'forget_gate', 'output_gate'):
+      if not config[option]:
+        problems.append(f'{option}=False{where}: torch.nn.LSTM always has that gate')
+    if config['coupled_gates']:
+      problems.append(f'coupled_gates=True{where}: torch.nn.LSTM has separate input and forget '
+                      'gates')
+    for option in ('recurrent_dropout', 'zoneout_cell', 'zoneout_hidden', 'weight_drop'):
+      if config[option]:
+        problems.append(f'{option}={config[option]!r}{where}: torch.nn.LSTM has no {option}')
   shape = lambda c: (c['features'], c['proj_size'], c['use_bias'])
   if len({shape(c) for c in configs}) > 1:
     problems.append('cells: the layers differ in (features, proj_size, use_bias) = '
@@ -134,9 +147,11 @@ def to_torch(model: StackedLSTM, variables: Mapping[str, Any]):
 
   bias_ih = bias and bias_hh = 0. Parameters of a `scan_layers=True` model are converted with
   `scanned_to_looped` first (both layouts are accepted). Raises ValueError naming every option that
-  torch.nn.LSTM cannot represent: activation other than tanh, recurrent_activation other than
-  sigmoid, peephole, layer_norm, cell_clip, proj_clip, between other than 'none', residual,
-  variational dropout, reverse, and per-layer cells that differ in size or bias; and when
+  torch.nn.LSTM cannot represent: activation (or candidate/output activation) other than tanh,
+  recurrent_activation other than sigmoid, peephole, layer_norm, cell_clip, proj_clip, a gate
+  variant (input_gate, forget_gate or output_gate False, coupled_gates), recurrent_dropout,
+  zoneout, weight_drop, between other than 'none', residual, variational dropout, reverse, and
+  per-layer cells that differ in size or bias; and when
   `variables` do not fit `model`. Initialisers, forget_bias and remat do not change the function
   and are not carried; a `dtype`/`param_dtype` other than float32 is not carried either (the
   module is float32). The module is in training mode, as every new torch module: call `.eval()`
@@ -229,16 +244,16 @@ def _keras_cell(layer, where: str, backward: bool = False) -> tuple[dict[str, An
     raise ValueError(f'{where}: go_backwards={layer.go_backwards} is not supported (Keras '
                      'returns the outputs reversed); use keras.layers.Bidirectional or '
                      'StackedLSTM(reverse=True)')
-  if getattr(layer, 'dropout', 0) or getattr(layer, 'recurrent_dropout', 0):
-    warnings.warn(f'{where}: Keras dropout={layer.dropout} / recurrent_dropout='
-                  f'{layer.recurrent_dropout} are training-time options and are not carried over',
-                  stacklevel=3)
+  if getattr(layer, 'dropout', 0):
+    warnings.warn(f'{where}: Keras dropout={layer.dropout} (on the inputs) is a training-time '
+                  'option and is not carried over', stacklevel=3)
   cell = layer.cell
   config = {'features': int(cell.units),
             'activation': _keras_activation(cell.activation, 'activation', where),
             'recurrent_activation': _keras_activation(cell.recurrent_activation,
                                                       'recurrent_activation', where),
-            'use_bias': bool(cell.use_bias)}
+            'use_bias': bool(cell.use_bias),
+            'recurrent_dropout': float(cell.recurrent_dropout)}
   # `.value` is the backend array; np.array on a keras Variable warns under numpy 2.
   array = lambda v: _f32(keras.ops.convert_to_numpy(v.value))
   params = {'kernel': array(cell.kernel), 'recurrent_kernel': array(cell.recurrent_kernel)}
@@ -260,8 +275,10 @@ def from_keras(layers) -> tuple[StackedLSTM, dict[str, Any]]:
 
   Raises TypeError for a layer that is not a (Bidirectional) keras.layers.LSTM, and ValueError
   for an unbuilt layer, stateful=True, go_backwards=True, an activation without an equivalent,
-  or layers whose widths do not chain. Keras `dropout` and `recurrent_dropout` are not carried
-  (a warning says so).
+  or layers whose widths do not chain. `recurrent_dropout` is carried; Keras 3 draws a separate
+  mask for each gate where ours is shared by the four gates (see `LSTMCell`), so inference is the
+  same and training is the same given the same mask for every gate. Keras' input `dropout` is
+  not carried (a warning says so).
   """
   import keras
 
@@ -306,10 +323,9 @@ def from_keras(layers) -> tuple[StackedLSTM, dict[str, Any]]:
                        f'{widths[k - 1]}: the layers do not form a stack')
   first = configs[0]
   if all(c == first for c in configs):
+    shared = {k: v for k, v in first.items() if k != 'features'}
     model = StackedLSTM(num_layers=len(configs), hidden_size=first['features'],
-                        bidirectional=bidirectional, activation=first['activation'],
-                        recurrent_activation=first['recurrent_activation'],
-                        use_bias=first['use_bias'])
+                        bidirectional=bidirectional, **shared)
   else:
     model = StackedLSTM(num_layers=len(configs), cells=tuple(configs),
                         bidirectional=bidirectional)

@@ -1,4 +1,4 @@
-"""One LSTM layer over a sequence: the time loop, padding masks and padded reversal.
+"""One LSTM layer over a sequence: the time loop, padding masks, segment resets, padded reversal.
 
 `run_sequence` is the loop every module here uses: the input projection of all steps is one matmul
 before the loop, then a `lax.scan` over time. Arrays are time-major inside (T, B, F), so a stack
@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from lstm import checks
-from lstm.cell import Carry, LSTMCell
+from lstm.cell import Carry, LSTMCell, restart
 
 Array = jax.Array
 
@@ -43,17 +43,43 @@ def zero_carry(cell: LSTMCell, batch: int) -> Carry:
   return cell.initialize_carry(None, (batch, 1))
 
 
+def loop_resets(segment_starts: Array, mask: Optional[Array], seq_lengths: Optional[Array],
+                reverse: bool) -> Array:
+  """(T, B) steps, in the loop's own order, before which the carry restarts from zero.
+
+  Forwards, a segment's first step; backwards, its last step, where the reversed reading of the
+  segment begins (the step before the next segment's start). Marks past a length do nothing.
+  """
+  starts = segment_starts if mask is None else segment_starts & mask
+  if not reverse:
+    return starts
+  ends = jnp.concatenate([starts[1:], jnp.zeros_like(starts[:1])])
+  return reverse_padded(ends, seq_lengths)
+
+
 def run_sequence(cell: LSTMCell, x: Array, mask: Optional[Array] = None,
                  seq_lengths: Optional[Array] = None, initial_carry: Optional[Carry] = None,
-                 reverse: bool = False, remat: bool = False) -> tuple[Array, Carry]:
+                 reverse: bool = False, remat: bool = False,
+                 segment_starts: Optional[Array] = None,
+                 deterministic: bool = True) -> tuple[Array, Carry]:
   """Runs a bound `cell` over time-major `x` (T, B, F); returns outputs (T, B, P) and final carry.
 
   Past a sequence's length the carry stops changing and the output is zero. `reverse` runs each
   sequence from its last valid step to its first, and returns outputs in the original order.
+  `segment_starts` (T, B) bool marks steps that begin a new segment: the carry is reset to zero
+  before them, so each segment computes what it computes alone; a reversed layer resets before a
+  segment's last step, where its reading of the segment begins. `initial_carry` is the carry of
+  the segment read first (step 0 marked drops it forwards).
+  `deterministic=False` applies the cell's training-time options (masks from `cell.noise`).
   """
   from lstm import fast  # pylint: disable=import-outside-toplevel
 
   w = cell.weights(x.shape[-1])
+  noise = cell.noise(x.shape[0], x.shape[1], deterministic)
+  if noise.weight is not None:
+    w = w._replace(recurrent_kernel=w.recurrent_kernel * noise.weight)
+  resets = (None if segment_starts is None
+            else loop_resets(segment_starts, mask, seq_lengths, reverse))
   if reverse:
     x = reverse_padded(x, seq_lengths)
   carry = zero_carry(cell, x.shape[1]) if initial_carry is None else initial_carry
@@ -61,7 +87,7 @@ def run_sequence(cell: LSTMCell, x: Array, mask: Optional[Array] = None,
   if fast.supports(cell, w, x, carry):
     # Custom-VJP projection and time loop (lstm/fast.py); the scan below is the reference it is
     # tested against.
-    outputs, carry = fast.run_layer(cell, w, x, carry, mask, remat)
+    outputs, carry = fast.run_layer(cell, w, x, carry, mask, remat, resets, noise.recurrent)
     if reverse:
       outputs = reverse_padded(outputs, seq_lengths)
     return outputs, carry
@@ -69,8 +95,10 @@ def run_sequence(cell: LSTMCell, x: Array, mask: Optional[Array] = None,
   z = cell.project_inputs(w, x)
 
   def step(carry, inputs):
-    z_t, m_t = inputs
-    new_carry, h = cell.step(w, carry, z_t)
+    z_t, m_t, r_t, zc_t, zh_t = inputs
+    carry = restart(r_t, carry)
+    new_carry, h = cell.step(w, carry, z_t,
+                             noise._replace(zoneout_cell=zc_t, zoneout_hidden=zh_t))
     if m_t is not None:
       m = m_t[:, None]
       new_carry = jax.tree.map(lambda new, old: jnp.where(m, new, old), new_carry, carry)
@@ -79,24 +107,31 @@ def run_sequence(cell: LSTMCell, x: Array, mask: Optional[Array] = None,
 
   if remat:
     step = jax.checkpoint(step, prevent_cse=False)
-  carry, outputs = jax.lax.scan(step, carry, (z, mask))
+  carry, outputs = jax.lax.scan(
+      step, carry, (z, mask, resets, noise.zoneout_cell, noise.zoneout_hidden))
   if reverse:
     outputs = reverse_padded(outputs, seq_lengths)
   return outputs, carry
 
 
 class LSTMLayer(nn.Module):
-  """One LSTM layer over batch-major input (B, T, F): `outputs, carry = layer(x, seq_lengths)`."""
+  """One LSTM layer over batch-major input (B, T, F): `outputs, carry = layer(x, seq_lengths)`.
+
+  `segment_starts` (B, T) bool and `deterministic` are `run_sequence`'s (batch-major here).
+  """
   cell: LSTMCell
   reverse: bool = False
   remat: bool = False
 
   @nn.compact
   def __call__(self, x: Array, seq_lengths: Optional[Array] = None,
-               initial_carry: Optional[Carry] = None) -> tuple[Array, Carry]:
+               initial_carry: Optional[Carry] = None, segment_starts: Optional[Array] = None,
+               deterministic: bool = True) -> tuple[Array, Carry]:
     checks.check_inputs(x, seq_lengths)
+    checks.check_segment_starts(x, segment_starts)
     x_tm = jnp.swapaxes(x, 0, 1)
     mask = time_mask(seq_lengths, x_tm.shape[0])
+    starts = None if segment_starts is None else jnp.swapaxes(segment_starts, 0, 1)
     outputs, carry = run_sequence(self.cell, x_tm, mask, seq_lengths, initial_carry,
-                                  self.reverse, self.remat)
+                                  self.reverse, self.remat, starts, deterministic)
     return jnp.swapaxes(outputs, 0, 1), carry

@@ -48,7 +48,7 @@ class _Layer(nn.Module):
   deterministic: bool
 
   @nn.compact
-  def __call__(self, x, mask, seq_lengths, carry):
+  def __call__(self, x, mask, seq_lengths, carry, starts):
     if not self.first:
       if self.between == 'layernorm':
         x = nn.LayerNorm(dtype=self.cell.get('dtype'), param_dtype=self.cell['param_dtype'],
@@ -65,7 +65,8 @@ class _Layer(nn.Module):
     for i, (name, reverse) in enumerate(directions):
       cell = LSTMCell(**self.cell, name=name)
       init = None if carry is None else (carry[i] if self.bidirectional else carry)
-      y, c = run_sequence(cell, x, mask, seq_lengths, init, reverse, self.remat)
+      y, c = run_sequence(cell, x, mask, seq_lengths, init, reverse, self.remat, starts,
+                          self.deterministic)
       outputs.append(y)
       carries.append(c)
     y = outputs[0] if len(outputs) == 1 else jnp.concatenate(outputs, axis=-1)
@@ -78,9 +79,17 @@ class StackedLSTM(nn.Module):
   """A stack of LSTM layers over batch-major input (B, T, F).
 
   `outputs, carries = model.apply(variables, x, seq_lengths=None, initial_carry=None,
-  deterministic=True, rngs={'dropout': key})`. `carries` is a tuple with one entry per layer:
-  (h, c), or ((h, c) forward, (h, c) backward) when bidirectional. Outputs past a sequence's length
-  are zero.
+  deterministic=True, segment_starts=None, rngs={'dropout': key})`. `carries` is a tuple with one
+  entry per layer: (h, c), or ((h, c) forward, (h, c) backward) when bidirectional. Outputs past a
+  sequence's length are zero. `deterministic=False` turns on dropout and the cells' training-time
+  options (recurrent_dropout, zoneout, weight_drop), which draw from the 'dropout' RNG stream.
+
+  `segment_starts` (B, T) bool marks the steps where a new segment (document, episode) begins in a
+  row: every layer resets its carry to zero before such a step, and a backward direction before
+  the last step of each segment, where its own reading of the segment begins. A direction's
+  `initial_carry` is that of the segment it reads first: the first (mark step 0 to drop it), or
+  the last for a direction that runs backwards. Marks past a sequence's length are ignored. Each
+  segment then gives the outputs it gives alone.
 
   Attributes:
     num_layers: number of layers (taken from `cells` when that is given).
@@ -96,7 +105,10 @@ class StackedLSTM(nn.Module):
     residual: layer k >= 1 adds its input to its output (needs equal widths).
     scan_layers: run layers 2..L with `nn.scan` (they must be identical); compile time stays flat.
     remat: recompute activations in the backward pass (per layer and per step) to save memory.
-    The other attributes are `LSTMCell`'s, shared by every layer.
+    The other attributes are `LSTMCell`'s, shared by every layer: activations, peepholes,
+    projection, clipping, layer norm, the gate variants (input_gate, forget_gate, output_gate,
+    coupled_gates, candidate_activation, output_activation) and the recurrent regularisers
+    (recurrent_dropout, zoneout_cell, zoneout_hidden, weight_drop).
   """
   num_layers: int = 1
   hidden_size: Optional[int] = None
@@ -119,6 +131,16 @@ class StackedLSTM(nn.Module):
   proj_clip: Optional[float] = None
   layer_norm: bool = False
   layer_norm_epsilon: float = 1e-5
+  candidate_activation: Optional[activations.Activation] = None
+  output_activation: Optional[activations.Activation] = None
+  input_gate: bool = True
+  forget_gate: bool = True
+  output_gate: bool = True
+  coupled_gates: bool = False
+  recurrent_dropout: float = 0.0
+  zoneout_cell: float = 0.0
+  zoneout_hidden: float = 0.0
+  weight_drop: float = 0.0
   kernel_init: Callable[..., Array] = LSTMCell.kernel_init
   recurrent_kernel_init: Callable[..., Array] = LSTMCell.recurrent_kernel_init
   bias_init: Callable[..., Array] = LSTMCell.bias_init
@@ -147,8 +169,7 @@ class StackedLSTM(nn.Module):
           raise ValueError(f'cells[{i}] has unknown option(s) {sorted(unknown)}; '
                            f'valid: {", ".join(CELL_FIELDS)}')
     _check_between(self.between)
-    if not (isinstance(self.dropout, (int, float)) and 0.0 <= self.dropout < 1.0):
-      raise ValueError(f'dropout must be in [0, 1), got {self.dropout!r}')
+    checks.check_rate('dropout', self.dropout)
     configs = [self.cell_config(i) for i in range(self.depth)]
     for i, config in enumerate(configs):
       try:
@@ -185,33 +206,36 @@ class StackedLSTM(nn.Module):
 
   @nn.compact
   def __call__(self, x: Array, seq_lengths: Optional[Array] = None,
-               initial_carry: Optional[Sequence[Any]] = None,
-               deterministic: bool = True) -> tuple[Array, tuple[Any, ...]]:
+               initial_carry: Optional[Sequence[Any]] = None, deterministic: bool = True,
+               segment_starts: Optional[Array] = None) -> tuple[Array, tuple[Any, ...]]:
     checks.check_inputs(x, seq_lengths)
+    checks.check_segment_starts(x, segment_starts)
     if initial_carry is not None and len(initial_carry) != self.depth:
       raise ValueError(f'initial_carry must hold one carry per layer ({self.depth}), '
                        f'got {len(initial_carry)}')
     y = jnp.swapaxes(x, 0, 1)
     mask = time_mask(seq_lengths, y.shape[0])
+    starts = None if segment_starts is None else jnp.swapaxes(segment_starts, 0, 1)
     layer_cls = nn.remat(_Layer, static_argnums=()) if self.remat else _Layer
     carry = None if initial_carry is None else initial_carry[0]
     y, first_carry = self._layer(0, deterministic, True, layer_cls, name='layer_0')(
-        y, mask, seq_lengths, carry)
+        y, mask, seq_lengths, carry, starts)
     carries = [first_carry]
     if self.depth > 1 and self.scan_layers:
-      y, rest = self._scanned(y, mask, seq_lengths, initial_carry, deterministic, layer_cls)
+      y, rest = self._scanned(y, mask, seq_lengths, starts, initial_carry, deterministic,
+                              layer_cls)
       carries.extend(rest)
     else:
       for i in range(1, self.depth):
         carry = None if initial_carry is None else initial_carry[i]
         y, c = self._layer(i, deterministic, False, layer_cls, name=f'layer_{i}')(
-            y, mask, seq_lengths, carry)
+            y, mask, seq_lengths, carry, starts)
         carries.append(c)
     if mask is not None:
       y = jnp.where(mask[..., None], y, jnp.zeros((), y.dtype))
     return jnp.swapaxes(y, 0, 1), tuple(carries)
 
-  def _scanned(self, y, mask, seq_lengths, initial_carry, deterministic, layer_cls):
+  def _scanned(self, y, mask, seq_lengths, starts, initial_carry, deterministic, layer_cls):
     n = self.depth - 1
     if initial_carry is None:
       cell = LSTMCell(**self.cell_config(1), parent=None)
@@ -222,7 +246,7 @@ class StackedLSTM(nn.Module):
       stacked = jax.tree.map(lambda *a: jnp.stack(a), *initial_carry[1:])
 
     def body(layer, y, carry):
-      return layer(y, mask, seq_lengths, carry)
+      return layer(y, mask, seq_lengths, carry, starts)
 
     scan = nn.scan(body, variable_axes={'params': 0}, split_rngs={'params': True, 'dropout': True},
                    in_axes=0, out_axes=0, length=n)

@@ -60,8 +60,10 @@ def _initial_carry(model, key, batch=B):
       treedef, [jax.random.normal(k, a.shape, a.dtype) for k, a in zip(keys, leaves)])
 
 
-def _compare(model, seq_lengths=None, with_carry=True, tol=1e-5, x=None):
-  """Outputs, carries and gradients of `model` on both paths; returns the fast-path outputs."""
+def _compare(model, seq_lengths=None, with_carry=True, tol=1e-5, x=None, **apply_kwargs):
+  """Outputs, carries and gradients of `model` on both paths; returns the fast-path outputs.
+
+  `apply_kwargs` go to every `model.apply` (segment_starts, deterministic, rngs)."""
   if x is None:
     x = jax.random.normal(jax.random.key(0), (B, T, F))
   variables = _jit(model.init)(jax.random.key(1), x)
@@ -70,12 +72,12 @@ def _compare(model, seq_lengths=None, with_carry=True, tol=1e-5, x=None):
       lambda: model.apply(variables, x, seq_lengths)[0]).shape)
 
   def loss(variables, x, carry):
-    y, final = model.apply(variables, x, seq_lengths, carry)
+    y, final = model.apply(variables, x, seq_lengths, carry, **apply_kwargs)
     carry_term = sum(jnp.sum(jnp.sin(a)) for a in jax.tree.leaves(final))
     return jnp.sum(y * weights) + carry_term, (y, final)
 
   def run(variables, x, carry):
-    forward = model.apply(variables, x, seq_lengths, carry)  # inference (primal) path
+    forward = model.apply(variables, x, seq_lengths, carry, **apply_kwargs)  # primal path
     grads, outputs = jax.grad(loss, argnums=(0, 1, 2), has_aux=True)(variables, x, carry)
     return forward, outputs, grads
 
@@ -306,3 +308,56 @@ def test_forward_mode_autodiff_needs_the_reference_path():
   with fast.reference_path():
     _, tangent = jax.jvp(f, (x,), (x,))
   assert np.all(np.isfinite(tangent))
+
+
+# ----------------------------------------------------------------------------------------------
+# Cell options and segment resets (same RNG key on both paths: the same masks)
+
+STARTS = jnp.array([[0, 0, 1, 0, 0, 1, 1], [1, 0, 0, 1, 0, 1, 0], [0, 1, 0, 0, 0, 0, 0]], bool)
+TRAINING = dict(deterministic=False, rngs={'dropout': jax.random.key(4)})
+FAST_OPTIONS = {
+    'recurrent_dropout': dict(recurrent_dropout=0.4),
+    'weight_drop': dict(weight_drop=0.5),
+    'cifg': dict(coupled_gates=True),
+    'niaf-relu-output': dict(candidate_activation='linear', output_activation='relu'),
+    'cifg-dropout-relu': dict(coupled_gates=True, recurrent_dropout=0.3, activation='relu',
+                              recurrent_activation='hard_sigmoid'),
+}
+
+
+@pytest.mark.parametrize('reverse, padded, resets', [(False, False, False), (True, True, True),
+                                                     (False, True, True)],
+                         ids=['forward', 'reverse-padded-resets', 'padded-resets'])
+@pytest.mark.parametrize('case', list(FAST_OPTIONS))
+def test_cell_options_match_reference(fast_calls, layout, case, reverse, padded, resets):
+  layer = LSTMLayer(LSTMCell(H, **FAST_OPTIONS[case]), reverse=reverse)
+  _compare(layer, LENGTHS if padded else None, segment_starts=STARTS if resets else None,
+           **TRAINING)
+  assert fast_calls
+
+
+@pytest.mark.parametrize('kwargs', [
+    dict(num_layers=2, bidirectional=True),
+    dict(num_layers=2, bidirectional=True, reverse=True, remat=True, recurrent_dropout=0.3),
+    dict(num_layers=3, scan_layers=True, coupled_gates=True, weight_drop=0.3),
+], ids=['bidirectional', 'bidirectional-reverse-remat-dropout', 'scan_layers-cifg-weight_drop'])
+def test_stack_resets_and_options_match_reference(fast_calls, layout, kwargs):
+  _compare(StackedLSTM(hidden_size=H, **kwargs), LENGTHS, segment_starts=STARTS, **TRAINING)
+  assert fast_calls
+
+
+@pytest.mark.parametrize('cell_kwargs, fast_path', [
+    (dict(recurrent_dropout=0.3), True), (dict(weight_drop=0.3), True),
+    (dict(coupled_gates=True), True), (dict(candidate_activation='linear'), True),
+    (dict(output_activation='linear'), True), (dict(zoneout_cell=0.1), False),
+    (dict(zoneout_hidden=0.1), False), (dict(input_gate=False), False),
+    (dict(forget_gate=False), False), (dict(output_gate=False), False),
+], ids=lambda v: '-'.join(v) if isinstance(v, dict) else str(v))
+def test_cell_options_dispatch(fast_calls, cell_kwargs, fast_path):
+  """Resets with the training-time options drawn: the fast path where it supports the cell."""
+  layer = LSTMLayer(LSTMCell(H, **cell_kwargs))
+  x = jnp.ones((B, T, F))
+  variables = jax.eval_shape(layer.init, jax.random.key(0), x)
+  fast_calls.clear()
+  jax.eval_shape(functools.partial(layer.apply, segment_starts=STARTS, **TRAINING), variables, x)
+  assert bool(fast_calls) == fast_path

@@ -3,6 +3,7 @@
 Every comparison runs the real library on the same weights and inputs (float32, tolerance 1e-5).
 """
 import os
+import warnings
 
 os.environ.setdefault('KERAS_BACKEND', 'jax')
 
@@ -16,6 +17,7 @@ import torch  # noqa: E402
 import torch.nn.utils.prune  # noqa: E402
 
 from lstm import StackedLSTM, interop, looped_to_scanned, scanned_to_looped  # noqa: E402
+from tests.test_cell_options import apply_with_noise  # noqa: E402
 
 # torch says so on every LSTM with proj_size; it is about speed, not results.
 pytestmark = pytest.mark.filterwarnings('ignore:LSTM with projections is not supported')
@@ -325,10 +327,10 @@ def keras_stack(units, bidirectional=False, seed=0, **options):
   return layers
 
 
-def run_keras(layers, x):
+def run_keras(layers, x, training=False):
   y, states = x, []
   for layer in layers:
-    y, *state = layer(y)
+    y, *state = layer(y, training=training)
     states.append([np.asarray(s) for s in state])
   return np.asarray(y), states
 
@@ -412,6 +414,45 @@ def test_from_keras_refuses(make, error, message):
     interop.from_keras(make())
 
 
+def keras_cells(layers):
+  """The Keras cells of `layers` in the order our cells run: per layer, forward then backward."""
+  return [l.cell for layer in layers
+          for l in ((layer.forward_layer, layer.backward_layer)
+                    if isinstance(layer, keras.layers.Bidirectional) else (layer,))]
+
+
+@pytest.mark.parametrize('bidirectional', [False, True], ids=['stack', 'bidirectional'])
+def test_recurrent_dropout_matches_keras(bidirectional):
+  """Carried by from_keras; the same in inference, and in training given the same masks (Keras'
+  cells take the mask each of ours drew, for all four of their gates)."""
+  layers = keras_stack((H, H), bidirectional=bidirectional, recurrent_dropout=0.4)
+  model, variables = interop.from_keras(layers)
+  assert model.recurrent_dropout == 0.4
+  x = inputs()
+  want, states = run_keras(layers, x)
+  y, carries = apply(model, variables, x)
+  close(y, want)
+  close(jax.tree.leaves(carries), [a for state in states for a in state])
+  (y, carries), noises = jax.jit(lambda v, x: apply_with_noise(
+      model, v, x, deterministic=False, rngs={'dropout': jax.random.key(3)}))(variables, x)
+  cells = keras_cells(layers)
+  assert len(noises) == len(cells)
+  for cell, noise in zip(cells, noises):
+    mask = keras.ops.convert_to_tensor(np.asarray(noise.recurrent))
+    cell.get_recurrent_dropout_mask = lambda h, mask=mask: [mask] * 4
+  want_train, states_train = run_keras(layers, x, training=True)
+  assert not np.allclose(want_train, want, atol=1e-3)
+  close(y, want_train)
+  close(jax.tree.leaves(carries), [a for state in states_train for a in state])
+
+
+def test_from_keras_warns_only_about_input_dropout():
+  with warnings.catch_warnings():
+    warnings.simplefilter('error')
+    model, _ = interop.from_keras([built(keras.layers.LSTM(H, recurrent_dropout=0.3))])
+  assert model.recurrent_dropout == 0.3
+
+
 def test_from_keras_warns_about_dropout():
   with pytest.warns(UserWarning, match='dropout'):
     interop.from_keras([built(keras.layers.LSTM(H, dropout=0.2, recurrent_dropout=0.1))])
@@ -478,3 +519,36 @@ def test_matches_flax_bidirectional_padded():
   close(c_f, carry_f[0])
   close(h_b, carry_b[1])
   close(c_b, carry_b[0])
+
+
+CELL_OPTION_REFUSALS = [
+    (dict(recurrent_dropout=0.2), 'recurrent_dropout=0.2: torch.nn.LSTM has no recurrent_dropout'),
+    (dict(zoneout_cell=0.1), 'zoneout_cell'),
+    (dict(zoneout_hidden=0.1), 'zoneout_hidden'),
+    (dict(weight_drop=0.5), 'weight_drop'),
+    (dict(input_gate=False), 'input_gate=False'),
+    (dict(forget_gate=False), 'forget_gate=False'),
+    (dict(output_gate=False), 'output_gate=False'),
+    (dict(coupled_gates=True), 'coupled_gates=True'),
+    (dict(candidate_activation='linear'), "candidate_activation='linear'"),
+    (dict(output_activation='relu'), "output_activation='relu'"),
+    (dict(activation='relu', candidate_activation='tanh'), "activation='relu'"),
+]
+
+
+@pytest.mark.parametrize('options,message', CELL_OPTION_REFUSALS,
+                         ids=['-'.join(sorted(o)) for o, _ in CELL_OPTION_REFUSALS])
+def test_to_torch_refuses_cell_options_in_one_line(options, message):
+  model = StackedLSTM(num_layers=2, hidden_size=H, **options)
+  with pytest.raises(ValueError, match=message) as info:
+    interop.to_torch(model, random_variables(model))
+  assert '\n' not in str(info.value)
+
+
+def test_to_torch_ignores_an_activation_that_serves_no_gate():
+  model = StackedLSTM(num_layers=2, hidden_size=H, activation='relu', candidate_activation='tanh',
+                      output_activation='tanh')
+  variables = random_variables(model)
+  x = inputs()
+  out, _, _ = run_torch(interop.to_torch(model, variables), x, LENGTHS)
+  close(apply(model, variables, x, LENGTHS)[0], out)
