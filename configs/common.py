@@ -112,6 +112,16 @@ def base_config() -> ml_collections.ConfigDict:
   m.bidirectional = False       # a backward direction in every layer
   m.peephole = False            # peephole connections from c to the gates
   m.layer_norm = False          # layer norm inside the cell (gates and c)
+  m.candidate_activation = config_dict.placeholder(str)  # None: activation; 'linear': NIAF
+  m.output_activation = config_dict.placeholder(str)     # None: activation; 'linear': NOAF
+  m.input_gate = True           # False: i = 1 (Greff's NIG)
+  m.forget_gate = True          # False: f = 1 (NFG)
+  m.output_gate = True          # False: o = 1 (NOG)
+  m.coupled_gates = False       # i = 1 - f (CIFG)
+  m.recurrent_dropout = 0.0     # on h_{t-1} into the recurrent kernel, one mask per sequence
+  m.zoneout_cell = 0.0          # probability that a unit of c keeps its previous value
+  m.zoneout_hidden = 0.0        # the same for h
+  m.weight_drop = 0.0           # DropConnect on the recurrent kernel, one mask per batch
   m.proj_size = config_dict.placeholder(int)    # LSTMP: h projected to this width
   m.cell_clip = config_dict.placeholder(float)  # clip c to +- this
   m.proj_clip = config_dict.placeholder(float)  # clip the projected h to +- this

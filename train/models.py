@@ -20,7 +20,10 @@ from lstm import StackedLSTM
 
 STACK_FIELDS = ('num_layers', 'hidden_size', 'bidirectional', 'between', 'dropout', 'variational',
                 'residual', 'scan_layers', 'remat', 'activation', 'recurrent_activation',
-                'forget_bias', 'peephole', 'proj_size', 'cell_clip', 'proj_clip', 'layer_norm')
+                'forget_bias', 'peephole', 'proj_size', 'cell_clip', 'proj_clip', 'layer_norm',
+                'candidate_activation', 'output_activation', 'input_gate', 'forget_gate',
+                'output_gate', 'coupled_gates', 'recurrent_dropout', 'zoneout_cell',
+                'zoneout_hidden', 'weight_drop')
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16, 'float16': jnp.float16}
 POOLINGS = ('last', 'mean')
 
