@@ -289,3 +289,18 @@ def test_report_pairs_arms_by_seed_with_a_diverged_run_in_one_arm(tmp_path):
   two = _row(text, '| num_layers=2 | relu |')
   assert two[2:5] == ['2', '1', '+0.100']  # seed 2 of relu unfinished
   assert os.path.exists(tmp_path / 'differences.png')
+
+
+def test_report_pairs_every_setting_against_one_reference_setting(tmp_path):
+  """compare={'setting': ...}: one group, every setting against the one with those values (as
+  Greff's variants against vanilla)."""
+  make_sweep(str(tmp_path))
+  path = os.path.join(str(tmp_path), 'sweep.json')
+  description = json.load(open(path))
+  description['compare'] = {'setting': {'model.between': 'none', 'model.num_layers': 2,
+                                        'model.residual': False}}
+  _write(path, description)
+  text = open(report.write_report(str(tmp_path))).read()
+  assert '## Paired differences from between=none, num_layers=2 (test)' in text
+  relu4 = _row(text, '| all | between=relu, num_layers=4 |')
+  assert relu4[2:5] == ['2', '1', '+0.550']  # (2.1 - 1.6 + 2.3 - 1.7) / 2 on test

@@ -535,20 +535,26 @@ def comparisons(description: dict, settings: Sequence[Setting], metric: Metric,
   compare = description.get('compare')
   if not compare:
     return []
-  field, reference = compare['field'], compare['reference']
-  ignore = [field, *(description.get('tune') or {})]
-  groups: dict[str, list[Setting]] = {}
-  for s in settings:
-    groups.setdefault(sweep_lib.setting_key(s.values, ignore), []).append(s)
+  if 'setting' in compare:  # one group: every setting against the one with these values
+    is_reference = lambda s: all(s.values.get(k) == v for k, v in compare['setting'].items())
+    field, ignore, groups = None, list(description['fields']), {'': list(settings)}
+  else:
+    field = compare['field']
+    is_reference = lambda s: s.values.get(field) == compare['reference']
+    ignore = [field, *(description.get('tune') or {})]
+    groups = {}
+    for s in settings:
+      groups.setdefault(sweep_lib.setting_key(s.values, ignore), []).append(s)
   out = []
   for members in groups.values():
-    ref = next((s for s in members if s.values.get(field) == reference), None)
+    ref = next((s for s in members if is_reference(s)), None)
     if ref is None:
       continue
     for s in members:
       if s is not ref:
-        out.append({'group': setting_label(description, s.values, ignore), 'arm': s.label,
-                    'value': s.values.get(field), 'reference': ref.label,
+        group_label = 'all' if field is None else setting_label(description, s.values, ignore)
+        out.append({'group': group_label, 'arm': s.label,
+                    'value': s.values.get(field) if field else s.label, 'reference': ref.label,
                     'difference': paired_difference(_by_seed(s, metric, split),
                                                     _by_seed(ref, metric, split))})
   return out
@@ -690,7 +696,9 @@ def _study_sections(description: dict, records: Sequence[dict], settings: Sequen
   rows = comparisons(description, settings, metric, 'test')
   if rows:
     compare = description['compare']
-    lines += [f'## Paired differences from {compare["field"]}={compare["reference"]} (test)', '',
+    reference = (f'{compare["field"]}={compare["reference"]}' if 'field' in compare
+                 else rows[0]['reference'])
+    lines += [f'## Paired differences from {reference} (test)', '',
               'Per seed, arm minus reference in the same group (same seed: same data order and '
               'the same initial values of the parameters they share); mean and 95% t interval '
               'of the differences. Equivalence bound: the interval lies inside ± this bound, so '

@@ -162,11 +162,13 @@ def check_sweep(sweep: Any) -> dict:
   if tune_seeds is not None and not tune:
     raise SweepError("sweep['tune_seeds'] needs sweep['tune']")
   compare = sweep.get('compare')
-  if compare is not None and (not isinstance(compare, dict)
-                              or set(compare) != {'field', 'reference'}
-                              or compare['field'] not in axes):
-    raise SweepError("sweep['compare'] must be {'field': <an axis>, 'reference': <its value>}; "
-                     f'got {compare!r}')
+  by_field = isinstance(compare, dict) and set(compare) == {'field', 'reference'} \
+      and compare['field'] in axes
+  by_setting = isinstance(compare, dict) and set(compare) == {'setting'} \
+      and isinstance(compare['setting'], dict)
+  if compare is not None and not (by_field or by_setting):
+    raise SweepError("sweep['compare'] must be {'field': <an axis>, 'reference': <its value>} or "
+                     f"{{'setting': {{<field>: <value>, ...}}}}; got {compare!r}")
   return {'axes': axes, 'seeds': seeds, 'extra': extra, 'tune': tune,
           'tune_seeds': tune_seeds, 'compare': compare}
 
