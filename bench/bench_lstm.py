@@ -1,11 +1,15 @@
 """Stacked-LSTM benchmark: this project against PyTorch, Flax and Keras, in one process.
 
-Run by hand (never in CI):
+Run by hand (never in CI), on an otherwise idle machine:
 
-    python bench/bench_lstm.py --out bench/results                 # both parts, a few minutes
-    python bench/bench_lstm.py --out bench/results --part speed    # step times only
-    python bench/bench_lstm.py --out bench/results --part compile  # compile time and memory only
-    python bench/bench_lstm.py --quick --out /tmp/bench            # smoke run, seconds
+    python bench/bench_lstm.py                    # both parts, a few minutes
+    python bench/bench_lstm.py --part speed       # step times only
+    python bench/bench_lstm.py --part compile     # compile time and memory only
+    python bench/bench_lstm.py --quick --out /tmp/bench   # smoke run, seconds
+
+Results are kept per CPU kind: by default it writes `bench/results/<cpu-slug>/` (`cpu_slug` of the
+`model name` in /proc/cpuinfo, e.g. `amd-epyc`), so a run on one kind of machine never overwrites
+another's table; `--quick` without `--out` writes to a temporary folder, never the results.
 
 Part `speed` times one training step (forward + backward + Adam; a linear head to 128 classes and
 cross-entropy on every step; input 128, hidden 256, batch 32, T=128, float32) of:
@@ -25,7 +29,9 @@ Part `compile` measures trace+lower and XLA compile time of the training step ag
 training step with and without `remat=True` (`jitted.lower(...).compile().memory_analysis()`,
 deterministic).
 
-It writes `<out>/bench_<part>.json` and `<out>/bench_<part>.md`.
+It writes `<out>/bench_<part>.json` and `<out>/bench_<part>.md`; the machine (CPU model, cores,
+versions, load) is in the JSON's `machine` and the Markdown's heading, and every row of the JSON
+also names its CPU (`cpu`). bench/bench_gpu.py reuses the builders and the timing loop here.
 """
 from __future__ import annotations
 
@@ -35,9 +41,11 @@ import datetime
 import json
 import os
 import platform
+import re
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 
 os.environ.setdefault('KERAS_BACKEND', 'jax')
@@ -80,6 +88,11 @@ def lstm_flops(layers, f_in, hidden, batch, steps, classes, dirs=1, train=True):
     return fwd
   first_dx = dirs * 2 * batch * steps * f_in * 4 * hidden
   return fwd + fwd + (fwd - first_dx)
+
+
+def case_size(case):
+  """(hidden, batch) of a case: `hidden` and `batch` keys, else the defaults HIDDEN and BATCH."""
+  return case.get('hidden', HIDDEN), case.get('batch', BATCH)
 
 
 def make_data(batch, steps, seed=0):
@@ -164,13 +177,22 @@ class JaxRunner:
     self.lower_s, self.compile_s = t1 - t0, t2 - t1
     self.step()  # warm-up
 
-  def step(self):
-    if self.train:
-      self.params, self.opt_state, loss = self.compiled(self.params, self.opt_state, self.x, self.y)
-    else:
-      loss = self.compiled(self.params, self.x, self.y)
+  def run(self, n):
+    """`n` steps dispatched back to back, then one wait for the last: on an accelerator this
+    times the device, not the host's round trips; on the CPU it is the same as n blocking steps
+    (each step's parameters depend on the last step's)."""
+    loss = None
+    for _ in range(n):
+      if self.train:
+        self.params, self.opt_state, loss = self.compiled(self.params, self.opt_state, self.x,
+                                                          self.y)
+      else:
+        loss = self.compiled(self.params, self.x, self.y)
     loss.block_until_ready()
     return loss
+
+  def step(self):
+    return self.run(1)
 
 
 def _reference_context():
@@ -180,14 +202,14 @@ def _reference_context():
 
 
 def build_project(case, x, y, reference=False):
-  model = ProjectNet(case['layers'], HIDDEN, case.get('bidirectional', False))
+  model = ProjectNet(case['layers'], case_size(case)[0], case.get('bidirectional', False))
   params = model.init(jax.random.key(0), jnp.asarray(x[:1]))
   context = _reference_context if reference else contextlib.nullcontext
   return JaxRunner(model.apply, params, x, y, case['train'], context)
 
 
 def build_flax(case, x, y):
-  model = FlaxNet(case['layers'], HIDDEN, case.get('bidirectional', False))
+  model = FlaxNet(case['layers'], case_size(case)[0], case.get('bidirectional', False))
   params = model.init(jax.random.key(0), jnp.asarray(x[:1]))
   return JaxRunner(model.apply, params, x, y, case['train'])
 
@@ -198,7 +220,7 @@ def build_keras(case, x, y):
   inputs = keras.Input((x.shape[1], F_IN), batch_size=x.shape[0])
   h = inputs
   for _ in range(case['layers']):
-    layer = keras.layers.LSTM(HIDDEN, return_sequences=True)
+    layer = keras.layers.LSTM(case_size(case)[0], return_sequences=True)
     if case.get('bidirectional'):
       layer = keras.layers.Bidirectional(layer)
     h = layer(h)
@@ -220,21 +242,24 @@ def build_keras(case, x, y):
 
 
 class TorchRunner:
-  """`torch.nn.LSTM` + linear head + Adam; `threads` overrides torch's thread count for its steps."""
+  """`torch.nn.LSTM` + linear head + Adam; `threads` overrides torch's thread count for its steps;
+  `device='cuda'` runs it on the GPU (cuDNN's LSTM kernels)."""
 
-  def __init__(self, case, x, y, threads=None):
+  def __init__(self, case, x, y, threads=None, device='cpu'):
     import torch
     self.torch = torch
     self.threads = threads
+    self.device = torch.device(device)
     torch.manual_seed(0)
+    hidden = case_size(case)[0]
     dirs = 2 if case.get('bidirectional') else 1
-    self.lstm = torch.nn.LSTM(F_IN, HIDDEN, case['layers'], batch_first=True,
-                              bidirectional=dirs == 2)
-    self.head = torch.nn.Linear(dirs * HIDDEN, CLASSES)
+    self.lstm = torch.nn.LSTM(F_IN, hidden, case['layers'], batch_first=True,
+                              bidirectional=dirs == 2).to(self.device)
+    self.head = torch.nn.Linear(dirs * hidden, CLASSES).to(self.device)
     self.params = list(self.lstm.parameters()) + list(self.head.parameters())
     self.opt = torch.optim.Adam(self.params, lr=LR)
-    self.x = torch.from_numpy(x)
-    self.y = torch.from_numpy(y.astype(np.int64)).reshape(-1)
+    self.x = torch.from_numpy(x).to(self.device)
+    self.y = torch.from_numpy(y.astype(np.int64)).reshape(-1).to(self.device)
     self.train = case['train']
     self.lower_s = self.compile_s = 0.0
     self.step()
@@ -244,23 +269,33 @@ class TorchRunner:
     logits = self.head(out)
     return self.torch.nn.functional.cross_entropy(logits.reshape(-1, CLASSES), self.y)
 
-  def step(self):
+  def _one(self):
+    if self.train:
+      self.opt.zero_grad(set_to_none=True)
+      loss = self._loss()
+      loss.backward()
+      self.opt.step()
+      return loss
+    with self.torch.inference_mode():
+      return self._loss()
+
+  def run(self, n):
+    """`n` steps, then one synchronisation (on CUDA, steps are queued like JAX's)."""
     previous = self.torch.get_num_threads()
     if self.threads:
       self.torch.set_num_threads(self.threads)
     try:
-      if self.train:
-        self.opt.zero_grad(set_to_none=True)
-        loss = self._loss()
-        loss.backward()
-        self.opt.step()
-      else:
-        with self.torch.inference_mode():
-          loss = self._loss()
+      for _ in range(n):
+        loss = self._one()
+      if self.device.type == 'cuda':
+        self.torch.cuda.synchronize(self.device)
       return float(loss.detach())
     finally:
       if self.threads:
         self.torch.set_num_threads(previous)
+
+  def step(self):
+    return self.run(1)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -310,18 +345,14 @@ def speed_cases(quick):
   ]
 
 
-def run_case(case, impls, reps, peak, log):
-  x, y = make_data(BATCH, case['steps'])
-  runners = {}
-  for name in impls:
-    t0 = time.perf_counter()
-    runners[name] = BUILDERS[name](case, x, y)
-    log(f'  built {name} in {time.perf_counter() - t0:.1f} s')
-  budget = 0.6 if case['steps'] <= 128 else 2.0  # seconds per implementation and repetition
+def time_interleaved(runners, reps, budget):
+  """Seconds per step of each runner: `reps` repetitions, the order rotating every repetition,
+  each timing `inner` steps (`runner.run(inner)`), with `inner` chosen so that the slowest runner
+  takes about `budget` seconds. Returns ({name: [seconds per step, ...]}, inner)."""
   probe = {}
   for name, r in runners.items():
     t0 = time.perf_counter()
-    r.step()
+    r.run(1)
     probe[name] = time.perf_counter() - t0
   inner = max(1, int(budget / max(probe.values())))
   times = {name: [] for name in runners}
@@ -329,22 +360,38 @@ def run_case(case, impls, reps, peak, log):
   for rep in range(reps):
     k = rep % len(order)
     for name in order[k:] + order[:k]:
-      r = runners[name]
       t0 = time.perf_counter()
-      for _ in range(inner):
-        r.step()
+      runners[name].run(inner)
       times[name].append((time.perf_counter() - t0) / inner)
+  return times, inner
+
+
+def case_flops(case):
+  hidden, batch = case_size(case)
   dirs = 2 if case.get('bidirectional') else 1
-  flops = lstm_flops(case['layers'], F_IN, HIDDEN, BATCH, case['steps'], CLASSES, dirs,
-                     case['train'])
+  return lstm_flops(case['layers'], F_IN, hidden, batch, case['steps'], CLASSES, dirs,
+                    case['train'])
+
+
+def run_case(case, impls, reps, peak, log, cpu=None):
+  hidden, batch = case_size(case)
+  x, y = make_data(batch, case['steps'])
+  runners = {}
+  for name in impls:
+    t0 = time.perf_counter()
+    runners[name] = BUILDERS[name](case, x, y)
+    log(f'  built {name} in {time.perf_counter() - t0:.1f} s')
+  budget = 0.6 if case['steps'] <= 128 else 2.0  # seconds per implementation and repetition
+  times, inner = time_interleaved(runners, reps, budget)
+  flops = case_flops(case)
   rows = []
   torch_median = statistics.median(times['pytorch']) if 'pytorch' in times else None
   torch_min = min(times['pytorch']) if 'pytorch' in times else None
   for name in runners:
     med, best = statistics.median(times[name]), min(times[name])
     rows.append(dict(
-        impl=name, median_ms=med * 1e3, min_ms=best * 1e3,
-        tokens_per_s=BATCH * case['steps'] / med,
+        impl=name, cpu=cpu, median_ms=med * 1e3, min_ms=best * 1e3,
+        tokens_per_s=batch * case['steps'] / med,
         ratio_to_pytorch=None if torch_median is None else med / torch_median,
         ratio_to_pytorch_min=None if torch_min is None else best / torch_min,
         peak_fraction=flops / med / (peak * 1e9),
@@ -377,7 +424,7 @@ def _train_lowering(model, x, y):
   return compiled, t1 - t0, t2 - t1
 
 
-def compile_part(quick, log):
+def compile_part(quick, log, cpu=None):
   depths = (2, 4) if quick else (2, 4, 8, 16, 32)
   steps = 16 if quick else STEPS
   x = jax.ShapeDtypeStruct((BATCH, steps, F_IN), jnp.float32)
@@ -386,7 +433,7 @@ def compile_part(quick, log):
   for scan in (False, True):
     for depth in depths:
       _, lower_s, compile_s = _train_lowering(ProjectNet(depth, HIDDEN, scan_layers=scan), x, y)
-      compile_rows.append(dict(layers=depth, scan_layers=scan, lower_s=lower_s,
+      compile_rows.append(dict(cpu=cpu, layers=depth, scan_layers=scan, lower_s=lower_s,
                                compile_s=compile_s, total_s=lower_s + compile_s))
       log(f'  layers {depth:2d} scan_layers={scan!s:5s}: lower {lower_s:6.2f} s, '
           f'compile {compile_s:6.2f} s')
@@ -402,7 +449,7 @@ def compile_part(quick, log):
       with context():
         compiled, _, _ = _train_lowering(ProjectNet(2, HIDDEN, remat=remat), x, y)
       m = compiled.memory_analysis()
-      memory_rows.append(dict(path=path, layers=2, steps=mem_steps, remat=remat,
+      memory_rows.append(dict(cpu=cpu, path=path, layers=2, steps=mem_steps, remat=remat,
                               temp_mib=m.temp_size_in_bytes / 2 ** 20,
                               argument_mib=m.argument_size_in_bytes / 2 ** 20,
                               output_mib=m.output_size_in_bytes / 2 ** 20))
@@ -416,24 +463,45 @@ def compile_part(quick, log):
 # Reporting
 
 
-def machine_info():
-  import torch
-  model = platform.processor()
+def cpu_model():
+  """The CPU's `model name` from /proc/cpuinfo (`platform.processor()` where there is none)."""
   try:
     with open('/proc/cpuinfo') as f:
       for line in f:
         if line.startswith('model name'):
-          model = line.split(':', 1)[1].strip()
-          break
+          return line.split(':', 1)[1].strip()
   except OSError:
     pass
+  return platform.processor() or platform.machine() or 'unknown'
+
+
+def cpu_slug(model):
+  """A folder name for a CPU kind: 'AMD EPYC' -> 'amd-epyc', 'Intel(R) Xeon(R) Platinum 8480C
+  CPU @ 2.00GHz' -> 'intel-xeon-platinum-8480c' (marks, 'CPU', clock and core counts dropped)."""
+  s = re.sub(r'\((r|tm|c)\)|®|™', ' ', model, flags=re.I)
+  s = re.sub(r'@.*$', ' ', s)
+  s = re.sub(r'\b(cpu|processor|\d+-core)\b', ' ', s, flags=re.I)
+  s = re.sub(r'[^a-z0-9]+', '-', s.lower()).strip('-')
+  return s or 'unknown-cpu'
+
+
+def default_out(quick):
+  """bench/results/<cpu-slug>/, or a temporary folder for --quick (smoke runs are no results)."""
+  if quick:
+    return tempfile.mkdtemp(prefix='bench_quick_')
+  return os.path.join(ROOT, 'bench', 'results', cpu_slug(cpu_model()))
+
+
+def machine_info():
+  import torch
+  model = cpu_model()
   try:
     commit = subprocess.run(['git', '-C', ROOT, 'rev-parse', '--short', 'HEAD'],
                             capture_output=True, text=True).stdout.strip()
   except OSError:
     commit = ''
   import flax
-  info = dict(cpu=model, cores=os.cpu_count(), python=platform.python_version(),
+  info = dict(cpu=model, cpu_slug=cpu_slug(model), cores=os.cpu_count(), python=platform.python_version(),
               jax=jax.__version__, flax=flax.__version__, torch=torch.__version__,
               torch_threads=torch.get_num_threads(),
               malloc_env={k: v for k, v in os.environ.items() if k.startswith('MALLOC_')},
@@ -522,18 +590,23 @@ def write_part(out: str, part: str, result: dict, markdown: str, log) -> None:
 
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-  parser.add_argument('--out', default=os.path.join(ROOT, 'bench', 'results'))
+  parser.add_argument('--out', default=None,
+                      help='output folder (default bench/results/<cpu-slug>/; a temporary '
+                           'folder with --quick)')
   parser.add_argument('--part', choices=('speed', 'compile', 'all'), default='all')
   parser.add_argument('--quick', action='store_true', help='tiny smoke run')
   parser.add_argument('--reps', type=int, default=None, help='repetitions per case')
   parser.add_argument('--impls', default='project,project-ref,pytorch,pytorch-1t,flax,keras')
   parser.add_argument('--cases', default=None, help='comma-separated case indices to run')
   args = parser.parse_args(argv)
+  if args.out is None:
+    args.out = default_out(args.quick)
   os.makedirs(args.out, exist_ok=True)
   command = 'python bench/bench_lstm.py ' + ' '.join(argv if argv is not None else sys.argv[1:])
   log = lambda s: print(s, flush=True)
   info = machine_info()
   log(json.dumps(info))
+  log(f'writing to {args.out}')
   impls = [i for i in args.impls.split(',') if i]
   if lstm_fast is None and 'project-ref' in impls:
     impls.remove('project-ref')
@@ -549,7 +622,7 @@ def main(argv=None):
     for case in cases:
       log(f'case: {case["name"]}')
       c_reps = reps if case['steps'] <= 128 else max(3, reps // 2)
-      results.append(run_case(case, impls, c_reps, peak, log))
+      results.append(run_case(case, impls, c_reps, peak, log, cpu=info['cpu']))
       peaks.append(measure_peak(1024 if args.quick else 2048))
       log(f'fp32 matmul peak: {peaks[-1]:.1f} GFLOP/s')
     peak = max(peaks)
@@ -562,7 +635,7 @@ def main(argv=None):
     write_part(args.out, 'speed', result, speed_markdown(result), log)
 
   if args.part in ('compile', 'all'):
-    result = dict(machine=info, command=command, **compile_part(args.quick, log))
+    result = dict(machine=info, command=command, **compile_part(args.quick, log, info['cpu']))
     write_part(args.out, 'compile', result, compile_markdown(result), log)
 
 
