@@ -78,8 +78,7 @@ class Vocabulary:
       return np.frombuffer(raw, dtype=np.uint8).astype(np.int32), 0
     if self.level == 'word':
       tokens = words(text) if isinstance(text, str) else list(text)
-      unk = -1 if self.unk_id is None else self.unk_id
-      ids = np.fromiter((self._stoi.get(w, unk) for w in tokens), np.int32, count=len(tokens))
+      ids = np.fromiter((self._stoi.get(w, -1) for w in tokens), np.int32, count=len(tokens))
     else:
       ids = self._char_ids(joined_lines(text) if self.lines else text)
     unknown = ids < 0
