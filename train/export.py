@@ -106,7 +106,7 @@ def _params(embed, lstm_module, head) -> dict:
 
 
 def _config(embed, lstm_module, head, vocab: data.Vocabulary, config):
-  config = common.base_config() if config is None else config
+  config = common.base_config() if config is None else config.copy_and_resolve_references()
   if config.task == 'ptb_char' and vocab.level != 'char':
     config.task = 'text'  # the default task reads characters; a 'text' task reads any level
   config.data.level = vocab.level
