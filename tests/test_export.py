@@ -72,9 +72,9 @@ def test_command_line_round_trip(trained_run, tmp_path):
   out_file, imported = str(tmp_path / 'char.pt'), str(tmp_path / 'imported')
   done = run_tool('train.export', f'--workdir={workdir}', f'--out={out_file}')
   assert done.returncode == 0, done.stderr
-  module, vocab = export.load(out_file)
+  module, vocab, config = export.load(out_file)
   run = train.load_run(workdir)
-  assert vocab == run.vocab
+  assert vocab == run.vocab and config.to_dict() == run.config.to_dict()
   tokens = _tokens(len(vocab))
   np.testing.assert_allclose(_torch_logits(module, tokens)[0],
                              np.asarray(run.model.apply({'params': run.params}, tokens)[0]),

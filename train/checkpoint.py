@@ -60,16 +60,21 @@ def read_config(workdir: str) -> ml_collections.ConfigDict:
   saved = files.read_json(os.path.join(workdir, 'config.json'))
   if saved is None:
     raise ConfigError(f'{workdir} holds no readable config.json: it is not a run directory '
-                         '(one that main.py trained, or that train.export imported into)')
+                      '(one that main.py trained, or that train.export imported into)')
+  return config_from_dict(saved, f'{workdir}/config.json')
+
+
+def config_from_dict(saved: dict, where: str) -> ml_collections.ConfigDict:
+  """A locked config: configs/common.py's defaults updated with `saved` (a config as JSON)."""
   config = common.base_config()
   unknown = sorted(set(files.flatten(saved)) - set(files.flatten(config.to_dict())))
   if unknown:
-    raise ConfigError(f'{workdir}/config.json has fields that configs/common.py does not '
-                      f'declare: {", ".join(unknown[:5])}; it was written by other code')
+    raise ConfigError(f'{where} has fields that configs/common.py does not declare: '
+                      f'{", ".join(unknown[:5])}; it was written by other code')
   try:
     config.update(saved)
   except TypeError as e:
-    raise ConfigError(f'{workdir}/config.json does not fit configs/common.py: {e}') from None
+    raise ConfigError(f'{where} does not fit configs/common.py: {e}') from None
   config.lock()
   return config
 

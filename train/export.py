@@ -8,12 +8,13 @@
 when tied), computing the run's logits. `from_torch(embed, lstm, head, vocab, workdir)` writes a
 run directory (config.json, dataset.json, vocab.json and the parameters as checkpoint 0) that
 `load_run`, `train.evaluate` and `train.sample` read like a trained one. A file written with
-`--out` holds the module's state_dict, its sizes and the vocabulary, and is what `--from_torch`
-reads. Needs PyTorch (`pip install torch`). Whatever `torch.nn.LSTM` cannot represent (peepholes,
+`--out` holds the module's state_dict, its sizes, the vocabulary and the run's config (so that
+an import evaluates on the same data), and is what `--from_torch` reads. Needs PyTorch (`pip install torch`). Whatever `torch.nn.LSTM` cannot represent (peepholes,
 clipping, layer norm, ops between layers, residuals) is refused with one line naming it.
 """
 from __future__ import annotations
 
+import json
 import os
 from typing import Any, Optional
 
@@ -105,16 +106,24 @@ def _params(embed, lstm_module, head) -> dict:
   return params
 
 
+# What torch.nn.LSTM computes, in config.model's terms (every other field is set from the modules
+# or does not change the function).
+_TORCH_CELL = {'between': 'none', 'activation': 'tanh', 'recurrent_activation': 'sigmoid',
+               'peephole': False, 'layer_norm': False, 'cell_clip': None, 'proj_clip': None,
+               'residual': False, 'bidirectional': False, 'bilm': False}
+
+
 def _config(embed, lstm_module, head, vocab: data.Vocabulary, config):
   config = common.base_config() if config is None else config.copy_and_resolve_references()
   if config.task == 'ptb_char' and vocab.level != 'char':
     config.task = 'text'  # the default task reads characters; a 'text' task reads any level
   config.data.level = vocab.level
   m = config.model
+  m.update(_TORCH_CELL)
   m.num_layers, m.hidden_size = lstm_module.num_layers, lstm_module.hidden_size
   m.proj_size = lstm_module.proj_size or None
   m.embed_size, m.tie_embeddings = embed.embedding_dim, head is None
-  m.dropout, m.bilm, m.bidirectional = float(lstm_module.dropout), False, False
+  m.dropout = float(lstm_module.dropout)
   check_config(config)
   return config
 
@@ -148,32 +157,37 @@ def from_torch(embed: torch.nn.Embedding, lstm_module: torch.nn.LSTM,
   return load_run(workdir)
 
 
-def save(module: TorchLanguageModel, vocab: data.Vocabulary, path: str) -> None:
+def save(module: TorchLanguageModel, vocab: data.Vocabulary, path: str, config=None) -> None:
+  """The module's state_dict and sizes, the vocabulary and the run's config in one file."""
   torch.save({'format': FORMAT, 'sizes': module.sizes(), 'state_dict': module.state_dict(),
-              'vocab': vocab.to_json()}, path)
+              'vocab': vocab.to_json(),
+              'config': None if config is None else json.loads(config.to_json_best_effort())},
+             path)
 
 
-def load(path: str) -> tuple[TorchLanguageModel, data.Vocabulary]:
+def load(path: str) -> tuple[TorchLanguageModel, data.Vocabulary, Any]:
+  """(module, vocabulary, config or None) from a file `save` wrote."""
   saved = torch.load(path, weights_only=True)
   if not isinstance(saved, dict) or saved.get('format') != FORMAT:
     raise ConfigError(f'{path} is not a language model written by train.export --out')
   module = TorchLanguageModel.from_sizes(**saved['sizes'])
   module.load_state_dict(saved['state_dict'])
-  return module.eval(), data.Vocabulary.from_json(saved['vocab'])
+  config = None if saved['config'] is None else checkpoint.config_from_dict(saved['config'], path)
+  return module.eval(), data.Vocabulary.from_json(saved['vocab']), config
 
 
 def main(argv) -> None:
   cli.no_arguments(argv)
   flags = cli.FLAGS
   if flags.from_torch:
-    module, vocab = load(flags.from_torch)
-    run = from_torch(module.embed, module.lstm, module.head, vocab, flags.workdir)
+    module, vocab, config = load(flags.from_torch)
+    run = from_torch(module.embed, module.lstm, module.head, vocab, flags.workdir, config)
     print(f'imported {flags.from_torch} into {run.workdir}')
     return
   if not flags.out:
     raise ConfigError('give --out=FILE.pt (export) or --from_torch=FILE.pt (import)')
   run = load_run(flags.workdir, flags.step)
-  save(to_torch(run, flags.direction), run.vocab, flags.out)
+  save(to_torch(run, flags.direction), run.vocab, flags.out, run.config)
   print(f'exported step {run.step} of {run.workdir} to {flags.out}')
 
 
