@@ -1,5 +1,5 @@
 """Shared test set-up: Keras runs on the JAX backend; float32 matmuls at full precision; the
-`fast_calls` fixture."""
+`fast_calls` fixture; `trained_run`, tiny runs trained once per session."""
 import os
 
 os.environ.setdefault('KERAS_BACKEND', 'jax')
@@ -24,3 +24,23 @@ def fast_calls(monkeypatch):
 
   monkeypatch.setattr(fast, 'run_layer', counting)
   return calls
+
+
+@pytest.fixture(scope='session')
+def trained_run(tmp_path_factory):
+  """`trained_run(name)`: the workdir of the tiny run `name` of `trainer_utils.RUNS`, trained
+  the first time a test asks for it (speech features cached in the session's temporary dir)."""
+  from tests import trainer_utils
+  from train import trainer
+
+  os.environ.setdefault('STACKED_LSTM_CACHE', str(tmp_path_factory.mktemp('speech_cache')))
+  workdirs = {}
+
+  def get(name):
+    if name not in workdirs:
+      directory = tmp_path_factory.mktemp(name)
+      config = trainer_utils.run_config(name, str(directory))
+      trainer.train_and_evaluate(config, str(directory / 'run'))
+      workdirs[name] = str(directory / 'run')
+    return workdirs[name]
+  return get

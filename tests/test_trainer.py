@@ -166,3 +166,80 @@ def test_missing_text_path_is_one_line(tmp_path):
   with pytest.raises(ConfigError, match=r"config.data.path='/nonexistent/x.txt' does not exist"):
     trainer.train_and_evaluate(tiny_config('text', **{'data.path': '/nonexistent/x.txt'}),
                                str(tmp_path))
+
+
+def _checkpoint_files(workdir):
+  """{path: (size, mtime)} of every file under workdir/checkpoints."""
+  out = {}
+  for root, _, names in os.walk(os.path.join(workdir, 'checkpoints')):
+    for name in names:
+      stat = os.stat(os.path.join(root, name))
+      out[os.path.relpath(os.path.join(root, name), workdir)] = (stat.st_size, stat.st_mtime_ns)
+  return out
+
+
+def test_divergence_found_at_a_logging_step_reports_the_first_non_finite_step(tmp_path):
+  """SGD at rate 30 on a linear cell goes non-finite at step 4. Checked at every step
+  (log_every_steps=1) or only at logging steps (5), the run stops at that step, with the same
+  checkpoints (step 3), left as they were, and no record of a step after the last good one."""
+  overrides = {'model.activation': 'linear', 'optimizer.name': 'sgd',
+               'optimizer.learning_rate': 30.0, 'optimizer.grad_clip_norm': 0.0,
+               'eval_every_steps': 1000, 'checkpoint_every_steps': 3}
+  outcome = {}
+  for every in (1, 5):
+    workdir = str(tmp_path / f'every{every}')
+    files_at_step_3 = {}
+
+    def save(*args, original=trainer.checkpoint.Checkpoints.save, **kwargs):
+      original(*args, **kwargs)
+      files_at_step_3.update(_checkpoint_files(workdir))
+
+    with pytest.MonkeyPatch.context() as patch:
+      patch.setattr(trainer.checkpoint.Checkpoints, 'save', save)
+      with pytest.raises(trainer.NonFiniteLoss, match='at step 4: stopped. The last good '
+                                                      r'checkpoint \(step 3\)'):
+        trainer.train_and_evaluate(tiny_config('ptb_char', log_every_steps=every,
+                                               **overrides), workdir)
+    results = json.loads(open(os.path.join(workdir, 'results.json')).read())
+    assert results['status'] == 'diverged' and results['step'] == 4
+    assert _checkpoint_files(workdir) == files_at_step_3  # untouched since step 3 was saved
+    outcome[every] = sorted(os.listdir(os.path.join(workdir, 'checkpoints')))
+    logged = os.path.exists(os.path.join(workdir, 'metrics.jsonl'))
+    steps = [r['step'] for r in read_metrics(workdir)] if logged else []
+    assert steps == ([1, 2, 3] if every == 1 else [])
+  assert outcome[1] == outcome[5] == ['3']
+
+
+def test_metrics_are_fetched_at_logging_steps_only(tmp_path, monkeypatch):
+  fetched = []
+  original = trainer._fetch_finite
+
+  def spy(pending, step, *args):
+    fetched.append((step, len(pending)))
+    return original(pending, step, *args)
+  monkeypatch.setattr(trainer, '_fetch_finite', spy)
+  trainer.train_and_evaluate(tiny_config('ptb_char', num_train_steps=12, log_every_steps=5,
+                                         eval_every_steps=6, checkpoint_every_steps=1000),
+                             str(tmp_path))
+  assert fetched == [(5, 5), (6, 1), (10, 4), (12, 2)]  # logging and evaluation steps
+  train_records = [r['step'] for r in read_metrics(tmp_path) if r['split'] == 'train']
+  assert train_records == [5, 10, 12]
+
+
+def test_the_best_checkpoint_survives_resumption(tmp_path):
+  """A run stopped and resumed keeps the best validation of its first part: its best
+  checkpoint and results equal an uninterrupted run's, and it resumed from the latest."""
+  config = dict(num_train_steps=20, eval_every_steps=4, checkpoint_every_steps=5,
+                **{'optimizer.learning_rate': 0.05})
+  whole = trainer.train_and_evaluate(tiny_config('ptb_char', **config), str(tmp_path / 'whole'))
+  parts = str(tmp_path / 'parts')
+  first = trainer.train_and_evaluate(tiny_config('ptb_char', stop_after_steps=10, **config), parts)
+  assert first['status'] == 'preempted' and first['step'] == 10
+  resumed = trainer.train_and_evaluate(tiny_config('ptb_char', **config), parts)
+  assert resumed['steps_this_run'] == 10
+  assert resumed['best_valid'] == whole['best_valid']
+  best = lambda workdir: sorted(os.listdir(os.path.join(workdir, 'best')))
+  assert best(parts) == best(str(tmp_path / 'whole'))
+  valid = [r for r in read_metrics(tmp_path / 'whole') if r['split'] == 'valid']
+  assert whole['best_valid'] == {k: v for k, v in min(valid, key=lambda r: r['loss']).items()
+                                 if k not in ('step', 'split')}

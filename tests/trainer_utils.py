@@ -67,17 +67,50 @@ def run_main(workdir, *flags, timeout=300, wait=True):
 
 def load_params(workdir):
   """The parameters of the latest checkpoint in `workdir`, as a flat {path: numpy array}."""
-  import orbax.checkpoint as ocp
   import jax
-  path = os.path.join(workdir, 'checkpoints')
-  step = max(int(d) for d in os.listdir(path) if d.isdigit())
-  checkpointer = ocp.StandardCheckpointer()
-  metadata = checkpointer.metadata(os.path.join(path, str(step), 'state')).item_metadata
-  device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-  target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), metadata)
-  restored = {'state': checkpointer.restore(os.path.join(path, str(step), 'state'), target)}
-  flat = jax.tree_util.tree_flatten_with_path(restored['state']['params'])[0]
+  from train import checkpoint
+  _, step, params = checkpoint.restore_params(str(workdir))
+  flat = jax.tree_util.tree_flatten_with_path(params)[0]
   return step, {jax.tree_util.keystr(k): np.asarray(v) for k, v in flat}
+
+
+# Tiny trained runs of every kind of task, shared by the tests of trained runs (the `trained_run`
+# fixture): name -> (task, overrides). 'byte' reads the files that `write_byte_corpus` writes.
+SHORT = {'num_train_steps': 12, 'eval_every_steps': 4, 'checkpoint_every_steps': 6,
+         'log_every_steps': 4}
+RUNS = {
+    'char': ('ptb_char', {}),
+    'word': ('ptb_word', {'model.tie_embeddings': True, 'model.embed_size': 16}),
+    'bilm': ('ptb_word', {'model.bilm': True, 'model.proj_size': 8, 'model.cell_clip': 3.0,
+                          'model.proj_clip': 3.0, 'model.residual': True}),
+    'byte': ('text', {'data.level': 'byte'}),
+    'classify': ('digits', {'batch_size': 32}),
+    'per_step': ('copy', {'batch_size': 32, 'model.num_layers': 1}),
+    'regress': ('adding', {'batch_size': 32, 'model.num_layers': 1}),
+    'ctc': ('speech_digits', {'batch_size': 16, 'model.bidirectional': True,
+                              'model.peephole': True}),
+}
+
+
+def write_byte_corpus(directory):
+  """(train file, valid file) of bytes for the 'byte' run: text with a few non-ASCII bytes."""
+  train = os.path.join(directory, 'train.txt')
+  valid = os.path.join(directory, 'valid.txt')
+  with open(train, 'w', encoding='utf-8') as f:
+    f.write('the quick brown fox jumps over the lazy dog; caf\u00e9 au lait\n' * 60)
+  with open(valid, 'w', encoding='utf-8') as f:
+    f.write('a lazy dog jumps over the quick brown fox\n' * 12)
+  return train, valid
+
+
+def run_config(name, directory):
+  """The config of run `name` of RUNS; data files it needs go to `directory`."""
+  task, overrides = RUNS[name]
+  overrides = {**SHORT, **overrides}
+  if name == 'byte':
+    train, valid = write_byte_corpus(directory)
+    overrides.update({'data.path': train, 'data.valid_path': valid, 'data.test_fraction': 0.2})
+  return tiny_config(task, **overrides)
 
 
 def read_metrics(workdir):

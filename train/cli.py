@@ -1,6 +1,8 @@
-"""Command-line start-up shared by main.py and the train.* tools: flag errors as one line.
+"""Command-line start-up shared by main.py and the train.* tools: flag errors as one line, and
+the flags of the tools that work on a trained run.
 
-`app.run(main, flags_parser=cli.parse_flags)` parses the flags; any error in them (an unknown
+`app.run(main, flags_parser=cli.parse_flags)` parses the flags (`run(main)` does that too and
+prints a ConfigError from `main` as one line); any error in them (an unknown
 flag or config field, a value of the wrong type, a config file that does not exist or whose
 argument is not known) ends the program with one line on stderr naming the flag, what is wrong
 and the closest valid names, and exit status 2 (absl's status for flag errors), instead of a
@@ -13,13 +15,39 @@ import glob
 import importlib.util
 import os
 import sys
-from typing import Any, Iterator, Optional
+from typing import Any, Callable, Iterator, Optional
 
 import ml_collections
-from absl import flags
+from absl import app, flags
 
 USAGE_ERROR = 2
+FLAGS = flags.FLAGS
 _TRUE, _FALSE = ('true', 't', '1', 'yes'), ('false', 'f', '0', 'no')
+
+
+def define_run_flags() -> None:
+  flags.DEFINE_string('workdir', None, 'The run directory (what main.py trained).')
+  flags.DEFINE_string('step', 'latest', 'The checkpoint: latest, best, or a step number.')
+  flags.mark_flags_as_required(['workdir'])
+
+
+def no_arguments(argv) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments {argv[1:]}; every option is a --flag')
+
+
+def run(main: Callable) -> None:
+  """`app.run(main)` with flag errors and a ConfigError from `main` as one line."""
+  from train import metrics
+  from train.validation import ConfigError
+
+  def guarded(argv):
+    metrics.quiet_library_logs()
+    try:
+      main(argv)
+    except ConfigError as e:
+      sys.exit(f'error: {e}')
+  app.run(guarded, flags_parser=parse_flags)
 
 
 def parse_flags(argv: list[str]) -> list[str]:

@@ -2,13 +2,23 @@
 
 Pure jit-compiled train and eval steps over a data-parallel mesh (`distributed.Distribution`),
 orbax checkpoints that resume step, parameters, optimizer state, data position, RNG and the
-language model's carried state; evaluation on the validation split every `eval_every_steps` and
-on test at the end; metrics to TensorBoard and `metrics.jsonl`; the final summary in
-`results.json`. SIGTERM saves a checkpoint and returns; a non-finite loss stops the run. What
-differs between kinds of task (model inputs, losses, metrics) is asked of `tasks.Task`.
+language model's carried state; evaluation on the validation split every `eval_every_steps` (the
+best parameters by validation loss kept apart) and on test at the end; metrics to TensorBoard and
+`metrics.jsonl`; the final summary in `results.json`. Before the first step the workdir gets what
+rebuilds the model without the data (`config.json`, `dataset.json`, `vocab.json`). SIGTERM saves
+a checkpoint and returns; a non-finite loss stops the run. What differs between kinds of task
+(model inputs, losses, metrics) is asked of `tasks.Task`.
+
+The loop does not wait for the device at every step: the steps' metrics stay on the device until
+a logging, evaluation, checkpoint or stopping step, where they are fetched together and checked.
+A non-finite loss or gradient norm then stops the run at the first step that had one, before
+anything computed after it is evaluated, logged or saved: the run reports exactly the step and
+leaves exactly the checkpoints that checking every step would. Steps/s leave out the time spent
+evaluating and checkpointing.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import os
@@ -137,6 +147,14 @@ def total_steps(config, steps_per_epoch: int) -> int:
   return config.num_train_steps
 
 
+def eval_batcher(config, dataset: data.Dataset, task: tasks.Task, split: str) -> data.Batcher:
+  """One pass over `split` as the run evaluates it (the same rows, steps and order)."""
+  num_steps = config.num_steps if task.stream else None
+  return data.Batcher(dataset, split, config.eval_batch_size or config.batch_size, num_steps,
+                      config.seed, shuffle=False, drop_remainder=False,
+                      with_reverse=task.stream and config.model.bilm)
+
+
 def setup(config) -> Setup:
   """Checks `config`, loads the data and builds the model and optimizer (nothing compiled)."""
   validation.check_config(config)
@@ -147,10 +165,7 @@ def setup(config) -> Setup:
     with_reverse = task.stream and config.model.bilm
     train = data.Batcher(dataset, 'train', config.batch_size, num_steps, config.seed,
                          shuffle=not task.stream, with_reverse=with_reverse)
-    eval_bs = config.eval_batch_size or config.batch_size
-    evals = {split: data.Batcher(dataset, split, eval_bs, num_steps, config.seed, shuffle=False,
-                                 drop_remainder=False, with_reverse=with_reverse)
-             for split in ('valid', 'test')}
+    evals = {split: eval_batcher(config, dataset, task, split) for split in ('valid', 'test')}
   except ValueError as e:
     raise ConfigError(str(e)) from None
   dist = distributed.Distribution()
@@ -164,11 +179,29 @@ def setup(config) -> Setup:
                optim.make_optimizer(config.optimizer, schedule), steps_per_epoch, num_train_steps)
 
 
+def first_rows(batcher: data.Batcher) -> dict:
+  """The first row of the first batch, as device arrays: what parameters are shaped on."""
+  return jax.tree.map(lambda x: jnp.asarray(x[:1]), next(iter(batcher.epoch_batches())))
+
+
+def make_zero_carry(model, task: tasks.Task, dist: distributed.Distribution, params,
+                    sample) -> Callable:
+  """`zero_carry(batch_size)`: the language model's zero carried state for a batch of that many
+  rows, sharded like a batch. `params` may be shapes only."""
+  carry_shapes = jax.eval_shape(
+      lambda p: task.apply(model, p, sample, None, None, False)[1], params)
+
+  def zero_carry(batch_size):
+    zeros = lambda: jax.tree.map(lambda a: jnp.zeros((batch_size,) + a.shape[1:], a.dtype),
+                                 carry_shapes)
+    return jax.jit(zeros, out_shardings=dist.carry_sharding(carry_shapes))()
+  return zero_carry
+
+
 def initial_state(s: Setup) -> tuple[TrainState, Callable]:
   """The state at step 0, placed on the mesh, and `zero_carry(batch_size)` for the carried
   state of language models."""
-  sample = next(iter(s.train_batches.epoch_batches()))
-  sample = jax.tree.map(lambda x: jnp.asarray(x[:1]), sample)
+  sample = first_rows(s.train_batches)
 
   def init_state():
     rng = jax.random.PRNGKey(s.config.seed)
@@ -178,14 +211,7 @@ def initial_state(s: Setup) -> tuple[TrainState, Callable]:
                       rng=jax.random.fold_in(rng, 2), carry=())
 
   state_shape = jax.eval_shape(init_state)
-
-  def zero_carry(batch_size):
-    carry_shapes = jax.eval_shape(
-        lambda p: s.task.apply(s.model, p, sample, None, None, False)[1], state_shape.params)
-    zeros = lambda: jax.tree.map(lambda a: jnp.zeros((batch_size,) + a.shape[1:], a.dtype),
-                                 carry_shapes)
-    return jax.jit(zeros, out_shardings=s.dist.carry_sharding(carry_shapes))()
-
+  zero_carry = make_zero_carry(s.model, s.task, s.dist, state_shape.params, sample)
   state = jax.jit(init_state,
                   out_shardings=jax.tree.map(lambda _: s.dist.replicated, state_shape))()
   if s.task.stream:
@@ -205,10 +231,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
   logging.info('%d steps (%d per epoch) on %d device(s) in %d process(es)', s.num_train_steps,
                s.steps_per_epoch, s.dist.num_devices, jax.process_count())
   os.makedirs(workdir, exist_ok=True)
-  try:
-    checkpoint.record_config(workdir, config.to_json_best_effort())
-  except checkpoint.ConfigConflict as e:
-    raise ConfigError(str(e)) from None
+  checkpoint.record_config(workdir, config.to_json_best_effort())
+  checkpoint.record_dataset(workdir, s.dataset)
 
   state, zero_carry = initial_state(s)
   ckpts = checkpoint.Checkpoints(workdir, config.keep_checkpoints)
@@ -243,37 +267,39 @@ def _run(s: Setup, state: TrainState, zero_carry, ckpts, writer, results: dict,
   run_eval = lambda split: task.summarize(evaluate(eval_step, state.params,
                                                    s.eval_batches[split], dist, task, zero_carry))
   save = lambda: ckpts.save(step, state, {'data': s.train_batches.state(), 'step': step})
-  best_valid = None
+  best = _Best(ckpts)
   t_start = time.perf_counter()
-  interval = []  # this logging interval's training metrics, logged as their mean
+  pending, interval = [], []  # this logging interval's metrics: on the device, then fetched
+  every_step = jax.process_count() == 1  # one process reads SIGTERM at no cost; several agree
   with distributed.Preemption() as preemption:
     while step < s.num_train_steps:
       position = s.train_batches.state()['position']
       reset = position == 0 or position >= s.steps_per_epoch
       batch = dist.put_batch(next(s.train_batches))
       state, train_metrics = train_step(state, batch, jnp.asarray(reset))
-      loss, grad_norm = float(train_metrics['loss']), float(train_metrics['grad_norm'])
       step += 1
-      if not (math.isfinite(loss) and math.isfinite(grad_norm)):
-        results.update(status='diverged', step=step,
-                       message=f'non-finite loss {loss} (gradient norm {grad_norm}) at step {step}')
-        raise NonFiniteLoss(f'loss {loss}, gradient norm {grad_norm} at step {step}: stopped. '
-                            f'The last good checkpoint '
-                            f'(step {ckpts.latest_step()}) in {workdir} is untouched.')
-      interval.append(train_metrics)
-      if step % config.log_every_steps == 0 or step == s.num_train_steps:
+      pending.append(train_metrics)
+      at_log = step % config.log_every_steps == 0 or step == s.num_train_steps
+      at_eval = step % config.eval_every_steps == 0 and step < s.num_train_steps
+      at_save = step % config.checkpoint_every_steps == 0 and step < s.num_train_steps
+      stop_after = config.stop_after_steps
+      stop = ((every_step or at_log) and preemption.agreed()) or bool(
+          stop_after and step - start_step >= stop_after)
+      if at_log or at_eval or at_save or stop:
+        interval += _fetch_finite(pending, step, results, ckpts, workdir)
+        pending = []
+      if at_log:
         _log_train(step, interval, task, writer, progress)
         interval = []
-      if step % config.eval_every_steps == 0 and step < s.num_train_steps:
-        valid = run_eval('valid')
-        writer.write(step, 'valid', valid)
-        logging.info('step %d valid: %s', step, _fmt(valid))
-        best_valid = valid if best_valid is None or valid['loss'] < best_valid['loss'] else best_valid
-      if step % config.checkpoint_every_steps == 0 and step < s.num_train_steps:
-        save()
-      stop_after = config.stop_after_steps
-      if preemption.agreed() or (stop_after and step - start_step >= stop_after):
-        save()
+      with _not_counted(progress):
+        if at_eval:
+          valid = run_eval('valid')
+          writer.write(step, 'valid', valid)
+          logging.info('step %d valid: %s', step, _fmt(valid))
+          best.offer(step, state.params, valid)
+        if at_save or stop:
+          save()
+      if stop:
         results.update(status='preempted', step=step)
         logging.info('stopped at step %d with a checkpoint; rerun the same command to resume', step)
         return results
@@ -283,14 +309,50 @@ def _run(s: Setup, state: TrainState, zero_carry, ckpts, writer, results: dict,
   for split, values in final.items():
     writer.write(step, split, values)
     logging.info('final %s: %s', split, _fmt(values))
-  if best_valid is None or final['valid']['loss'] < best_valid['loss']:
-    best_valid = final['valid']
+  best.offer(step, state.params, final['valid'])
   results.update(status='completed', step=step, valid=final['valid'], test=final['test'],
-                 best_valid=best_valid, train_time_s=round(train_time, 1),
+                 best_valid=best.valid, train_time_s=round(train_time, 1),
                  steps_this_run=step - start_step, devices=dist.num_devices,
                  processes=jax.process_count(), platform=jax.devices()[0].platform,
                  num_params=int(sum(x.size for x in jax.tree.leaves(state.params))))
   return results
+
+
+class _Best:
+  """The best validation so far (kept over resumption in `best/`) and its parameters."""
+
+  def __init__(self, ckpts: checkpoint.Checkpoints):
+    self.ckpts, self.valid = ckpts, ckpts.best_valid()
+
+  def offer(self, step: int, params, valid: dict) -> None:
+    if self.valid is None or valid['loss'] < self.valid['loss']:
+      self.valid = valid
+      self.ckpts.save_best(step, params, valid)
+
+
+def _fetch_finite(pending: list, step: int, results: dict, ckpts, workdir: str) -> list[dict]:
+  """The host values of the metrics of the steps that end at `step`; stops the run at the first
+  of them whose loss or gradient norm is not finite."""
+  fetched = jax.device_get(pending)
+  for bad, values in enumerate(fetched, step - len(fetched) + 1):
+    loss, grad_norm = float(values['loss']), float(values['grad_norm'])
+    if not (math.isfinite(loss) and math.isfinite(grad_norm)):
+      results.update(status='diverged', step=bad,
+                     message=f'non-finite loss {loss} (gradient norm {grad_norm}) at step {bad}')
+      raise NonFiniteLoss(f'loss {loss}, gradient norm {grad_norm} at step {bad}: stopped. '
+                          f'The last good checkpoint '
+                          f'(step {ckpts.latest_step()}) in {workdir} is untouched.')
+  return fetched
+
+
+@contextlib.contextmanager
+def _not_counted(progress: metrics_lib.Progress):
+  """Leaves the time of the block out of the steps/s that `progress` measures."""
+  start = time.perf_counter()
+  try:
+    yield
+  finally:
+    progress.last_time += time.perf_counter() - start
 
 
 def _log_train(step: int, interval: list, task: tasks.Task, writer, progress) -> None:

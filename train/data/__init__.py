@@ -4,6 +4,7 @@
 walks one of its splits. The loaders, one module per family:
 
   text.py           token streams for language models: Penn Treebank (char, word), text files
+  vocab.py          `Vocabulary`: a language model's tokens; text to ids and back
   examples.py       datasets of whole examples: MNIST-1D, sklearn digits, copy task, adding problem
   speech_digits.py  spoken digit strings (train/speech.py synthesises them) for CTC
   dataset.py        `Dataset` and `Split`, what every loader returns
@@ -22,7 +23,8 @@ from train.data.examples import (ADDING_BASELINE_MSE, COPY_BLANK, COPY_DATA_SYMB
                                  load_copy, load_digits, load_mnist1d, make_adding_split,
                                  make_copy_split)
 from train.data.speech_digits import load_speech_digits
-from train.data.text import EOS, UNK, load_ptb_char, load_ptb_word, load_text
+from train.data.text import load_ptb_char, load_ptb_word, load_text
+from train.data.vocab import EOS, UNK, Vocabulary
 
 
 TASKS: Dict[str, Callable[[Any], Dataset]] = {
@@ -47,4 +49,4 @@ def load_dataset(config: Any) -> Dataset:
 
 __all__ = ['ADDING_BASELINE_MSE', 'Batcher', 'COPY_BLANK', 'COPY_DATA_SYMBOLS', 'COPY_DELIMITER',
            'COPY_LENGTH', 'Dataset', 'EOS', 'KINDS', 'SPLITS', 'Split', 'TASKS', 'UNK',
-           'copy_baseline', 'load_dataset', 'make_adding_split', 'make_copy_split']
+           'Vocabulary', 'copy_baseline', 'load_dataset', 'make_adding_split', 'make_copy_split']

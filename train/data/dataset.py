@@ -6,6 +6,8 @@ from typing import Dict, List, Optional
 
 import numpy as np
 
+from train.data.vocab import Vocabulary
+
 KINDS = ('lm', 'classify', 'per_step', 'regress', 'ctc')
 SPLITS = ('train', 'valid', 'test')
 
@@ -36,6 +38,7 @@ class Dataset:
   input_features: Optional[int]  # float inputs: feature width; None for token inputs
   itos: Optional[List[str]]      # lm: id -> token string (for humans)
   level: Optional[str] = None    # lm: 'char', 'word' or 'byte'
+  vocab: Optional[Vocabulary] = None  # lm: encodes text and decodes ids (`vocab.json`)
 
   @property
   def is_stream(self) -> bool:

