@@ -50,6 +50,7 @@ def base_config() -> ml_collections.ConfigDict:
   # Language models (ptb_char, ptb_word, text)
   d.max_train_tokens = config_dict.placeholder(int)  # cut the train stream (quick runs)
   d.max_eval_tokens = config_dict.placeholder(int)   # cut the valid and test streams
+  d.document_separator = config_dict.placeholder(str)  # documents end with it: state reset after
   # task 'text': a plain-text file of the user's
   d.path = config_dict.placeholder(str)        # the file (required for task 'text')
   d.level = 'char'                             # char | word (whitespace, <eos> per line) | byte

@@ -444,3 +444,61 @@ def test_lm_with_reverse_cuts_the_reversed_stream_the_same_way():
   np.testing.assert_array_equal(first['targets_rev'], rows_rev[:, 1:11])
   np.testing.assert_array_equal(second['inputs_rev'], rows_rev[:, 10:20])
   np.testing.assert_array_equal(first['inputs'], stream.reshape(4, 250)[:, :10])
+
+
+# ------------------------------------------------------------------------------------------------
+# Documents
+
+
+def test_document_separator_marks_where_each_document_begins(tmp_path):
+  path = tmp_path / 'docs.txt'
+  docs = ['first doc here', 'second one', 'the third document']
+  path.write_text('\n\n'.join(docs * 20) + '\n')
+  ds = data.load_dataset(config('text', path=str(path), document_separator='\n\n'))
+  split = ds.splits['train']
+  text = ''.join(ds.itos[i] for i in split.tokens)
+  expected = np.zeros(len(text), bool)
+  expected[0] = True
+  i = text.find('\n\n')
+  while i >= 0:
+    if i + 2 < len(text):
+      expected[i + 2] = True
+    i = text.find('\n\n', i + 1)
+  np.testing.assert_array_equal(split.starts, expected)
+  assert split.starts.sum() > 20
+  # the batches carry the marks of their inputs, and of the reversed stream for a biLM
+  b = data.Batcher(ds, 'train', batch_size=2, num_steps=7, seed=0, shuffle=False,
+                   with_reverse=True)
+  rows = split.tokens[:len(split.tokens) // 2 * 2].reshape(2, -1)
+  marks = split.starts[:rows.size].reshape(2, -1)
+  for position in range(3):
+    batch = next(b)
+    np.testing.assert_array_equal(batch['segment_starts'], marks[:, 7 * position:7 * position + 7])
+    np.testing.assert_array_equal(batch['inputs'], rows[:, 7 * position:7 * position + 7])
+  reversed_text = text[::-1]
+  backward = np.flatnonzero(split.starts_rev)
+  assert backward[0] == 0 and len(backward) == len(np.flatnonzero(split.starts))
+  for j in backward[1:]:  # reading backwards, a document begins right after '\n\n'
+    assert reversed_text[j - 2:j] == '\n\n' and reversed_text[j] != '\n'
+  rows_rev = split.starts_rev[:rows.size].reshape(2, -1)
+  b = data.Batcher(ds, 'train', batch_size=2, num_steps=7, seed=0, shuffle=False,
+                   with_reverse=True)
+  np.testing.assert_array_equal(next(b)['segment_starts_rev'], rows_rev[:, :7])
+  # word level: the separator is a word
+  words_path = tmp_path / 'words.txt'
+  words_path.write_text(' <doc> '.join(['a b c', 'd e', 'f g h i']) + '\n')
+  wds = data.load_dataset(config('text', path=str(words_path), level='word',
+                                 document_separator='<doc>', valid_fraction=0.2,
+                                 test_fraction=0.2))
+  tokens = [wds.itos[i] for i in wds.splits['train'].tokens]
+  starts = wds.splits['train'].starts
+  assert [t for t, s in zip(tokens, starts) if s] == [tokens[0]] + [
+      tokens[i + 1] for i, t in enumerate(tokens[:-1]) if t == '<doc>']
+
+
+def test_unknown_document_separator_is_one_line(tmp_path):
+  path = tmp_path / 'docs.txt'
+  path.write_text('abc\nabc\n' * 50)
+  with pytest.raises(ValueError, match=r"config.data.document_separator='#' is not in the "
+                                       'vocabulary'):
+    data.load_dataset(config('text', path=str(path), document_separator='#'))

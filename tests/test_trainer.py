@@ -243,3 +243,30 @@ def test_the_best_checkpoint_survives_resumption(tmp_path):
   valid = [r for r in read_metrics(tmp_path / 'whole') if r['split'] == 'valid']
   assert whole['best_valid'] == {k: v for k, v in min(valid, key=lambda r: r['loss']).items()
                                  if k not in ('step', 'split')}
+
+
+def test_language_model_never_carries_state_across_documents(tmp_path):
+  """With config.data.document_separator, what the model predicts after a document begins does
+  not depend on the text before it, nor on the state carried in from the previous batch."""
+  corpus = tmp_path / 'docs.txt'
+  corpus.write_text('\n\n'.join(['the cat sat on the mat', 'a dog ran far away',
+                                 'birds sing at dawn'] * 60) + '\n')
+  config = tiny_config('text', **{'data.path': str(corpus), 'data.document_separator': '\n\n'})
+  dataset = data.load_dataset(config)
+  task = tasks.for_dataset(dataset)
+  model = task.build_model(config)
+  batch = jax.tree.map(jnp.asarray, next(data.Batcher(dataset, 'train', 8, 30, 0, False)))
+  row, start = next((r, int(c)) for r in range(8)
+                    for c in np.flatnonzero(np.asarray(batch['segment_starts'][r])) if c > 0)
+  params = model.init(jax.random.key(0), **task.model_inputs(batch))['params']
+  carry_shape = jax.eval_shape(lambda: task.apply(model, params, batch, None, None, False)[1])
+  noisy = jax.tree.map(lambda s: jax.random.normal(jax.random.key(1), s.shape, s.dtype),
+                       carry_shape)
+  logits, _ = task.apply(model, params, batch, noisy, None, False)
+  changed = dict(batch, inputs=batch['inputs'].at[row, :start].set(
+      (batch['inputs'][row, :start] + 1) % dataset.vocab_size))
+  other, _ = task.apply(model, params, changed, None, None, False)
+  np.testing.assert_allclose(other[row, start:], logits[row, start:], rtol=1e-5, atol=1e-6)
+  assert not np.allclose(other[row, :start], logits[row, :start])  # before it, it does
+  results = trainer.train_and_evaluate(config, str(tmp_path / 'run'))
+  assert results['status'] == 'completed'

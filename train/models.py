@@ -78,19 +78,22 @@ class LanguageModel(nn.Module):
     head = None if self.tie_embeddings else _dense(self.vocab_size, self.init_scale, dtype, 'head')
     return embed, head
 
-  def _direction(self, embed, head, tokens, initial_carry, deterministic, name):
+  def _direction(self, embed, head, tokens, initial_carry, deterministic, name,
+                 segment_starts=None):
     """Logits and final carries of one stack reading `tokens`."""
     x = nn.Dropout(self.embed_dropout)(embed(tokens), deterministic=deterministic)
     y, carries = StackedLSTM(**self.stack, name=name)(x, initial_carry=initial_carry,
-                                                      deterministic=deterministic)
+                                                      deterministic=deterministic,
+                                                      segment_starts=segment_starts)
     y = nn.Dropout(self.output_dropout)(y, deterministic=deterministic)
     logits = embed.attend(y) if head is None else head(y)
     return logits.astype(jnp.float32), carries
 
   @nn.compact
-  def __call__(self, tokens, initial_carry=None, deterministic=True):
+  def __call__(self, tokens, initial_carry=None, deterministic=True, segment_starts=None):
     embed, head = self._embed_and_head()
-    return self._direction(embed, head, tokens, initial_carry, deterministic, 'lstm')
+    return self._direction(embed, head, tokens, initial_carry, deterministic, 'lstm',
+                           segment_starts)
 
 
 class BiLanguageModel(LanguageModel):
@@ -98,12 +101,14 @@ class BiLanguageModel(LanguageModel):
   stream (the backward one reads the text reversed), sharing the embedding and the softmax."""
 
   @nn.compact
-  def __call__(self, tokens, tokens_rev, initial_carry=None, deterministic=True):
+  def __call__(self, tokens, tokens_rev, initial_carry=None, deterministic=True,
+               segment_starts=None, segment_starts_rev=None):
     embed, head = self._embed_and_head()
     logits, carries = [], []
-    for i, (name, x) in enumerate((('forward', tokens), ('backward', tokens_rev))):
+    for i, (name, x, starts) in enumerate((('forward', tokens, segment_starts),
+                                           ('backward', tokens_rev, segment_starts_rev))):
       carry = None if initial_carry is None else initial_carry[i]
-      out, c = self._direction(embed, head, x, carry, deterministic, name)
+      out, c = self._direction(embed, head, x, carry, deterministic, name, starts)
       logits.append(out)
       carries.append(c)
     return tuple(logits), tuple(carries)

@@ -98,9 +98,14 @@ class LanguageModelTask(Task):
                init_scale=m.init_scale)
 
   def model_inputs(self, batch):
+    inputs = {'tokens': batch['inputs']}
     if 'inputs_rev' in batch:  # biLM: the backward model reads the reversed stream
-      return {'tokens': batch['inputs'], 'tokens_rev': batch['inputs_rev']}
-    return {'tokens': batch['inputs']}
+      inputs['tokens_rev'] = batch['inputs_rev']
+    if 'segment_starts' in batch:  # documents: the state is reset where one begins
+      inputs['segment_starts'] = batch['segment_starts']
+      if 'inputs_rev' in batch:
+        inputs['segment_starts_rev'] = batch['segment_starts_rev']
+    return inputs
 
   def apply(self, model, params, batch, carry, rng, train: bool):
     rngs = {'dropout': rng} if train else {}

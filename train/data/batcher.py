@@ -60,6 +60,9 @@ class Batcher:
                          f'(config.num_steps={self.num_steps})')
       self._rows = tokens[:row_len * self.batch_size].reshape(self.batch_size, row_len)
       # The reversed stream, cut the same way, for a backward language model (ELMo's biLM).
+      self._starts = None if data.starts is None else self._cut(data.starts, row_len)
+      self._starts_rev = (None if data.starts_rev is None or not with_reverse
+                          else self._cut(data.starts_rev, row_len))
       self._rows_rev = (tokens[::-1][:row_len * self.batch_size].reshape(self.batch_size, row_len)
                         if with_reverse else None)
       full, rest = divmod(row_len - 1, self.num_steps)
@@ -79,6 +82,9 @@ class Batcher:
                          f'({self._size} examples); lower config.batch_size')
       self._num_batches = (self._size // self.batch_size if drop_remainder
                            else -(-self._size // self.batch_size))
+
+  def _cut(self, stream: np.ndarray, row_len: int) -> np.ndarray:
+    return stream[:row_len * self.batch_size].reshape(self.batch_size, row_len)
 
   def batches_per_epoch(self) -> int:
     return self._num_batches
@@ -129,6 +135,10 @@ class Batcher:
       stop = min(start + self.num_steps, self._rows.shape[1] - 1)
       batch = {'inputs': np.ascontiguousarray(self._rows[:, start:stop]),
                'targets': np.ascontiguousarray(self._rows[:, start + 1:stop + 1])}
+      if self._starts is not None:
+        batch['segment_starts'] = np.ascontiguousarray(self._starts[:, start:stop])
+      if self._starts_rev is not None:
+        batch['segment_starts_rev'] = np.ascontiguousarray(self._starts_rev[:, start:stop])
       if self._rows_rev is not None:
         batch['inputs_rev'] = np.ascontiguousarray(self._rows_rev[:, start:stop])
         batch['targets_rev'] = np.ascontiguousarray(self._rows_rev[:, start + 1:stop + 1])

@@ -21,6 +21,8 @@ class Split:
                                         # regress (N,) float32
   weights: Optional[np.ndarray] = None  # per_step: (N, T) float32, 1 where the loss counts
   lengths: Optional[np.ndarray] = None  # (N,) int32 valid lengths; None when all sequences are full
+  starts: Optional[np.ndarray] = None   # lm: (N,) bool, True where a document begins; None: one
+  starts_rev: Optional[np.ndarray] = None  # the same for the stream read backwards (tokens[::-1])
 
   @property
   def size(self) -> int:

@@ -28,10 +28,43 @@ def _lm_dataset(task: str, data_config: Any, streams: Dict[str, np.ndarray],
     tokens = streams[name]
     if caps[name] is not None:
       tokens = tokens[:int(caps[name])]
-    splits[name] = Split(tokens=tokens)
+    starts = document_starts(tokens, vocab, data_config.document_separator)
+    splits[name] = Split(tokens=tokens, starts=None if starts is None else starts[0],
+                         starts_rev=None if starts is None else starts[1])
   return Dataset(task=task, kind='lm', splits=splits, vocab_size=len(vocab),
                  num_classes=len(vocab), input_features=None, itos=list(vocab.itos),
                  level=vocab.level, vocab=vocab)
+
+
+def document_starts(tokens: np.ndarray, vocab: Vocabulary, separator: Optional[str]
+                    ) -> Optional[tuple[np.ndarray, np.ndarray]]:
+  """(forward, backward): True at the first token of each document, for the stream and for the
+  stream read backwards (tokens[::-1]): the first token and every token right after an occurrence
+  of `separator` (a string at char and byte level, e.g. '\n\n'; a word at word level). None
+  without a separator."""
+  if separator is None:
+    return None
+  where = f'config.data.document_separator={separator!r}'
+  if vocab.level == 'word':
+    if len(separator.split()) != 1:
+      raise ValueError(f'{where}: at word level the separator is one word, e.g. <doc>')
+    sep, unknown = vocab.encode_counted([separator.strip()])
+  else:
+    sep, unknown = vocab.encode_counted(separator)
+  if unknown or not len(sep) or (vocab.unk_id is not None and vocab.unk_id in sep):
+    raise ValueError(f'{where} is not in the vocabulary of the training text')
+  return _starts_after(tokens, sep), _starts_after(tokens[::-1], sep[::-1])
+
+
+def _starts_after(tokens: np.ndarray, sep: np.ndarray) -> np.ndarray:
+  n, k = len(tokens), len(sep)
+  found = np.ones(max(n - k + 1, 0), bool)
+  for j, token in enumerate(sep):  # found[i]: the separator occupies tokens[i:i + k]
+    found &= tokens[j:n - k + 1 + j] == token
+  starts = np.zeros(n, bool)
+  starts[0] = n > 0
+  starts[k:][found[:n - k]] = True
+  return starts
 
 
 # ------------------------------------------------------------------------------------------------
