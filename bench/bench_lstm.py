@@ -2,13 +2,15 @@
 
 Run by hand (never in CI), on an otherwise idle machine:
 
-    python bench/bench_lstm.py                    # both parts, a few minutes
+    python bench/bench_lstm.py                    # all parts, several minutes
     python bench/bench_lstm.py --part speed       # step times only
     python bench/bench_lstm.py --part compile     # compile time and memory only
+    python bench/bench_lstm.py --part options     # what each cell option costs in training
     python bench/bench_lstm.py --quick --out /tmp/bench   # smoke run, seconds
 
 Results are kept per CPU kind: by default it writes `bench/results/<cpu-slug>/` (`cpu_slug` of the
-`model name` in /proc/cpuinfo, e.g. `amd-epyc`), so a run on one kind of machine never overwrites
+`model name` in /proc/cpuinfo, e.g. `amd-epyc`, with the CPU family and model appended to a name
+that has no model number: `amd-epyc-family-26-model-2`), so a run on one kind of machine never overwrites
 another's table; `--quick` without `--out` writes to a temporary folder, never the results.
 
 Part `speed` times one training step (forward + backward + Adam; a linear head to 128 classes and
@@ -28,6 +30,10 @@ Part `compile` measures trace+lower and XLA compile time of the training step ag
 (2..32 layers) with and without `scan_layers=True`, and the temp memory XLA plans for a T=4096
 training step with and without `remat=True` (`jitted.lower(...).compile().memory_analysis()`,
 deterministic).
+
+Part `options` times the speed part's 2-layer training step in training mode with one cell option
+at a time (recurrent dropout, weight drop, CIFG, segment resets, Greff's variants, peepholes,
+zoneout), interleaved with the canonical step on both paths, and records which path each took.
 
 It writes `<out>/bench_<part>.json` and `<out>/bench_<part>.md`; the machine (CPU model, cores,
 versions, load) is in the JSON's `machine` and the Markdown's heading, and every row of the JSON
@@ -112,12 +118,14 @@ class ProjectNet(nn.Module):
   bidirectional: bool = False
   scan_layers: bool = False
   remat: bool = False
+  options: tuple = ()  # (name, value) pairs of further StackedLSTM options
 
   @nn.compact
-  def __call__(self, x):
+  def __call__(self, x, deterministic=True, segment_starts=None):
     y, _ = StackedLSTM(num_layers=self.layers, hidden_size=self.hidden,
                        bidirectional=self.bidirectional, scan_layers=self.scan_layers,
-                       remat=self.remat)(x)
+                       remat=self.remat, **dict(self.options))(
+                           x, deterministic=deterministic, segment_starts=segment_starts)
     return nn.Dense(CLASSES)(y)
 
 
@@ -402,6 +410,92 @@ def run_case(case, impls, reps, peak, log, cpu=None):
 
 
 # ----------------------------------------------------------------------------------------------
+# Options part: what each cell option costs in the training step
+
+
+OPTION_CASES = [  # (label, StackedLSTM options, segment resets)
+    ('canonical', {}, False),
+    ('recurrent_dropout=0.25', {'recurrent_dropout': 0.25}, False),
+    ('weight_drop=0.5', {'weight_drop': 0.5}, False),
+    ('coupled_gates (CIFG)', {'coupled_gates': True}, False),
+    ('segment_starts (a reset every 32 steps on average)', {}, True),
+    ('candidate_activation=linear (NIAF)', {'candidate_activation': 'linear'}, False),
+    ('output_activation=linear (NOAF)', {'output_activation': 'linear'}, False),
+    ('peephole', {'peephole': True}, False),
+    ('input_gate=False (NIG)', {'input_gate': False}, False),
+    ('zoneout_cell=zoneout_hidden=0.1', {'zoneout_cell': 0.1, 'zoneout_hidden': 0.1}, False),
+]
+
+
+def build_option(options, resets, x, y, reference=False):
+  """The 2-layer training step with `options`, in training mode (the dropout stream drawn every
+  step from a fixed key, as a trainer would fold in the step), and segment starts if `resets`."""
+  model = ProjectNet(2, HIDDEN, options=tuple(sorted(options.items())))
+  starts = None
+  if resets:
+    starts = jnp.asarray(np.random.default_rng(1).random(x.shape[:2]) < 1 / 32)
+  params = model.init(jax.random.key(0), jnp.asarray(x[:1]))
+  key = jax.random.key(1)
+  apply = lambda p, x: model.apply(p, x, deterministic=False, segment_starts=starts,
+                                   rngs={'dropout': key})
+  context = _reference_context if reference else contextlib.nullcontext
+  return JaxRunner(apply, params, x, y, True, context)
+
+
+def options_part(quick, log, reps, cpu=None):
+  """Step times of the 2-layer training step (the speed part's workload) with each cell option,
+  interleaved with the canonical step on both paths; which path each option takes is
+  `lstm.fast.supports`' answer, recorded from the trace."""
+  steps = 16 if quick else STEPS
+  x, y = make_data(BATCH, steps)
+  runners, paths = {}, {}
+  for label, options, resets in OPTION_CASES[:3] if quick else OPTION_CASES:
+    calls = []
+    original = lstm_fast.run_layer
+    lstm_fast.run_layer = lambda *a, **k: calls.append(1) or original(*a, **k)
+    try:
+      runners[label] = build_option(options, resets, x, y)
+    finally:
+      lstm_fast.run_layer = original
+    paths[label] = 'fast' if calls else 'reference'
+    log(f'  built {label} ({paths[label]} path)')
+  runners['canonical, reference path'] = build_option({}, False, x, y, reference=True)
+  paths['canonical, reference path'] = 'reference'
+  times, inner = time_interleaved(runners, reps, 0.6)
+  base = statistics.median(times['canonical'])
+  rows = []
+  for label in runners:
+    med = statistics.median(times[label])
+    rows.append(dict(option=label, path=paths[label], cpu=cpu, median_ms=med * 1e3,
+                     min_ms=min(times[label]) * 1e3, ratio_to_canonical=med / base,
+                     times_ms=[t * 1e3 for t in times[label]]))
+    log(f'  {label:50s} {paths[label]:9s} median {med * 1e3:7.1f} ms  x{med / base:.2f}')
+  return dict(steps=steps, inner_steps=inner, repetitions=reps, rows=rows)
+
+
+def options_markdown(result):
+  info = result['machine']
+  lines = [
+      f'### Cell options in the training step: {info["cpu"]}, {info["cores"]} cores',
+      '',
+      f'jax {info["jax"]}, flax {info["flax"]}; 1-minute load average {info["loadavg"][0]:.2f} at '
+      f'start; {info["date"]}, commit {info["commit"]}.',
+      f'The speed part\'s training step at 2 layers (batch {BATCH}, input {F_IN}, hidden {HIDDEN}, '
+      f'T={result["steps"]}, float32, Adam), in training mode (deterministic=False), with one '
+      'option each; all interleaved in one process. "path": where `lstm.fast.supports` sent the '
+      'layers. "vs canonical": median / the canonical step\'s median.',
+      f'Command: `{result["command"]}`',
+      '',
+      '| option | path | median ms | min ms | vs canonical |',
+      '|---|---|---:|---:|---:|',
+  ]
+  for r in result['rows']:
+    lines.append(f'| {r["option"]} | {r["path"]} | {r["median_ms"]:.1f} | {r["min_ms"]:.1f} | '
+                 f'{r["ratio_to_canonical"]:.2f}x |')
+  return '\n'.join(lines) + '\n'
+
+
+# ----------------------------------------------------------------------------------------------
 # Compile-time and memory part
 
 
@@ -464,15 +558,25 @@ def compile_part(quick, log, cpu=None):
 
 
 def cpu_model():
-  """The CPU's `model name` from /proc/cpuinfo (`platform.processor()` where there is none)."""
+  """The CPU's `model name` from /proc/cpuinfo (`platform.processor()` where there is none). A
+  name without a model number (a virtual machine's 'AMD EPYC', which has named two generations
+  here) gets the CPU family and model appended: 'AMD EPYC (family 26 model 2)'."""
+  fields = {}
   try:
     with open('/proc/cpuinfo') as f:
       for line in f:
-        if line.startswith('model name'):
-          return line.split(':', 1)[1].strip()
+        key, _, value = line.partition(':')
+        fields.setdefault(key.strip(), value.strip())
+        if not line.strip():
+          break
   except OSError:
     pass
-  return platform.processor() or platform.machine() or 'unknown'
+  name = fields.get('model name')
+  if not name:
+    return platform.processor() or platform.machine() or 'unknown'
+  if not re.search(r'\d', name) and 'cpu family' in fields and 'model' in fields:
+    name += f' (family {fields["cpu family"]} model {fields["model"]})'
+  return name
 
 
 def cpu_slug(model):
@@ -593,7 +697,7 @@ def main(argv=None):
   parser.add_argument('--out', default=None,
                       help='output folder (default bench/results/<cpu-slug>/; a temporary '
                            'folder with --quick)')
-  parser.add_argument('--part', choices=('speed', 'compile', 'all'), default='all')
+  parser.add_argument('--part', choices=('speed', 'compile', 'options', 'all'), default='all')
   parser.add_argument('--quick', action='store_true', help='tiny smoke run')
   parser.add_argument('--reps', type=int, default=None, help='repetitions per case')
   parser.add_argument('--impls', default='project,project-ref,pytorch,pytorch-1t,flax,keras')
@@ -637,6 +741,12 @@ def main(argv=None):
   if args.part in ('compile', 'all'):
     result = dict(machine=info, command=command, **compile_part(args.quick, log, info['cpu']))
     write_part(args.out, 'compile', result, compile_markdown(result), log)
+
+  if args.part in ('options', 'all'):
+    result = dict(machine=info, command=command,
+                  **options_part(args.quick, log, args.reps or (2 if args.quick else 7),
+                                 info['cpu']))
+    write_part(args.out, 'options', result, options_markdown(result), log)
 
 
 if __name__ == '__main__':
