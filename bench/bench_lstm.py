@@ -557,13 +557,13 @@ def compile_part(quick, log, cpu=None):
 # Reporting
 
 
-def cpu_model():
+def cpu_model(cpuinfo='/proc/cpuinfo'):
   """The CPU's `model name` from /proc/cpuinfo (`platform.processor()` where there is none). A
   name without a model number (a virtual machine's 'AMD EPYC', which has named two generations
   here) gets the CPU family and model appended: 'AMD EPYC (family 26 model 2)'."""
   fields = {}
   try:
-    with open('/proc/cpuinfo') as f:
+    with open(cpuinfo) as f:
       for line in f:
         key, _, value = line.partition(':')
         fields.setdefault(key.strip(), value.strip())

@@ -1,5 +1,6 @@
 """bench/gpu_check.sh in its CPU form (JAX_PLATFORMS=cpu, tiny sizes), so that the GPU check is not
-broken on the day a session has the device; and bench_lstm.py's per-CPU results folder.
+broken on the day a session has the device; bench_lstm.py's per-CPU results folder and its cell
+options part in its quick form.
 
 No timing is asserted: only that the script exits 0, says what it skipped, and writes its tables
 with the expected rows.
@@ -62,12 +63,17 @@ def test_cpu_form_writes_the_tables(cpu_form):
     assert f'| {impl} |' in md
 
 
-def test_bench_results_are_kept_per_cpu_kind():
+def _bench_lstm():
   sys.path.insert(0, os.path.join(ROOT, 'bench'))
   try:
     import bench_lstm
   finally:
     sys.path.remove(os.path.join(ROOT, 'bench'))
+  return bench_lstm
+
+
+def test_bench_results_are_kept_per_cpu_kind(tmp_path):
+  bench_lstm = _bench_lstm()
   assert bench_lstm.cpu_slug('AMD EPYC') == 'amd-epyc'
   assert bench_lstm.cpu_slug('Intel(R) Xeon(R) Platinum 8480C CPU @ 2.00GHz') == \
       'intel-xeon-platinum-8480c'
@@ -78,3 +84,27 @@ def test_bench_results_are_kept_per_cpu_kind():
   assert os.path.isdir(quick) and not quick.startswith(os.path.join(ROOT, 'bench'))
   os.rmdir(quick)
   assert os.path.exists(os.path.join(ROOT, 'bench', 'results', 'amd-epyc', 'bench_speed.json'))
+  info = tmp_path / 'cpuinfo'
+  info.write_text('processor\t: 0\nvendor_id\t: AuthenticAMD\ncpu family\t: 26\nmodel\t\t: 2\n'
+                  'model name\t: AMD EPYC\n\nprocessor\t: 1\n')
+  assert bench_lstm.cpu_model(str(info)) == 'AMD EPYC (family 26 model 2)'
+  assert bench_lstm.cpu_slug(bench_lstm.cpu_model(str(info))) == 'amd-epyc-family-26-model-2'
+  info.write_text('cpu family\t: 6\nmodel\t\t: 143\n'
+                  'model name\t: Intel(R) Xeon(R) Platinum 8480C CPU @ 2.00GHz\n')
+  assert bench_lstm.cpu_model(str(info)) == 'Intel(R) Xeon(R) Platinum 8480C CPU @ 2.00GHz'
+
+
+def test_options_part_times_each_option_on_the_path_it_takes(tmp_path):
+  pytest.importorskip('torch')
+  proc = subprocess.run([sys.executable, os.path.join(ROOT, 'bench', 'bench_lstm.py'), '--part',
+                         'options', '--quick', '--reps', '1', '--out', str(tmp_path)],
+                        cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+  with open(tmp_path / 'bench_options.json') as f:
+    rows = {r['option']: r for r in json.load(f)['rows']}
+  assert {k: r['path'] for k, r in rows.items()} == {
+      'canonical': 'fast', 'recurrent_dropout=0.25': 'fast', 'weight_drop=0.5': 'fast',
+      'canonical, reference path': 'reference'}
+  assert rows['canonical']['ratio_to_canonical'] == 1.0
+  assert all(r['median_ms'] > 0 for r in rows.values())
+  assert '| canonical, reference path | reference |' in (tmp_path / 'bench_options.md').read_text()
