@@ -20,8 +20,8 @@ grow without limit, and the language model carries its state from batch to batch
 (a non-finite loss stops the run with status `diverged`) is part of the result: the report counts
 diverged runs, and a rate at which a tuning run diverged is never chosen.
 
-Cost: 6 settings x 7 runs = 42 runs of the 2-layer size of configs/study.py (about 110 s each on
-ptb, 55 s on mnist1d: ~1.3 and ~0.6 core-hours; `cell_clip` takes the reference path, slower).
+Cost: 6 settings x 8 runs = 48 runs of the 2-layer size of configs/study.py (about 110 s each on
+ptb, 55 s on mnist1d: ~1.5 and ~0.7 core-hours; `cell_clip` takes the reference path, slower).
 """
 from configs import study
 

@@ -18,8 +18,9 @@ and test voices; label error rate), at 2 layers; the protocol is the study's: ev
 over configs/study.py's learning rates with seed 0, then SEEDS at its chosen rate, each arm
 paired by seed against vanilla.
 
-Cost: 8 arms x (3 tuning runs + 2 more seeds) = 40 runs of about 1.5-2.5 min (1,000 steps; NIG,
-NFG and NOG take the reference path, the others the fast path): about 1.5 core-hours.
+Cost: 8 arms x (4 tuning runs + 2 more seeds) = 48 runs of about 1.5-2.5 min (1,000 steps; NIG,
+NFG and NOG take the reference path, the others the fast path; the first measured: 103 s): about
+1.7 core-hours.
 """
 from configs import study
 
