@@ -66,6 +66,7 @@ import numpy as np  # noqa: E402
 import optax  # noqa: E402
 
 from lstm import StackedLSTM  # noqa: E402
+from lstm.layout import cpu_name as cpu_model  # noqa: E402
 
 try:
   from lstm import fast as lstm_fast  # noqa: E402
@@ -555,28 +556,6 @@ def compile_part(quick, log, cpu=None):
 
 # ----------------------------------------------------------------------------------------------
 # Reporting
-
-
-def cpu_model(cpuinfo='/proc/cpuinfo'):
-  """The CPU's `model name` from /proc/cpuinfo (`platform.processor()` where there is none). A
-  name without a model number (a virtual machine's 'AMD EPYC', which has named two generations
-  here) gets the CPU family and model appended: 'AMD EPYC (family 26 model 2)'."""
-  fields = {}
-  try:
-    with open(cpuinfo) as f:
-      for line in f:
-        key, _, value = line.partition(':')
-        fields.setdefault(key.strip(), value.strip())
-        if not line.strip():
-          break
-  except OSError:
-    pass
-  name = fields.get('model name')
-  if not name:
-    return platform.processor() or platform.machine() or 'unknown'
-  if not re.search(r'\d', name) and 'cpu family' in fields and 'model' in fields:
-    name += f' (family {fields["cpu family"]} model {fields["model"]})'
-  return name
 
 
 def cpu_slug(model):

@@ -4,8 +4,9 @@
 runs its reference `lax.scan`, which the tests compare this path against. The function computed
 is the same; what differs is the work and memory around it (each point measured, see bench/):
 
-* Inference (nothing differentiated: the custom VJP's primal) on CPU with batch >= 32 and
-  hidden >= 256 (`feature_major_pays`) runs one feature-major loop: carries (H, B), inputs
+* Inference (nothing differentiated: the custom VJP's primal) on CPU, for the shapes where it
+  was measured faster on this machine (`feature_major_pays`, `lstm.layout`: measured once per
+  CPU and shape, cached), runs one feature-major loop: carries (H, B), inputs
   (T, F, B), and each step computes kernel^T x_t + w^T h. XLA:CPU runs these (4H, K) by (K, B)
   products markedly faster than the batch-major x_t kernel and h w at such sizes, and projecting
   inside the loop spares writing and reading a (T, B, 4H) z. The gates are a (4, H, B) view,
@@ -54,6 +55,7 @@ keeps its cached trace, so jit a new one inside the context):
 from __future__ import annotations
 
 import contextlib
+import functools
 import threading
 from typing import Callable, NamedTuple, Optional
 
@@ -61,7 +63,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lstm import activations
+from lstm import activations, layout
 from lstm.cell import restart
 
 Array = jax.Array
@@ -285,21 +287,39 @@ def _reset_at(resets: Optional[Array], t) -> Optional[Array]:
 # The layer: projection and time loop under one custom VJP
 
 
-def feature_major_pays(batch: int, hidden: int) -> bool:
-  """Whether inference runs `_infer_feature_major`: on CPU, with batch >= 32 and hidden >= 256.
+def feature_major_pays(batch: int, hidden: int, features: int, dtype) -> bool:
+  """Whether inference runs `_infer_feature_major`: `lstm.layout`'s choice for this shape on this
+  machine (measured once per CPU and shape on CPU; batch-major on accelerators).
 
-  Measured against the batch-major loop on a 2-core CPU (one layer's inference, median time
-  ratio): 0.86x at batch 32 x hidden 256 (T=128, input 128), 0.73x at 256 x 256, 0.60x at
-  32 x 1024; 1.05x at 16 x 256, 0.99x at 16 x 512; slower at 32 x 128 (1.13x), 8 x 256 (1.09x),
-  4 x 256 (1.68x), 64 x 64 (1.24x) and 1 x 512 (1.22x).
-  Accelerators keep the batch-major loop, which XLA lays out for them.
+  Measured against the batch-major loop on the first 2-core AMD EPYC (one layer's inference,
+  median time ratio): 0.86x at batch 32 x hidden 256 (T=128, input 128), 0.73x at 256 x 256, 0.60x
+  at 32 x 1024; 1.05x at 16 x 256, 0.99x at 16 x 512; slower at 32 x 128 (1.13x), 8 x 256 (1.09x),
+  4 x 256 (1.68x), 64 x 64 (1.24x) and 1 x 512 (1.22x); on a newer AMD EPYC about even at 32 x 256.
   """
-  return jax.default_backend() == 'cpu' and batch >= 32 and hidden >= 256
+  return layout.feature_major(batch, hidden, features, dtype, _measure_layouts)
+
+
+def _measure_layouts(batch: int, hidden: int, features: int, dtype, steps: int
+                     ) -> tuple[float, float]:
+  """Best seconds of one canonical layer's inference of this shape: (batch-major, feature-major)."""
+  spec = _Spec(jnp.tanh, jnp.tanh, _sigmoid, True, False, False, False)
+  keys = jax.random.split(jax.random.key(0), 3)
+  inputs = (jax.random.normal(keys[0], (steps, batch, features), dtype),
+            (jax.random.normal(keys[1], (features, 4 * hidden)) / np.sqrt(features)).astype(dtype),
+            (jax.random.normal(keys[2], (hidden, 4 * hidden)) / np.sqrt(hidden)).astype(dtype),
+            jnp.zeros((4 * hidden,), dtype), jnp.zeros((batch, hidden), dtype),
+            jnp.zeros((batch, hidden), dtype), jnp.zeros((0,), jnp.bool_), None, None)
+  runs = {}
+  for name, impl in (('batch_major', _infer_batch_major), ('feature_major', _infer_feature_major)):
+    compiled = jax.jit(functools.partial(impl, spec)).lower(*inputs).compile()
+    runs[name] = functools.partial(compiled, *inputs)
+  best = layout.time_best(runs)
+  return best['batch_major'], best['feature_major']
 
 
 def _layer_impl(spec: _Spec, x, kernel, w, b, h0, c0, mask, resets, drop):
   """Inference (the primal, when nothing is differentiated)."""
-  if feature_major_pays(x.shape[1], w.shape[0]):
+  if feature_major_pays(x.shape[1], w.shape[0], x.shape[2], x.dtype):
     return _infer_feature_major(spec, x, kernel, w, b, h0, c0, mask, resets, drop)
   return _infer_batch_major(spec, x, kernel, w, b, h0, c0, mask, resets, drop)
 

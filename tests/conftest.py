@@ -1,8 +1,12 @@
 """Shared test set-up: Keras runs on the JAX backend; float32 matmuls at full precision; the
-`fast_calls` fixture; `trained_run`, tiny runs trained once per session."""
+inference layout by the size rule; the `fast_calls` fixture; `trained_run`, tiny runs trained once
+per session."""
 import os
 
 os.environ.setdefault('KERAS_BACKEND', 'jax')
+# The suite runs both inference layouts explicitly (tests/test_fast.py) and tests the measured
+# choice on its own (tests/test_layout.py); elsewhere the size rule keeps runs reproducible.
+os.environ.setdefault('LSTM_INFERENCE_LAYOUT', 'rule')
 
 import jax  # noqa: E402
 import pytest  # noqa: E402

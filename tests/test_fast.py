@@ -23,7 +23,7 @@ _jit = functools.partial(jax.jit, compiler_options={'xla_backend_optimization_le
 def layout(request, monkeypatch):
   """Runs the test once per inference loop layout (`fast.feature_major_pays` decides otherwise)."""
   monkeypatch.setattr(fast, 'feature_major_pays',
-                      lambda batch, hidden: request.param == 'feature_major')
+                      lambda *shape: request.param == 'feature_major')
   return request.param
 
 
@@ -229,8 +229,9 @@ def test_mixed_dtype_carry_takes_the_reference_path(fast_calls):
 @pytest.mark.skipif(jax.default_backend() != 'cpu',
                     reason='the feature-major layout is a CPU rule; accelerators run batch-major')
 def test_inference_layout_follows_the_size(monkeypatch):
-  """At batch 32 x hidden 256 on CPU inference runs feature-major, equal to the reference path;
-  smaller layers and training run batch-major."""
+  """Under the 'rule' policy, at batch 32 x hidden 256 on CPU inference runs feature-major, equal
+  to the reference path; smaller layers and training run batch-major."""
+  monkeypatch.setenv('LSTM_INFERENCE_LAYOUT', 'rule')
   used = []
   for name in ('_infer_feature_major', '_infer_batch_major'):
     original = getattr(fast, name)

@@ -48,6 +48,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from lstm import cache
 from train import files
 
 SAMPLE_RATE = 22050
@@ -67,7 +68,7 @@ TEST_VOICES = ('gmw/en-GB-scotland', 'gmw/en-029+f3', 'gmw/en-US-nyc+m7',
 VALID_VOICES = ('gmw/en-GB-x-gbcwmd', 'gmw/en-GB-x-gbcwmd+f3', 'gmw/en-US-nyc+f2',
                 'gmw/en-029+m3')
 
-CACHE_ENV = 'STACKED_LSTM_CACHE'
+CACHE_ENV = cache.ENV
 _CACHE_FORMAT = 1  # bump when the generator changes what it writes
 
 # ------------------------------------------------------------------------------------------------
@@ -370,9 +371,7 @@ class SpeechSplit:
     return len(self.lengths)
 
 
-def default_cache_dir() -> str:
-  return os.environ.get(CACHE_ENV) or os.path.join(os.path.expanduser('~'), '.cache',
-                                                   'stacked_lstm')
+default_cache_dir = cache.directory
 
 
 def _utterance(seed: int, split_index: int, i: int, min_digits: int, max_digits: int,

@@ -1,0 +1,13 @@
+"""The project's cache directory: `$STACKED_LSTM_CACHE`, else `~/.cache/stacked_lstm`.
+
+What is kept there can always be made again: the inference layouts measured on this machine
+(`lstm.layout`) and the trainer's generated or encoded data.
+"""
+import os
+
+ENV = 'STACKED_LSTM_CACHE'
+
+
+def directory() -> str:
+  """The cache directory (not created here)."""
+  return os.environ.get(ENV) or os.path.join(os.path.expanduser('~'), '.cache', 'stacked_lstm')
