@@ -297,6 +297,17 @@ def test_slurm_task_runs_its_line(tmp_path):
   assert '#SBATCH --array=0-2\n' in script.read_text()
 
 
+def test_points_run_with_the_persistent_compilation_cache(tmp_path, monkeypatch):
+  monkeypatch.delenv('JAX_COMPILATION_CACHE_DIR', raising=False)
+  monkeypatch.setenv('STACKED_LSTM_CACHE', str(tmp_path / 'cache'))
+  argv = [sys.executable, '-c', 'import os; print(os.environ["JAX_COMPILATION_CACHE_DIR"])']
+  assert sweep.Runner()(argv, str(tmp_path / 'a')) == 0
+  assert (tmp_path / 'a' / 'log.txt').read_text().splitlines()[-1] == str(tmp_path / 'cache' / 'jax')
+  monkeypatch.setenv('JAX_COMPILATION_CACHE_DIR', str(tmp_path / 'mine'))
+  assert sweep.Runner()(argv, str(tmp_path / 'b')) == 0
+  assert (tmp_path / 'b' / 'log.txt').read_text().splitlines()[-1] == str(tmp_path / 'mine')
+
+
 # ------------------------------------------------------------------------------------------------
 # The tuning stage
 

@@ -34,6 +34,10 @@ A value with a diverged run is never chosen. `'compare': {'field': 'model.betwee
 'none'}` tells the report which arm the others are paired against. Point names then carry the
 tuned field, e.g. `between=relu,num_layers=4,learning_rate=0.003,seed=1`.
 
+Points run with JAX's persistent compilation cache (`$JAX_COMPILATION_CACHE_DIR`, by default
+`jax/` in the project's cache directory, `~/.cache/stacked_lstm`), so a setting's later seeds and
+resumed points do not compile again what an earlier point compiled.
+
 A point whose workdir holds `results.json` with status `completed` or `diverged` is skipped; any
 other point runs, and main.py resumes a preempted or killed one from its checkpoint, so a sweep
 that is stopped and started again loses nothing. Ctrl-C or SIGTERM stops the sweep: the running
@@ -63,6 +67,7 @@ from typing import Any, Callable, Optional, Sequence
 
 import ml_collections
 
+from lstm import cache
 from train import files, statistics
 
 FINISHED = ('completed', 'diverged')
@@ -347,6 +352,15 @@ def summary_line(results: Optional[dict]) -> str:
 # Running
 
 
+def point_environment() -> dict[str, str]:
+  """The sweep's environment for a point, with JAX's persistent compilation cache on (in the
+  project's cache directory unless JAX_COMPILATION_CACHE_DIR is set): the points of a sweep
+  compile the same programs again and again (every seed of a setting, a resumed point)."""
+  env = dict(os.environ)
+  env.setdefault('JAX_COMPILATION_CACHE_DIR', os.path.join(cache.directory(), 'jax'))
+  return env
+
+
 class Runner:
   """Runs point commands as subprocesses; on stop() sends them SIGTERM (they checkpoint)."""
 
@@ -365,7 +379,8 @@ class Runner:
           return -1
         # Own session: a Ctrl-C at the terminal reaches the sweep only, which passes on SIGTERM.
         proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, start_new_session=True)
+                                stdin=subprocess.DEVNULL, start_new_session=True,
+                                env=point_environment())
         self.procs.add(proc)
       try:
         return proc.wait()
