@@ -181,21 +181,83 @@ def test_remat_and_bfloat16():
 
 
 @pytest.mark.parametrize('kwargs, match', [
-    (dict(num_layers=0, hidden_size=4), 'num_layers must be a positive integer'),
-    (dict(num_layers=2, hidden_size=0), 'layer 0: features must be a positive integer'),
-    (dict(num_layers=2), 'hidden_size is required'),
-    (dict(num_layers=2, hidden_size=4, between='sofmax'), "between='sofmax' is not known"),
-    (dict(num_layers=2, hidden_size=4, activation='rleu'), "activation='rleu'"),
-    (dict(num_layers=2, hidden_size=4, proj_size=4), 'proj_size must be smaller'),
-    (dict(num_layers=2, hidden_size=4, dropout=1.0), r'dropout must be in \[0, 1\)'),
-    (dict(cells=({'features': 4}, {'features': 5}), residual=True), 'residual=True needs'),
+    (dict(num_layers=0, hidden_size=4), r'^num_layers must be a positive integer, got 0$'),
+    (dict(num_layers=1, hidden_size=-3), r'^hidden_size must be a positive integer, got -3$'),
+    (dict(num_layers=2, hidden_size=0), r'^hidden_size must be a positive integer, got 0$'),
+    (dict(num_layers=2), r'^hidden_size is required: give hidden_size=N, or cells'),
+    (dict(num_layers=2, hidden_size=4, between='sofmax'), r"^between='sofmax' is not known"),
+    (dict(num_layers=2, hidden_size=4, activation='rleu'), r"^activation='rleu' is not a known"),
+    (dict(num_layers=2, hidden_size=4, proj_size=4),
+     r'^proj_size must be smaller than hidden_size \(4\), got 4$'),
+    (dict(num_layers=2, hidden_size=4, dropout=1.0), r'^dropout must be in \[0, 1\), got 1.0$'),
+    (dict(cells=({'features': 4}, {'features': 5}), residual=True),
+     r'^residual=True needs every layer to output the same width, but cells\[1\] outputs 5 and '
+     r'cells\[0\] 4'),
     (dict(cells=({'features': 4}, {'features': 5}, {'features': 6}), scan_layers=True),
-     'scan_layers=True needs identical'),
-    (dict(cells=({'featurs': 4},)), r"cells\[0\] has unknown option"),
+     r"^scan_layers=True runs cells\[1:\] as one scanned layer, .* cells\[2\] differs from "
+     r"cells\[1\] in \['features'\]$"),
+    (dict(cells=({'featurs': 4},)), r"^cells\[0\] has unknown option\(s\) \['featurs'\]"),
+    (dict(cells=()), r'^cells must be a sequence .*, got an empty sequence$'),
+    (dict(cells={'features': 4}), r'^cells must be a sequence .*, got \w*dict$'),
+    (dict(cells=({'features': 4}, 5)), r"^cells\[1\] must be a mapping of cell options, .*got int$"),
+    (dict(cells=({'features': 4}, {'proj_size': 2})),
+     r"^cells\[1\] has no 'features' and hidden_size is not given: set cells\[1\]\['features'\] "
+     r'or hidden_size$'),
+    (dict(num_layers=3, cells=({'features': 4}, {'features': 4})),
+     r'^num_layers=3 disagrees with len\(cells\)=2: leave num_layers out or give num_layers=2$'),
 ])
 def test_bad_config_raises_before_tracing(kwargs, match):
-  with pytest.raises(ValueError, match=match):
+  with pytest.raises(ValueError, match=match) as info:
     StackedLSTM(**kwargs)
+  assert '\n' not in str(info.value)
+
+
+TWO = ({'features': 4}, {'features': 4})  # two layers given per layer, for per-layer overrides
+
+
+def _second(**options):
+  """Two-layer `cells` whose second layer also has `options`."""
+  return (TWO[0], {**TWO[1], **options})
+
+
+# Each cell option check, once as a stack attribute and once as a per-layer override: the message
+# names the option as it was given.
+@pytest.mark.parametrize('kwargs, message', [
+    (dict(hidden_size=4, cells=({}, {'features': -1})),
+     "cells[1]['features'] must be a positive integer, got -1"),
+    (dict(hidden_size=-2, cells=({'features': 4}, {})), 'hidden_size must be a positive integer'),
+    (dict(cells=TWO, proj_size=0), 'proj_size must be None or a positive integer, got 0'),
+    (dict(cells=_second(proj_size=2.5)),
+     "cells[1]['proj_size'] must be None or a positive integer, got 2.5"),
+    (dict(cells=({'features': 4}, {'features': 3}), proj_size=3),
+     "proj_size must be smaller than cells[1]['features'] (3), got 3"),
+    (dict(hidden_size=3, cells=({'features': 4}, {'proj_size': 3})),
+     "cells[1]['proj_size'] must be smaller than hidden_size (3), got 3"),
+    (dict(cells=TWO, proj_clip=1.0), 'proj_clip=1.0 needs a projection: set proj_size as well'),
+    (dict(cells=_second(proj_clip=1.0)),
+     "cells[1]['proj_clip']=1.0 needs a projection: set proj_size as well"),
+    (dict(cells=TWO, cell_clip=0), 'cell_clip must be None or a positive number, got 0'),
+    (dict(cells=_second(proj_size=2, proj_clip=-1.0)),
+     "cells[1]['proj_clip'] must be None or a positive number, got -1.0"),
+    (dict(cells=TWO, recurrent_activation='sigmod'), "recurrent_activation='sigmod' is not a known"),
+    (dict(cells=_second(activation='rleu')), "cells[1]['activation']='rleu' is not a known"),
+    (dict(cells=_second(output_activation='nope')),
+     "cells[1]['output_activation']='nope' is not a known"),
+    (dict(cells=TWO, coupled_gates=True, forget_gate=False),
+     'coupled_gates=True makes the input gate 1 - f: it needs forget_gate=True, got '
+     'forget_gate=False'),
+    (dict(cells=_second(input_gate=False), coupled_gates=True),
+     "coupled_gates=True makes the input gate 1 - f: it needs cells[1]['input_gate']=True, got "
+     "cells[1]['input_gate']=False"),
+    (dict(cells=TWO, weight_drop=1.0), 'weight_drop must be in [0, 1), got 1.0'),
+    (dict(cells=_second(zoneout_hidden=-0.5)),
+     "cells[1]['zoneout_hidden'] must be in [0, 1), got -0.5"),
+])
+def test_bad_cell_option_is_named_as_given(kwargs, message):
+  with pytest.raises(ValueError) as info:
+    StackedLSTM(**kwargs)
+  assert str(info.value).startswith(message), str(info.value)
+  assert '\n' not in str(info.value) and 'layer 0' not in str(info.value)
 
 
 def test_bad_call_arguments():
