@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any, Callable, Mapping, Optional
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from lstm import activations
@@ -24,14 +25,16 @@ def _same(option: str) -> str:
 
 
 def check_inputs(x, seq_lengths, in_features: int | None = None) -> None:
-  """Raises ValueError/TypeError naming the argument when `x` or `seq_lengths` is malformed."""
+  """Raises ValueError/TypeError naming the argument when `x` or `seq_lengths` is malformed;
+  `in_features` is the input width the variables were made for, when they exist."""
   shape = getattr(x, 'shape', None)
   if shape is None:
     raise TypeError(f'x must be an array of shape (batch, time, features), got {type(x).__name__}')
   if len(shape) != 3:
     raise ValueError(f'x must have rank 3 (batch, time, features), got shape {tuple(shape)}')
   if in_features is not None and shape[-1] != in_features:
-    raise ValueError(f'x has {shape[-1]} features, expected {in_features}')
+    raise ValueError(f'x has {shape[-1]} features (its last axis), but the variables were made '
+                     f'for {in_features}: give x of shape (batch, time, {in_features})')
   if seq_lengths is None:
     return
   ls = getattr(seq_lengths, 'shape', None)
@@ -66,6 +69,39 @@ def check_segment_starts(x, segment_starts) -> None:
                      f'got {got}')
   if segment_starts.dtype != np.bool_:
     raise TypeError(f'segment_starts must be a boolean array, got dtype {segment_starts.dtype}')
+
+
+def describe(value) -> str:
+  """`value` in a message: an array by its shape, a tuple or list by its length."""
+  shape = getattr(value, 'shape', None)
+  if shape is not None:
+    return f'an array of shape {tuple(shape)}'
+  if isinstance(value, (tuple, list)):
+    return f'a {type(value).__name__} of {len(value)}'
+  return type(value).__name__
+
+
+def check_carry(carry, name: str, batch: int, features: int, carry_features: int) -> None:
+  """Raises ValueError unless `carry` is an (h, c) pair of (batch, carry_features) and
+  (batch, features) arrays; `name` is how the caller spells `carry`."""
+  if not isinstance(carry, (tuple, list)) or len(carry) != 2:
+    raise ValueError(f'{name} must be an (h, c) pair of arrays, got {describe(carry)}')
+  for i, (part, width) in enumerate(zip(('h', 'c'), (carry_features, features))):
+    shape = getattr(carry[i], 'shape', None)
+    if shape is None or tuple(shape) != (batch, width):
+      raise ValueError(f'{name}[{i}] ({part}) must have shape (batch, {width}) = '
+                       f'({batch}, {width}), got {describe(carry[i])}')
+
+
+def check_carry_dtype(carry, compute_dtype) -> None:
+  """Raises TypeError unless h and c of `carry` share one floating dtype at least as wide as
+  `compute_dtype` (otherwise the updated carry would not have the carry's own dtype)."""
+  h, c = carry
+  dtype = np.dtype(h.dtype)
+  if (dtype != np.dtype(c.dtype) or not jnp.issubdtype(dtype, jnp.floating)
+      or jnp.promote_types(dtype, compute_dtype) != dtype):
+    raise TypeError(f'initial_carry must hold h and c in one floating dtype, {compute_dtype} (the '
+                    f'layer computes in it) or wider, got h {h.dtype} and c {c.dtype}')
 
 
 def _positive_int(name: str, value, allow_none: bool = False) -> None:

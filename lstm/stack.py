@@ -234,11 +234,9 @@ class StackedLSTM(nn.Module):
   def __call__(self, x: Array, seq_lengths: Optional[Array] = None,
                initial_carry: Optional[Sequence[Any]] = None, deterministic: bool = True,
                segment_starts: Optional[Array] = None) -> tuple[Array, tuple[Any, ...]]:
-    checks.check_inputs(x, seq_lengths)
+    checks.check_inputs(x, seq_lengths, self._input_width())
     checks.check_segment_starts(x, segment_starts)
-    if initial_carry is not None and len(initial_carry) != self.depth:
-      raise ValueError(f'initial_carry must hold one carry per layer ({self.depth}), '
-                       f'got {len(initial_carry)}')
+    self._check_initial_carry(initial_carry, x.shape[0])
     y = jnp.swapaxes(x, 0, 1)
     mask = time_mask(seq_lengths, y.shape[0])
     starts = None if segment_starts is None else jnp.swapaxes(segment_starts, 0, 1)
@@ -260,6 +258,30 @@ class StackedLSTM(nn.Module):
     if mask is not None:
       y = jnp.where(mask[..., None], y, jnp.zeros((), y.dtype))
     return jnp.swapaxes(y, 0, 1), tuple(carries)
+
+  def _input_width(self) -> Optional[int]:
+    """The input features the variables were made for; None before they exist (init)."""
+    params = self.variables.get('params', {})
+    first = params.get('layer_0', {}).get('forward', {})
+    return first['kernel'].shape[0] if 'kernel' in first else None
+
+  def _check_initial_carry(self, initial_carry, batch: int) -> None:
+    if initial_carry is None:
+      return
+    if not isinstance(initial_carry, (tuple, list)) or len(initial_carry) != self.depth:
+      raise ValueError(f'initial_carry must hold one carry per layer ({self.depth}), got '
+                       f'{checks.describe(initial_carry)}')
+    for i, carry in enumerate(initial_carry):
+      config = self.cell_config(i)
+      widths = (batch, config['features'], config['proj_size'] or config['features'])
+      if not self.bidirectional:
+        checks.check_carry(carry, f'initial_carry[{i}]', *widths)
+        continue
+      if not isinstance(carry, (tuple, list)) or len(carry) != 2:
+        raise ValueError(f'initial_carry[{i}] must be a (forward, backward) pair of (h, c) '
+                         f'carries (bidirectional=True), got {checks.describe(carry)}')
+      for j in range(2):
+        checks.check_carry(carry[j], f'initial_carry[{i}][{j}]', *widths)
 
   def _scanned(self, y, mask, seq_lengths, starts, initial_carry, deterministic, layer_cls):
     n = self.depth - 1

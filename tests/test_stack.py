@@ -1,3 +1,5 @@
+import re
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -260,15 +262,81 @@ def test_bad_cell_option_is_named_as_given(kwargs, message):
   assert '\n' not in str(info.value) and 'layer 0' not in str(info.value)
 
 
-def test_bad_call_arguments():
+def _carry(width=H, batch=B, dtype=jnp.float32):
+  return jnp.zeros((batch, width), dtype), jnp.zeros((batch, width), dtype)
+
+
+@pytest.fixture(scope='module')
+def two_layers():
   model = StackedLSTM(num_layers=2, hidden_size=H)
+  return model, model.init(jax.random.key(0), _x())
+
+
+@pytest.mark.parametrize('arguments, error, match', [
+    (dict(x=np.ones((B, T, F)).tolist()), TypeError,
+     r'^x must be an array of shape \(batch, time, features\), got list$'),
+    (dict(x=jnp.ones((B, F))), ValueError, r'^x must have rank 3 \(batch, time, features\)'),
+    (dict(x=jnp.ones((B, T, F + 1))), ValueError,
+     rf'^x has {F + 1} features \(its last axis\), but the variables were made for {F}: give x of '
+     rf'shape \(batch, time, {F}\)$'),
+    (dict(seq_lengths=[1, 2, 3]), TypeError,
+     rf'^seq_lengths must be an integer array of shape \({B},\), got list$'),
+    (dict(seq_lengths=jnp.array([1, -1, 2])), ValueError, r'^seq_lengths must lie in \[0, 6\]'),
+    (dict(initial_carry=(_carry(),)), ValueError,
+     r'^initial_carry must hold one carry per layer \(2\), got a tuple of 1$'),
+    (dict(initial_carry=_carry()[0]), ValueError,
+     r'^initial_carry must hold one carry per layer \(2\), got an array of shape'),
+    (dict(initial_carry=(_carry(), _carry()[0])), ValueError,
+     rf'^initial_carry\[1\] must be an \(h, c\) pair of arrays, got an array of shape \({B}, {H}\)$'),
+    (dict(initial_carry=(_carry(), (_carry(H + 1)[0], _carry()[1]))), ValueError,
+     rf'^initial_carry\[1\]\[0\] \(h\) must have shape \(batch, {H}\) = \({B}, {H}\), got an array '
+     rf'of shape \({B}, {H + 1}\)$'),
+    (dict(initial_carry=(_carry(batch=B + 1), _carry())), ValueError,
+     rf'^initial_carry\[0\]\[0\] \(h\) must have shape \(batch, {H}\) = \({B}, {H}\)'),
+    (dict(initial_carry=(_carry(), (_carry()[0], None))), ValueError,
+     rf'^initial_carry\[1\]\[1\] \(c\) must have shape \(batch, {H}\) = \({B}, {H}\), got NoneType$'),
+    (dict(initial_carry=(_carry(), _carry(dtype=jnp.bfloat16))), TypeError,
+     r'^initial_carry must hold h and c in one floating dtype, float32 \(the layer computes in '
+     r'it\) or wider, got h bfloat16 and c bfloat16$'),
+    (dict(initial_carry=(_carry(), (_carry()[0], _carry(dtype=jnp.int32)[1]))), TypeError,
+     r'^initial_carry must hold h and c in one floating dtype, .* got h float32 and c int32$'),
+])
+def test_bad_call_arguments(two_layers, arguments, error, match):
+  model, variables = two_layers
+  arguments = {'x': _x(), **arguments}
+  with pytest.raises(error) as info:
+    model.apply(variables, **arguments)
+  assert re.search(match, str(info.value)), str(info.value)  # (pytest's match= sees JAX's note)
+
+
+def test_bidirectional_initial_carry_names_the_direction():
+  model = StackedLSTM(num_layers=1, hidden_size=H, bidirectional=True)
   variables = model.init(jax.random.key(0), _x())
-  with pytest.raises(ValueError, match='x must have rank 3'):
-    model.apply(variables, jnp.ones((B, F)))
-  with pytest.raises(ValueError, match='initial_carry must hold one carry per layer'):
-    model.apply(variables, _x(), initial_carry=((jnp.zeros((B, H)),) * 2,))
-  with pytest.raises(ValueError, match='seq_lengths must lie in'):
-    model.apply(variables, _x(), seq_lengths=jnp.array([1, -1, 2]))
+  with pytest.raises(ValueError, match=r'^initial_carry\[0\] must be a \(forward, backward\) pair '
+                                       r'of \(h, c\) carries \(bidirectional=True\), got an array'):
+    model.apply(variables, _x(), initial_carry=(_carry()[0],))
+  with pytest.raises(ValueError, match=r'^initial_carry\[0\]\[1\] must be an \(h, c\) pair'):
+    model.apply(variables, _x(), initial_carry=((_carry(), _carry()[0]),))
+  y, carries = model.apply(variables, _x(), initial_carry=((_carry(), _carry()),))
+  assert y.shape == (B, T, 2 * H) and len(carries) == 1
+
+
+def test_carry_checks_hold_for_projections_and_scanned_layers():
+  model = StackedLSTM(num_layers=3, hidden_size=H, proj_size=2, scan_layers=True)
+  variables = model.init(jax.random.key(0), _x())
+  good = ((jnp.zeros((B, 2)), jnp.zeros((B, H))),) * 3
+  y, carries = model.apply(variables, _x(), initial_carry=good)
+  assert y.shape == (B, T, 2)
+  with pytest.raises(ValueError, match=rf'^initial_carry\[2\]\[0\] \(h\) must have shape '
+                                       rf'\(batch, 2\) = \({B}, 2\), got an array of shape'):
+    model.apply(variables, _x(), initial_carry=good[:2] + (_carry(),))
+  bf16 = StackedLSTM(num_layers=2, hidden_size=H, dtype=jnp.bfloat16)
+  variables = bf16.init(jax.random.key(0), _x())
+  y, _ = bf16.apply(variables, _x(), initial_carry=(_carry(),) * 2)
+  assert y.dtype == jnp.float32  # a wider carry than the compute dtype is fine
+  y, carries = bf16.apply(variables, _x(), initial_carry=(_carry(dtype=jnp.bfloat16),) * 2)
+  assert y.dtype == jnp.bfloat16
+  bf16.apply(variables, _x(), initial_carry=carries)  # its own final carries, fed back
 
 
 def test_scan_layers_with_remat_and_variational_dropout_matches_looped():
