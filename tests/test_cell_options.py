@@ -267,5 +267,6 @@ def test_stack_names_a_bad_option_as_given():
   # A stack attribute is every layer's: named as the attribute; a per-layer one with its layer.
   with pytest.raises(ValueError, match=r'^recurrent_dropout must be in \[0, 1\), got 1.5$'):
     StackedLSTM(num_layers=2, hidden_size=4, recurrent_dropout=1.5)
-  with pytest.raises(ValueError, match=r"^cells\[1\]\['zoneout_cell'\] must be in \[0, 1\), got 1.0$"):
+  with pytest.raises(ValueError,
+                     match=r"^cells\[1\]\['zoneout_cell'\] must be in \[0, 1\), got 1.0$"):
     StackedLSTM(cells=({'features': 4}, {'features': 4, 'zoneout_cell': 1.0}))

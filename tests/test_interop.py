@@ -340,7 +340,8 @@ def test_to_torch_refuses_mismatched_variables():
                                       r'StackedLSTM, got torch\.nn\.modules\.rnn\.LSTM$'):
     interop.to_torch(torch_lstm(), {})
   with pytest.raises(TypeError, match=r'^to_torch\(model, variables\): variables must be the '
-                                      r"mapping model.init returns \({'params': \.\.\.}\), got list$"):
+                                      r"mapping model.init returns \({'params': \.\.\.}\), "
+                                      r'got list$'):
     interop.to_torch(model, [])
 
 

@@ -201,7 +201,8 @@ def test_remat_and_bfloat16():
     (dict(cells=({'featurs': 4},)), r"^cells\[0\] has unknown option\(s\) \['featurs'\]"),
     (dict(cells=()), r'^cells must be a sequence .*, got an empty sequence$'),
     (dict(cells={'features': 4}), r'^cells must be a sequence .*, got \w*dict$'),
-    (dict(cells=({'features': 4}, 5)), r"^cells\[1\] must be a mapping of cell options, .*got int$"),
+    (dict(cells=({'features': 4}, 5)),
+     r"^cells\[1\] must be a mapping of cell options, .*got int$"),
     (dict(cells=({'features': 4}, {'proj_size': 2})),
      r"^cells\[1\] has no 'features' and hidden_size is not given: set cells\[1\]\['features'\] "
      r'or hidden_size$'),
@@ -241,7 +242,8 @@ def _second(**options):
     (dict(cells=TWO, cell_clip=0), 'cell_clip must be None or a positive number, got 0'),
     (dict(cells=_second(proj_size=2, proj_clip=-1.0)),
      "cells[1]['proj_clip'] must be None or a positive number, got -1.0"),
-    (dict(cells=TWO, recurrent_activation='sigmod'), "recurrent_activation='sigmod' is not a known"),
+    (dict(cells=TWO, recurrent_activation='sigmod'),
+     "recurrent_activation='sigmod' is not a known"),
     (dict(cells=_second(activation='rleu')), "cells[1]['activation']='rleu' is not a known"),
     (dict(cells=_second(output_activation='nope')),
      "cells[1]['output_activation']='nope' is not a known"),
@@ -287,14 +289,16 @@ def two_layers():
     (dict(initial_carry=_carry()[0]), ValueError,
      r'^initial_carry must hold one carry per layer \(2\), got an array of shape'),
     (dict(initial_carry=(_carry(), _carry()[0])), ValueError,
-     rf'^initial_carry\[1\] must be an \(h, c\) pair of arrays, got an array of shape \({B}, {H}\)$'),
+     rf'^initial_carry\[1\] must be an \(h, c\) pair of arrays, got an array of shape '
+     rf'\({B}, {H}\)$'),
     (dict(initial_carry=(_carry(), (_carry(H + 1)[0], _carry()[1]))), ValueError,
      rf'^initial_carry\[1\]\[0\] \(h\) must have shape \(batch, {H}\) = \({B}, {H}\), got an array '
      rf'of shape \({B}, {H + 1}\)$'),
     (dict(initial_carry=(_carry(batch=B + 1), _carry())), ValueError,
      rf'^initial_carry\[0\]\[0\] \(h\) must have shape \(batch, {H}\) = \({B}, {H}\)'),
     (dict(initial_carry=(_carry(), (_carry()[0], None))), ValueError,
-     rf'^initial_carry\[1\]\[1\] \(c\) must have shape \(batch, {H}\) = \({B}, {H}\), got NoneType$'),
+     rf'^initial_carry\[1\]\[1\] \(c\) must have shape \(batch, {H}\) = \({B}, {H}\), '
+     r'got NoneType$'),
     (dict(initial_carry=(_carry(), _carry(dtype=jnp.bfloat16))), TypeError,
      r'^initial_carry must hold h and c in one floating dtype, float32 \(the layer computes in '
      r'it\) or wider, got h bfloat16 and c bfloat16$'),
