@@ -10,6 +10,7 @@ The carry is (h, c); h has `proj_size` features when a projection is used.
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Callable, NamedTuple, Optional
 
 import flax.linen as nn
@@ -81,18 +82,6 @@ def restart(reset: Optional[Array], arrays: tuple[Array, ...],
     return arrays
   reset = jnp.expand_dims(reset, feature_axis)
   return tuple(jnp.where(reset, jnp.zeros((), a.dtype), a) for a in arrays)
-
-
-def _check_positive(name: str, value, allow_none: bool = False):
-  if value is None and allow_none:
-    return
-  if isinstance(value, bool) or not isinstance(value, (int,)) or value <= 0:
-    raise ValueError(f'{name} must be a positive integer, got {value!r}')
-
-
-def _check_clip(name: str, value):
-  if value is not None and not (isinstance(value, (int, float)) and value > 0):
-    raise ValueError(f'{name} must be None or a positive number, got {value!r}')
 
 
 def _gate_norm(z: Array, scale: Array, bias: Optional[Array], groups: int, eps: float) -> Array:
@@ -181,26 +170,8 @@ class LSTMCell(nn.Module):
   param_dtype: Any = jnp.float32
 
   def __post_init__(self):
-    _check_positive('features', self.features)
-    _check_positive('proj_size', self.proj_size, allow_none=True)
-    if self.proj_size is not None and self.proj_size >= self.features:
-      raise ValueError(f'proj_size must be smaller than features (hidden size {self.features}), '
-                       f'got proj_size={self.proj_size}')
-    if self.proj_clip is not None and self.proj_size is None:
-      raise ValueError('proj_clip needs a projection: set proj_size as well')
-    _check_clip('cell_clip', self.cell_clip)
-    _check_clip('proj_clip', self.proj_clip)
-    activations.get(self.activation, 'activation')
-    activations.get(self.recurrent_activation, 'recurrent_activation')
-    for name in ('candidate_activation', 'output_activation'):
-      if getattr(self, name) is not None:
-        activations.get(getattr(self, name), name)
-    if self.coupled_gates and not (self.input_gate and self.forget_gate):
-      raise ValueError('coupled_gates=True makes the input gate 1 - f: it needs input_gate=True '
-                       f'and forget_gate=True, got input_gate={self.input_gate}, '
-                       f'forget_gate={self.forget_gate}')
-    for name in ('recurrent_dropout', 'zoneout_cell', 'zoneout_hidden', 'weight_drop'):
-      checks.check_rate(name, getattr(self, name))
+    checks.check_cell_options({field.name: getattr(self, field.name)
+                               for field in dataclasses.fields(self)})
     super().__post_init__()
 
   @property

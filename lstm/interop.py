@@ -44,6 +44,26 @@ def _torch_numpy(t) -> np.ndarray:
   return t.detach().to(device='cpu').float().numpy()
 
 
+def _type_name(value) -> str:
+  return f'{type(value).__module__}.{type(value).__name__}'
+
+
+def _torch_shapes(module) -> dict[str, tuple[int, ...]]:
+  """The shape of every weight of a `torch.nn.LSTM` with `module`'s options, by name."""
+  hidden, proj = module.hidden_size, module.proj_size
+  out = proj or hidden
+  directions = 2 if module.bidirectional else 1
+  shapes = {}
+  for k in range(module.num_layers):
+    for suffix in ['', '_reverse'][:directions]:
+      tag = f'_l{k}{suffix}'
+      shapes['weight_ih' + tag] = (4 * hidden, module.input_size if k == 0 else out * directions)
+      shapes['weight_hh' + tag] = (4 * hidden, out)
+      shapes['bias_ih' + tag] = shapes['bias_hh' + tag] = (4 * hidden,)
+      shapes['weight_hr' + tag] = (proj, hidden)
+  return shapes
+
+
 def from_torch(module) -> tuple[StackedLSTM, dict[str, Any]]:
   """A `StackedLSTM` and its variables computing what `torch.nn.LSTM` `module` computes.
 
@@ -54,27 +74,33 @@ def from_torch(module) -> tuple[StackedLSTM, dict[str, Any]]:
   Parameters are converted to float32 whatever the module's dtype.
 
   Weights under `torch.nn.utils.prune` or a parametrisation are read as the module uses them.
-  Raises TypeError when `module` is not a `torch.nn.LSTM`, and ValueError when one of the weights
-  its options call for is missing.
+  Raises TypeError when `module` is not a `torch.nn.LSTM`, and ValueError naming the weight
+  (`weight_hh_l0`, ...) when one that its options call for is missing or has another shape.
   """
   import torch
 
   if not isinstance(module, torch.nn.LSTM):
-    raise TypeError(f'from_torch needs a torch.nn.LSTM, got {type(module).__module__}.'
-                    f'{type(module).__name__}')
+    raise TypeError(f'from_torch(module): module must be a torch.nn.LSTM, got '
+                    f'{_type_name(module)}')
   if getattr(module, 'mode', 'LSTM') != 'LSTM':
-    raise ValueError(f'from_torch needs mode="LSTM", got mode={module.mode!r}')
+    raise ValueError(f"from_torch(module): module.mode must be 'LSTM', got {module.mode!r}")
   hidden, proj = module.hidden_size, module.proj_size
   bias, layers = module.bias, module.num_layers
   suffixes = [('forward', '')] + ([('backward', '_reverse')] if module.bidirectional else [])
+  options = (f'torch.nn.LSTM(input_size={module.input_size}, hidden_size={hidden}, num_layers='
+             f'{layers}, bidirectional={module.bidirectional}, bias={bias}, proj_size={proj})')
+  shapes = _torch_shapes(module)
 
   def get(name):
     # getattr, not named_parameters: pruned or parametrised weights are read as they are used.
     value = getattr(module, name, None)
     if not isinstance(value, torch.Tensor):
-      raise ValueError(f'the module has no tensor {name!r}, which torch.nn.LSTM(num_layers='
-                       f'{layers}, bidirectional={module.bidirectional}, bias={bias}, '
-                       f'proj_size={proj}) has')
+      raise ValueError(f'from_torch(module): module.{name} is missing (got '
+                       f'{type(value).__name__}); {options} has that tensor')
+    needed = shapes[name]
+    if tuple(value.shape) != needed:
+      raise ValueError(f'from_torch(module): module.{name} has shape {tuple(value.shape)}; '
+                       f'{options} needs {needed}')
     return _torch_numpy(value)
 
   out: dict[str, Any] = {}
@@ -97,40 +123,45 @@ def from_torch(module) -> tuple[StackedLSTM, dict[str, Any]]:
 
 
 def _torch_refusals(model: StackedLSTM) -> list[str]:
-  """Options of `model` that torch.nn.LSTM cannot represent, each as a short message."""
+  """Options of `model` that torch.nn.LSTM cannot represent, each as a short message naming the
+  option as the model was given it (`peephole`, or `cells[1]['peephole']` for one layer's)."""
   problems = []
+
+  def refuse(layer: int, option: str, value, reason: str) -> None:
+    problem = f'{model.option_name(layer, option)}={value!r}: torch.nn.LSTM {reason}'
+    if problem not in problems:  # a stack-level option is every layer's
+      problems.append(problem)
+
   configs = [model.cell_config(i) for i in range(model.depth)]
   for i, config in enumerate(configs):
-    where = f' (layer {i})' if model.cells is not None else ''
     used = [o for o in ('candidate_activation', 'output_activation') if config[o] is not None]
     if len(used) < 2:  # `activation` serves the other one
       used.insert(0, 'activation')
     for option in used:
       if activations.name_of(config[option]) != 'tanh':
-        problems.append(f'{option}={config[option]!r}{where}: torch.nn.LSTM uses tanh')
-    rec = activations.name_of(config['recurrent_activation'])
-    if rec != 'sigmoid':
-      problems.append(f'recurrent_activation={config["recurrent_activation"]!r}{where}: '
-                      'torch.nn.LSTM uses sigmoid')
+        refuse(i, option, config[option], 'uses tanh')
+    if activations.name_of(config['recurrent_activation']) != 'sigmoid':
+      refuse(i, 'recurrent_activation', config['recurrent_activation'], 'uses sigmoid')
     for option in ('peephole', 'layer_norm'):
       if config[option]:
-        problems.append(f'{option}=True{where}: torch.nn.LSTM has no {option}')
+        refuse(i, option, True, f'has no {option}')
     for option in ('cell_clip', 'proj_clip'):
       if config[option] is not None:
-        problems.append(f'{option}={config[option]!r}{where}: torch.nn.LSTM does not clip')
+        refuse(i, option, config[option], 'does not clip')
     for option in ('input_gate', 'forget_gate', 'output_gate'):
       if not config[option]:
-        problems.append(f'{option}=False{where}: torch.nn.LSTM always has that gate')
+        refuse(i, option, False, 'always has that gate')
     if config['coupled_gates']:
-      problems.append(f'coupled_gates=True{where}: torch.nn.LSTM has separate input and forget '
-                      'gates')
+      refuse(i, 'coupled_gates', True, 'has separate input and forget gates')
     for option in ('recurrent_dropout', 'zoneout_cell', 'zoneout_hidden', 'weight_drop'):
       if config[option]:
-        problems.append(f'{option}={config[option]!r}{where}: torch.nn.LSTM has no {option}')
+        refuse(i, option, config[option], f'has no {option}')
   shape = lambda c: (c['features'], c['proj_size'], c['use_bias'])
-  if len({shape(c) for c in configs}) > 1:
-    problems.append('cells: the layers differ in (features, proj_size, use_bias) = '
-                    f'{[shape(c) for c in configs]}; torch.nn.LSTM has one config for all layers')
+  differ = [i for i, c in enumerate(configs) if shape(c) != shape(configs[0])]
+  if differ:
+    problems.append(f'cells[{differ[0]}] has (features, proj_size, use_bias) = '
+                    f'{shape(configs[differ[0]])} and cells[0] {shape(configs[0])}: '
+                    'torch.nn.LSTM has one size and bias for all layers')
   if model.between != 'none':
     problems.append(f'between={model.between!r}: torch.nn.LSTM feeds h straight up')
   if model.residual:
@@ -142,6 +173,29 @@ def _torch_refusals(model: StackedLSTM) -> list[str]:
   return problems
 
 
+def _looped_params(model: StackedLSTM, variables) -> dict[str, Any]:
+  """`variables`' parameters in the looped layout, checked to hold every array `model` needs
+  (ValueError naming the first one missing or extra, as params/layer_k/direction)."""
+  if not isinstance(variables, Mapping):
+    raise TypeError('to_torch(model, variables): variables must be the mapping model.init '
+                    f"returns ({{'params': ...}}), got {type(variables).__name__}")
+  params = scanned_to_looped(dict(variables['params'] if 'params' in variables else variables))
+  config = model.cell_config(0)
+  wanted = {'kernel', 'recurrent_kernel'} | ({'bias'} if config['use_bias'] else set()) \
+      | ({'proj_kernel'} if config['proj_size'] else set())
+  for k in range(model.depth):
+    for direction in ['forward'] + (['backward'] if model.bidirectional else []):
+      cell = params.get(f'layer_{k}', {}).get(direction)
+      if cell is None:
+        raise ValueError(f'variables do not match the model: params/layer_{k}/{direction} is '
+                         f'missing (the model has {model.depth} layer(s), bidirectional='
+                         f'{model.bidirectional})')
+      if set(cell) != wanted:
+        raise ValueError(f'variables do not match the model: params/layer_{k}/{direction} holds '
+                         f'{sorted(cell)}, the model needs {sorted(wanted)}')
+  return params
+
+
 def to_torch(model: StackedLSTM, variables: Mapping[str, Any]):
   """A `torch.nn.LSTM` (batch_first=True, float32) computing what `model` computes.
 
@@ -151,8 +205,10 @@ def to_torch(model: StackedLSTM, variables: Mapping[str, Any]):
   recurrent_activation other than sigmoid, peephole, layer_norm, cell_clip, proj_clip, a gate
   variant (input_gate, forget_gate or output_gate False, coupled_gates), recurrent_dropout,
   zoneout, weight_drop, between other than 'none', residual, variational dropout, reverse, and
-  per-layer cells that differ in size or bias; and when
-  `variables` do not fit `model`. Initialisers, forget_bias and remat do not change the function
+  per-layer cells that differ in size or bias (a per-layer option is named as given, e.g.
+  `cells[1]['peephole']`); and naming the array (`params/layer_0/forward/kernel`) when `variables`
+  do not fit `model`. TypeError when `model` is not a StackedLSTM or `variables` not a mapping.
+  Initialisers, forget_bias and remat do not change the function
   and are not carried; a `dtype`/`param_dtype` other than float32 is not carried either (the
   module is float32). The module is in training mode, as every new torch module: call `.eval()`
   to run it without dropout.
@@ -160,46 +216,40 @@ def to_torch(model: StackedLSTM, variables: Mapping[str, Any]):
   import torch
 
   if not isinstance(model, StackedLSTM):
-    raise TypeError(f'to_torch needs a StackedLSTM, got {type(model).__name__}')
+    raise TypeError('to_torch(model, variables): model must be a StackedLSTM, got '
+                    f'{_type_name(model)}')
   problems = _torch_refusals(model)
   if problems:
     raise ValueError('torch.nn.LSTM cannot represent this StackedLSTM: ' + '; '.join(problems))
-  params = variables['params'] if 'params' in variables else variables
-  params = scanned_to_looped(dict(params))
+  params = _looped_params(model, variables)
   config = model.cell_config(0)
   hidden, proj, bias = config['features'], config['proj_size'] or 0, config['use_bias']
   names = ['forward'] + (['backward'] if model.bidirectional else [])
-  missing = [f'layer_{k}/{d}' for k in range(model.depth) for d in names
-             if d not in params.get(f'layer_{k}', {})]
-  if missing:
-    raise ValueError(f'variables do not match the model: missing {missing}')
   input_size = int(np.shape(params['layer_0']['forward']['kernel'])[0])
   module = torch.nn.LSTM(input_size, hidden, num_layers=model.depth, bias=bias, batch_first=True,
                          dropout=float(model.dropout), bidirectional=model.bidirectional,
                          proj_size=proj, dtype=torch.float32)
-  state = {}
+  state, sources = {}, {}
   tensor = lambda a: torch.from_numpy(np.array(a, dtype=np.float32))
-  wanted = {'kernel', 'recurrent_kernel'} | ({'bias'} if bias else set()) \
-      | ({'proj_kernel'} if proj else set())
+  ours = {'weight_ih': 'kernel', 'weight_hh': 'recurrent_kernel'}  # torch's name: ours
+  ours.update({'bias_ih': 'bias'} if bias else {})
+  ours.update({'weight_hr': 'proj_kernel'} if proj else {})
   for k in range(model.depth):
     for direction in names:
       cell = params[f'layer_{k}'][direction]
-      if set(cell) != wanted:
-        raise ValueError(f'variables do not match the model: layer_{k}/{direction} holds '
-                         f'{sorted(cell)}, the model needs {sorted(wanted)}')
       tag = f'_l{k}' + ('_reverse' if direction == 'backward' else '')
-      state['weight_ih' + tag] = tensor(np.asarray(cell['kernel']).T)
-      state['weight_hh' + tag] = tensor(np.asarray(cell['recurrent_kernel']).T)
+      for theirs, name in ours.items():
+        sources[theirs + tag] = f'params/layer_{k}/{direction}/{name}'
+        state[theirs + tag] = tensor(np.asarray(cell[name]).T)
       if bias:
-        state['bias_ih' + tag] = tensor(cell['bias'])
         state['bias_hh' + tag] = torch.zeros(4 * hidden, dtype=torch.float32)
-      if proj:
-        state['weight_hr' + tag] = tensor(np.asarray(cell['proj_kernel']).T)
   expected = module.state_dict()
-  for name, value in state.items():
-    if name in expected and tuple(expected[name].shape) != tuple(value.shape):
-      raise ValueError(f'variables do not match the model: {name} would have shape '
-                       f'{tuple(value.shape)}, torch.nn.LSTM expects {tuple(expected[name].shape)}')
+  for name, source in sources.items():
+    needed = tuple(expected[name].shape)
+    if tuple(state[name].shape) != needed:
+      raise ValueError(f'variables do not match the model: {source} has shape '
+                       f'{tuple(state[name].shape)[::-1]}, the model needs {needed[::-1]} '
+                       f'(torch.nn.LSTM {name}: {needed})')
   module.load_state_dict(state, strict=True)
   return module
 
@@ -287,9 +337,15 @@ def from_keras(layers) -> tuple[StackedLSTM, dict[str, Any]]:
   elif isinstance(layers, keras.layers.Layer):
     layers = [layers]
   else:
-    layers = list(layers)
+    try:
+      layers = list(layers)
+    except TypeError:
+      raise TypeError('from_keras(layers): layers must be a list of keras.layers.LSTM layers, '
+                      f'one such layer or a keras.Sequential of them, got {_type_name(layers)}'
+                      ) from None
   if not layers:
-    raise ValueError('from_keras needs at least one layer')
+    raise ValueError('from_keras(layers): layers is empty; give at least one built '
+                     'keras.layers.LSTM')
   bidi = [isinstance(l, keras.layers.Bidirectional) for l in layers]
   if any(bidi) and not all(bidi):
     raise ValueError('from_keras: either every layer is keras.layers.Bidirectional or none is; '
@@ -303,7 +359,8 @@ def from_keras(layers) -> tuple[StackedLSTM, dict[str, Any]]:
         raise ValueError(f'{where}: Bidirectional merge_mode={layer.merge_mode!r} is not '
                          "supported; only 'concat'")
       if not layer.built:
-        raise ValueError(f'{where}: layer {layer.name!r} is not built')
+        raise ValueError(f'{where}: layer {layer.name!r} is not built; call it on an input or '
+                         'layer.build(input_shape) first')
       fwd, bwd = layer.forward_layer, layer.backward_layer
       config, p_fwd = _keras_cell(fwd, where + '.forward_layer')
       bwd_config, p_bwd = _keras_cell(bwd, where + '.backward_layer', backward=True)

@@ -82,7 +82,11 @@ def run_sequence(cell: LSTMCell, x: Array, mask: Optional[Array] = None,
             else loop_resets(segment_starts, mask, seq_lengths, reverse))
   if reverse:
     x = reverse_padded(x, seq_lengths)
-  carry = zero_carry(cell, x.shape[1]) if initial_carry is None else initial_carry
+  if initial_carry is None:
+    carry = zero_carry(cell, x.shape[1])
+  else:
+    checks.check_carry_dtype(initial_carry, fast.compute_dtype(cell, w, x))
+    carry = initial_carry
 
   if fast.supports(cell, w, x, carry):
     # Custom-VJP projection and time loop (lstm/fast.py); the scan below is the reference it is
@@ -127,8 +131,12 @@ class LSTMLayer(nn.Module):
   def __call__(self, x: Array, seq_lengths: Optional[Array] = None,
                initial_carry: Optional[Carry] = None, segment_starts: Optional[Array] = None,
                deterministic: bool = True) -> tuple[Array, Carry]:
-    checks.check_inputs(x, seq_lengths)
+    kernel = self.variables.get('params', {}).get('cell', {}).get('kernel')
+    checks.check_inputs(x, seq_lengths, None if kernel is None else kernel.shape[0])
     checks.check_segment_starts(x, segment_starts)
+    if initial_carry is not None:
+      checks.check_carry(initial_carry, 'initial_carry', x.shape[0], self.cell.features,
+                         self.cell.carry_features)
     x_tm = jnp.swapaxes(x, 0, 1)
     mask = time_mask(seq_lengths, x_tm.shape[0])
     starts = None if segment_starts is None else jnp.swapaxes(segment_starts, 0, 1)

@@ -56,7 +56,8 @@ def set_policy(name: Optional[str]) -> None:
   """Sets the policy for this process (None: back to the environment's or the default)."""
   global _policy
   if name is not None and name not in POLICIES:
-    raise ValueError(f'layout policy {name!r} is not one of {", ".join(POLICIES)}')
+    raise ValueError(f'set_policy(name): name={name!r} is not a layout policy; use one of '
+                     f'{", ".join(POLICIES)}, or None for LSTM_INFERENCE_LAYOUT or the default')
   _policy = name
 
 

@@ -157,30 +157,56 @@ class StackedLSTM(nn.Module):
           or self.num_layers < 1:
         raise ValueError(f'num_layers must be a positive integer, got {self.num_layers!r}')
       if self.hidden_size is None:
-        raise ValueError('hidden_size is required (or give one cell config per layer in cells)')
+        raise ValueError('hidden_size is required: give hidden_size=N, or cells with one mapping '
+                         'of cell options per layer')
     else:
-      if len(self.cells) == 0:
-        raise ValueError('cells must hold one mapping per layer, got an empty sequence')
-      if self.num_layers not in (1, len(self.cells)):
-        raise ValueError(f'num_layers={self.num_layers} disagrees with len(cells)={len(self.cells)}')
-      for i, overrides in enumerate(self.cells):
-        unknown = set(overrides) - set(CELL_FIELDS)
-        if unknown:
-          raise ValueError(f'cells[{i}] has unknown option(s) {sorted(unknown)}; '
-                           f'valid: {", ".join(CELL_FIELDS)}')
+      self._validate_cells()
     _check_between(self.between)
     checks.check_rate('dropout', self.dropout)
     configs = [self.cell_config(i) for i in range(self.depth)]
     for i, config in enumerate(configs):
-      try:
-        LSTMCell(**config, parent=None)
-      except (ValueError, TypeError) as e:
-        raise type(e)(f'layer {i}: {e}') from None
+      checks.check_cell_options(config, lambda option, i=i: self.option_name(i, option))
     widths = [self.output_width(c) for c in configs]
     if self.residual and len(set(widths)) > 1:
-      raise ValueError(f'residual=True needs every layer to output the same width, got {widths}')
-    if self.scan_layers and any(c != configs[1] for c in configs[2:]):
-      raise ValueError('scan_layers=True needs identical cell configs for layers 2..num_layers')
+      k = next(k for k in range(1, len(widths)) if widths[k] != widths[0])
+      raise ValueError(f'residual=True needs every layer to output the same width, but cells[{k}] '
+                       f'outputs {widths[k]} and cells[0] {widths[0]} (all: {widths}); give every '
+                       'layer the same features and proj_size')
+    if self.scan_layers:
+      for k in range(2, len(configs)):
+        differ = sorted(o for o in configs[1] if configs[k][o] != configs[1][o])
+        if differ:
+          raise ValueError('scan_layers=True runs cells[1:] as one scanned layer, so they need '
+                           f'identical options, but cells[{k}] differs from cells[1] in {differ}')
+
+  def _validate_cells(self):
+    cells = self.cells
+    if isinstance(cells, (str, Mapping)) or not isinstance(cells, Sequence) or not cells:
+      got = 'an empty sequence' if isinstance(cells, Sequence) and not cells \
+          else type(cells).__name__
+      raise ValueError('cells must be a sequence with one mapping of cell options per layer, '
+                       "e.g. ({'features': 64}, {'features': 32}), " f'got {got}')
+    if self.num_layers not in (1, len(cells)):
+      raise ValueError(f'num_layers={self.num_layers} disagrees with len(cells)={len(cells)}: '
+                       f'leave num_layers out or give num_layers={len(cells)}')
+    for i, overrides in enumerate(cells):
+      if not isinstance(overrides, Mapping):
+        raise ValueError(f'cells[{i}] must be a mapping of cell options, e.g. '
+                         "{'features': 64}, " f'got {type(overrides).__name__}')
+      unknown = set(overrides) - set(CELL_FIELDS)
+      if unknown:
+        raise ValueError(f'cells[{i}] has unknown option(s) {sorted(unknown)}; '
+                         f'valid: {", ".join(CELL_FIELDS)}')
+      if self.hidden_size is None and 'features' not in overrides:
+        raise ValueError(f"cells[{i}] has no 'features' and hidden_size is not given: set "
+                         f"cells[{i}]['features'] or hidden_size")
+
+  def option_name(self, layer: int, option: str) -> str:
+    """How the caller spelled LSTMCell option `option` of `layer`: `cells[1]['proj_size']` for a
+    per-layer override, otherwise the stack's own attribute (`hidden_size` for `features`)."""
+    if self.cells is not None and option in self.cells[layer]:
+      return f'cells[{layer}][{option!r}]'
+    return 'hidden_size' if option == 'features' else option
 
   @property
   def depth(self) -> int:
@@ -208,11 +234,9 @@ class StackedLSTM(nn.Module):
   def __call__(self, x: Array, seq_lengths: Optional[Array] = None,
                initial_carry: Optional[Sequence[Any]] = None, deterministic: bool = True,
                segment_starts: Optional[Array] = None) -> tuple[Array, tuple[Any, ...]]:
-    checks.check_inputs(x, seq_lengths)
+    checks.check_inputs(x, seq_lengths, self._input_width())
     checks.check_segment_starts(x, segment_starts)
-    if initial_carry is not None and len(initial_carry) != self.depth:
-      raise ValueError(f'initial_carry must hold one carry per layer ({self.depth}), '
-                       f'got {len(initial_carry)}')
+    self._check_initial_carry(initial_carry, x.shape[0])
     y = jnp.swapaxes(x, 0, 1)
     mask = time_mask(seq_lengths, y.shape[0])
     starts = None if segment_starts is None else jnp.swapaxes(segment_starts, 0, 1)
@@ -234,6 +258,30 @@ class StackedLSTM(nn.Module):
     if mask is not None:
       y = jnp.where(mask[..., None], y, jnp.zeros((), y.dtype))
     return jnp.swapaxes(y, 0, 1), tuple(carries)
+
+  def _input_width(self) -> Optional[int]:
+    """The input features the variables were made for; None before they exist (init)."""
+    params = self.variables.get('params', {})
+    first = params.get('layer_0', {}).get('forward', {})
+    return first['kernel'].shape[0] if 'kernel' in first else None
+
+  def _check_initial_carry(self, initial_carry, batch: int) -> None:
+    if initial_carry is None:
+      return
+    if not isinstance(initial_carry, (tuple, list)) or len(initial_carry) != self.depth:
+      raise ValueError(f'initial_carry must hold one carry per layer ({self.depth}), got '
+                       f'{checks.describe(initial_carry)}')
+    for i, carry in enumerate(initial_carry):
+      config = self.cell_config(i)
+      widths = (batch, config['features'], config['proj_size'] or config['features'])
+      if not self.bidirectional:
+        checks.check_carry(carry, f'initial_carry[{i}]', *widths)
+        continue
+      if not isinstance(carry, (tuple, list)) or len(carry) != 2:
+        raise ValueError(f'initial_carry[{i}] must be a (forward, backward) pair of (h, c) '
+                         f'carries (bidirectional=True), got {checks.describe(carry)}')
+      for j in range(2):
+        checks.check_carry(carry[j], f'initial_carry[{i}][{j}]', *widths)
 
   def _scanned(self, y, mask, seq_lengths, starts, initial_carry, deterministic, layer_cls):
     n = self.depth - 1

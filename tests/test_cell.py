@@ -96,13 +96,16 @@ def test_works_inside_flax_rnn():
 
 
 @pytest.mark.parametrize('kwargs, match', [
-    (dict(features=0), 'features must be a positive integer'),
-    (dict(features=4, proj_size=4), 'proj_size must be smaller than features'),
-    (dict(features=4, proj_size=-1), 'proj_size must be a positive integer'),
-    (dict(features=4, activation='relux'), "activation='relux' is not a known activation"),
-    (dict(features=4, recurrent_activation='nope'), 'recurrent_activation='),
-    (dict(features=4, cell_clip=-1.0), 'cell_clip must be None or a positive number'),
-    (dict(features=4, proj_clip=1.0), 'proj_clip needs a projection'),
+    (dict(features=0), r'^features must be a positive integer, got 0$'),
+    (dict(features=True), r'^features must be a positive integer, got True$'),
+    (dict(features=4, proj_size=4), r'^proj_size must be smaller than features \(4\), got 4$'),
+    (dict(features=4, proj_size=-1), r'^proj_size must be None or a positive integer, got -1$'),
+    (dict(features=4, activation='relux'), "^activation='relux' is not a known activation"),
+    (dict(features=4, recurrent_activation='nope'), "^recurrent_activation='nope' is not a known"),
+    (dict(features=4, cell_clip=-1.0), r'^cell_clip must be None or a positive number, got -1.0$'),
+    (dict(features=4, proj_size=2, proj_clip=0),
+     r'^proj_clip must be None or a positive number, got 0$'),
+    (dict(features=4, proj_clip=1.0), r'^proj_clip=1.0 needs a projection: set proj_size as well$'),
 ])
 def test_bad_options_raise_on_construction(kwargs, match):
   with pytest.raises(ValueError, match=match):

@@ -249,8 +249,11 @@ def test_training_options_are_inert_when_deterministic_and_need_the_dropout_rng(
     (dict(zoneout_cell=-0.1), r'zoneout_cell must be in \[0, 1\), got -0.1'),
     (dict(zoneout_hidden=True), r'zoneout_hidden must be in \[0, 1\), got True'),
     (dict(weight_drop='0.5'), r"weight_drop must be in \[0, 1\), got '0.5'"),
-    (dict(coupled_gates=True, input_gate=False), 'coupled_gates=True .* needs input_gate=True'),
-    (dict(coupled_gates=True, forget_gate=False), 'forget_gate=False'),
+    (dict(coupled_gates=True, input_gate=False),
+     r'^coupled_gates=True makes the input gate 1 - f: it needs input_gate=True, got '
+     r'input_gate=False$'),
+    (dict(coupled_gates=True, input_gate=False, forget_gate=False),
+     r'it needs input_gate=True and forget_gate=True, got input_gate=False, forget_gate=False$'),
     (dict(candidate_activation='tahn'), "candidate_activation='tahn' is not a known activation"),
     (dict(output_activation='nope'), "output_activation='nope' is not a known activation"),
 ])
@@ -260,8 +263,10 @@ def test_bad_options_raise_one_line(kwargs, match):
   assert '\n' not in str(info.value)
 
 
-def test_stack_names_the_layer_of_a_bad_option():
-  with pytest.raises(ValueError, match=r'^layer 0: recurrent_dropout must be in \[0, 1\)'):
+def test_stack_names_a_bad_option_as_given():
+  # A stack attribute is every layer's: named as the attribute; a per-layer one with its layer.
+  with pytest.raises(ValueError, match=r'^recurrent_dropout must be in \[0, 1\), got 1.5$'):
     StackedLSTM(num_layers=2, hidden_size=4, recurrent_dropout=1.5)
-  with pytest.raises(ValueError, match=r'^layer 1: zoneout_cell must be in'):
+  with pytest.raises(ValueError,
+                     match=r"^cells\[1\]\['zoneout_cell'\] must be in \[0, 1\), got 1.0$"):
     StackedLSTM(cells=({'features': 4}, {'features': 4, 'zoneout_cell': 1.0}))

@@ -168,14 +168,39 @@ def test_from_torch_reads_pruned_weights():
                                     torch.nn.RNN(F, H), torch.nn.Linear(F, H)],
                          ids=lambda m: type(m).__name__)
 def test_from_torch_refuses_other_modules(module):
-  with pytest.raises(TypeError, match='torch.nn.LSTM'):
+  with pytest.raises(TypeError, match=r'^from_torch\(module\): module must be a torch\.nn\.LSTM, '
+                                      rf'got torch\.nn\..*\.{type(module).__name__}$'):
     interop.from_torch(module)
 
 
 def test_from_torch_refuses_missing_weights():
   module = torch_lstm(num_layers=1)
   del module.weight_hh_l0
-  with pytest.raises(ValueError, match='weight_hh_l0'):
+  with pytest.raises(ValueError, match=r'^from_torch\(module\): module\.weight_hh_l0 is missing '
+                                       r'\(got NoneType\); torch\.nn\.LSTM\(input_size=5, '
+                                       r'hidden_size=6, num_layers=1, .*\) has that tensor$'):
+    interop.from_torch(module)
+
+
+@pytest.mark.parametrize('name, shape', [('weight_ih_l1', (4 * H, F)),
+                                         ('weight_hh_l0_reverse', (4 * H, H + 1)),
+                                         ('bias_hh_l1_reverse', (4 * H + 1,))])
+def test_from_torch_refuses_a_weight_of_another_shape(name, shape):
+  module = torch_lstm(num_layers=2, bidirectional=True)
+  setattr(module, name, torch.nn.Parameter(torch.zeros(shape)))
+  needed = tuple(getattr(torch_lstm(num_layers=2, bidirectional=True), name).shape)
+  with pytest.raises(ValueError) as info:
+    interop.from_torch(module)
+  assert str(info.value) == (
+      f'from_torch(module): module.{name} has shape {shape}; torch.nn.LSTM(input_size={F}, '
+      f'hidden_size={H}, num_layers=2, bidirectional=True, bias=True, proj_size=0) needs {needed}')
+
+
+def test_from_torch_refuses_another_mode():
+  module = torch_lstm()
+  module.mode = 'GRU'
+  with pytest.raises(ValueError, match=r"^from_torch\(module\): module\.mode must be 'LSTM', got "
+                                       r"'GRU'$"):
     interop.from_torch(module)
 
 
@@ -273,10 +298,14 @@ REFUSALS = [
     (dict(residual=True), 'residual'),
     (dict(dropout=0.2, variational=True), 'variational'),
     (dict(reverse=True), 'reverse'),
-    (dict(cells=({'features': H}, {'features': 4})), 'cells'),
-    (dict(cells=({'features': H}, {'features': H, 'proj_size': 3})), 'cells'),
+    (dict(cells=({'features': H}, {'features': 4})),
+     r'cells\[1\] has \(features, proj_size, use_bias\) = \(4, None, True\) and cells\[0\] '
+     r'\(6, None, True\): torch.nn.LSTM has one size and bias for all layers'),
+    (dict(cells=({'features': H}, {'features': H, 'proj_size': 3})), r'cells\[1\] has'),
     (dict(cells=({'features': H}, {'features': H, 'activation': 'relu'})),
-     r"activation='relu' \(layer 1\)"),
+     r"cells\[1\]\['activation'\]='relu': torch.nn.LSTM uses tanh"),
+    (dict(cells=({'features': H}, {'features': H, 'peephole': True})),
+     r"cells\[1\]\['peephole'\]=True: torch.nn.LSTM has no peephole"),
 ]
 
 
@@ -293,15 +322,35 @@ def test_to_torch_refuses(options, message):
 
 def test_to_torch_refuses_mismatched_variables():
   model = StackedLSTM(num_layers=2, hidden_size=H)
-  with pytest.raises(ValueError, match='do not match'):
+  with pytest.raises(ValueError, match=(
+      r"^variables do not match the model: params/layer_0/forward holds \['bias', 'kernel', "
+      r"'proj_kernel', 'recurrent_kernel'\], the model needs \['bias', 'kernel', "
+      r"'recurrent_kernel'\]$")):
     interop.to_torch(model, random_variables(StackedLSTM(num_layers=2, hidden_size=H,
                                                          proj_size=3)))
-  with pytest.raises(ValueError, match='do not match'):
+  with pytest.raises(ValueError, match=r'^variables do not match the model: params/layer_1/forward '
+                                       r'is missing \(the model has 2 layer\(s\), '
+                                       r'bidirectional=False\)$'):
     interop.to_torch(model, random_variables(StackedLSTM(num_layers=1, hidden_size=H)))
-  with pytest.raises(ValueError, match='do not match'):
+  with pytest.raises(ValueError, match=(
+      rf'^variables do not match the model: params/layer_0/forward/kernel has shape \({F}, 16\), '
+      rf'the model needs \({F}, {4 * H}\) \(torch.nn.LSTM weight_ih_l0: \({4 * H}, {F}\)\)$')):
     interop.to_torch(model, random_variables(StackedLSTM(num_layers=2, hidden_size=4)))
-  with pytest.raises(TypeError, match='StackedLSTM'):
+  with pytest.raises(TypeError, match=r'^to_torch\(model, variables\): model must be a '
+                                      r'StackedLSTM, got torch\.nn\.modules\.rnn\.LSTM$'):
     interop.to_torch(torch_lstm(), {})
+  with pytest.raises(TypeError, match=r'^to_torch\(model, variables\): variables must be the '
+                                      r"mapping model.init returns \({'params': \.\.\.}\), "
+                                      r'got list$'):
+    interop.to_torch(model, [])
+
+
+def test_to_torch_names_a_shared_option_once():
+  model = StackedLSTM(cells=({'features': H}, {'features': H}), peephole=True)
+  with pytest.raises(ValueError) as info:
+    interop.to_torch(model, random_variables(model))
+  assert str(info.value) == ('torch.nn.LSTM cannot represent this StackedLSTM: peephole=True: '
+                             'torch.nn.LSTM has no peephole')
 
 
 # --------------------------------------------------------------------------------------- Keras
@@ -391,24 +440,35 @@ def built(layer, width=F, batch=None):
 
 
 @pytest.mark.parametrize('make,error,message', [
-    (lambda: [built(keras.layers.GRU(H, **FAST_INIT))], TypeError, 'GRU'),
-    (lambda: [built(keras.layers.Dense(H))], TypeError, 'Dense'),
-    (lambda: [keras.layers.LSTM(H)], ValueError, 'not built'),
-    (lambda: [built(keras.layers.LSTM(H, go_backwards=True))], ValueError, 'go_backwards'),
-    (lambda: [built(keras.layers.LSTM(H, stateful=True), batch=B)], ValueError, 'stateful'),
+    (lambda: [built(keras.layers.GRU(H, **FAST_INIT))], TypeError,
+     r'^layers\[0\]: from_keras needs keras.layers.LSTM layers .*, got GRU$'),
+    (lambda: [built(keras.layers.Dense(H))], TypeError, r'^layers\[0\]: .*, got Dense$'),
+    (lambda: [keras.layers.LSTM(H)], ValueError, r"^layers\[0\]: layer '.*' is not built"),
+    (lambda: [built(keras.layers.LSTM(H, go_backwards=True))], ValueError,
+     r'^layers\[0\]: go_backwards=True is not supported'),
+    (lambda: [built(keras.layers.LSTM(H, stateful=True), batch=B)], ValueError,
+     r'^layers\[0\]: stateful=True is not supported'),
     (lambda: [built(keras.layers.LSTM(H, activation=lambda x: x * 2))], ValueError,
-     'activation'),
+     r'^layers\[0\]: activation=.* is not a built-in Keras activation'),
     (lambda: [built(keras.layers.LSTM(H, recurrent_activation='exponential'))], ValueError,
-     'recurrent_activation'),
+     r"^layers\[0\]: recurrent_activation='exponential' has no equivalent here"),
     (lambda: [built(keras.layers.LSTM(H)), built(keras.layers.LSTM(H), width=4)], ValueError,
-     'do not form a stack'),
+     r'^layers\[1\] reads 4 features but layers\[0\] outputs 6: the layers do not form a stack$'),
     (lambda: [built(keras.layers.Bidirectional(keras.layers.LSTM(H, return_sequences=True))),
-              built(keras.layers.LSTM(H), width=2 * H)], ValueError, 'Bidirectional'),
+              built(keras.layers.LSTM(H), width=2 * H)], ValueError,
+     r'^from_keras: either every layer is keras.layers.Bidirectional or none is'),
     (lambda: [built(keras.layers.Bidirectional(keras.layers.LSTM(H), merge_mode='sum'))],
-     ValueError, 'merge_mode'),
-    (lambda: [], ValueError, 'at least one'),
+     ValueError, r"^layers\[0\]: Bidirectional merge_mode='sum' is not supported; only 'concat'$"),
+    (lambda: [keras.layers.Bidirectional(keras.layers.LSTM(H))], ValueError,
+     r"^layers\[0\]: layer '.*' is not built; call it on an input or layer.build"),
+    (lambda: [], ValueError,
+     r'^from_keras\(layers\): layers is empty; give at least one built keras.layers.LSTM$'),
+    (lambda: 5, TypeError, r'^from_keras\(layers\): layers must be a list of keras.layers.LSTM '
+                           r'layers, one such layer or a keras.Sequential of them, got '
+                           r'builtins.int$'),
 ], ids=['gru', 'dense', 'unbuilt', 'go_backwards', 'stateful', 'custom-activation',
-        'exponential', 'widths', 'mixed-bidirectional', 'merge_mode', 'empty'])
+        'exponential', 'widths', 'mixed-bidirectional', 'merge_mode', 'unbuilt-bidirectional',
+        'empty', 'not-a-list'])
 def test_from_keras_refuses(make, error, message):
   with pytest.raises(error, match=message):
     interop.from_keras(make())

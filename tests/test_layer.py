@@ -1,3 +1,5 @@
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -75,12 +77,45 @@ def test_remat_gives_same_values_and_gradients():
 
 
 @pytest.mark.parametrize('x_shape, lengths, error, match', [
-    ((B, T), None, ValueError, 'x must have rank 3'),
-    ((B, T, F), jnp.array([1, 2]), ValueError, r'seq_lengths must have shape \(batch,\)'),
-    ((B, T, F), jnp.array([1, 2, 9]), ValueError, r'seq_lengths must lie in \[0, 7\]'),
-    ((B, T, F), jnp.array([1.0, 2.0, 3.0]), TypeError, 'seq_lengths must have an integer dtype'),
+    ((B, T), None, ValueError, r'^x must have rank 3 \(batch, time, features\), got shape'),
+    ((B, T, F + 2), None, ValueError,
+     rf'^x has {F + 2} features \(its last axis\), but the variables were made for {F}: give x '
+     rf'of shape \(batch, time, {F}\)$'),
+    ((B, T, F), jnp.array([1, 2]), ValueError,
+     rf'^seq_lengths must have shape \(batch,\) = \({B},\), got \(2,\)$'),
+    ((B, T, F), jnp.array([1, 2, 9]), ValueError, r'^seq_lengths must lie in \[0, 7\]'),
+    ((B, T, F), jnp.array([1.0, 2.0, 3.0]), TypeError,
+     r'^seq_lengths must have an integer dtype, got float32$'),
 ])
 def test_bad_inputs(x_shape, lengths, error, match):
   layer, variables, _ = _setup()
-  with pytest.raises(error, match=match):
+  with pytest.raises(error) as info:
     layer.apply(variables, jnp.ones(x_shape), seq_lengths=lengths)
+  assert re.search(match, str(info.value)), str(info.value)  # (pytest's match= sees JAX's note)
+
+
+@pytest.mark.parametrize('carry, error, match', [
+    (jnp.zeros((B, H)), ValueError,
+     rf'^initial_carry must be an \(h, c\) pair of arrays, got an array of shape \({B}, {H}\)$'),
+    ((jnp.zeros((B, H)),) * 3, ValueError,
+     r'^initial_carry must be an \(h, c\) pair of arrays, got a tuple of 3$'),
+    ((jnp.zeros((B, H)), jnp.zeros((B + 1, H))), ValueError,
+     rf'^initial_carry\[1\] \(c\) must have shape \(batch, {H}\) = \({B}, {H}\), got an array of '
+     rf'shape \({B + 1}, {H}\)$'),
+    ((jnp.zeros((B, H), jnp.float16), jnp.zeros((B, H), jnp.float16)), TypeError,
+     r'^initial_carry must hold h and c in one floating dtype, float32 \(the layer computes in '
+     r'it\) or wider, got h float16 and c float16$'),
+])
+def test_bad_initial_carry(carry, error, match):
+  layer, variables, x = _setup()
+  with pytest.raises(error) as info:
+    layer.apply(variables, x, initial_carry=carry)
+  assert re.search(match, str(info.value)), str(info.value)
+
+
+def test_projected_carry_checks_the_projected_width():
+  layer, variables, x = _setup(proj_size=2)
+  y, _ = layer.apply(variables, x, initial_carry=(jnp.zeros((B, 2)), jnp.zeros((B, H))))
+  assert y.shape == (B, T, 2)
+  with pytest.raises(ValueError, match=rf'^initial_carry\[0\] \(h\) must have shape \(batch, 2\)'):
+    layer.apply(variables, x, initial_carry=(jnp.zeros((B, H)), jnp.zeros((B, H))))

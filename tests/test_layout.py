@@ -107,9 +107,12 @@ def test_small_layers_and_several_processes_are_not_measured(fresh, monkeypatch)
 
 def test_a_bad_policy_names_the_variable(monkeypatch):
   monkeypatch.setenv('LSTM_INFERENCE_LAYOUT', 'fastest')
-  with pytest.raises(ValueError, match="LSTM_INFERENCE_LAYOUT='fastest' is not a layout policy"):
+  with pytest.raises(ValueError, match="^LSTM_INFERENCE_LAYOUT='fastest' is not a layout policy; "
+                                       'use one of measure, rule, batch_major, feature_major$'):
     layout.policy()
-  with pytest.raises(ValueError, match='is not one of measure, rule'):
+  with pytest.raises(ValueError, match=r"^set_policy\(name\): name='auto' is not a layout policy; "
+                                       'use one of measure, rule, batch_major, feature_major, or '
+                                       'None for LSTM_INFERENCE_LAYOUT or the default$'):
     layout.set_policy('auto')
 
 

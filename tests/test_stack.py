@@ -1,3 +1,5 @@
+import re
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -181,32 +183,164 @@ def test_remat_and_bfloat16():
 
 
 @pytest.mark.parametrize('kwargs, match', [
-    (dict(num_layers=0, hidden_size=4), 'num_layers must be a positive integer'),
-    (dict(num_layers=2, hidden_size=0), 'layer 0: features must be a positive integer'),
-    (dict(num_layers=2), 'hidden_size is required'),
-    (dict(num_layers=2, hidden_size=4, between='sofmax'), "between='sofmax' is not known"),
-    (dict(num_layers=2, hidden_size=4, activation='rleu'), "activation='rleu'"),
-    (dict(num_layers=2, hidden_size=4, proj_size=4), 'proj_size must be smaller'),
-    (dict(num_layers=2, hidden_size=4, dropout=1.0), r'dropout must be in \[0, 1\)'),
-    (dict(cells=({'features': 4}, {'features': 5}), residual=True), 'residual=True needs'),
+    (dict(num_layers=0, hidden_size=4), r'^num_layers must be a positive integer, got 0$'),
+    (dict(num_layers=1, hidden_size=-3), r'^hidden_size must be a positive integer, got -3$'),
+    (dict(num_layers=2, hidden_size=0), r'^hidden_size must be a positive integer, got 0$'),
+    (dict(num_layers=2), r'^hidden_size is required: give hidden_size=N, or cells'),
+    (dict(num_layers=2, hidden_size=4, between='sofmax'), r"^between='sofmax' is not known"),
+    (dict(num_layers=2, hidden_size=4, activation='rleu'), r"^activation='rleu' is not a known"),
+    (dict(num_layers=2, hidden_size=4, proj_size=4),
+     r'^proj_size must be smaller than hidden_size \(4\), got 4$'),
+    (dict(num_layers=2, hidden_size=4, dropout=1.0), r'^dropout must be in \[0, 1\), got 1.0$'),
+    (dict(cells=({'features': 4}, {'features': 5}), residual=True),
+     r'^residual=True needs every layer to output the same width, but cells\[1\] outputs 5 and '
+     r'cells\[0\] 4'),
     (dict(cells=({'features': 4}, {'features': 5}, {'features': 6}), scan_layers=True),
-     'scan_layers=True needs identical'),
-    (dict(cells=({'featurs': 4},)), r"cells\[0\] has unknown option"),
+     r"^scan_layers=True runs cells\[1:\] as one scanned layer, .* cells\[2\] differs from "
+     r"cells\[1\] in \['features'\]$"),
+    (dict(cells=({'featurs': 4},)), r"^cells\[0\] has unknown option\(s\) \['featurs'\]"),
+    (dict(cells=()), r'^cells must be a sequence .*, got an empty sequence$'),
+    (dict(cells={'features': 4}), r'^cells must be a sequence .*, got \w*dict$'),
+    (dict(cells=({'features': 4}, 5)),
+     r"^cells\[1\] must be a mapping of cell options, .*got int$"),
+    (dict(cells=({'features': 4}, {'proj_size': 2})),
+     r"^cells\[1\] has no 'features' and hidden_size is not given: set cells\[1\]\['features'\] "
+     r'or hidden_size$'),
+    (dict(num_layers=3, cells=({'features': 4}, {'features': 4})),
+     r'^num_layers=3 disagrees with len\(cells\)=2: leave num_layers out or give num_layers=2$'),
 ])
 def test_bad_config_raises_before_tracing(kwargs, match):
-  with pytest.raises(ValueError, match=match):
+  with pytest.raises(ValueError, match=match) as info:
     StackedLSTM(**kwargs)
+  assert '\n' not in str(info.value)
 
 
-def test_bad_call_arguments():
+TWO = ({'features': 4}, {'features': 4})  # two layers given per layer, for per-layer overrides
+
+
+def _second(**options):
+  """Two-layer `cells` whose second layer also has `options`."""
+  return (TWO[0], {**TWO[1], **options})
+
+
+# Each cell option check, once as a stack attribute and once as a per-layer override: the message
+# names the option as it was given.
+@pytest.mark.parametrize('kwargs, message', [
+    (dict(hidden_size=4, cells=({}, {'features': -1})),
+     "cells[1]['features'] must be a positive integer, got -1"),
+    (dict(hidden_size=-2, cells=({'features': 4}, {})), 'hidden_size must be a positive integer'),
+    (dict(cells=TWO, proj_size=0), 'proj_size must be None or a positive integer, got 0'),
+    (dict(cells=_second(proj_size=2.5)),
+     "cells[1]['proj_size'] must be None or a positive integer, got 2.5"),
+    (dict(cells=({'features': 4}, {'features': 3}), proj_size=3),
+     "proj_size must be smaller than cells[1]['features'] (3), got 3"),
+    (dict(hidden_size=3, cells=({'features': 4}, {'proj_size': 3})),
+     "cells[1]['proj_size'] must be smaller than hidden_size (3), got 3"),
+    (dict(cells=TWO, proj_clip=1.0), 'proj_clip=1.0 needs a projection: set proj_size as well'),
+    (dict(cells=_second(proj_clip=1.0)),
+     "cells[1]['proj_clip']=1.0 needs a projection: set proj_size as well"),
+    (dict(cells=TWO, cell_clip=0), 'cell_clip must be None or a positive number, got 0'),
+    (dict(cells=_second(proj_size=2, proj_clip=-1.0)),
+     "cells[1]['proj_clip'] must be None or a positive number, got -1.0"),
+    (dict(cells=TWO, recurrent_activation='sigmod'),
+     "recurrent_activation='sigmod' is not a known"),
+    (dict(cells=_second(activation='rleu')), "cells[1]['activation']='rleu' is not a known"),
+    (dict(cells=_second(output_activation='nope')),
+     "cells[1]['output_activation']='nope' is not a known"),
+    (dict(cells=TWO, coupled_gates=True, forget_gate=False),
+     'coupled_gates=True makes the input gate 1 - f: it needs forget_gate=True, got '
+     'forget_gate=False'),
+    (dict(cells=_second(input_gate=False), coupled_gates=True),
+     "coupled_gates=True makes the input gate 1 - f: it needs cells[1]['input_gate']=True, got "
+     "cells[1]['input_gate']=False"),
+    (dict(cells=TWO, weight_drop=1.0), 'weight_drop must be in [0, 1), got 1.0'),
+    (dict(cells=_second(zoneout_hidden=-0.5)),
+     "cells[1]['zoneout_hidden'] must be in [0, 1), got -0.5"),
+])
+def test_bad_cell_option_is_named_as_given(kwargs, message):
+  with pytest.raises(ValueError) as info:
+    StackedLSTM(**kwargs)
+  assert str(info.value).startswith(message), str(info.value)
+  assert '\n' not in str(info.value) and 'layer 0' not in str(info.value)
+
+
+def _carry(width=H, batch=B, dtype=jnp.float32):
+  return jnp.zeros((batch, width), dtype), jnp.zeros((batch, width), dtype)
+
+
+@pytest.fixture(scope='module')
+def two_layers():
   model = StackedLSTM(num_layers=2, hidden_size=H)
+  return model, model.init(jax.random.key(0), _x())
+
+
+@pytest.mark.parametrize('arguments, error, match', [
+    (dict(x=np.ones((B, T, F)).tolist()), TypeError,
+     r'^x must be an array of shape \(batch, time, features\), got list$'),
+    (dict(x=jnp.ones((B, F))), ValueError, r'^x must have rank 3 \(batch, time, features\)'),
+    (dict(x=jnp.ones((B, T, F + 1))), ValueError,
+     rf'^x has {F + 1} features \(its last axis\), but the variables were made for {F}: give x of '
+     rf'shape \(batch, time, {F}\)$'),
+    (dict(seq_lengths=[1, 2, 3]), TypeError,
+     rf'^seq_lengths must be an integer array of shape \({B},\), got list$'),
+    (dict(seq_lengths=jnp.array([1, -1, 2])), ValueError, r'^seq_lengths must lie in \[0, 6\]'),
+    (dict(initial_carry=(_carry(),)), ValueError,
+     r'^initial_carry must hold one carry per layer \(2\), got a tuple of 1$'),
+    (dict(initial_carry=_carry()[0]), ValueError,
+     r'^initial_carry must hold one carry per layer \(2\), got an array of shape'),
+    (dict(initial_carry=(_carry(), _carry()[0])), ValueError,
+     rf'^initial_carry\[1\] must be an \(h, c\) pair of arrays, got an array of shape '
+     rf'\({B}, {H}\)$'),
+    (dict(initial_carry=(_carry(), (_carry(H + 1)[0], _carry()[1]))), ValueError,
+     rf'^initial_carry\[1\]\[0\] \(h\) must have shape \(batch, {H}\) = \({B}, {H}\), got an array '
+     rf'of shape \({B}, {H + 1}\)$'),
+    (dict(initial_carry=(_carry(batch=B + 1), _carry())), ValueError,
+     rf'^initial_carry\[0\]\[0\] \(h\) must have shape \(batch, {H}\) = \({B}, {H}\)'),
+    (dict(initial_carry=(_carry(), (_carry()[0], None))), ValueError,
+     rf'^initial_carry\[1\]\[1\] \(c\) must have shape \(batch, {H}\) = \({B}, {H}\), '
+     r'got NoneType$'),
+    (dict(initial_carry=(_carry(), _carry(dtype=jnp.bfloat16))), TypeError,
+     r'^initial_carry must hold h and c in one floating dtype, float32 \(the layer computes in '
+     r'it\) or wider, got h bfloat16 and c bfloat16$'),
+    (dict(initial_carry=(_carry(), (_carry()[0], _carry(dtype=jnp.int32)[1]))), TypeError,
+     r'^initial_carry must hold h and c in one floating dtype, .* got h float32 and c int32$'),
+])
+def test_bad_call_arguments(two_layers, arguments, error, match):
+  model, variables = two_layers
+  arguments = {'x': _x(), **arguments}
+  with pytest.raises(error) as info:
+    model.apply(variables, **arguments)
+  assert re.search(match, str(info.value)), str(info.value)  # (pytest's match= sees JAX's note)
+
+
+def test_bidirectional_initial_carry_names_the_direction():
+  model = StackedLSTM(num_layers=1, hidden_size=H, bidirectional=True)
   variables = model.init(jax.random.key(0), _x())
-  with pytest.raises(ValueError, match='x must have rank 3'):
-    model.apply(variables, jnp.ones((B, F)))
-  with pytest.raises(ValueError, match='initial_carry must hold one carry per layer'):
-    model.apply(variables, _x(), initial_carry=((jnp.zeros((B, H)),) * 2,))
-  with pytest.raises(ValueError, match='seq_lengths must lie in'):
-    model.apply(variables, _x(), seq_lengths=jnp.array([1, -1, 2]))
+  with pytest.raises(ValueError, match=r'^initial_carry\[0\] must be a \(forward, backward\) pair '
+                                       r'of \(h, c\) carries \(bidirectional=True\), got an array'):
+    model.apply(variables, _x(), initial_carry=(_carry()[0],))
+  with pytest.raises(ValueError, match=r'^initial_carry\[0\]\[1\] must be an \(h, c\) pair'):
+    model.apply(variables, _x(), initial_carry=((_carry(), _carry()[0]),))
+  y, carries = model.apply(variables, _x(), initial_carry=((_carry(), _carry()),))
+  assert y.shape == (B, T, 2 * H) and len(carries) == 1
+
+
+def test_carry_checks_hold_for_projections_and_scanned_layers():
+  model = StackedLSTM(num_layers=3, hidden_size=H, proj_size=2, scan_layers=True)
+  variables = model.init(jax.random.key(0), _x())
+  good = ((jnp.zeros((B, 2)), jnp.zeros((B, H))),) * 3
+  y, carries = model.apply(variables, _x(), initial_carry=good)
+  assert y.shape == (B, T, 2)
+  with pytest.raises(ValueError, match=rf'^initial_carry\[2\]\[0\] \(h\) must have shape '
+                                       rf'\(batch, 2\) = \({B}, 2\), got an array of shape'):
+    model.apply(variables, _x(), initial_carry=good[:2] + (_carry(),))
+  bf16 = StackedLSTM(num_layers=2, hidden_size=H, dtype=jnp.bfloat16)
+  variables = bf16.init(jax.random.key(0), _x())
+  y, _ = bf16.apply(variables, _x(), initial_carry=(_carry(),) * 2)
+  assert y.dtype == jnp.float32  # a wider carry than the compute dtype is fine
+  y, carries = bf16.apply(variables, _x(), initial_carry=(_carry(dtype=jnp.bfloat16),) * 2)
+  assert y.dtype == jnp.bfloat16
+  bf16.apply(variables, _x(), initial_carry=carries)  # its own final carries, fed back
 
 
 def test_scan_layers_with_remat_and_variational_dropout_matches_looped():

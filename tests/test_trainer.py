@@ -139,7 +139,7 @@ def test_sequence_loss_reduction_scales_the_gradient_by_num_steps():
 @pytest.mark.parametrize('overrides, match', [
     ({'task': 'imagenet'}, "config.task='imagenet' is not a known task; choose one of ptb_char"),
     ({'optimizer.name': 'adamax'}, "config.optimizer.name='adamax' is not known; use one of sgd"),
-    ({'model.activation': 'rleu'}, "config.model: layer 0: activation='rleu' is not a known"),
+    ({'model.activation': 'rleu'}, "config.model: activation='rleu' is not a known"),
     ({'model.between': 'softmax'}, "config.model: between='softmax' is not known"),
     ({'model.hidden_size': 0}, r'config.model.hidden_size=0 must be a positive integer'),
     ({'model.num_layers': -1}, r'config.model.num_layers=-1 must be a positive integer'),
