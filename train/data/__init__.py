@@ -4,6 +4,7 @@
 walks one of its splits. The loaders, one module per family:
 
   text.py           token streams for language models: Penn Treebank (char, word), text files
+  corpus.py         text to token ids at corpus scale (chunked, vectorised, smallest dtype)
   vocab.py          `Vocabulary`: a language model's tokens; text to ids and back
   examples.py       datasets of whole examples: MNIST-1D, sklearn digits, copy task, adding problem
   speech_digits.py  spoken digit strings (train/speech.py synthesises them) for CTC

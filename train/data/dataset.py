@@ -15,7 +15,7 @@ SPLITS = ('train', 'valid', 'test')
 @dataclasses.dataclass
 class Split:
   """One split. lm: `tokens` only; other kinds: arrays with a leading example axis."""
-  tokens: Optional[np.ndarray] = None   # lm: (N,) int32
+  tokens: Optional[np.ndarray] = None   # lm: (N,) unsigned ids (`vocab.id_dtype`)
   inputs: Optional[np.ndarray] = None   # (N, T) int32 tokens or (N, T, F) float32
   targets: Optional[np.ndarray] = None  # classify (N,) int32; per_step (N, T) int32;
                                         # regress (N,) float32

