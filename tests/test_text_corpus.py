@@ -1,6 +1,8 @@
-"""Large text corpora (train/data/corpus.py): the ids equal the whole-text encoding they replace,
-in the smallest dtype."""
+"""Large text corpora (train/data/corpus.py, token_cache.py): the ids equal the whole-text
+encoding they replace, in the smallest dtype; the token cache."""
 import collections
+import json
+import os
 import random
 
 import numpy as np
@@ -9,7 +11,7 @@ import pytest
 from configs import common
 from tests.trainer_utils import tiny_config
 from train import data
-from train.data import corpus, text
+from train.data import corpus, text, token_cache
 from train.data.vocab import EOS, UNK, codepoints, joined_lines
 
 
@@ -100,11 +102,12 @@ def test_ids_equal_the_whole_text_encoding(tmp_path, small_pieces, level):
   path.write_bytes(whole.encode('utf-8'))
   tokens = {'char': whole, 'word': reference_words(whole), 'byte': whole.encode('utf-8')}[level]
   itos, expected = reference_encoding(level, *cut_reference(tokens))
-  ds = data.load_dataset(config(path=str(path), level=level))
-  if itos is not None:
-    assert ds.itos == itos
-  for name in data.SPLITS:
-    np.testing.assert_array_equal(ds.splits[name].tokens, expected[name])
+  for attempt in ('encoded', 'cached'):
+    ds = data.load_dataset(config(path=str(path), level=level, cache_dir=str(tmp_path / 'cache')))
+    if itos is not None:
+      assert ds.itos == itos, attempt
+    for name in data.SPLITS:
+      np.testing.assert_array_equal(ds.splits[name].tokens, expected[name], err_msg=attempt)
 
 
 def test_ids_equal_with_separate_files_and_a_vocabulary_cap(tmp_path, small_pieces):
@@ -115,7 +118,7 @@ def test_ids_equal_with_separate_files_and_a_vocabulary_cap(tmp_path, small_piec
   read = lambda p: p.read_bytes().decode('utf-8')  # (read_text would turn '\r' into '\n')
   for level, max_vocab in (('char', None), ('word', None), ('word', 50), ('word', 1)):
     ds = data.load_dataset(config(path=str(train), valid_path=str(valid), test_path=str(test),
-                                  level=level, max_vocab=max_vocab))
+                                  level=level, max_vocab=max_vocab, cache=False))
     texts = {name: read(p) for name, p in (('train', train), ('valid', valid), ('test', test))}
     if level == 'word':
       texts = {name: reference_words(t) for name, t in texts.items()}
@@ -197,6 +200,92 @@ def test_document_starts_in_pieces_equal_the_definition(monkeypatch):
     for i in range(len(tokens) - len(sep)):
       expected[i + len(sep)] = np.array_equal(tokens[i:i + len(sep)], sep)
     np.testing.assert_array_equal(text._starts_after(tokens, sep), expected)
+
+
+# ------------------------------------------------------------------------------------------------
+# The token cache
+
+
+def _entries(directory):
+  return sorted(name for name in os.listdir(directory) if not name.startswith('.'))
+
+
+def test_the_second_load_maps_the_cache_and_does_not_encode(tmp_path, monkeypatch):
+  path = tmp_path / 'corpus.txt'
+  path.write_text(unicode_text(), encoding='utf-8')
+  cache_dir = tmp_path / 'cache'
+  first = data.load_dataset(config(path=str(path), cache_dir=str(cache_dir)))
+  assert len(_entries(cache_dir)) == 2  # text_<key>.npy and its .json
+
+  def no_encoding(*args, **kwargs):
+    raise AssertionError('encoded again')
+  monkeypatch.setattr(corpus, 'encode_text', no_encoding)
+  second = data.load_dataset(config(path=str(path), cache_dir=str(cache_dir)))
+  assert isinstance(second.splits['train'].tokens.base, np.memmap)
+  assert not second.splits['train'].tokens.flags.writeable
+  assert second.vocab == first.vocab
+  for name in data.SPLITS:
+    np.testing.assert_array_equal(second.splits[name].tokens, first.splits[name].tokens)
+  # What does not change the ids hits the cache: another name for the file, the caps on the
+  # streams, max_vocab at character level.
+  os.rename(path, tmp_path / 'renamed.txt')
+  data.load_dataset(config(path=str(tmp_path / 'renamed.txt'), cache_dir=str(cache_dir),
+                           max_train_tokens=100, max_vocab=10))
+  # What changes them misses it: the level, the fractions, the file's contents.
+  for fields in ({'level': 'word'}, {'valid_fraction': 0.1}):
+    with pytest.raises(AssertionError, match='encoded again'):
+      data.load_dataset(config(path=str(tmp_path / 'renamed.txt'), cache_dir=str(cache_dir),
+                               **fields))
+  (tmp_path / 'renamed.txt').write_text(unicode_text(seed=1), encoding='utf-8')
+  with pytest.raises(AssertionError, match='encoded again'):
+    data.load_dataset(config(path=str(tmp_path / 'renamed.txt'), cache_dir=str(cache_dir)))
+
+
+@pytest.mark.parametrize('damage', ['truncated', 'ids outside the vocabulary', 'not json',
+                                    'another spec', 'missing npy'])
+def test_a_damaged_cache_is_rebuilt(tmp_path, damage):
+  path = tmp_path / 'corpus.txt'
+  path.write_text(unicode_text(), encoding='utf-8')
+  fields = dict(path=str(path), cache_dir=str(tmp_path / 'cache'), level='word')
+  first = data.load_dataset(config(**fields))
+  # copies: `first` maps the very file that is damaged in place below
+  expected = {name: np.array(first.splits[name].tokens) for name in data.SPLITS}
+  described, npy = (str(tmp_path / 'cache' / name) for name in _entries(tmp_path / 'cache'))
+  if damage == 'truncated':
+    os.truncate(npy, os.path.getsize(npy) - 10)
+  elif damage == 'ids outside the vocabulary':
+    tokens = np.load(npy)
+    tokens[len(tokens) // 2] = len(first.vocab)
+    np.save(npy, tokens)
+  elif damage == 'not json':
+    with open(described, 'w') as f:
+      f.write('{"spec": ')
+  elif damage == 'another spec':
+    saved = json.load(open(described))
+    saved['spec']['max_vocab'] = 3
+    json.dump(saved, open(described, 'w'))
+  else:
+    os.remove(npy)
+  rebuilt = data.load_dataset(config(**fields))
+  assert rebuilt.vocab == first.vocab
+  for name in data.SPLITS:
+    np.testing.assert_array_equal(rebuilt.splits[name].tokens, expected[name])
+  again = token_cache.load(fields['cache_dir'], json.load(open(described))['spec'])
+  assert again is not None  # rewritten whole
+  np.testing.assert_array_equal(again.tokens, np.load(npy))
+
+
+def test_without_the_cache_or_where_it_cannot_be_written(tmp_path):
+  path = tmp_path / 'corpus.txt'
+  path.write_text(unicode_text(), encoding='utf-8')
+  (tmp_path / 'cache').mkdir()
+  off = data.load_dataset(config(path=str(path), cache=False, cache_dir=str(tmp_path / 'cache')))
+  assert _entries(tmp_path / 'cache') == []
+  assert not isinstance(off.splits['train'].tokens.base, np.memmap)
+  blocked = tmp_path / 'a_file'
+  blocked.write_text('not a directory')
+  on = data.load_dataset(config(path=str(path), cache_dir=str(blocked / 'cache')))
+  np.testing.assert_array_equal(on.splits['train'].tokens, off.splits['train'].tokens)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -4,7 +4,9 @@ and any plain-text file the user has, as token streams.
 Character ids: the train split's characters sorted by code point; word ids: by frequency; byte
 ids: the 256 byte values; each stream in the smallest unsigned dtype that holds its vocabulary.
 `config.data.max_train_tokens` / `max_eval_tokens` cut the streams for quick runs. Text files are
-read in chunks and encoded by corpus.py. Nothing is downloaded and nothing is written to disk.
+read in chunks and encoded by corpus.py; their character and word ids are kept in the token cache
+(token_cache.py, unless `config.data.cache` is off), which later runs memory-map. Nothing is
+downloaded.
 """
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ from typing import Any, Dict, Iterable, Iterator, Optional
 
 import numpy as np
 
-from train.data import corpus
+from train.data import corpus, fingerprint, token_cache
 from train.data.dataset import SPLITS, Dataset, Split, readonly
 from train.data.vocab import UNK, Vocabulary, joined_lines
 
@@ -196,22 +198,31 @@ def _bytes(paths: Dict[str, str], wheres: Dict[str, str], cut: corpus.Cut, encod
   return corpus.Encoded(tokens, corpus.bounds(cut(lengths), lengths), vocab)
 
 
-def _text(data_config: Any, paths: Dict[str, str], wheres: Dict[str, str], cut: corpus.Cut
-          ) -> corpus.Encoded:
-  """Character or word ids of the files."""
+def _text(data_config: Any, paths: Dict[str, str], wheres: Dict[str, str],
+          data_files: Dict[str, dict], cut: corpus.Cut) -> corpus.Encoded:
+  """Character or word ids of the files, from the token cache when it has them."""
   level, encoding = data_config.level, data_config.encoding
   max_vocab = int(data_config.max_vocab) if data_config.max_vocab and level == 'word' else None
+  spec = {'level': level, 'encoding': encoding, 'max_vocab': max_vocab,
+          'valid_fraction': float(data_config.valid_fraction),
+          'test_fraction': float(data_config.test_fraction),
+          'files': {field: fingerprint.content(record) for field, record in data_files.items()}}
+  if data_config.cache:
+    cached = token_cache.load(data_config.cache_dir, spec)
+    if cached is not None:
+      return cached
   sources = {field: _decoded(_chunks(path, wheres[field]), encoding, wheres[field])
              for field, path in paths.items()}
-  return corpus.encode_text(level, sources, cut, max_vocab=max_vocab)
+  encoded = corpus.encode_text(level, sources, cut, max_vocab=max_vocab)
+  return token_cache.store(data_config.cache_dir, spec, encoded) if data_config.cache else encoded
 
 
 def load_text(data_config: Any) -> Dataset:
   """A plain-text file the user has (enwik8, text8, WikiText...), read as configs/common.py's
   `config.data` fields describe (path, level, valid_path / test_path or valid_fraction /
-  test_fraction, encoding, max_vocab, max_train_tokens / max_eval_tokens). Valid and test
-  without files of their own are cut from the end of `path`: test is the very end, valid just
-  before it.
+  test_fraction, encoding, max_vocab, max_train_tokens / max_eval_tokens, cache / cache_dir).
+  Valid and test without files of their own are cut from the end of `path`: test is the very
+  end, valid just before it.
   """
   path = data_config.path
   if path is None or str(path) == '':
@@ -225,9 +236,11 @@ def load_text(data_config: Any) -> Dataset:
            if value is not None}
   wheres = {field: f'config.data.{field}={value!r}' for field, value in given.items()}
   paths = {field: _data_file(value, wheres[field]) for field, value in given.items()}
+  data_files = {field: {'file': given[field], **fingerprint.fingerprint(path)}
+                for field, path in paths.items()}
   cut = functools.partial(_cut, data_config, level)
   if level == 'byte':
     encoded = _bytes(paths, wheres, cut, data_config.encoding)
   else:
-    encoded = _text(data_config, paths, wheres, cut)
+    encoded = _text(data_config, paths, wheres, data_files, cut)
   return _lm_dataset('text', data_config, encoded.streams(), encoded.vocab)
