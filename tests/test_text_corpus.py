@@ -1,5 +1,6 @@
-"""Large text corpora (train/data/corpus.py, token_cache.py): the ids equal the whole-text
-encoding they replace, in the smallest dtype; the token cache."""
+"""Large text corpora (train/data/corpus.py, token_cache.py, fingerprint.py): the ids equal the
+whole-text encoding they replace, in the smallest dtype; the token cache; a changed data file
+refused on resume."""
 import collections
 import json
 import os
@@ -9,10 +10,11 @@ import numpy as np
 import pytest
 
 from configs import common
-from tests.trainer_utils import tiny_config
-from train import data
+from tests.trainer_utils import run_main, tiny_config
+from train import checkpoint, data, trainer
 from train.data import corpus, text, token_cache
 from train.data.vocab import EOS, UNK, codepoints, joined_lines
+from train.validation import ConfigError
 
 
 def config(**fields):
@@ -307,3 +309,93 @@ def test_a_decoding_error_names_its_byte_and_a_blank_file_is_empty(tmp_path, sma
   for level in ('char', 'word', 'byte'):
     with pytest.raises(ValueError, match=r'corpus.txt\' is empty'):
       data.load_dataset(config(path=str(path), level=level))
+
+
+# ------------------------------------------------------------------------------------------------
+# The data's fingerprint on resume
+
+
+TEXT_RUN = ['--config.task=text', '--config.num_train_steps=4', '--config.eval_every_steps=100',
+            '--config.checkpoint_every_steps=2', '--config.data.test_fraction=0.2',
+            '--config.data.valid_fraction=0.2']
+
+
+def _text_run_config(path, **overrides):
+  """The config that run_main(*TEXT_RUN, --config.data.path=path) runs."""
+  c = tiny_config('ptb_char', **{'data.path': str(path), 'num_train_steps': 4,
+                                 'eval_every_steps': 100, 'checkpoint_every_steps': 2,
+                                 'data.test_fraction': 0.2, 'data.valid_fraction': 0.2,
+                                 **overrides})
+  c.task = 'text'
+  return c
+
+
+def _shuffled(path, seed):
+  """The file's lines in another order: the same characters (the same vocabulary), other text."""
+  lines = path.read_text().splitlines(keepends=True)
+  random.Random(seed).shuffle(lines)
+  path.write_text(''.join(lines))
+
+
+def test_a_changed_file_is_refused_on_resume_with_one_line(tmp_path):
+  path = tmp_path / 'corpus.txt'
+  path.write_text(''.join(f'line {i} of the corpus, as it was\n' for i in range(300)))
+  workdir = tmp_path / 'run'
+  first = trainer.train_and_evaluate(_text_run_config(path, stop_after_steps=2), str(workdir))
+  assert first['status'] == 'preempted'
+  saved = json.loads((workdir / 'dataset.json').read_text())['data_files']['path']
+  assert saved['file'] == str(path) and saved['size'] == path.stat().st_size
+  _shuffled(path, 0)
+  before = sorted(os.listdir(workdir / 'checkpoints'))
+  result = run_main(str(workdir), *TEXT_RUN, f'--config.data.path={path}')
+  assert result.returncode != 0
+  assert 'Traceback' not in result.stderr
+  last = result.stderr.strip().splitlines()[-1]
+  assert last == (f'error: config.data.path={str(path)!r} changed since the run in {workdir} '
+                  f'saved its fingerprint (same size, {path.stat().st_size} bytes, other '
+                  'contents); put the original file back, train in a new --workdir, or pass '
+                  '--config.data.allow_changed_data=True to go on with it as it is')
+  assert sorted(os.listdir(workdir / 'checkpoints')) == before
+  assert json.loads((workdir / 'dataset.json').read_text())['data_files']['path'] == saved
+
+
+def test_the_override_accepts_a_changed_file_and_keeps_its_fingerprint(tmp_path):
+  path = tmp_path / 'corpus.txt'
+  path.write_text(''.join(f'line {i} of the corpus, as it was\n' for i in range(300)))
+  workdir = str(tmp_path / 'run')
+  trainer.train_and_evaluate(_text_run_config(path, stop_after_steps=2), workdir)
+  path.write_text(path.read_text() + 'a new line\n')  # characters it has: the same vocabulary
+  with pytest.raises(ConfigError, match=r'corpus.txt\' changed since .* bytes then, \d+ now'):
+    trainer.train_and_evaluate(_text_run_config(path), workdir)
+  resumed = trainer.train_and_evaluate(
+      _text_run_config(path, **{'data.allow_changed_data': True}), workdir)
+  assert resumed['status'] == 'completed' and resumed['steps_this_run'] == 2
+  saved = json.loads(open(os.path.join(workdir, 'dataset.json')).read())['data_files']['path']
+  assert saved['size'] == path.stat().st_size  # the file as it is now is the run's data
+  checkpoint.check_dataset(workdir, data.load_dataset(_text_run_config(path)))
+
+
+def test_a_workdir_from_before_fingerprints_resumes(tmp_path):
+  """A workdir that an earlier version wrote (no fingerprint in dataset.json, none of the new
+  data fields in config.json) resumes, even with an edited file, and is fingerprinted from
+  then on."""
+  path = tmp_path / 'corpus.txt'
+  path.write_text(''.join(f'line {i} of the corpus, as it was\n' for i in range(300)))
+  workdir = tmp_path / 'run'
+  trainer.train_and_evaluate(_text_run_config(path, stop_after_steps=2), str(workdir))
+  described = json.loads((workdir / 'dataset.json').read_text())
+  del described['data_files']
+  (workdir / 'dataset.json').write_text(json.dumps(described))
+  saved_config = json.loads((workdir / 'config.json').read_text())
+  for field in ('cache', 'cache_dir', 'allow_changed_data'):
+    del saved_config['data'][field]
+  (workdir / 'config.json').write_text(json.dumps(saved_config))
+  _shuffled(path, 1)
+  resumed = trainer.train_and_evaluate(_text_run_config(path), str(workdir))
+  assert resumed['status'] == 'completed' and resumed['steps_this_run'] == 2
+  assert 'data_files' in json.loads((workdir / 'dataset.json').read_text())
+
+
+def test_package_and_generated_data_have_no_fingerprint():
+  assert data.load_dataset(tiny_config('ptb_char')).data_files is None
+  assert data.load_dataset(tiny_config('copy')).data_files is None

@@ -41,6 +41,8 @@ class Dataset:
   itos: Optional[List[str]]      # lm: id -> token string (for humans)
   level: Optional[str] = None    # lm: 'char', 'word' or 'byte'
   vocab: Optional[Vocabulary] = None  # lm: encodes text and decodes ids (`vocab.json`)
+  data_files: Optional[Dict[str, dict]] = None  # files read: config.data field -> {'file',
+                                                # 'size', 'sha256'} (data/fingerprint.py)
 
   @property
   def is_stream(self) -> bool:

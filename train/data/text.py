@@ -26,7 +26,7 @@ CHUNK_BYTES = 1 << 20  # of a file read and decoded at a time
 
 
 def _lm_dataset(task: str, data_config: Any, streams: Dict[str, np.ndarray],
-                vocab: Vocabulary) -> Dataset:
+                vocab: Vocabulary, data_files: Optional[Dict[str, dict]] = None) -> Dataset:
   """An lm Dataset from encoded streams, cut to the optional max_train_tokens / max_eval_tokens."""
   caps = {'train': data_config.max_train_tokens, 'valid': data_config.max_eval_tokens,
           'test': data_config.max_eval_tokens}
@@ -40,7 +40,7 @@ def _lm_dataset(task: str, data_config: Any, streams: Dict[str, np.ndarray],
                          starts_rev=None if starts is None else starts[1])
   return Dataset(task=task, kind='lm', splits=splits, vocab_size=len(vocab),
                  num_classes=len(vocab), input_features=None, itos=list(vocab.itos),
-                 level=vocab.level, vocab=vocab)
+                 level=vocab.level, vocab=vocab, data_files=data_files)
 
 
 def document_starts(tokens: np.ndarray, vocab: Vocabulary, separator: Optional[str]
@@ -222,7 +222,7 @@ def load_text(data_config: Any) -> Dataset:
   `config.data` fields describe (path, level, valid_path / test_path or valid_fraction /
   test_fraction, encoding, max_vocab, max_train_tokens / max_eval_tokens, cache / cache_dir).
   Valid and test without files of their own are cut from the end of `path`: test is the very
-  end, valid just before it.
+  end, valid just before it. The Dataset's `data_files` holds each file's fingerprint.
   """
   path = data_config.path
   if path is None or str(path) == '':
@@ -243,4 +243,4 @@ def load_text(data_config: Any) -> Dataset:
     encoded = _bytes(paths, wheres, cut, data_config.encoding)
   else:
     encoded = _text(data_config, paths, wheres, data_files, cut)
-  return _lm_dataset('text', data_config, encoded.streams(), encoded.vocab)
+  return _lm_dataset('text', data_config, encoded.streams(), encoded.vocab, data_files)
