@@ -25,7 +25,7 @@ from absl import logging
 
 from lstm import cache
 from train import files
-from train.data.corpus import Encoded, steps
+from train.data.corpus import STEP, Encoded
 from train.data.vocab import Vocabulary, id_dtype
 
 FORMAT = 1  # bump when the encoding changes what an entry holds
@@ -60,7 +60,7 @@ def load(cache_dir: Optional[str], spec: Dict[str, Any]) -> Optional[Encoded]:
   return None
 
 
-def _problem(tokens: np.ndarray, described: Any, spec: Dict[str, Any]) -> Optional[str]:
+def _problem(tokens: np.memmap, described: Any, spec: Dict[str, Any]) -> Optional[str]:
   """What is wrong with an entry, or None."""
   if not isinstance(described, dict) or described.get('spec') != spec:
     return 'its .json is unreadable or describes other data'
@@ -68,11 +68,25 @@ def _problem(tokens: np.ndarray, described: Any, spec: Dict[str, Any]) -> Option
   if tokens.shape != (described['length'],) or tokens.dtype != id_dtype(size):
     return (f'it holds {tokens.dtype} ids of shape {tokens.shape}, not {described["length"]} '
             f'{id_dtype(size)} ids')
-  if any(int(piece.max()) >= size for piece in steps(tokens) if len(piece)):
+  if _largest_id(tokens) >= size:
     return f'it holds ids outside the vocabulary of {size}'
   if not all(0 <= start <= stop <= len(tokens) for start, stop in described['splits'].values()):
     return 'its splits lie outside its tokens'
   return None
+
+
+def _largest_id(tokens: np.memmap) -> int:
+  """The largest of the mapped ids, read through the file: the pages that the check reads stay in
+  the system's file cache, not in the memory of the process (training maps only those it uses)."""
+  largest = 0
+  piece = np.empty(STEP, tokens.dtype)
+  with open(tokens.filename, 'rb') as f:
+    f.seek(tokens.offset)
+    while True:
+      count = f.readinto(piece) // piece.itemsize
+      if not count:
+        return largest
+      largest = max(largest, int(piece[:count].max()))
 
 
 def store(cache_dir: Optional[str], spec: Dict[str, Any], encoded: Encoded) -> Encoded:
