@@ -1,8 +1,9 @@
 """`Vocabulary`: a language model's tokens, and text to ids and back.
 
 One vocabulary per language-model run, saved as the workdir's `vocab.json`, so that text can be
-encoded and samples decoded without the training data. The loaders in `text.py` encode their
-splits with it, so a file encoded here gets exactly the ids its split would get in training.
+encoded and samples decoded without the training data. The loaders (text.py, through corpus.py,
+which encodes whole corpora a chunk at a time) follow the definitions here, so a file encoded
+here gets exactly the ids its split gets in training.
 
 Levels: 'char' (ids of characters; PTB's character text first has each non-blank line's words
 joined by single spaces and ended by '\n', `lines=True`), 'word' (whitespace-split words, '<eos>'
