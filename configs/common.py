@@ -60,6 +60,9 @@ def base_config() -> ml_collections.ConfigDict:
   d.test_fraction = 0.05                       # of path cut for test (without test_path)
   d.encoding = 'utf-8'                         # of the files (not used at byte level)
   d.max_vocab = config_dict.placeholder(int)   # word level: the most frequent words; rest <unk>
+  d.cache = True                               # char/word ids kept on disk, memory-mapped later
+  d.cache_dir = config_dict.placeholder(str)   # None: $STACKED_LSTM_CACHE or ~/.cache/...
+  d.allow_changed_data = False                 # resume although a data file's contents changed
   # Generated datasets: each task's parameters in its own sub-dict
   d.mnist1d = ml_collections.ConfigDict(dict(
       seed=42,           # the package's own seed: the published dataset

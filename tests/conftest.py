@@ -1,6 +1,6 @@
 """Shared test set-up: Keras runs on the JAX backend; float32 matmuls at full precision; the
-inference layout by the size rule; the `fast_calls` fixture; `trained_run`, tiny runs trained once
-per session."""
+inference layout by the size rule; the project's cache directory in a temporary directory, not
+the user's; the `fast_calls` fixture; `trained_run`, tiny runs trained once per session."""
 import os
 
 os.environ.setdefault('KERAS_BACKEND', 'jax')
@@ -11,9 +11,17 @@ os.environ.setdefault('LSTM_INFERENCE_LAYOUT', 'rule')
 import jax  # noqa: E402
 import pytest  # noqa: E402
 
-from lstm import fast  # noqa: E402
+from lstm import cache, fast  # noqa: E402
 
 jax.config.update('jax_default_matmul_precision', 'highest')
+
+
+@pytest.fixture(scope='session', autouse=True)
+def cache_directory(tmp_path_factory):
+  """The project's cache directory (speech features, encoded text) in the session's temporary
+  directory, unless $STACKED_LSTM_CACHE names one; the programs that tests start inherit it."""
+  os.environ.setdefault(cache.ENV, str(tmp_path_factory.mktemp('cache')))
+  return os.environ[cache.ENV]
 
 
 @pytest.fixture
@@ -33,11 +41,10 @@ def fast_calls(monkeypatch):
 @pytest.fixture(scope='session')
 def trained_run(tmp_path_factory):
   """`trained_run(name)`: the workdir of the tiny run `name` of `trainer_utils.RUNS`, trained
-  the first time a test asks for it (speech features cached in the session's temporary dir)."""
+  the first time a test asks for it."""
   from tests import trainer_utils
   from train import trainer
 
-  os.environ.setdefault('STACKED_LSTM_CACHE', str(tmp_path_factory.mktemp('speech_cache')))
   workdirs = {}
 
   def get(name):

@@ -78,7 +78,7 @@ def test_ptb_word_matches_reference_counts(ptb_word):
   assert ptb_word.itos[0] == 'the' and '<unk>' in ptb_word.itos
   assert ' '.join(ptb_word.itos[i] for i in train[:3]) == 'aer banknote berlitz'
   for split in ptb_word.splits.values():
-    assert split.tokens.dtype == np.int32
+    assert split.tokens.dtype == np.uint16  # the smallest dtype that holds 10,000 ids
     assert split.tokens.min() >= 0 and split.tokens.max() < 10_000
   counts = np.bincount(train, minlength=10_000)
   assert np.all(np.diff(counts) <= 0)  # ids sorted by frequency
@@ -89,6 +89,7 @@ def test_ptb_char_vocab_covers_valid_and_test(ptb_char):
   assert ptb_char.itos == sorted(ptb_char.itos) and '\n' in ptb_char.itos
   assert '<unk>' not in ptb_char.itos  # no stand-in symbol needed: valid/test fully covered
   for split in ptb_char.splits.values():
+    assert split.tokens.dtype == np.uint8
     assert split.tokens.min() >= 0 and split.tokens.max() < ptb_char.vocab_size
   text = ''.join(ptb_char.itos[i] for i in ptb_char.splits['valid'].tokens[:60])
   assert text.startswith('consumers may want to move their telephones')

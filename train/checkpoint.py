@@ -8,6 +8,9 @@ complete, so a run killed mid-save leaves the previous checkpoint as the latest.
 `config.json` (the config), `dataset.json` (the data's shape: kind, vocabulary size, classes,
 input features) and, for language models, `vocab.json` are what rebuilds the model without the
 data; `record_config` and `record_dataset` refuse a workdir whose files describe a different run.
+`dataset.json` also keeps the fingerprint of every data file the run reads (task 'text'), so
+that a resumed run refuses a file whose contents changed (unless
+config.data.allow_changed_data).
 `restore_params` reads the parameters of any saved step without writing anything.
 """
 from __future__ import annotations
@@ -24,12 +27,14 @@ import orbax.checkpoint as ocp
 
 from configs import common
 from train import data, files
+from train.data import fingerprint
 from train.validation import ConfigError
 
-# Fields that may change when a run is resumed; any other difference means a different run.
+# Fields that may change when a run is resumed (a section, or a field by its dotted name); any
+# other difference means a different run.
 RESUMABLE_FIELDS = ('num_train_steps', 'num_epochs', 'eval_every_steps', 'checkpoint_every_steps',
                     'keep_checkpoints', 'log_every_steps', 'eval_batch_size', 'distributed',
-                    'stop_after_steps')
+                    'stop_after_steps', 'data.cache', 'data.cache_dir', 'data.allow_changed_data')
 
 
 class ConfigConflict(ConfigError):
@@ -45,7 +50,7 @@ def record_config(workdir: str, config_json: str) -> None:
       old = json.load(f)
     a, b = files.flatten(old), files.flatten(new)
     diffs = [f'{k}: {a.get(k)!r} -> {b.get(k)!r}' for k in sorted(set(a) | set(b))
-             if k.split('.')[0] not in RESUMABLE_FIELDS and a.get(k) != b.get(k)]
+             if not {k, k.split('.')[0]} & set(RESUMABLE_FIELDS) and a.get(k) != b.get(k)]
     if diffs:
       raise ConfigConflict(
           f'workdir {workdir} holds a run with a different config ({"; ".join(diffs[:5])}'
@@ -80,10 +85,14 @@ def config_from_dict(saved: dict, where: str) -> ml_collections.ConfigDict:
 
 
 _SHAPE_FIELDS = ('task', 'kind', 'vocab_size', 'num_classes', 'input_features', 'level')
+_DATA_FILES = 'data_files'  # dataset.json's fingerprints of the files read (task 'text')
 
 
 def _describe(dataset: data.Dataset) -> dict[str, Any]:
-  return {name: getattr(dataset, name) for name in _SHAPE_FIELDS}
+  described = {name: getattr(dataset, name) for name in _SHAPE_FIELDS}
+  if dataset.data_files:
+    described[_DATA_FILES] = dataset.data_files
+  return described
 
 
 def _dataset_files(dataset: data.Dataset) -> dict[str, Any]:
@@ -93,19 +102,35 @@ def _dataset_files(dataset: data.Dataset) -> dict[str, Any]:
   return written
 
 
-def check_dataset(workdir: str, dataset: data.Dataset) -> None:
-  """Refuses data that no longer gives the shapes or vocabulary saved in `workdir`."""
-  for name, value in _dataset_files(dataset).items():
-    old = files.read_json(os.path.join(workdir, name))
-    if old is not None and old != json.loads(json.dumps(value)):
+def check_dataset(workdir: str, dataset: data.Dataset, allow_changed_data: bool = False) -> None:
+  """Refuses data that no longer gives the shapes or vocabulary saved in `workdir`, and a data
+  file whose contents changed since its fingerprint was saved there, unless `allow_changed_data`
+  (a workdir saved before fingerprints were has none to compare)."""
+  described = _dataset_files(dataset)
+  saved = {name: files.read_json(os.path.join(workdir, name)) for name in described}
+  saved_files = (saved['dataset.json'] or {}).pop(_DATA_FILES, None) or {}
+  described['dataset.json'].pop(_DATA_FILES, None)
+  for name, value in described.items():
+    if saved[name] is not None and saved[name] != json.loads(json.dumps(value)):
       raise ConfigConflict(f'the data of {workdir} changed since the run started: it no longer '
                            f'gives the {name} saved there; use a new --workdir or the old data')
+  for field, new in (dataset.data_files or {}).items():
+    old = saved_files.get(field)
+    if old is None or fingerprint.content(old) == fingerprint.content(new):
+      continue
+    change = (f'config.data.{field}={new["file"]!r} changed since the run in {workdir} saved its '
+              f'fingerprint ({fingerprint.describe_change(old, new)})')
+    if not allow_changed_data:
+      raise ConfigConflict(f'{change}; put the original file back, train in a new --workdir, or '
+                           'pass --config.data.allow_changed_data=True to go on with it as it is')
+    logging.getLogger('absl').warning('%s; going on with it as it is '
+                                      '(config.data.allow_changed_data)', change)
 
 
-def record_dataset(workdir: str, dataset: data.Dataset) -> None:
-  """Saves `dataset.json` (and `vocab.json` for a language model), or refuses data that no
-  longer gives the vocabulary or shapes the run was started with."""
-  check_dataset(workdir, dataset)
+def record_dataset(workdir: str, dataset: data.Dataset, allow_changed_data: bool = False) -> None:
+  """Saves `dataset.json` (with the data files' fingerprints) and `vocab.json` for a language
+  model, or refuses data that `check_dataset` refuses."""
+  check_dataset(workdir, dataset, allow_changed_data)
   if jax.process_index() == 0:
     for name, value in _dataset_files(dataset).items():
       files.write_json(os.path.join(workdir, name), value)

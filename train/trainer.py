@@ -232,7 +232,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
                s.steps_per_epoch, s.dist.num_devices, jax.process_count())
   os.makedirs(workdir, exist_ok=True)
   checkpoint.record_config(workdir, config.to_json_best_effort())
-  checkpoint.record_dataset(workdir, s.dataset)
+  checkpoint.record_dataset(workdir, s.dataset, config.data.allow_changed_data)
 
   state, zero_carry = initial_state(s)
   ckpts = checkpoint.Checkpoints(workdir, config.keep_checkpoints)

@@ -4,13 +4,17 @@
 walks one of its splits. The loaders, one module per family:
 
   text.py           token streams for language models: Penn Treebank (char, word), text files
+  corpus.py         text to token ids at corpus scale (chunked, vectorised, smallest dtype)
+  token_cache.py    text files' ids kept on disk and memory-mapped by later runs
+  fingerprint.py    content fingerprints of data files (the cache's key; checked on resume)
   vocab.py          `Vocabulary`: a language model's tokens; text to ids and back
   examples.py       datasets of whole examples: MNIST-1D, sklearn digits, copy task, adding problem
   speech_digits.py  spoken digit strings (train/speech.py synthesises them) for CTC
   dataset.py        `Dataset` and `Split`, what every loader returns
   batcher.py        `Batcher`
 
-Nothing is downloaded, and nothing is written except the speech cache (see train/speech.py).
+Nothing is downloaded, and nothing is written except in the project's cache directory
+(lstm/cache.py): speech features (train/speech.py) and the ids of text files (token_cache.py).
 """
 from __future__ import annotations
 

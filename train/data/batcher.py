@@ -17,7 +17,8 @@ class Batcher:
   """Deterministic, resumable iterator over one split.
 
   Token streams: the stream is cut into `batch_size` contiguous rows; batch i is
-  rows[:, i*T:(i+1)*T] with the targets one step ahead. Never shuffled (`shuffle` is ignored: the
+  rows[:, i*T:(i+1)*T] with the targets one step ahead, as int32 whatever the stream's dtype (the
+  rows are views of the stream, never a copy of it). Never shuffled (`shuffle` is ignored: the
   trainer carries state across batches); every epoch restarts at batch 0. The last
   len % batch_size tokens are not used.
   `with_reverse` adds 'inputs_rev' / 'targets_rev', the same cut of the reversed stream, for a
@@ -51,7 +52,7 @@ class Batcher:
     if self.stream:
       if num_steps is None:
         raise ValueError(f'{dataset.task} is a language-model task: config.num_steps is required')
-      tokens = np.asarray(data.tokens, np.int32)
+      tokens = data.tokens  # in its own dtype (uint8 / uint16...); batches are int32
       row_len = len(tokens) // self.batch_size
       need = self.num_steps + 1 if drop_remainder else 2
       if row_len < need:
@@ -133,15 +134,15 @@ class Batcher:
     if self.stream:
       start = position * self.num_steps
       stop = min(start + self.num_steps, self._rows.shape[1] - 1)
-      batch = {'inputs': np.ascontiguousarray(self._rows[:, start:stop]),
-               'targets': np.ascontiguousarray(self._rows[:, start + 1:stop + 1])}
+      batch = {'inputs': self._rows[:, start:stop].astype(np.int32),
+               'targets': self._rows[:, start + 1:stop + 1].astype(np.int32)}
       if self._starts is not None:
         batch['segment_starts'] = np.ascontiguousarray(self._starts[:, start:stop])
       if self._starts_rev is not None:
         batch['segment_starts_rev'] = np.ascontiguousarray(self._starts_rev[:, start:stop])
       if self._rows_rev is not None:
-        batch['inputs_rev'] = np.ascontiguousarray(self._rows_rev[:, start:stop])
-        batch['targets_rev'] = np.ascontiguousarray(self._rows_rev[:, start + 1:stop + 1])
+        batch['inputs_rev'] = self._rows_rev[:, start:stop].astype(np.int32)
+        batch['targets_rev'] = self._rows_rev[:, start + 1:stop + 1].astype(np.int32)
       return batch
     index = self._order(epoch)[position * self.batch_size:(position + 1) * self.batch_size]
     valid = np.ones((self.batch_size,), np.float32)

@@ -15,7 +15,7 @@ SPLITS = ('train', 'valid', 'test')
 @dataclasses.dataclass
 class Split:
   """One split. lm: `tokens` only; other kinds: arrays with a leading example axis."""
-  tokens: Optional[np.ndarray] = None   # lm: (N,) int32
+  tokens: Optional[np.ndarray] = None   # lm: (N,) unsigned ids (`vocab.id_dtype`)
   inputs: Optional[np.ndarray] = None   # (N, T) int32 tokens or (N, T, F) float32
   targets: Optional[np.ndarray] = None  # classify (N,) int32; per_step (N, T) int32;
                                         # regress (N,) float32
@@ -41,6 +41,8 @@ class Dataset:
   itos: Optional[List[str]]      # lm: id -> token string (for humans)
   level: Optional[str] = None    # lm: 'char', 'word' or 'byte'
   vocab: Optional[Vocabulary] = None  # lm: encodes text and decodes ids (`vocab.json`)
+  data_files: Optional[Dict[str, dict]] = None  # files read: config.data field -> {'file',
+                                                # 'size', 'sha256'} (data/fingerprint.py)
 
   @property
   def is_stream(self) -> bool:

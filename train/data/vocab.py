@@ -1,8 +1,9 @@
 """`Vocabulary`: a language model's tokens, and text to ids and back.
 
 One vocabulary per language-model run, saved as the workdir's `vocab.json`, so that text can be
-encoded and samples decoded without the training data. The loaders in `text.py` encode their
-splits with it, so a file encoded here gets exactly the ids its split would get in training.
+encoded and samples decoded without the training data. The loaders (text.py, through corpus.py,
+which encodes whole corpora a chunk at a time) follow the definitions here, so a file encoded
+here gets exactly the ids its split gets in training.
 
 Levels: 'char' (ids of characters; PTB's character text first has each non-blank line's words
 joined by single spaces and ended by '\n', `lines=True`), 'word' (whitespace-split words, '<eos>'
@@ -12,28 +13,65 @@ closing every non-blank line) and 'byte' (the 256 byte values). A token outside 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, List, Optional, Sequence, Union
+from typing import Any, Iterable, Iterator, List, Optional, Sequence, Union
 
 import numpy as np
 
 EOS = '<eos>'
 UNK = '<unk>'
 LEVELS = ('char', 'word', 'byte')
+LINE_BREAKS = '\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029'  # where str.splitlines() ends a line
 
 
 def codepoints(text: str) -> np.ndarray:
   return np.frombuffer(text.encode('utf-32-le'), dtype=np.uint32)
 
 
+def id_dtype(vocab_size: int) -> np.dtype:
+  """The smallest unsigned integer dtype that holds the ids of a vocabulary of this size."""
+  for dtype in (np.uint8, np.uint16):
+    if vocab_size <= np.iinfo(dtype).max + 1:
+      return np.dtype(dtype)
+  return np.dtype(np.uint32)
+
+
 def words(text: str) -> List[str]:
   """Whitespace-split words, '<eos>' closing every non-blank line (Mikolov/Zaremba PTB reader)."""
-  out = []
-  for line in text.splitlines():
+  return [word for piece in split_words([text]) for word in piece]
+
+
+def split_words(texts: Iterable[str]) -> Iterator[List[str]]:
+  """`words` of the text that `texts` hold one piece after another, cut anywhere (a file read in
+  chunks): a list of words per piece, a word cut in two held back until its end arrives."""
+  rest, line_open = '', False
+  for text in texts:
+    text = rest + text
+    rest = '' if not text or text[-1].isspace() else text.rsplit(None, 1)[-1]
+    found, line_open = _line_words(text[:len(text) - len(rest)], line_open)
+    if found:
+      yield found
+  found, line_open = _line_words(rest, line_open)
+  if line_open:
+    found.append(EOS)
+  if found:
+    yield found
+
+
+def _line_words(text: str, line_open: bool) -> tuple[List[str], bool]:
+  """(words of `text` with '<eos>' after each line it closes, whether its last line, not closed
+  by a line break, has words); `line_open`: the line that `text` continues has words."""
+  found = []
+  lines = text.splitlines()
+  closed = len(lines) - (0 if text and text[-1] in LINE_BREAKS else 1)
+  for i, line in enumerate(lines):
     line_words = line.split()
     if line_words:
-      out.extend(line_words)
-      out.append(EOS)
-  return out
+      found.extend(line_words)
+      line_open = True
+    if i < closed and line_open:
+      found.append(EOS)
+      line_open = False
+  return found, line_open
 
 
 def joined_lines(text: str) -> str:
