@@ -236,9 +236,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
 
   state, zero_carry = initial_state(s)
   ckpts = checkpoint.Checkpoints(workdir, config.keep_checkpoints)
-  abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=a.sharding),
-                          state)
-  restored = ckpts.restore(abstract)
+  restored = ckpts.restore(_abstract(state))
   if restored is not None:
     state, meta = restored
     s.train_batches.restore(meta['data'])
@@ -254,6 +252,12 @@ def train_and_evaluate(config, workdir: str) -> dict:
     ckpts.close()
 
 
+def _abstract(tree):
+  """Shapes, dtypes and shardings of the arrays in `tree` (what a checkpoint is restored as)."""
+  return jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=a.sharding),
+                      tree)
+
+
 def _run(s: Setup, state: TrainState, zero_carry, ckpts, writer, results: dict,
          workdir: str) -> dict:
   """The steps from `state` on; fills `results` (status and metrics) and returns it."""
@@ -267,7 +271,7 @@ def _run(s: Setup, state: TrainState, zero_carry, ckpts, writer, results: dict,
   run_eval = lambda split: task.summarize(evaluate(eval_step, state.params,
                                                    s.eval_batches[split], dist, task, zero_carry))
   save = lambda: ckpts.save(step, state, {'data': s.train_batches.state(), 'step': step})
-  best = _Best(ckpts)
+  best = _Best(ckpts, _abstract(state.params))
   t_start = time.perf_counter()
   pending, interval = [], []  # this logging interval's metrics: on the device, then fetched
   every_step = jax.process_count() == 1  # one process reads SIGTERM at no cost; several agree
@@ -321,8 +325,8 @@ def _run(s: Setup, state: TrainState, zero_carry, ckpts, writer, results: dict,
 class _Best:
   """The best validation so far (kept over resumption in `best/`) and its parameters."""
 
-  def __init__(self, ckpts: checkpoint.Checkpoints):
-    self.ckpts, self.valid = ckpts, ckpts.best_valid()
+  def __init__(self, ckpts: checkpoint.Checkpoints, abstract_params):
+    self.ckpts, self.valid = ckpts, ckpts.best_valid(abstract_params)
 
   def offer(self, step: int, params, valid: dict) -> None:
     if self.valid is None or valid['loss'] < self.valid['loss']:
