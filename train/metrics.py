@@ -98,7 +98,9 @@ class EventFile:
     self.directory = directory
     with faults.writing(directory):
       os.makedirs(directory, exist_ok=True)
-      self.events = EventsWriter(os.path.join(directory, 'events'))
+      # Named by the second it was opened, and numbered so as not to replace one of that second.
+      self.events = EventsWriter(os.path.join(directory, 'events'),
+                                 filename_suffix=f'.{len(os.listdir(directory))}')
       self.events.write_event(Event(step=purge_step,
                                     session_log=SessionLog(status=SessionLog.START)))
       self.events.flush()
