@@ -360,7 +360,6 @@ def _orbax_warnings_dropped():
 def save_params(workdir: str, step: int, params: Any, meta: dict) -> None:
   """A checkpoint of parameters only (an imported model), as `checkpoints/<step>/params`."""
   manager = _manager(os.path.join(os.path.abspath(workdir), 'checkpoints'), 1)
-  manager.save(step, args=ocp.args.Composite(params=ocp.args.StandardSave(params),
-                                             meta=ocp.args.JsonSave(meta)), force=True)
-  manager.wait_until_finished()
+  _save(manager, step, f'parameters at step {step}', ocp.args.Composite(
+      params=ocp.args.StandardSave(params), meta=ocp.args.JsonSave(meta)))
   manager.close()
