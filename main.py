@@ -1,12 +1,13 @@
-"""Entry point: `python main.py --config=configs/stack.py --workdir=DIR [--config.FIELD=VALUE ...]`."""
-import sys
+"""Entry point: `python main.py --config=configs/stack.py --workdir=DIR [--config.FIELD=VALUE ...]`.
 
+Flag and config errors and faults of the run end it with one line on stderr (`train.cli.run`).
+"""
 import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
 import train
-from train import cli, distributed, validation
+from train import cli, distributed
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string('workdir', None, 'Directory for checkpoints, metrics and results.')
@@ -21,11 +22,8 @@ def main(argv):
   distributed.initialize(config)
   logging.info('JAX process %d of %d; devices: %s', jax.process_index(), jax.process_count(),
                jax.devices())
-  try:
-    train.train_and_evaluate(config, FLAGS.workdir)
-  except (validation.ConfigError, train.trainer.NonFiniteLoss) as e:
-    sys.exit(f'error: {e}')
+  train.train_and_evaluate(config, FLAGS.workdir)
 
 
 if __name__ == '__main__':
-  app.run(main, flags_parser=cli.parse_flags)
+  cli.run(main)

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import train
-from train import export
+from train import export, faults
 from train.evaluate import evaluate_run
 from train.sample import Sampler, sample
 from train.validation import ConfigError
@@ -89,3 +89,16 @@ def test_command_line_round_trip(trained_run, tmp_path):
   again = run_tool('train.export', f'--from_torch={out_file}', f'--workdir={imported}')
   assert again.stderr.strip().splitlines()[-1] == (
       f'error: {imported} holds a run already; import into a new directory')
+
+
+def test_files_that_cannot_be_written_or_read_are_one_line(trained_run, tmp_path):
+  run = train.load_run(trained_run('char'))
+  (tmp_path / 'file').write_text('')
+  out = tmp_path / 'file' / 'stack.pt'  # its directory is a file
+  with pytest.raises(faults.RunFault,
+                     match=f'^could not write {out}: \\[Errno 17\\] File exists$'):
+    export.save(export.to_torch(run), run.vocab, str(out))
+  with pytest.raises(ConfigError, match=f'^{tmp_path}/missing.pt is not a file; give the file '):
+    export.load(str(tmp_path / 'missing.pt'))
+  with pytest.raises(ConfigError, match='is not a language model written by train.export --out'):
+    export.load(str(tmp_path / 'file'))

@@ -6,10 +6,10 @@ import subprocess
 import sys
 import time
 
-import numpy as np
 import pytest
 
-from tests.trainer_utils import ROOT, load_params, run_main
+from tests.trainer_utils import ROOT, assert_same_params, run_main
+from train.checkpoint import saved_steps
 
 LONG = ['--config.num_train_steps=60', '--config.checkpoint_every_steps=5',
         '--config.eval_every_steps=1000', '--config.model.hidden_size=48',
@@ -27,34 +27,25 @@ def _wait_for(predicate, proc, timeout=120):
   return False
 
 
-def _steps(workdir):
-  path = os.path.join(workdir, 'checkpoints')
-  return sorted(int(d) for d in os.listdir(path) if d.isdigit()) if os.path.isdir(path) else []
-
-
 def test_kill_9_then_resume_matches_uninterrupted(tmp_path):
   whole, killed = str(tmp_path / 'whole'), str(tmp_path / 'killed')
   done = run_main(whole, *LONG)
   assert done.returncode == 0, done.stdout + done.stderr
   proc = run_main(killed, *LONG, wait=False)
   try:
-    assert _wait_for(lambda: any(s >= 10 for s in _steps(killed)), proc), 'no checkpoint appeared'
+    assert _wait_for(lambda: any(s >= 10 for s in saved_steps(killed)), proc), \
+        'no checkpoint appeared'
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=30)
   finally:
     proc.kill()
   assert proc.returncode == -signal.SIGKILL
-  interrupted_at = max(_steps(killed))
+  interrupted_at = max(saved_steps(killed))
   assert interrupted_at < 60, 'the run finished before it could be killed'
   resumed = run_main(killed, *LONG)
   assert resumed.returncode == 0, resumed.stdout + resumed.stderr
   assert 'resumed from step' in resumed.stderr
-  step_a, params_a = load_params(whole)
-  step_b, params_b = load_params(killed)
-  assert step_a == step_b == 60
-  assert params_a.keys() == params_b.keys()
-  for key in params_a:
-    np.testing.assert_allclose(params_b[key], params_a[key], rtol=1e-6, atol=1e-7, err_msg=key)
+  assert_same_params(killed, whole, 60)
 
 
 def test_sigterm_writes_checkpoint_and_exits_cleanly(tmp_path):
@@ -71,7 +62,7 @@ def test_sigterm_writes_checkpoint_and_exits_cleanly(tmp_path):
   assert proc.returncode == 0, out
   results = json.loads((tmp_path / 'results.json').read_text())
   assert results['status'] == 'preempted'
-  assert _steps(workdir) == [results['step']] and 0 < results['step'] < 60
+  assert saved_steps(workdir) == [results['step']] and 0 < results['step'] < 60
 
 
 def test_bad_override_is_one_line(tmp_path):

@@ -55,9 +55,22 @@ def flag_args(config_overrides):
   return [f'--config.{k}={v}' for k, v in config_overrides.items()]
 
 
-def run_main(workdir, *flags, timeout=300, wait=True):
-  cmd = [sys.executable, os.path.join(ROOT, 'main.py'), '--config=' + os.path.join(ROOT, 'tests', 'tiny_config.py'),
-         f'--workdir={workdir}', *flags]
+# Runs main.py in the process that ran `prelude` (see run_main): its flags follow the script.
+_RUN_MAIN = """
+import runpy, sys
+sys.argv = sys.argv[1:]
+runpy.run_path(sys.argv[0], run_name='__main__')
+"""
+
+
+def run_main(workdir, *flags, timeout=300, wait=True, prelude=None):
+  """main.py on tests/tiny_config.py in a subprocess; `prelude`, Python code, runs first in the
+  same process (e.g. to make a fault happen at a chosen point)."""
+  main_py = os.path.join(ROOT, 'main.py')
+  args = ['--config=' + os.path.join(ROOT, 'tests', 'tiny_config.py'), f'--workdir={workdir}',
+          *flags]
+  cmd = [sys.executable, main_py, *args] if prelude is None else [
+      sys.executable, '-c', prelude + _RUN_MAIN, main_py, *args]
   env = dict(os.environ, JAX_PLATFORMS='cpu')
   if not wait:
     return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE,
@@ -72,6 +85,16 @@ def load_params(workdir):
   _, step, params = checkpoint.restore_params(str(workdir))
   flat = jax.tree_util.tree_flatten_with_path(params)[0]
   return step, {jax.tree_util.keystr(k): np.asarray(v) for k, v in flat}
+
+
+def assert_same_params(workdir, reference, step):
+  """The latest checkpoints of both workdirs are at `step` and hold the same parameters."""
+  step_a, params_a = load_params(reference)
+  step_b, params_b = load_params(workdir)
+  assert step_a == step_b == step
+  assert params_a.keys() == params_b.keys()
+  for key in params_a:
+    np.testing.assert_allclose(params_b[key], params_a[key], rtol=1e-6, atol=1e-7, err_msg=key)
 
 
 # Tiny trained runs of every kind of task, shared by the tests of trained runs (the `trained_run`

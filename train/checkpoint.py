@@ -11,22 +11,27 @@ data; `record_config` and `record_dataset` refuse a workdir whose files describe
 `dataset.json` also keeps the fingerprint of every data file the run reads (task 'text'), so
 that a resumed run refuses a file whose contents changed (unless
 config.data.allow_changed_data).
-`restore_params` reads the parameters of any saved step without writing anything.
+`restore_params` reads the parameters of any saved step without writing anything, and refuses a
+damaged one in one line (`faults.RunFault`) where a training run sets it aside (`Checkpoints`).
 """
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import logging
 import os
-from typing import Any, Optional, Union
+import shutil
+from typing import Any, Callable, Optional, Union
 
 import jax
 import ml_collections
 import orbax.checkpoint as ocp
+from absl import logging as absl_logging
+from jax.experimental import multihost_utils
 
 from configs import common
-from train import data, files
+from train import data, faults, files
 from train.data import fingerprint
 from train.validation import ConfigError
 
@@ -46,8 +51,10 @@ def record_config(workdir: str, config_json: str) -> None:
   path = os.path.join(workdir, 'config.json')
   new = json.loads(config_json)
   if os.path.exists(path):
-    with open(path) as f:
-      old = json.load(f)
+    old = files.read_json(path)
+    if old is None:
+      raise ConfigError(f'{path} is not readable JSON, so the workdir\'s run is unknown; restore '
+                        'it from a copy, or use a new --workdir')
     a, b = files.flatten(old), files.flatten(new)
     diffs = [f'{k}: {a.get(k)!r} -> {b.get(k)!r}' for k in sorted(set(a) | set(b))
              if not {k, k.split('.')[0]} & set(RESUMABLE_FIELDS) and a.get(k) != b.get(k)]
@@ -149,14 +156,33 @@ def read_dataset(workdir: str) -> Optional[data.Dataset]:
 
 
 def _manager(directory: str, keep: int) -> ocp.CheckpointManager:
+  """Orbax's manager of `directory`, after removing what interrupted saves left there (orbax's
+  temporary directories, which it never reads as checkpoints)."""
   options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
                                          enable_async_checkpointing=False)
-  return ocp.CheckpointManager(directory, options=options)
+  faults.drop_orbax_leftovers()
+  with faults.writing(directory):
+    if jax.process_index() == 0:
+      _remove_unfinished(directory)
+    return ocp.CheckpointManager(directory, options=options)
+
+
+def _remove_unfinished(directory: str, step: Optional[int] = None) -> None:
+  """Removes orbax's temporary directories (of `step`, or of every step) in `directory`."""
+  name = '*' if step is None else str(step)
+  for unfinished in glob.glob(os.path.join(directory, f'{name}.orbax-checkpoint-tmp*')):
+    shutil.rmtree(unfinished)
 
 
 class Checkpoints:
   """Keeps the last `keep` checkpoints under `workdir/checkpoints` and the best parameters by
-  validation loss under `workdir/best`."""
+  validation loss under `workdir/best`.
+
+  Reading resumes from the newest checkpoint that restores: a damaged newer one (truncated or
+  missing files) is moved aside to `<step>.damaged` with a warning, and when none restores the
+  run stops with one line and nothing moved. A save that fails raises RunFault naming the step,
+  the directory and the OS error, removes its own unfinished files and leaves the earlier
+  checkpoints as they were (orbax deletes the oldest only after a save has completed)."""
 
   def __init__(self, workdir: str, keep: int):
     workdir = os.path.abspath(workdir)
@@ -167,46 +193,110 @@ class Checkpoints:
     return self.manager.latest_step()
 
   def save(self, step: int, state: Any, meta: dict) -> None:
-    if step in self.manager.all_steps():
-      return
-    self.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                                    meta=ocp.args.JsonSave(meta)), force=True)
-    self.manager.wait_until_finished()
+    _save(self.manager, step, f'checkpoint at step {step}',
+          ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)))
 
   def save_best(self, step: int, params: Any, valid: dict) -> None:
     """The parameters of `step`, whose validation metrics `valid` are the best so far."""
-    if step in self.best.all_steps():
-      return
-    self.best.save(step, args=ocp.args.Composite(
+    _save(self.best, step, f'best parameters at step {step}', ocp.args.Composite(
         params=ocp.args.StandardSave(params),
-        meta=ocp.args.JsonSave({'step': step, 'valid': valid})), force=True)
-    self.best.wait_until_finished()
+        meta=ocp.args.JsonSave({'step': step, 'valid': valid})))
 
-  def best_valid(self) -> Optional[dict]:
-    """The validation metrics of the best checkpoint; None before the first evaluation."""
-    step = self.best.latest_step()
-    if step is None:
-      return None
-    return self.best.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())
-                             )['meta']['valid']
+  def best_valid(self, abstract_params: Any) -> Optional[dict]:
+    """The validation metrics of the newest best checkpoint that restores (its parameters are
+    read too, shaped as `abstract_params`); None before the first evaluation, or when every
+    best checkpoint was damaged (they are set aside)."""
+    args = ocp.args.Composite(params=ocp.args.StandardRestore(abstract_params),
+                              meta=ocp.args.JsonRestore())
+    found = _newest_restoring(self.best, lambda step: self.best.restore(step, args=args),
+                              'best checkpoint', required=False)
+    return None if found is None else found[1]['meta']['valid']
 
   def restore(self, abstract_state: Any) -> Optional[tuple[Any, dict]]:
-    """The latest (state, meta), with arrays placed as in `abstract_state`; None if none saved."""
-    step = self.manager.latest_step()
-    if step is None:
-      return None
-    if not os.path.isdir(os.path.join(self.manager.directory, str(step), 'state')):
-      raise ConfigError(f'checkpoint {step} of {os.path.dirname(self.manager.directory)} '
-                           'holds imported parameters, not a training state; train in a new '
-                           '--workdir')
-    restored = self.manager.restore(
-        step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state),
-                                      meta=ocp.args.JsonRestore()))
-    return restored['state'], restored['meta']
+    """The newest (state, meta) that restores, with arrays placed as in `abstract_state`; None
+    if none was saved. RunFault when checkpoints exist and none restores."""
+    args = ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state),
+                              meta=ocp.args.JsonRestore())
+
+    def read(step):
+      root = os.path.join(self.manager.directory, str(step))
+      if _holds(root, 'params') and not _holds(root, 'state'):
+        raise ConfigError(f'checkpoint {step} of {os.path.dirname(self.manager.directory)} '
+                          'holds imported parameters, not a training state; train in a new '
+                          '--workdir')
+      restored = self.manager.restore(step, args=args)
+      return restored['state'], restored['meta']
+
+    found = _newest_restoring(self.manager, read, 'checkpoint', required=True)
+    return None if found is None else found[1]
 
   def close(self) -> None:
     self.manager.close()
     self.best.close()
+
+
+def _holds(root: str, item: str) -> bool:
+  return os.path.isdir(os.path.join(root, item))
+
+
+def _save(manager: ocp.CheckpointManager, step: int, what: str, args) -> None:
+  """Saves `args` as `step` unless it exists; RunFault when the write fails."""
+  if step in manager.all_steps():
+    return
+  directory = str(manager.directory)
+  try:
+    with faults.writing(directory, what, 'earlier checkpoints are untouched'):
+      manager.save(step, args=args, force=True)
+      manager.wait_until_finished()
+  except faults.RunFault:
+    with contextlib.suppress(OSError):
+      _remove_unfinished(directory, step)
+    raise
+
+
+def _newest_restoring(manager: ocp.CheckpointManager, read: Callable[[int], Any], what: str,
+                      required: bool) -> Optional[tuple[int, Any]]:
+  """(step, read(step)) of the newest step of `manager` that `read` restores, after moving the
+  damaged newer ones aside (with a warning each). When none restores: RunFault, nothing moved,
+  if `required`; else all are moved aside and the result is None."""
+  directory = str(manager.directory)
+  damaged, found = [], None
+  for step in reversed(manager.all_steps()):
+    try:
+      found = step, read(step)
+      break
+    except ConfigError:
+      raise
+    except Exception as e:  # noqa: BLE001 - a damaged checkpoint fails in many ways
+      damaged.append((step, faults.reason(e)))
+  if damaged and found is None and required:
+    listing = '; '.join(f'step {step}: {why}' for step, why in damaged)
+    raise faults.RunFault(
+        f'no {what} in {directory} can be restored ({listing}); nothing was moved or deleted: '
+        'restore the directory from a copy, or move it away to start the run afresh')
+  for step, why in damaged:
+    aside = _set_aside(directory, step)
+    absl_logging.warning('%s %d in %s is damaged (%s): moved to %s; %s', what, step, directory, why,
+                    aside, f'using step {found[0]}' if found else f'no {what} is left')
+  if damaged:
+    if jax.process_count() > 1:
+      multihost_utils.sync_global_devices(f'checkpoints set aside in {directory}')
+    manager.reload()
+  return found
+
+
+def _set_aside(directory: str, step: int) -> str:
+  """Renames `directory/<step>` to `<step>.damaged` (`.damaged.2`, ... if taken), a name that
+  orbax does not read as a step; returns the new path."""
+  base = target = os.path.join(directory, f'{step}.damaged')
+  number = 1
+  while os.path.exists(target):
+    number += 1
+    target = f'{base}.{number}'
+  if jax.process_index() == 0:
+    with faults.writing(target, f'damaged checkpoint {step}', action='move'):
+      os.rename(os.path.join(directory, str(step)), target)
+  return target
 
 
 def saved_steps(workdir: str, kind: str = 'checkpoints') -> list[int]:
@@ -220,12 +310,16 @@ def saved_steps(workdir: str, kind: str = 'checkpoints') -> list[int]:
 Step = Union[None, str, int]
 
 
+def _saved_listing(workdir: str) -> str:
+  latest, best = saved_steps(workdir), saved_steps(workdir, 'best')
+  return (f'saved steps: {", ".join(map(str, latest)) or "none"}; best: '
+          f'{", ".join(map(str, best)) or "none"}')
+
+
 def find_step(workdir: str, step: Step = None) -> tuple[str, int]:
   """(directory, step) of the checkpoint that `step` names: None or 'latest' the newest, 'best'
   the best by validation loss, an int (or its string) that step."""
   latest, best = saved_steps(workdir), saved_steps(workdir, 'best')
-  saved = f'saved steps: {", ".join(map(str, latest)) or "none"}; best: ' \
-          f'{", ".join(map(str, best)) or "none"}'
   if step in (None, 'latest'):
     if latest or best:
       return ('checkpoints', latest[-1]) if latest else ('best', best[-1])
@@ -233,7 +327,8 @@ def find_step(workdir: str, step: Step = None) -> tuple[str, int]:
   if step == 'best':
     if best:
       return 'best', best[-1]
-    raise ConfigError(f'{workdir} holds no best checkpoint (no validation has run); {saved}')
+    raise ConfigError(f'{workdir} holds no best checkpoint (no validation has run); '
+                      f'{_saved_listing(workdir)}')
   try:
     number = int(step)
   except (TypeError, ValueError):
@@ -241,24 +336,35 @@ def find_step(workdir: str, step: Step = None) -> tuple[str, int]:
   for kind, steps in (('checkpoints', latest), ('best', best)):
     if number in steps:
       return kind, number
-  raise ConfigError(f'{workdir} has no checkpoint at step {number}; {saved}')
+  raise ConfigError(f'{workdir} has no checkpoint at step {number}; {_saved_listing(workdir)}')
 
 
 def restore_params(workdir: str, step: Step = None) -> tuple[str, int, Any]:
   """(directory, step, parameters) of the checkpoint `step` names (see `find_step`), on the
-  default device, read without opening a checkpoint manager (nothing in the workdir is
-  written)."""
+  default device, read without opening a checkpoint manager (nothing in the workdir is written,
+  and a damaged checkpoint is refused with RunFault, not moved)."""
   kind, number = find_step(workdir, step)
   root = os.path.join(os.path.abspath(workdir), kind, str(number))
-  item = 'state' if os.path.isdir(os.path.join(root, 'state')) else 'params'
+  item = 'state' if _holds(root, 'state') else 'params'
+  faults.drop_orbax_leftovers()
+  try:
+    restored = _read_item(os.path.join(root, item))
+  except Exception as e:  # noqa: BLE001 - a damaged checkpoint fails in many ways
+    raise faults.RunFault(f'checkpoint {number} in {os.path.join(workdir, kind)} is damaged '
+                          f'({faults.reason(e)}); {_saved_listing(workdir)}; choose another '
+                          'step') from None
+  return kind, number, restored['params'] if item == 'state' else restored
+
+
+def _read_item(path: str) -> Any:
+  """The arrays saved in one item of a checkpoint, on the default device."""
   checkpointer = ocp.StandardCheckpointer()
   with _orbax_warnings_dropped():  # read item by item, orbax misses the manager's metadata
-    metadata = checkpointer.metadata(os.path.join(root, item)).item_metadata
+    metadata = checkpointer.metadata(path).item_metadata
     device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
     target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
                           metadata.tree if hasattr(metadata, 'tree') else metadata)
-    restored = checkpointer.restore(os.path.join(root, item), target)
-  return kind, number, restored['params'] if item == 'state' else restored
+    return checkpointer.restore(path, target)
 
 
 class _DropOrbax(logging.Filter):
@@ -279,7 +385,6 @@ def _orbax_warnings_dropped():
 def save_params(workdir: str, step: int, params: Any, meta: dict) -> None:
   """A checkpoint of parameters only (an imported model), as `checkpoints/<step>/params`."""
   manager = _manager(os.path.join(os.path.abspath(workdir), 'checkpoints'), 1)
-  manager.save(step, args=ocp.args.Composite(params=ocp.args.StandardSave(params),
-                                             meta=ocp.args.JsonSave(meta)), force=True)
-  manager.wait_until_finished()
+  _save(manager, step, f'parameters at step {step}', ocp.args.Composite(
+      params=ocp.args.StandardSave(params), meta=ocp.args.JsonSave(meta)))
   manager.close()

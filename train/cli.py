@@ -2,7 +2,8 @@
 the flags of the tools that work on a trained run.
 
 `app.run(main, flags_parser=cli.parse_flags)` parses the flags (`run(main)` does that too and
-prints a ConfigError from `main` as one line); any error in them (an unknown
+prints a ConfigError or a `faults.RunFault` from `main` as one line, exit status 1); any error in
+them (an unknown
 flag or config field, a value of the wrong type, a config file that does not exist or whose
 argument is not known) ends the program with one line on stderr naming the flag, what is wrong
 and the closest valid names, and exit status 2 (absl's status for flag errors), instead of a
@@ -37,15 +38,15 @@ def no_arguments(argv) -> None:
 
 
 def run(main: Callable) -> None:
-  """`app.run(main)` with flag errors and a ConfigError from `main` as one line."""
-  from train import metrics
+  """`app.run(main)` with flag errors, and a ConfigError or RunFault from `main`, as one line."""
+  from train import faults, metrics
   from train.validation import ConfigError
 
   def guarded(argv):
     metrics.quiet_library_logs()
     try:
       main(argv)
-    except ConfigError as e:
+    except (ConfigError, faults.RunFault) as e:
       sys.exit(f'error: {e}')
   app.run(guarded, flags_parser=parse_flags)
 

@@ -25,7 +25,7 @@ import torch
 import lstm.interop
 from configs import common
 from lstm import StackedLSTM
-from train import checkpoint, cli, data, tasks
+from train import checkpoint, cli, data, faults, files, tasks
 from train.run import Run, language_model, load_run
 from train.validation import ConfigError, check_config
 
@@ -150,7 +150,8 @@ def from_torch(embed: torch.nn.Embedding, lstm_module: torch.nn.LSTM,
       jax.random.key(0), np.zeros((1, 1), np.int32))['params'])
   if jax.tree.map(lambda a: a.shape, expected) != jax.tree.map(np.shape, params):
     raise ConfigError('the modules do not form the language model the config describes')
-  os.makedirs(workdir, exist_ok=True)
+  with faults.writing(workdir):
+    os.makedirs(workdir, exist_ok=True)
   checkpoint.record_config(workdir, config.to_json_best_effort())
   checkpoint.record_dataset(workdir, dataset)
   checkpoint.save_params(workdir, 0, params, {'step': 0, 'imported_from': 'torch'})
@@ -158,16 +159,22 @@ def from_torch(embed: torch.nn.Embedding, lstm_module: torch.nn.LSTM,
 
 
 def save(module: TorchLanguageModel, vocab: data.Vocabulary, path: str, config=None) -> None:
-  """The module's state_dict and sizes, the vocabulary and the run's config in one file."""
-  torch.save({'format': FORMAT, 'sizes': module.sizes(), 'state_dict': module.state_dict(),
-              'vocab': vocab.to_json(),
-              'config': None if config is None else json.loads(config.to_json_best_effort())},
-             path)
+  """The module's state_dict and sizes, the vocabulary and the run's config in one file,
+  written atomically."""
+  saved = {'format': FORMAT, 'sizes': module.sizes(), 'state_dict': module.state_dict(),
+           'vocab': vocab.to_json(),
+           'config': None if config is None else json.loads(config.to_json_best_effort())}
+  files.atomic_write(path, lambda f: torch.save(saved, f))
 
 
 def load(path: str) -> tuple[TorchLanguageModel, data.Vocabulary, Any]:
   """(module, vocabulary, config or None) from a file `save` wrote."""
-  saved = torch.load(path, weights_only=True)
+  if not os.path.isfile(path):
+    raise ConfigError(f'{path} is not a file; give the file that train.export --out wrote')
+  try:
+    saved = torch.load(path, weights_only=True)
+  except Exception:  # noqa: BLE001 - torch raises many kinds for a file that is not its own
+    saved = None
   if not isinstance(saved, dict) or saved.get('format') != FORMAT:
     raise ConfigError(f'{path} is not a language model written by train.export --out')
   module = TorchLanguageModel.from_sizes(**saved['sizes'])

@@ -3,7 +3,9 @@ of a saved config.
 
 `atomic_write` writes to a temporary file in the target's directory and renames it over the
 target, so a crash or a full disk leaves either the old file or the new one, never a mix; the
-temporary file is removed when the write fails.
+temporary file is removed when the write fails. `append` adds to a file (a log of records) and
+cuts a write that failed halfway back off, so no partial line is left. A failed write raises
+`faults.RunFault` naming the file and the OS error.
 """
 from __future__ import annotations
 
@@ -14,9 +16,16 @@ from typing import Any, BinaryIO, Callable, Optional
 
 from flax import traverse_util
 
+from train import faults
+
 
 def atomic_write(path: str, write: Callable[[BinaryIO], None]) -> None:
   """Calls `write(f)` on a temporary file beside `path`, then renames it to `path`."""
+  with faults.writing(path):
+    _atomic_write(path, write)
+
+
+def _atomic_write(path: str, write: Callable[[BinaryIO], None]) -> None:
   directory = os.path.dirname(os.path.abspath(path))
   os.makedirs(directory, exist_ok=True)
   fd, tmp = tempfile.mkstemp(dir=directory, prefix='.tmp_' + os.path.basename(path) + '.')
@@ -31,6 +40,24 @@ def atomic_write(path: str, write: Callable[[BinaryIO], None]) -> None:
     if os.path.exists(tmp):
       os.remove(tmp)
     raise
+
+
+def append(path: str, text: str) -> None:
+  """Appends `text` to `path` (created if missing); if the write fails, the file is cut back to
+  what it held."""
+  with faults.writing(path):
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+    try:
+      size = os.fstat(fd).st_size
+      left = memoryview(text.encode('utf-8'))
+      try:
+        while left:
+          left = left[os.write(fd, left):]
+      except OSError:
+        os.ftruncate(fd, size)
+        raise
+    finally:
+      os.close(fd)
 
 
 def write_json(path: str, value: Any, **dump_options) -> None:

@@ -1,5 +1,5 @@
 """Metric output: TensorBoard event files and `metrics.jsonl` in the workdir, and the console
-progress line. Only process 0 writes."""
+progress line. Only process 0 writes; a write that fails raises `faults.RunFault`."""
 from __future__ import annotations
 
 import json
@@ -10,6 +10,8 @@ from typing import Mapping, Optional
 
 import jax
 from absl import logging
+
+from train import faults, files
 
 
 def edit_distance(a, b) -> int:
@@ -57,7 +59,8 @@ def derived(kind: str, level: Optional[str], loss: float) -> dict[str, float]:
 
 
 class MetricWriter:
-  """Appends {'step', 'split', metrics...} records; on resume drops records past the checkpoint."""
+  """Appends {'step', 'split', metrics...} records; on resume drops records past the checkpoint.
+  A record that cannot be written raises RunFault naming the file."""
 
   def __init__(self, workdir: str, resume_step: int = 0):
     self.enabled = jax.process_index() == 0
@@ -66,26 +69,54 @@ class MetricWriter:
     if not self.enabled:
       return
     if os.path.exists(self.path):
-      with open(self.path) as f:
-        kept = [line for line in f if line.strip() and json.loads(line)['step'] <= resume_step]
-      with open(self.path, 'w') as f:
-        f.writelines(kept)
-    from tensorboardX import SummaryWriter
-    self.tb = SummaryWriter(os.path.join(workdir, 'tensorboard'), purge_step=resume_step + 1)
+      with faults.writing(self.path):  # rewritten without the records past the checkpoint
+        with open(self.path) as f:
+          kept = [line for line in f if line.strip() and json.loads(line)['step'] <= resume_step]
+        files.atomic_write(self.path, lambda f: f.write(''.join(kept).encode('utf-8')))
+    self.tb = EventFile(os.path.join(workdir, 'tensorboard'), purge_step=resume_step + 1)
 
   def write(self, step: int, split: str, metrics: Mapping[str, float]) -> None:
     if not self.enabled:
       return
     record = {'step': int(step), 'split': split, **{k: float(v) for k, v in metrics.items()}}
-    with open(self.path, 'a') as f:
-      f.write(json.dumps(record) + '\n')
-    for k, v in metrics.items():
-      self.tb.add_scalar(f'{split}/{k}', float(v), int(step))
-    self.tb.flush()
+    files.append(self.path, json.dumps(record) + '\n')
+    self.tb.write(step, {f'{split}/{k}': float(v) for k, v in metrics.items()})
 
   def close(self) -> None:
     if self.tb is not None:
       self.tb.close()
+
+
+class EventFile:
+  """A TensorBoard event file written in the calling thread (tensorboardX's SummaryWriter
+  writes from a thread of its own, where a failed write is lost). `purge_step`: TensorBoard
+  hides the records of earlier runs from this step on (a resumed run's steps)."""
+
+  def __init__(self, directory: str, purge_step: int):
+    from tensorboardX.event_file_writer import EventsWriter
+    from tensorboardX.proto.event_pb2 import Event, SessionLog
+    self.directory = directory
+    with faults.writing(directory):
+      os.makedirs(directory, exist_ok=True)
+      # Named by the second it was opened, and numbered so as not to replace one of that second.
+      self.events = EventsWriter(os.path.join(directory, 'events'),
+                                 filename_suffix=f'.{len(os.listdir(directory))}')
+      self.events.write_event(Event(step=purge_step,
+                                    session_log=SessionLog(status=SessionLog.START)))
+      self.events.flush()
+
+  def write(self, step: int, scalars: Mapping[str, float]) -> None:
+    from tensorboardX.proto.event_pb2 import Event
+    from tensorboardX.summary import scalar
+    with faults.writing(self.directory, 'TensorBoard events'):
+      for tag, value in scalars.items():
+        self.events.write_event(Event(summary=scalar(tag, value), step=int(step),
+                                      wall_time=time.time()))
+      self.events.flush()
+
+  def close(self) -> None:
+    with faults.writing(self.directory, 'TensorBoard events'):
+      self.events.close()
 
 
 def format_duration(seconds: float) -> str:
@@ -125,10 +156,12 @@ class Progress:
 
 
 class _DropLibraryInfo(logging.logging.Filter):
-  """Drops INFO records from orbax (a dozen lines per checkpoint) while keeping its warnings."""
+  """Keeps orbax's warnings only: its INFO records are a dozen lines per checkpoint, and its
+  ERROR records are the tracebacks of its threads for a failure that it raises to the caller
+  too (which reports it in one line)."""
 
   def filter(self, record) -> bool:
-    return record.levelno > logging.logging.INFO or '/orbax/' not in record.pathname
+    return '/orbax/' not in record.pathname or record.levelno == logging.logging.WARNING
 
 
 def quiet_library_logs() -> None:

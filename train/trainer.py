@@ -15,6 +15,12 @@ A non-finite loss or gradient norm then stops the run at the first step that had
 anything computed after it is evaluated, logged or saved: the run reports exactly the step and
 leaves exactly the checkpoints that checking every step would. Steps/s leave out the time spent
 evaluating and checkpointing.
+
+SIGTERM during an evaluation stops the run right after it (with a checkpoint); during the final
+checkpoint and evaluation, they finish. A run resumes from the newest checkpoint that restores
+(see `checkpoint.Checkpoints`); a fault of its environment (a write that fails, device memory
+that runs out) ends it with `faults.RunFault`, whose message is one line, and `results.json`
+says `failed` where it can be written.
 """
 from __future__ import annotations
 
@@ -32,8 +38,8 @@ import numpy as np
 import optax
 from absl import logging
 
-from train import checkpoint, data, distributed, files, metrics as metrics_lib, optim, tasks
-from train import validation
+from train import checkpoint, data, distributed, faults, files, metrics as metrics_lib, optim
+from train import tasks, validation
 
 ConfigError = validation.ConfigError
 
@@ -47,8 +53,8 @@ class TrainState:
   carry: Any  # the language model's per-layer carries, passed from batch to batch; else ()
 
 
-class NonFiniteLoss(FloatingPointError):
-  pass
+class NonFiniteLoss(faults.RunFault, FloatingPointError):
+  """A loss or gradient norm that is not finite stopped the run."""
 
 
 # ----------------------------------------------------------------------------------------------
@@ -224,21 +230,23 @@ def initial_state(s: Setup) -> tuple[TrainState, Callable]:
 
 
 def train_and_evaluate(config, workdir: str) -> dict:
-  """Trains `config` in `workdir` (resuming from its latest checkpoint); returns the results."""
+  """Trains `config` in `workdir` (resuming from its latest checkpoint); returns the results.
+  A fault of the environment (a failed write, a damaged checkpoint with none to fall back on,
+  device memory) raises `faults.RunFault` with one line to show."""
   metrics_lib.quiet_library_logs()
   s = setup(config)
   logging.info('data: %s', s.dataset.describe())
   logging.info('%d steps (%d per epoch) on %d device(s) in %d process(es)', s.num_train_steps,
                s.steps_per_epoch, s.dist.num_devices, jax.process_count())
-  os.makedirs(workdir, exist_ok=True)
+  with faults.writing(workdir):
+    os.makedirs(workdir, exist_ok=True)
   checkpoint.record_config(workdir, config.to_json_best_effort())
   checkpoint.record_dataset(workdir, s.dataset, config.data.allow_changed_data)
 
-  state, zero_carry = initial_state(s)
+  with _out_of_memory_reported(s):
+    state, zero_carry = initial_state(s)
   ckpts = checkpoint.Checkpoints(workdir, config.keep_checkpoints)
-  abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=a.sharding),
-                          state)
-  restored = ckpts.restore(abstract)
+  restored = ckpts.restore(_abstract(state))
   if restored is not None:
     state, meta = restored
     s.train_batches.restore(meta['data'])
@@ -246,12 +254,55 @@ def train_and_evaluate(config, workdir: str) -> dict:
   writer = metrics_lib.MetricWriter(workdir, int(state.step))
   results = {'task': config.task, 'status': 'running'}
   try:
-    return _run(s, state, zero_carry, ckpts, writer, results, workdir)
+    with _out_of_memory_reported(s):
+      return _run(s, state, zero_carry, ckpts, writer, results, workdir)
+  except faults.RunFault as e:
+    if results['status'] == 'running':
+      results.update(status='failed', message=str(e))
+    raise
   finally:
-    if results['status'] != 'running' and jax.process_index() == 0:
-      files.write_json(os.path.join(workdir, 'results.json'), results, sort_keys=True)
+    _record_results(workdir, results)
     writer.close()
     ckpts.close()
+
+
+def _abstract(tree):
+  """Shapes, dtypes and shardings of the arrays in `tree` (what a checkpoint is restored as)."""
+  return jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=a.sharding),
+                      tree)
+
+
+def _record_results(workdir: str, results: dict) -> None:
+  """`results.json` once the run has a status. For a run that failed, a write that fails too is
+  let go: the first fault is the one reported."""
+  if results['status'] == 'running' or jax.process_index() != 0:
+    return
+  try:
+    files.write_json(os.path.join(workdir, 'results.json'), results, sort_keys=True)
+  except faults.RunFault:
+    if results['status'] not in ('failed', 'diverged'):
+      raise
+
+
+@contextlib.contextmanager
+def _out_of_memory_reported(s: Setup):
+  """Turns XLA's RESOURCE_EXHAUSTED into RunFault naming the batch, the sequence length and the
+  parameter count, with what would use less memory."""
+  try:
+    yield
+  except Exception as e:  # noqa: BLE001 - jax raises JaxRuntimeError for every XLA status
+    if not faults.out_of_memory(e):
+      raise
+    rows, steps = s.train_batches.batch_shape()
+    sample = first_rows(s.train_batches)
+    shapes = jax.eval_shape(lambda: s.model.init(jax.random.PRNGKey(0),
+                                                 **s.task.model_inputs(sample)))
+    num_params = sum(math.prod(x.shape) for x in jax.tree.leaves(shapes))
+    raise faults.RunFault(
+        f'out of memory on the device ({faults.reason(e)}) for batches of {rows} x {steps} '
+        f'(config.batch_size x time steps) and {num_params:,} parameters; use a smaller '
+        'config.batch_size or config.num_steps, config.model.remat=True, or '
+        'config.model.scan_layers=True for a deep stack') from None
 
 
 def _run(s: Setup, state: TrainState, zero_carry, ckpts, writer, results: dict,
@@ -267,7 +318,7 @@ def _run(s: Setup, state: TrainState, zero_carry, ckpts, writer, results: dict,
   run_eval = lambda split: task.summarize(evaluate(eval_step, state.params,
                                                    s.eval_batches[split], dist, task, zero_carry))
   save = lambda: ckpts.save(step, state, {'data': s.train_batches.state(), 'step': step})
-  best = _Best(ckpts)
+  best = _Best(ckpts, _abstract(state.params))
   t_start = time.perf_counter()
   pending, interval = [], []  # this logging interval's metrics: on the device, then fetched
   every_step = jax.process_count() == 1  # one process reads SIGTERM at no cost; several agree
@@ -297,15 +348,16 @@ def _run(s: Setup, state: TrainState, zero_carry, ckpts, writer, results: dict,
           writer.write(step, 'valid', valid)
           logging.info('step %d valid: %s', step, _fmt(valid))
           best.offer(step, state.params, valid)
+          stop = stop or preemption.agreed()  # a SIGTERM during the evaluation stops here
         if at_save or stop:
           save()
       if stop:
         results.update(status='preempted', step=step)
         logging.info('stopped at step %d with a checkpoint; rerun the same command to resume', step)
         return results
-  train_time = time.perf_counter() - t_start
-  save()
-  final = {split: run_eval(split) for split in s.eval_batches}
+    train_time = time.perf_counter() - t_start
+    save()  # the final checkpoint and evaluation finish even if SIGTERM comes during them
+    final = {split: run_eval(split) for split in s.eval_batches}
   for split, values in final.items():
     writer.write(step, split, values)
     logging.info('final %s: %s', split, _fmt(values))
@@ -321,8 +373,8 @@ def _run(s: Setup, state: TrainState, zero_carry, ckpts, writer, results: dict,
 class _Best:
   """The best validation so far (kept over resumption in `best/`) and its parameters."""
 
-  def __init__(self, ckpts: checkpoint.Checkpoints):
-    self.ckpts, self.valid = ckpts, ckpts.best_valid()
+  def __init__(self, ckpts: checkpoint.Checkpoints, abstract_params):
+    self.ckpts, self.valid = ckpts, ckpts.best_valid(abstract_params)
 
   def offer(self, step: int, params, valid: dict) -> None:
     if self.valid is None or valid['loss'] < self.valid['loss']:
