@@ -24,7 +24,7 @@ import numpy as np
 from absl import logging
 
 from lstm import cache
-from train import files
+from train import faults, files
 from train.data.corpus import STEP, Encoded
 from train.data.vocab import Vocabulary, id_dtype
 
@@ -99,7 +99,7 @@ def store(cache_dir: Optional[str], spec: Dict[str, Any], encoded: Encoded) -> E
     files.atomic_write(base + '.npy', lambda f: np.save(f, encoded.tokens, allow_pickle=False))
     files.write_json(base + '.json', described)
     tokens = np.load(base + '.npy', mmap_mode='r', allow_pickle=False)
-  except OSError as e:
+  except (OSError, faults.RunFault) as e:  # files' writes report a failed write as a RunFault
     logging.warning('data: could not write the token cache %s.npy (%s); going on without it',
                     base, e)
     return encoded
