@@ -8,7 +8,7 @@ tensorstore (under orbax) puts in its messages. `out_of_memory(error)` tells XLA
 RESOURCE_EXHAUSTED apart. `reason(error)` is an exception's message cut to one readable line.
 `drop_orbax_leftovers()` silences the tracebacks that orbax's unfinished operations print after
 it has given up on a failed read or write ("Event loop is closed", "Task exception was never
-retrieved").
+retrieved", "coroutine ... was never awaited").
 """
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ import os
 import re
 import sys
 import traceback
+import warnings
 from typing import Iterator, Optional
 
 
@@ -120,7 +121,11 @@ class _OrbaxTasks(logging.Filter):
 def drop_orbax_leftovers() -> None:
   """Silences what orbax leaves behind after it gives up on a failed read or write (it raises
   the failure to the caller): the rest of its operations still end, and their errors would be
-  printed as tracebacks ("Event loop is closed", "Task exception was never retrieved")."""
+  printed as tracebacks ("Event loop is closed", "Task exception was never retrieved"), or as
+  the warning that one of its reads was never awaited (the trainer runs no coroutines of its
+  own, so that warning is orbax's)."""
+  warnings.filterwarnings('ignore', message=r"coroutine '.*' was never awaited",
+                          category=RuntimeWarning)
   asyncio_log = logging.getLogger('asyncio')
   if not any(isinstance(f, _OrbaxTasks) for f in asyncio_log.filters):
     asyncio_log.addFilter(_OrbaxTasks())
