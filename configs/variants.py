@@ -18,7 +18,7 @@ and test voices; label error rate), at 2 layers; the protocol is the study's: ev
 over configs/study.py's learning rates with seed 0, then SEEDS at its chosen rate, each arm
 paired by seed against vanilla.
 
-Cost: 8 arms x (5 tuning runs + 2 more seeds) = 56 runs of about 1.5-2.5 min (1,000 steps; NIG,
+Cost: 8 arms x (6 tuning runs + 2 more seeds) = 64 runs of about 1.5-2.5 min (1,000 steps; NIG,
 NFG and NOG take the reference path, the others the fast path; measured: 100-150 s each while
 other jobs shared the machine): about 2 core-hours.
 """
