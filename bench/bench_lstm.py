@@ -6,6 +6,8 @@ Run by hand (never in CI), on an otherwise idle machine:
     python bench/bench_lstm.py --part speed       # step times only
     python bench/bench_lstm.py --part compile     # compile time and memory only
     python bench/bench_lstm.py --part options     # what each cell option costs in training
+    python bench/bench_lstm.py --part bf16        # bfloat16 compute against PyTorch's autocast
+    python bench/bench_lstm.py --part loop        # a step's matmul against the work between
     python bench/bench_lstm.py --quick --out /tmp/bench   # smoke run, seconds
 
 Results are kept per CPU kind: by default it writes `bench/results/<cpu-slug>/` (`cpu_slug` of the
@@ -34,6 +36,13 @@ deterministic).
 Part `options` times the speed part's 2-layer training step in training mode with one cell option
 at a time (recurrent dropout, weight drop, CIFG, segment resets, Greff's variants, peepholes,
 zoneout), interleaved with the canonical step on both paths, and records which path each took.
+
+Part `bf16` runs the 2-layer training and forward-only cases in float32 and with bfloat16
+compute, this project (`StackedLSTM(dtype=bfloat16)`) against PyTorch under `torch.autocast`.
+
+Part `loop` times a loop whose steps multiply (B, H) by (H, 4H) and then run a number of
+elementwise passes, in JAX and in PyTorch, to show what a step's matmul costs against the work
+between two matmuls (XLA:CPU's thread pool and PyTorch's OpenMP threads differ there).
 
 It writes `<out>/bench_<part>.json` and `<out>/bench_<part>.md`; the machine (CPU model, cores,
 versions, load) is in the JSON's `machine` and the Markdown's heading, and every row of the JSON
@@ -210,8 +219,10 @@ def _reference_context():
   return lstm_fast.reference_path()
 
 
-def build_project(case, x, y, reference=False):
-  model = ProjectNet(case['layers'], case_size(case)[0], case.get('bidirectional', False))
+def build_project(case, x, y, reference=False, dtype=None):
+  options = () if dtype is None else (('dtype', dtype),)
+  model = ProjectNet(case['layers'], case_size(case)[0], case.get('bidirectional', False),
+                     options=options)
   params = model.init(jax.random.key(0), jnp.asarray(x[:1]))
   context = _reference_context if reference else contextlib.nullcontext
   return JaxRunner(model.apply, params, x, y, case['train'], context)
@@ -252,12 +263,14 @@ def build_keras(case, x, y):
 
 class TorchRunner:
   """`torch.nn.LSTM` + linear head + Adam; `threads` overrides torch's thread count for its steps;
-  `device='cuda'` runs it on the GPU (cuDNN's LSTM kernels)."""
+  `device='cuda'` runs it on the GPU (cuDNN's LSTM kernels); `autocast` runs the forward under
+  `torch.autocast` in bfloat16 (the weights and Adam stay float32)."""
 
-  def __init__(self, case, x, y, threads=None, device='cpu'):
+  def __init__(self, case, x, y, threads=None, device='cpu', autocast=False):
     import torch
     self.torch = torch
     self.threads = threads
+    self.autocast = autocast
     self.device = torch.device(device)
     torch.manual_seed(0)
     hidden = case_size(case)[0]
@@ -274,9 +287,12 @@ class TorchRunner:
     self.step()
 
   def _loss(self):
-    out, _ = self.lstm(self.x)
-    logits = self.head(out)
-    return self.torch.nn.functional.cross_entropy(logits.reshape(-1, CLASSES), self.y)
+    context = (self.torch.autocast(self.device.type, dtype=self.torch.bfloat16)
+               if self.autocast else contextlib.nullcontext())
+    with context:
+      out, _ = self.lstm(self.x)
+      logits = self.head(out)
+    return self.torch.nn.functional.cross_entropy(logits.float().reshape(-1, CLASSES), self.y)
 
   def _one(self):
     if self.train:
@@ -318,6 +334,8 @@ BUILDERS = {
     'pytorch-1t': lambda c, x, y: TorchRunner(c, x, y, threads=1),
     'flax': build_flax,
     'keras': build_keras,
+    'project-bf16': lambda c, x, y: build_project(c, x, y, dtype=jnp.bfloat16),
+    'pytorch-bf16': lambda c, x, y: TorchRunner(c, x, y, autocast=True),
 }
 
 
@@ -408,6 +426,146 @@ def run_case(case, impls, reps, peak, log, cpu=None):
     log(f'  {name:12s} median {med * 1e3:8.1f} ms  min {best * 1e3:8.1f} ms  '
         f'ratio {rows[-1]["ratio_to_pytorch"] or 0:.3f} (min {rows[-1]["ratio_to_pytorch_min"] or 0:.3f})')
   return dict(case=case, inner_steps=inner, repetitions=reps, gflop=flops / 1e9, rows=rows)
+
+
+# ----------------------------------------------------------------------------------------------
+# bf16 part: bfloat16 compute against PyTorch's bfloat16 autocast
+
+
+BF16_IMPLS = ('project', 'project-bf16', 'pytorch', 'pytorch-bf16')
+
+
+def bf16_part(quick, log, reps, cpu=None):
+  """The speed part's 2-layer training and forward-only cases in float32 and in bfloat16 compute
+  (this project: `StackedLSTM(dtype=bfloat16)`, float32 parameters and float32 elementwise math;
+  PyTorch: `torch.autocast('cpu', bfloat16)`, which runs `nn.LSTM` through oneDNN in bfloat16),
+  all four interleaved per case."""
+  cases = [c for c in speed_cases(quick) if c['layers'] == 2 and not c.get('bidirectional')][:2]
+  peak = measure_peak(1024 if quick else 2048)
+  return dict(cases=[run_case(c, BF16_IMPLS, reps, peak, log, cpu) for c in cases])
+
+
+def bf16_markdown(result):
+  info = result['machine']
+  lines = [
+      f'### bfloat16 compute: {info["cpu"]}, {info["cores"]} cores',
+      '',
+      f'jax {info["jax"]}, flax {info["flax"]}, torch {info["torch"]} '
+      f'({info["torch_threads"]} threads); 1-minute load average {info["loadavg"][0]:.2f} at '
+      f'start; {info["date"]}, commit {info["commit"]}.',
+      f'Batch {BATCH}, input {F_IN}, hidden {HIDDEN}, T={result["cases"][0]["case"]["steps"]}, '
+      f'head to {CLASSES} classes, Adam on '
+      'float32 parameters. project-bf16 = `StackedLSTM(dtype=jnp.bfloat16)` (bfloat16 matmuls '
+      'accumulating in float32, float32 elementwise math); pytorch-bf16 = the forward under '
+      '`torch.autocast("cpu", dtype=torch.bfloat16)`. All four interleaved; ratios of medians.',
+      f'Command: `{result["command"]}`',
+      '',
+      '| case | implementation | median ms | min ms | vs PyTorch float32 | vs PyTorch bfloat16 |',
+      '|---|---|---:|---:|---:|---:|',
+  ]
+  for c in result['cases']:
+    med = {r['impl']: r['median_ms'] for r in c['rows']}
+    for r in c['rows']:
+      lines.append(f'| {c["case"]["name"]} | {r["impl"]} | {r["median_ms"]:.1f} | '
+                   f'{r["min_ms"]:.1f} | {r["median_ms"] / med["pytorch"]:.2f}x | '
+                   f'{r["median_ms"] / med["pytorch-bf16"]:.2f}x |')
+  return '\n'.join(lines) + '\n'
+
+
+# ----------------------------------------------------------------------------------------------
+# Loop part: what a step's matmul costs inside a compiled loop, against the work between matmuls
+
+
+LOOP_GAPS = (0, 1, 2, 4, 8, 12)
+
+
+def _loop_runners(gap, batch, hidden, steps):
+  """Per-step seconds of a `steps`-step loop whose body is h (B, H) times w (H, 4H) followed by
+  `gap` dependent tanh passes over the (B, 4H) result (each kept a separate kernel), and of the
+  same loop without the matmul; JAX (one jitted fori_loop) and PyTorch (eager, default threads)."""
+  import torch
+  rng = np.random.default_rng(0)
+  w_np = (rng.standard_normal((hidden, 4 * hidden)) * 0.05).astype(np.float32)
+  h_np = rng.standard_normal((batch, hidden)).astype(np.float32)
+  barrier = jax.lax.optimization_barrier
+
+  def jax_loop(with_dot):
+    def body(_, h):
+      z = h @ w if with_dot else jnp.tile(h, (1, 4))
+      for _ in range(gap):
+        z = barrier(jnp.tanh(z))
+      return z[:, :hidden] * 0.5 + z[:, hidden:2 * hidden] * 0.5
+    f = jax.jit(lambda h: jax.lax.fori_loop(0, steps, body, h))
+    return lambda: f(h0).block_until_ready()
+
+  w, h0 = jnp.asarray(w_np), jnp.asarray(h_np)
+  tw, th = torch.from_numpy(w_np.copy()), torch.from_numpy(h_np.copy())
+
+  def torch_loop(with_dot):
+    def run():
+      h = th
+      with torch.inference_mode():
+        for _ in range(steps):
+          z = h @ tw if with_dot else h.repeat(1, 4)
+          for _ in range(gap):
+            z = torch.tanh(z)
+          h = z[:, :hidden] * 0.5 + z[:, hidden:2 * hidden] * 0.5
+      return h
+    return run
+
+  return {'jax, matmul': jax_loop(True), 'jax, no matmul': jax_loop(False),
+          'pytorch, matmul': torch_loop(True), 'pytorch, no matmul': torch_loop(False)}
+
+
+def loop_part(quick, log, reps, cpu=None):
+  """For each number of elementwise passes between two steps' matmuls: the per-step time with and
+  without the matmul, so the difference is what the matmul costs at that gap. XLA:CPU splits a
+  matmul over its thread pool; whether the pool's threads are still awake when the next matmul
+  comes is what this shows."""
+  steps = 16 if quick else STEPS
+  rows = []
+  for gap in LOOP_GAPS[:3] if quick else LOOP_GAPS:
+    runners = _loop_runners(gap, BATCH, HIDDEN, steps)
+    for fn in runners.values():
+      fn()
+    best = {}
+    for _ in range(reps):
+      for name, fn in runners.items():
+        t0 = time.perf_counter()
+        fn()
+        best[name] = min(best.get(name, float('inf')), (time.perf_counter() - t0) / steps)
+    row = dict(gap=gap, cpu=cpu, **{k: v * 1e6 for k, v in best.items()})
+    row['jax matmul us'] = row['jax, matmul'] - row['jax, no matmul']
+    row['pytorch matmul us'] = row['pytorch, matmul'] - row['pytorch, no matmul']
+    rows.append(row)
+    log(f'  gap {gap:2d}: jax matmul {row["jax matmul us"]:6.1f} us, '
+        f'pytorch matmul {row["pytorch matmul us"]:6.1f} us')
+  return dict(steps=steps, batch=BATCH, hidden=HIDDEN, repetitions=reps, rows=rows)
+
+
+def loop_markdown(result):
+  info = result['machine']
+  lines = [
+      f'### A step\'s matmul inside a loop: {info["cpu"]}, {info["cores"]} cores',
+      '',
+      f'jax {info["jax"]}, torch {info["torch"]} ({info["torch_threads"]} threads); 1-minute '
+      f'load average {info["loadavg"][0]:.2f} at start; {info["date"]}, commit {info["commit"]}.',
+      f'A {result["steps"]}-step loop; each step multiplies h ({result["batch"]}, '
+      f'{result["hidden"]}) by w ({result["hidden"]}, {4 * result["hidden"]}) and then runs '
+      '"passes" dependent tanh passes over the (B, 4H) result, each its own kernel (XLA: '
+      'behind `optimization_barrier`); "matmul" = the step time minus that of the same loop '
+      'without the matmul. Best of the interleaved repetitions, microseconds per step.',
+      f'Command: `{result["command"]}`',
+      '',
+      '| passes between matmuls | JAX step | JAX without matmul | JAX matmul | PyTorch step '
+      '| PyTorch without matmul | PyTorch matmul |',
+      '|---:|---:|---:|---:|---:|---:|---:|',
+  ]
+  for r in result['rows']:
+    lines.append(f'| {r["gap"]} | {r["jax, matmul"]:.1f} | {r["jax, no matmul"]:.1f} | '
+                 f'{r["jax matmul us"]:.1f} | {r["pytorch, matmul"]:.1f} | '
+                 f'{r["pytorch, no matmul"]:.1f} | {r["pytorch matmul us"]:.1f} |')
+  return '\n'.join(lines) + '\n'
 
 
 # ----------------------------------------------------------------------------------------------
@@ -676,7 +834,8 @@ def main(argv=None):
   parser.add_argument('--out', default=None,
                       help='output folder (default bench/results/<cpu-slug>/; a temporary '
                            'folder with --quick)')
-  parser.add_argument('--part', choices=('speed', 'compile', 'options', 'all'), default='all')
+  parser.add_argument('--part', choices=('speed', 'compile', 'options', 'bf16', 'loop', 'all'),
+                      default='all')
   parser.add_argument('--quick', action='store_true', help='tiny smoke run')
   parser.add_argument('--reps', type=int, default=None, help='repetitions per case')
   parser.add_argument('--impls', default='project,project-ref,pytorch,pytorch-1t,flax,keras')
@@ -726,6 +885,16 @@ def main(argv=None):
                   **options_part(args.quick, log, args.reps or (2 if args.quick else 7),
                                  info['cpu']))
     write_part(args.out, 'options', result, options_markdown(result), log)
+
+  if args.part in ('bf16', 'all'):
+    result = dict(machine=info, command=command,
+                  **bf16_part(args.quick, log, args.reps or (2 if args.quick else 7), info['cpu']))
+    write_part(args.out, 'bf16', result, bf16_markdown(result), log)
+
+  if args.part in ('loop', 'all'):
+    result = dict(machine=info, command=command,
+                  **loop_part(args.quick, log, args.reps or (2 if args.quick else 10), info['cpu']))
+    write_part(args.out, 'loop', result, loop_markdown(result), log)
 
 
 if __name__ == '__main__':
