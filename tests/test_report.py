@@ -291,6 +291,29 @@ def test_report_pairs_arms_by_seed_with_a_diverged_run_in_one_arm(tmp_path):
   assert os.path.exists(tmp_path / 'differences.png')
 
 
+def test_report_pairs_against_a_reference_setting_within_each_value_of_by(tmp_path):
+  """compare={'setting': ..., 'by': [...]}: per depth, relu and the residual extra point against
+  between=none without residual at that depth (as the separated activations against tanh with
+  the same cell_clip)."""
+  make_sweep(str(tmp_path))
+  path = os.path.join(str(tmp_path), 'sweep.json')
+  description = json.load(open(path))
+  description['compare'] = {'setting': {'model.between': 'none', 'model.residual': False},
+                            'by': ['model.num_layers']}
+  _write(path, description)
+  text = open(report.write_report(str(tmp_path))).read()
+  assert ('## Paired differences from between=none, residual=False with the same num_layers '
+          '(test)') in text
+  relu2 = _row(text, '| num_layers=2 | between=relu, num_layers=2 |')
+  assert relu2[2:5] == ['2', '1', '+0.100']  # seed 2 of relu unfinished
+  relu4 = _row(text, '| num_layers=4 | between=relu, num_layers=4 |')
+  assert relu4[2:5] == ['2', '1', '+0.300']
+  residual4 = _row(text, '| num_layers=4 | between=none, num_layers=4, residual=True |')
+  # (1.65 - 1.8 + 1.75 - 2.0) / 2 on test; the reference's diverged seed 2 is counted as excluded
+  assert residual4[2:5] == ['2', '1', '-0.200']
+  assert '| num_layers=2 | between=none, num_layers=4' not in text
+
+
 def test_report_pairs_every_setting_against_one_reference_setting(tmp_path):
   """compare={'setting': ...}: one group, every setting against the one with those values (as
   Greff's variants against vanilla)."""

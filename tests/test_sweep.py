@@ -110,6 +110,12 @@ def test_expand_without_seeds_uses_the_config_seed(config_path):
     ({'grid': {}}, "keys ['grid'] are not known"),
     ({'seeds': [0, 0]}, 'distinct integers'),
     ({'extra': [{'seed': 3}]}, 'without seed'),
+    ({'axes': {'model.between': ['none', 'relu']},
+      'compare': {'setting': {'model.between': 'none'}, 'by': ['model.between']}},
+     "with an optional 'by'"),
+    ({'axes': {'model.between': ['none', 'relu']},
+      'compare': {'setting': {'model.between': 'none'}, 'by': 'model.num_layers'}},
+     "with an optional 'by'"),
 ])
 def test_expand_errors(config_path, bad, message):
   base, _, _ = _points(config_path)

@@ -535,9 +535,13 @@ def comparisons(description: dict, settings: Sequence[Setting], metric: Metric,
   compare = description.get('compare')
   if not compare:
     return []
-  if 'setting' in compare:  # one group: every setting against the one with these values
+  if 'setting' in compare:  # every setting against the one with these values, per value of `by`
     is_reference = lambda s: all(s.values.get(k) == v for k, v in compare['setting'].items())
-    field, ignore, groups = None, list(description['fields']), {'': list(settings)}
+    by = list(compare.get('by') or [])
+    field, ignore = None, [k for k in description['fields'] if k not in by]
+    groups = {}
+    for s in settings:
+      groups.setdefault(json.dumps([s.values.get(k) for k in by]), []).append(s)
   else:
     field = compare['field']
     is_reference = lambda s: s.values.get(field) == compare['reference']
@@ -545,6 +549,7 @@ def comparisons(description: dict, settings: Sequence[Setting], metric: Metric,
     groups = {}
     for s in settings:
       groups.setdefault(sweep_lib.setting_key(s.values, ignore), []).append(s)
+  by_fields = field is None and bool(compare.get('by'))
   out = []
   for members in groups.values():
     ref = next((s for s in members if is_reference(s)), None)
@@ -552,7 +557,8 @@ def comparisons(description: dict, settings: Sequence[Setting], metric: Metric,
       continue
     for s in members:
       if s is not ref:
-        group_label = 'all' if field is None else setting_label(description, s.values, ignore)
+        group_label = (setting_label(description, s.values, ignore) if field or by_fields
+                       else 'all')
         out.append({'group': group_label, 'arm': s.label,
                     'value': s.values.get(field) if field else s.label, 'reference': ref.label,
                     'difference': paired_difference(_by_seed(s, metric, split),
@@ -696,8 +702,15 @@ def _study_sections(description: dict, records: Sequence[dict], settings: Sequen
   rows = comparisons(description, settings, metric, 'test')
   if rows:
     compare = description['compare']
-    reference = (f'{compare["field"]}={compare["reference"]}' if 'field' in compare
-                 else rows[0]['reference'])
+    if 'field' in compare:
+      reference = f'{compare["field"]}={compare["reference"]}'
+    elif compare.get('by'):
+      short = _short(description['fields'])
+      reference = (', '.join(f'{short.get(k, k)}={_fmt_value(v)}'
+                             for k, v in compare['setting'].items())
+                   + f' with the same {", ".join(short.get(k, k) for k in compare["by"])}')
+    else:
+      reference = rows[0]['reference']
     lines += [f'## Paired differences from {reference} (test)', '',
               'Per seed, arm minus reference in the same group (same seed: same data order and '
               'the same initial values of the parameters they share); mean and 95% t interval '

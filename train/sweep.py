@@ -31,8 +31,11 @@ seeds (`'tune_seeds'`, default the first seed); once all of a setting's tuning r
 the value with the best final validation metric is its choice, and the seeds stage runs that
 setting at that value with every seed (the tuning run at the chosen value is its own seed's run).
 A value with a diverged run is never chosen. `'compare': {'field': 'model.between', 'reference':
-'none'}` tells the report which arm the others are paired against. Point names then carry the
-tuned field, e.g. `between=relu,num_layers=4,learning_rate=0.003,seed=1`.
+'none'}` tells the report which arm the others are paired against (within each group of settings
+equal but for that field); `'compare': {'setting': {...}}` pairs every setting against the one
+with those values, and `'by': ['model.cell_clip']` does that within each value of the fields
+named. Point names then carry the tuned field, e.g.
+`between=relu,num_layers=4,learning_rate=0.003,seed=1`.
 
 Points run with JAX's persistent compilation cache (`$JAX_COMPILATION_CACHE_DIR`, by default
 `jax/` in the project's cache directory, `~/.cache/stacked_lstm`), so a setting's later seeds and
@@ -169,11 +172,14 @@ def check_sweep(sweep: Any) -> dict:
   compare = sweep.get('compare')
   by_field = isinstance(compare, dict) and set(compare) == {'field', 'reference'} \
       and compare['field'] in axes
-  by_setting = isinstance(compare, dict) and set(compare) == {'setting'} \
-      and isinstance(compare['setting'], dict)
+  by_setting = isinstance(compare, dict) and set(compare) in ({'setting'}, {'setting', 'by'}) \
+      and isinstance(compare['setting'], dict) \
+      and isinstance(compare.get('by', []), (list, tuple)) \
+      and all(isinstance(k, str) and k not in compare['setting'] for k in compare.get('by', []))
   if compare is not None and not (by_field or by_setting):
     raise SweepError("sweep['compare'] must be {'field': <an axis>, 'reference': <its value>} or "
-                     f"{{'setting': {{<field>: <value>, ...}}}}; got {compare!r}")
+                     "{'setting': {<field>: <value>, ...}} with an optional 'by': [<field>, ...] "
+                     f"not among the setting's fields; got {compare!r}")
   return {'axes': axes, 'seeds': seeds, 'extra': extra, 'tune': tune,
           'tune_seeds': tune_seeds, 'compare': compare}
 
