@@ -259,6 +259,32 @@ def test_paired_difference_pairs_by_seed_and_excludes_diverged_pairs():
   assert statistics.paired_difference({0: 1.0}, {0: 2.0}).verdict(False) == 'too few pairs'
 
 
+def test_paired_p_value_is_scipys_paired_t_test():
+  reference = {0: 1.50, 1: 1.60, 2: 1.80, 3: 1.70, 4: 1.65}
+  arm = {0: 1.52, 1: 1.58, 2: 1.86, 3: 1.72, 4: 1.69}
+  d = statistics.paired_difference(arm, reference)
+  want = scipy.stats.ttest_rel([arm[s] for s in range(5)], [reference[s] for s in range(5)])
+  assert d.p_value == pytest.approx(want.pvalue, rel=1e-9)
+  assert math.isnan(statistics.paired_difference({0: 1.0}, {0: 2.0}).p_value)
+  assert statistics.paired_difference({0: 2.0, 1: 3.0}, {0: 1.0, 1: 2.0}).p_value == 0.0
+
+
+def test_holm_adjusts_each_p_by_its_rank_and_keeps_the_order():
+  # sorted: 0.005 x 4 = 0.02, 0.01 x 3 = 0.03, 0.03 x 2 = 0.06, 0.04 x 1 -> 0.06 (non-decreasing)
+  got = statistics.holm([0.01, 0.04, math.nan, 0.03, 0.005])
+  assert got[:2] == pytest.approx([0.03, 0.06]) and math.isnan(got[2])
+  assert got[3:] == pytest.approx([0.06, 0.02])
+  assert statistics.holm([0.6, 0.9]) == [1.0, 1.0]
+  assert statistics.holm([]) == []
+
+
+def test_a_verdict_the_family_does_not_support_says_so():
+  d = statistics.paired_difference({0: 1.52, 1: 1.61, 2: 1.72}, {0: 1.50, 1: 1.60, 2: 1.70})
+  assert d.verdict(False) == 'worse'
+  assert d.verdict(False, adjusted_p=0.2) == 'worse (not after Holm)'
+  assert d.verdict(False, adjusted_p=0.01) == 'worse'
+
+
 def test_best_tuned_value_is_the_validation_best_and_skips_diverged_values():
   def results(bpc, status='completed'):
     return {'status': status, 'valid': {'bpc': bpc, 'loss': bpc}} if status == 'completed' \

@@ -29,7 +29,7 @@ from typing import Any, Optional, Sequence
 import numpy as np
 
 from train import files, metrics as metrics_lib, sweep as sweep_lib
-from train.statistics import (METRICS, Metric, Stats, best_tuned_value, paired_difference,
+from train.statistics import (METRICS, Metric, Stats, best_tuned_value, holm, paired_difference,
                               pick_metric, stats, t_quantile)
 
 DEPTH = 'model.num_layers'
@@ -574,18 +574,21 @@ def _by_seed(setting: Setting, metric: Metric, split: str) -> dict:
 
 def comparison_table(rows: Sequence[dict], metric: Metric) -> str:
   d = metric.digits
+  adjusted = holm([row['difference'].p_value for row in rows])
+  p_text = lambda p: '-' if math.isnan(p) else f'{p:.3f}'
   body = []
-  for row in rows:
+  for row, p_holm in zip(rows, adjusted):
     diff = row['difference']
     st = diff.stats
     ci = f'[{st.ci_low:+.{d}f}, {st.ci_high:+.{d}f}]' if st.n > 1 else '-'
     bound = f'{diff.equivalence_bound:.{d}f}' if st.n > 1 else '-'
     body.append([row['group'] or '-', _fmt_value(row['value']), str(diff.pairs),
                  str(diff.excluded), f'{st.mean:+.{d}f}' if st.n else '-', ci, bound,
-                 diff.verdict(metric.higher_is_better)])
+                 p_text(diff.p_value), p_text(p_holm),
+                 diff.verdict(metric.higher_is_better, p_holm)])
   return _table(['group', 'arm', 'pairs', 'excluded', 'mean difference', '95% CI',
-                 'equivalence bound ±', 'verdict'], body,
-                [False, False, True, True, True, True, True, False])
+                 'equivalence bound ±', 'p', 'Holm p', 'verdict'], body,
+                [False, False, True, True, True, True, True, True, True, False])
 
 
 def plateau_gain(setting: Setting, metric: Metric) -> float:
@@ -716,7 +719,10 @@ def _study_sections(description: dict, records: Sequence[dict], settings: Sequen
               'the same initial values of the parameters they share); mean and 95% t interval '
               'of the differences. Equivalence bound: the interval lies inside ± this bound, so '
               'the study excludes differences larger than it. Pairs with a diverged or unfinished run '
-              'are excluded and counted.', '',
+              'are excluded and counted. p: the paired t test\'s (two-sided); Holm p: adjusted '
+              f'for the {len(rows)} comparisons of this table (Holm-Bonferroni), and a verdict '
+              'whose interval excludes 0 but whose Holm p is 0.05 or more says "not after Holm".',
+              '',
               comparison_table(rows, metric), '']
   return lines, rows
 

@@ -5,7 +5,8 @@ arms that share seeds, and the metric each task is judged by.
 `paired_difference(arm, reference)`: the per-seed differences of two arms run with the same seeds
 (same data order, same initial values of the parameters they share), their mean and 95% interval,
 and the equivalence bound: the smallest d with the interval inside [-d, d], i.e. the difference
-the study can exclude beyond d (two one-sided tests at 2.5% each).
+the study can exclude beyond d (two one-sided tests at 2.5% each); `Difference.p_value` is the
+paired t test's, and `holm(p_values)` adjusts a table's p-values for its number of comparisons.
 `best_tuned_value`: the tuning stage's choice, on validation.
 """
 from __future__ import annotations
@@ -129,14 +130,42 @@ class Difference:
   stats: Stats               # of `diffs`
   equivalence_bound: float   # max(|ci_low|, |ci_high|): |difference| < this with 95% confidence
 
-  def verdict(self, higher_is_better: bool) -> str:
+  @property
+  def p_value(self) -> float:
+    """Two-sided p of the paired t test (mean difference 0); NaN under 2 pairs."""
+    s = self.stats
+    if s.n < 2:
+      return math.nan
+    if s.std == 0:
+      return 1.0 if s.mean == 0 else 0.0
+    t = s.mean / (s.std / math.sqrt(s.n))
+    return float(2 * scipy.stats.t.sf(abs(t), s.n - 1))
+
+  def verdict(self, higher_is_better: bool, adjusted_p: float = math.nan) -> str:
+    """From the 95% interval; with `adjusted_p` (Holm), a difference the interval shows but the
+    family of comparisons does not (adjusted p >= 0.05) says so."""
     s = self.stats
     if self.pairs < 2:
       return 'too few pairs'
     if s.ci_low > 0 or s.ci_high < 0:
       better = (s.mean > 0) == higher_is_better
-      return 'better' if better else 'worse'
+      verdict = 'better' if better else 'worse'
+      if adjusted_p >= 0.05:
+        verdict += ' (not after Holm)'
+      return verdict
     return 'no difference detected'
+
+
+def holm(p_values: Sequence[float]) -> list[float]:
+  """Holm-Bonferroni adjusted p-values, in the given order (NaN stays NaN and is not counted):
+  the i-th smallest of m is multiplied by m - i, then made non-decreasing, capped at 1."""
+  finite = sorted((p, i) for i, p in enumerate(p_values) if not math.isnan(p))
+  out = [math.nan] * len(p_values)
+  running, m = 0.0, len(finite)
+  for rank, (p, i) in enumerate(finite):
+    running = max(running, min(1.0, (m - rank) * p))
+    out[i] = running
+  return out
 
 
 def paired_difference(arm: Mapping[Any, float], reference: Mapping[Any, float]) -> Difference:
