@@ -40,7 +40,8 @@ Protocol (implemented by train.sweep's tuning stage and train.report's paired co
   permutation depends on the seed only) and the initial values of every parameter two arms share
   (Flax derives each parameter's key from the seed and its path: tests/test_study.py checks it);
   the report gives each arm's per-seed difference from between=none in its group (same depth and
-  residual), its 95% CI and the equivalence bound.
+  residual), its 95% CI, the equivalence bound, and the paired t test's p with its Holm
+  adjustment for the number of comparisons in the table.
 - Budget: each run is trained for a fixed number of steps chosen so that the validation metric of
   the best arm improves by less than 1% over the last quarter of training (report: "Plateau").
 
