@@ -42,7 +42,7 @@ compute, this project (`StackedLSTM(dtype=bfloat16)`) against PyTorch under `tor
 
 Part `loop` times a loop whose steps multiply (B, H) by (H, 4H) and then run a number of
 elementwise passes, in JAX and in PyTorch, to show what a step's matmul costs against the work
-between two matmuls (XLA:CPU's thread pool and PyTorch's OpenMP threads differ there).
+between two matmuls (on an Intel Xeon it grew with that work, in both).
 
 It writes `<out>/bench_<part>.json` and `<out>/bench_<part>.md`; the machine (CPU model, cores,
 versions, load) is in the JSON's `machine` and the Markdown's heading, and every row of the JSON
@@ -519,9 +519,8 @@ def _loop_runners(gap, batch, hidden, steps):
 
 def loop_part(quick, log, reps, cpu=None):
   """For each number of elementwise passes between two steps' matmuls: the per-step time with and
-  without the matmul, so the difference is what the matmul costs at that gap. XLA:CPU splits a
-  matmul over its thread pool; whether the pool's threads are still awake when the next matmul
-  comes is what this shows."""
+  without the matmul, so the difference is what the matmul costs at that gap: a matmul split
+  over both cores after work that left one of them idle."""
   steps = 16 if quick else STEPS
   rows = []
   for gap in LOOP_GAPS[:3] if quick else LOOP_GAPS:
