@@ -13,9 +13,9 @@ one about the same time. So on CPU the layout is measured, not guessed:
   hidden 128, where the feature-major loop lost on every machine measured.
 * Measuring compiles one canonical layer of the shape in each layout (MEASURE_STEPS = 128 steps:
   at 32 the fixed costs decide, and on an Intel Xeon 32 steps chose batch-major for a layer that
-  runs 0.95x as long feature-major over 128) and times both interleaved, in a thread of its own so that it runs outside the trace that asked; the
-  faster by its best time is kept, and the rule's choice when they are within 3%. It takes about
-  a second, once per shape and machine.
+  runs 0.95x as long feature-major over 128) and times both interleaved, in a thread of its own
+  so that it runs outside the trace that asked; the faster by its best time is kept, and the
+  rule's choice when they are within 3%. It takes a few seconds, once per shape and machine.
 * Choices are kept in memory and in `inference_layout.json` in the project's cache directory
   (`lstm.cache`: `$STACKED_LSTM_CACHE`, else `~/.cache/stacked_lstm`), keyed by the CPU
   (`cpu_name()`), the JAX version and the shape; the file is replaced atomically, a file that

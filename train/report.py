@@ -539,17 +539,13 @@ def comparisons(description: dict, settings: Sequence[Setting], metric: Metric,
     is_reference = lambda s: all(s.values.get(k) == v for k, v in compare['setting'].items())
     by = list(compare.get('by') or [])
     field, ignore = None, [k for k in description['fields'] if k not in by]
-    groups = {}
-    for s in settings:
-      groups.setdefault(json.dumps([s.values.get(k) for k in by]), []).append(s)
   else:
-    field = compare['field']
+    field, by = compare['field'], []
     is_reference = lambda s: s.values.get(field) == compare['reference']
     ignore = [field, *(description.get('tune') or {})]
-    groups = {}
-    for s in settings:
-      groups.setdefault(sweep_lib.setting_key(s.values, ignore), []).append(s)
-  by_fields = field is None and bool(compare.get('by'))
+  groups = {}
+  for s in settings:
+    groups.setdefault(sweep_lib.setting_key(s.values, ignore), []).append(s)
   out = []
   for members in groups.values():
     ref = next((s for s in members if is_reference(s)), None)
@@ -557,8 +553,7 @@ def comparisons(description: dict, settings: Sequence[Setting], metric: Metric,
       continue
     for s in members:
       if s is not ref:
-        group_label = (setting_label(description, s.values, ignore) if field or by_fields
-                       else 'all')
+        group_label = setting_label(description, s.values, ignore) if field or by else 'all'
         out.append({'group': group_label, 'arm': s.label,
                     'value': s.values.get(field) if field else s.label, 'reference': ref.label,
                     'difference': paired_difference(_by_seed(s, metric, split),
