@@ -292,7 +292,7 @@ def builders(on_gpu):
   cuda = on_gpu and torch.cuda.is_available()
   out = {
       'project': lambda c, x, y: bl.build_project(c, x, y),
-      'project-ref': lambda c, x, y: bl.build_project(c, x, y, reference=True),
+      'project-ref': lambda c, x, y: bl.build_project(c, x, y, context=bl._reference_context),
       'flax': bl.build_flax,
       'pytorch': lambda c, x, y: bl.TorchRunner(c, x, y, device='cuda' if cuda else 'cpu'),
   }

@@ -19,7 +19,9 @@ Part `speed` times one training step (forward + backward + Adam; a linear head t
 cross-entropy on every step; input 128, hidden 256, batch 32, T=128, float32) of:
   project      this project's `StackedLSTM` (batch-major input), on the path it dispatches to;
   project-ref  the same model forced onto the reference `lax.scan` path (`lstm.fast.reference_path`);
-  pytorch      `torch.nn.LSTM` (oneDNN), default threads, default allocator (no malloc tuning);
+  project-xla  the same model with the fast path's XLA loops instead of the CPU kernel
+               (`lstm.native.disabled`);
+  pytorch      `torch.nn.LSTM` (oneDNN), default threads;
   flax         `flax.linen.RNN(OptimizedLSTMCell)` layers in a Python loop;
   keras        Keras 3 `LSTM` on the JAX backend, stateless jitted train step.
 Cases: 2 and 4 layers, forward only at 2 layers, bidirectional at 2 layers, T=1024 at 2 layers.
@@ -43,6 +45,11 @@ compute, this project (`StackedLSTM(dtype=bfloat16)`) against PyTorch under `tor
 Part `loop` times a loop whose steps multiply (B, H) by (H, 4H) and then run a number of
 elementwise passes, in JAX and in PyTorch, to show what a step's matmul costs against the work
 between two matmuls (on an Intel Xeon it grew with that work, in both).
+
+`--memory keep` (the default) sets malloc to keep freed memory (`lstm.memory`) for the whole
+process, so for every implementation, as the trainer does; `--memory release` leaves glibc's
+defaults, under which every step of JAX and PyTorch alike page-faults its fresh buffers (files
+`bench_<part>_release.*`).
 
 It writes `<out>/bench_<part>.json` and `<out>/bench_<part>.md`; the machine (CPU model, cores,
 versions, load) is in the JSON's `machine` and the Markdown's heading, and every row of the JSON
@@ -219,12 +226,16 @@ def _reference_context():
   return lstm_fast.reference_path()
 
 
-def build_project(case, x, y, reference=False, dtype=None):
+def _xla_loop_context():
+  from lstm import native
+  return native.disabled()
+
+
+def build_project(case, x, y, context=contextlib.nullcontext, dtype=None):
   options = () if dtype is None else (('dtype', dtype),)
   model = ProjectNet(case['layers'], case_size(case)[0], case.get('bidirectional', False),
                      options=options)
   params = model.init(jax.random.key(0), jnp.asarray(x[:1]))
-  context = _reference_context if reference else contextlib.nullcontext
   return JaxRunner(model.apply, params, x, y, case['train'], context)
 
 
@@ -329,7 +340,8 @@ class TorchRunner:
 
 BUILDERS = {
     'project': lambda c, x, y: build_project(c, x, y),
-    'project-ref': lambda c, x, y: build_project(c, x, y, reference=True),
+    'project-ref': lambda c, x, y: build_project(c, x, y, context=_reference_context),
+    'project-xla': lambda c, x, y: build_project(c, x, y, context=_xla_loop_context),
     'pytorch': TorchRunner,
     'pytorch-1t': lambda c, x, y: TorchRunner(c, x, y, threads=1),
     'flax': build_flax,
@@ -757,8 +769,7 @@ def machine_info():
 
 def speed_markdown(result):
   info, peak = result['machine'], result['peak_gflops']
-  malloc = ('PyTorch default settings (no malloc tuning)' if not info['malloc_env']
-            else f'malloc env {info["malloc_env"]}')
+  malloc = memory_text(info)
   lines = [
       f'### Step time: {info["cpu"]}, {info["cores"]} cores',
       '',
@@ -819,8 +830,23 @@ def compile_markdown(result):
   return '\n'.join(lines) + '\n'
 
 
+def memory_text(info) -> str:
+  """How the process's malloc was set, in words."""
+  if info.get('memory', 'release') == 'keep':
+    text = ('malloc keeping freed memory for every implementation (`lstm.memory.keep_freed_memory()`,'
+            ' as the trainer runs)')
+  else:
+    text = "glibc's default malloc (freed memory returned to the system: page faults every step)"
+  if info.get('malloc_env'):
+    text += f', malloc env {info["malloc_env"]}'
+  return text
+
+
 def write_part(out: str, part: str, result: dict, markdown: str, log) -> None:
-  """Writes `<out>/bench_<part>.json` and `.md`, and logs the Markdown."""
+  """Writes `<out>/bench_<part>.json` and `.md` (`bench_<part>_release.*` with `--memory
+  release`), and logs the Markdown."""
+  if result.get('machine', {}).get('memory') == 'release':
+    part += '_release'
   with open(os.path.join(out, f'bench_{part}.json'), 'w') as f:
     json.dump(result, f, indent=1)
   with open(os.path.join(out, f'bench_{part}.md'), 'w') as f:
@@ -839,13 +865,20 @@ def main(argv=None):
   parser.add_argument('--reps', type=int, default=None, help='repetitions per case')
   parser.add_argument('--impls', default='project,project-ref,pytorch,pytorch-1t,flax,keras')
   parser.add_argument('--cases', default=None, help='comma-separated case indices to run')
+  parser.add_argument('--memory', choices=('keep', 'release'), default='keep',
+                      help='keep: lstm.memory.keep_freed_memory() for the whole process, so for '
+                      "every implementation (what the trainer does); release: glibc's defaults")
   args = parser.parse_args(argv)
   if args.out is None:
     args.out = default_out(args.quick)
   os.makedirs(args.out, exist_ok=True)
   command = 'python bench/bench_lstm.py ' + ' '.join(argv if argv is not None else sys.argv[1:])
   log = lambda s: print(s, flush=True)
+  if args.memory == 'keep':
+    from lstm import memory
+    memory.keep_freed_memory()
   info = machine_info()
+  info['memory'] = args.memory
   log(json.dumps(info))
   log(f'writing to {args.out}')
   impls = [i for i in args.impls.split(',') if i]

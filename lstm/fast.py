@@ -63,7 +63,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lstm import activations, layout
+from lstm import activations, layout, native
 from lstm.cell import restart
 
 Array = jax.Array
@@ -317,8 +317,23 @@ def _measure_layouts(batch: int, hidden: int, features: int, dtype, steps: int
   return best['batch_major'], best['feature_major']
 
 
+def _native(spec: _Spec, dtype, w, resets, drop) -> bool:
+  """Whether the loop runs as `lstm.native`'s CPU kernel."""
+  return native.usable(dtype, w.shape[0], spec.closed_form,
+                       plain=not spec.coupled and resets is None and drop is None)
+
+
+def _masked(spec: _Spec, hs, mask):
+  """The outputs: the h carries, zero past each sequence's length."""
+  return jnp.where(mask[..., None], hs, jnp.zeros((), hs.dtype)) if spec.masked else hs
+
+
 def _layer_impl(spec: _Spec, x, kernel, w, b, h0, c0, mask, resets, drop):
   """Inference (the primal, when nothing is differentiated)."""
+  if _native(spec, x.dtype, w, resets, drop):
+    _, hs, cs = native.forward(jnp.dot(x, kernel), w, b, h0, c0, mask if spec.masked else None,
+                               keep_gates=False)
+    return _masked(spec, hs, mask), hs[-1], cs[-1]
   if feature_major_pays(x.shape[1], w.shape[0], x.shape[2], x.dtype):
     return _infer_feature_major(spec, x, kernel, w, b, h0, c0, mask, resets, drop)
   return _infer_batch_major(spec, x, kernel, w, b, h0, c0, mask, resets, drop)
@@ -404,6 +419,10 @@ _layer.defvjp(_layer_fwd, _layer_bwd)
 
 def _recurrence_fwd(spec: _Spec, w, b, z, h0, c0, mask, resets, drop):
   """Forward for training: saves gates over z, and the carries after every step."""
+  residuals = lambda saved, hs, cs: (w, saved, hs, cs, h0, c0, mask, resets, drop)
+  if _native(spec, z.dtype, w, resets, drop):
+    saved, hs, cs = native.forward(z, w, b, h0, c0, mask if spec.masked else None)
+    return (_masked(spec, hs, mask), hs[-1], cs[-1]), residuals(saved, hs, cs)
   steps = z.shape[0]
   hs = jnp.zeros((steps,) + h0.shape, h0.dtype)
   cs = jnp.zeros((steps,) + c0.shape, c0.dtype)
@@ -418,14 +437,17 @@ def _recurrence_fwd(spec: _Spec, w, b, z, h0, c0, mask, resets, drop):
     return h, c, buf, z_next, _put(hs, h, t), _put(cs, c, t)
 
   h, c, saved, _, hs, cs = jax.lax.fori_loop(0, steps, body, (h0, c0, z, z[0], hs, cs))
-  y = jnp.where(mask[..., None], hs, jnp.zeros((), hs.dtype)) if spec.masked else hs
-  return (y, h, c), (w, saved, hs, cs, h0, c0, mask, resets, drop)
+  return (_masked(spec, hs, mask), h, c), residuals(saved, hs, cs)
 
 
 def _recurrence_bwd(spec: _Spec, residuals, cotangents):
   """Reverse loop writing dz[t] over the saved gates of step t; then the weight gradients."""
   dy, dh_last, dc_last = cotangents
   w, saved, hs, cs, h0, c0, mask, resets, drop = residuals
+  if _native(spec, saved.dtype, w, resets, drop):
+    dz, dh0, dc0 = native.backward(saved, cs, c0, w, dy, dh_last, dc_last,
+                                   mask if spec.masked else None)
+    return (*_weight_grads(w, hs, h0, dz, resets, drop), dz, dh0, dc0, None)
   steps = saved.shape[0]
   acc = _math_dtype(saved.dtype)
   w_t = w.T
@@ -479,11 +501,17 @@ def _recurrence_bwd(spec: _Spec, residuals, cotangents):
 
   init = (dh_last.astype(acc), dc_last.astype(acc), saved, saved[steps - 1], cs[steps - 1])
   dh0, dc0, dz, _, _ = jax.lax.fori_loop(0, steps, body, init)
+  return (*_weight_grads(w, hs, h0, dz, resets, drop), dz, dh0.astype(h0.dtype),
+          dc0.astype(c0.dtype), None)
+
+
+def _weight_grads(w, hs, h0, dz, resets, drop):
+  """(dw, db) from the pre-activation gradients dz (T, B, 4H): h_prev^T dz and the sum of dz."""
   h_prevs = jnp.concatenate([h0[None], hs[:-1]], axis=0)
   h_prevs = restart(resets, (h_prevs,))[0]
   dw = _matmul_tn(_dropped(h_prevs, drop), dz, w.dtype)
   db = jnp.sum(dz, axis=(0, 1), dtype=jnp.float32).astype(w.dtype)
-  return dw, db, dz, dh0.astype(h0.dtype), dc0.astype(c0.dtype), None
+  return dw, db
 
 
 

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lstm import StackedLSTM, cache, fast, layout
+from lstm import StackedLSTM, cache, fast, layout, native
 
 pytestmark = pytest.mark.skipif(jax.default_backend() != 'cpu',
                                 reason='the layout is measured on CPU; accelerators run batch-major')
@@ -118,7 +118,9 @@ def test_a_bad_policy_names_the_variable(monkeypatch):
 
 def test_real_measurement_inside_a_jit_trace_matches_the_reference(fresh, monkeypatch):
   """The first trace of a 16 x 128 stack measures both layouts for real (outside the trace),
-  keeps the faster, and computes what the reference path computes."""
+  keeps the faster, and computes what the reference path computes (XLA loops: the CPU kernel,
+  which would take these layers, is off)."""
+  monkeypatch.setenv(native.ENV, '0')
   measured = []
   real = fast._measure_layouts
   monkeypatch.setattr(fast, '_measure_layouts',

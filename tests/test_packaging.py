@@ -64,7 +64,7 @@ def test_the_extras_hold_the_trainer_and_the_tests():
   assert 'stacked-lstm[train]' in extras['test'] and 'torch==2.13.0' in extras['test']
 
 
-def test_the_wheel_holds_lstm_and_the_license_only(tmp_path):
+def test_the_wheel_holds_lstm_its_kernel_source_and_the_license_only(tmp_path):
   source = tmp_path / 'source'
   source.mkdir()
   for name in ('pyproject.toml', 'README.md', 'LICENSE'):
@@ -78,6 +78,7 @@ def test_the_wheel_holds_lstm_and_the_license_only(tmp_path):
   wheel = zipfile.ZipFile(glob.glob(str(tmp_path / 'wheel' / '*.whl'))[0])
   names = wheel.namelist()
   assert {n.split('/')[0] for n in names} == {'lstm', 'stacked_lstm-0.1.0.dist-info'}
+  assert 'lstm/kernels/lstm_cpu.cc' in names  # the CPU kernel's source, compiled on first use
   license_file = [n for n in names if n.endswith('licenses/LICENSE')]
   assert license_file and b'Apache License' in wheel.read(license_file[0])
   assert 'Version 2.0, January 2004' in open(os.path.join(ROOT, 'LICENSE')).read()

@@ -38,6 +38,7 @@ import numpy as np
 import optax
 from absl import logging
 
+from lstm import memory
 from train import checkpoint, data, distributed, faults, files, metrics as metrics_lib, optim
 from train import tasks, validation
 
@@ -234,6 +235,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
   A fault of the environment (a failed write, a damaged checkpoint with none to fall back on,
   device memory) raises `faults.RunFault` with one line to show."""
   metrics_lib.quiet_library_logs()
+  if config.keep_freed_memory:
+    memory.keep_freed_memory()
   s = setup(config)
   logging.info('data: %s', s.dataset.describe())
   logging.info('%d steps (%d per epoch) on %d device(s) in %d process(es)', s.num_train_steps,

@@ -1,0 +1,471 @@
+// The time loop of one canonical LSTM layer on the CPU, forward and backward, as XLA FFI handlers.
+//
+// Built on first use by lstm/native.py (g++ -O3 -march=native) and called from lstm/fast.py,
+// which projects the inputs before the loop and forms the weight gradients after it, as single
+// large matmuls in XLA. What this file adds over an XLA loop of kernels: every step is one fused
+// pass (recurrent matmul, gates, cell) on the recurrent kernel packed once per call, split over
+// the cores by hidden units, with one spin barrier per step and no thread ever returning to a
+// pool between steps.
+//
+// Layouts (row-major, float32): z and gates (T, B, 4H) with the gates (i, f, g, o) in blocks of
+// H columns; w (H, 4H); h and c (B, H); mask (T, B) as 0/1, or (0,) when there is none.
+// Forward: gates = activations of z + b + h_{t-1} w (written over z), hs and cs (T, B, H) the
+// carries after every step (frozen where the mask is 0). Backward: the gradients of the
+// pre-activations dz (written over the gates), and of the initial carries.
+
+#include <sched.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cstdint>
+#include <cstring>
+#include <memory>
+#include <thread>
+#include <vector>
+
+#include "xla/ffi/api/ffi.h"
+
+namespace ffi = xla::ffi;
+
+namespace {
+
+constexpr int kLanes = 16;  // floats per vector (one AVX-512 register; two AVX2 ones)
+constexpr int kRows = 4;    // batch rows per register tile
+typedef float vf __attribute__((vector_size(64)));
+typedef float vfu __attribute__((vector_size(64), aligned(4)));
+typedef int32_t vi __attribute__((vector_size(64)));
+
+inline vf load(const float* p) { return *reinterpret_cast<const vfu*>(p); }
+inline void store(float* p, vf v) { *reinterpret_cast<vfu*>(p) = v; }
+inline vf splat(float x) { return vf{} + x; }
+
+// Keeps loaded vectors in registers: left alone, GCC folds the load into every FMA that uses it,
+// which makes the micro-kernels bound by loads.
+inline void in_registers(vf& v) {
+#ifdef __AVX512F__
+  asm("" : "+v"(v));
+#endif
+}
+inline vf vmax(vf a, vf b) { return a > b ? a : b; }
+inline vf vmin(vf a, vf b) { return a < b ? a : b; }
+
+// exp, as Cephes' expf: 2^n exp(r) with |r| <= ln(2)/2 and a degree-7 polynomial.
+inline vf vexp(vf x) {
+  x = vmin(vmax(x, splat(-87.3f)), splat(88.3f));
+  vf fx = x * 1.44269504088896341f + 0.5f;
+  vf fn = __builtin_convertvector(__builtin_convertvector(fx, vi), vf);
+  fn = fn > fx ? fn - 1.0f : fn;  // floor
+  x = x - fn * 0.693359375f + fn * 2.12194440e-4f;
+  vf z = x * x;
+  vf y = splat(1.9875691500e-4f);
+  y = y * x + 1.3981999507e-3f;
+  y = y * x + 8.3334519073e-3f;
+  y = y * x + 4.1665795894e-2f;
+  y = y * x + 1.6666665459e-1f;
+  y = y * x + 5.0000001201e-1f;
+  y = y * z + x + 1.0f;
+  vi e = (__builtin_convertvector(fn, vi) + 127) << 23;
+  return y * __builtin_bit_cast(vf, e);
+}
+
+inline vf vsigmoid(vf x) { return 1.0f / (1.0f + vexp(-x)); }
+
+// tanh, as Cephes' tanhf: an odd polynomial below 0.625 in magnitude, 1 - 2 / (exp(2|x|) + 1) above.
+inline vf vtanh(vf x) {
+  vf ax = vmax(x, -x);
+  vf s = x * x;
+  vf p = splat(-5.70498872745e-3f);
+  p = p * s + 2.06390887954e-2f;
+  p = p * s - 5.37397155531e-2f;
+  p = p * s + 1.33314422036e-1f;
+  p = p * s - 3.33332819422e-1f;
+  vf small = p * s * x + x;
+  vf big = 1.0f - 2.0f / (vexp(ax + ax) + 1.0f);
+  big = x < 0.0f ? -big : big;
+  return ax > 0.625f ? big : small;
+}
+
+// A barrier for threads that each own a core: spins, yielding after a while (for a busy machine).
+class Barrier {
+ public:
+  explicit Barrier(int n) : n_(n) {}
+  void wait() {
+    if (n_ == 1) return;
+    int gen = gen_.load(std::memory_order_acquire);
+    if (count_.fetch_add(1, std::memory_order_acq_rel) == n_ - 1) {
+      count_.store(0, std::memory_order_relaxed);
+      gen_.fetch_add(1, std::memory_order_release);
+      return;
+    }
+    for (int spins = 0; gen_.load(std::memory_order_acquire) == gen; ++spins) {
+      if (spins > 2000) {
+        sched_yield();
+      } else {
+#if defined(__x86_64__) || defined(__i386__)
+        __builtin_ia32_pause();
+#endif
+      }
+    }
+  }
+
+ private:
+  const int n_;
+  std::atomic<int> count_{0};
+  std::atomic<int> gen_{0};
+};
+
+int cores_allowed() {
+  cpu_set_t set;
+  if (sched_getaffinity(0, sizeof(set), &set) != 0) return 1;
+  return std::max(1, CPU_COUNT(&set));
+}
+
+// Runs fn(worker, workers) for every worker: worker 0 on the calling thread, the others as tasks of
+// XLA's intra-op thread pool (threads of its own would compete with the pool's, which spin for a
+// while after each parallel op), or as threads of their own where there is no pool.
+template <typename Fn>
+void run_workers(ffi::ThreadPool* pool, int workers, Fn fn) {
+  std::atomic<int> done{0};
+  std::vector<std::thread> threads;
+  for (int p = 1; p < workers; ++p) {
+    if (pool != nullptr) {
+      pool->Schedule([&fn, &done, p, workers] {
+        fn(p, workers);
+        done.fetch_add(1, std::memory_order_release);
+      });
+    } else {
+      threads.emplace_back(fn, p, workers);
+    }
+  }
+  fn(0, workers);
+  for (auto& t : threads) t.join();
+  if (pool != nullptr)
+    while (done.load(std::memory_order_acquire) < workers - 1) sched_yield();
+}
+
+// Workers for a loop over `blocks` unit blocks: one per core this process may run on, no more
+// than the pool can run beside the calling thread.
+int workers_for(ffi::ThreadPool* pool, int blocks) {
+  int64_t n = std::min<int64_t>(cores_allowed(), blocks);
+  if (pool != nullptr) n = std::min<int64_t>(n, pool->num_threads() + 1);
+  return static_cast<int>(std::max<int64_t>(n, 1));
+}
+
+// Work items [0, n) of a loop step, split into one contiguous range per worker. In each round
+// (a step's pass over the items, all workers between two barriers) every item is done once: by
+// its owner, or by a worker that has finished its own range and takes the others' items from
+// their far end. A core slowed by other load then does less of each step instead of holding up
+// the barrier.
+class Claims {
+ public:
+  Claims(int items, int workers)
+      : items_(items), workers_(workers), round_(new std::atomic<int64_t>[items]) {
+    for (int i = 0; i < items; ++i) round_[i].store(0, std::memory_order_relaxed);
+  }
+  int lo(int p) const { return static_cast<int>(static_cast<int64_t>(items_) * p / workers_); }
+  int hi(int p) const { return lo(p + 1); }
+
+  // Calls fn(item) for the items worker p wins in `round` (1, 2, ...: one more per pass).
+  template <typename Fn>
+  void each(int p, int64_t round, Fn fn) {
+    for (int i = lo(p); i < hi(p); ++i)
+      if (claim(i, round)) fn(i);
+    for (int d = 1; d < workers_; ++d) {
+      const int q = (p + d) % workers_;
+      for (int i = hi(q) - 1; i >= lo(q); --i)
+        if (claim(i, round)) fn(i);
+    }
+  }
+
+ private:
+  bool claim(int i, int64_t round) {
+    if (round_[i].load(std::memory_order_relaxed) != round - 1) return false;
+    int64_t expected = round - 1;
+    return round_[i].compare_exchange_strong(expected, round, std::memory_order_acq_rel);
+  }
+
+  const int items_, workers_;
+  std::unique_ptr<std::atomic<int64_t>[]> round_;
+};
+
+struct Shape {
+  int64_t T, B, H;
+};
+
+// ---------------------------------------------------------------------------------------------
+// Forward
+
+// Gates of `rows` batch rows (from row0) for unit block u at step t, fused with the cell.
+// wp: the packed kernel of block u, (H, 4 gates x kLanes). h_prev: (B, H). gates: where the
+// activations are kept for the backward (may be z itself), or null.
+template <int R>
+void forward_tile(const Shape& s, int64_t t, int64_t row0, int u, const float* wp,
+                  const float* h_prev, const float* z, const float* b, const float* mask,
+                  float* gates, float* hs, float* cs, const float* c_prev_all) {
+  const int64_t H = s.H, B = s.B;
+  vf acc[R][4];
+  for (int r = 0; r < R; ++r)
+    for (int g = 0; g < 4; ++g) acc[r][g] = vf{};
+  const float* a[R];
+  for (int r = 0; r < R; ++r) a[r] = h_prev + (row0 + r) * H;
+  for (int64_t k = 0; k < H; ++k) {
+    const float* wk = wp + k * 4 * kLanes;
+    vf w0 = load(wk), w1 = load(wk + kLanes), w2 = load(wk + 2 * kLanes),
+       w3 = load(wk + 3 * kLanes);
+    in_registers(w0), in_registers(w1), in_registers(w2), in_registers(w3);
+#pragma GCC unroll 16
+    for (int r = 0; r < R; ++r) {
+      vf x = splat(a[r][k]);
+      acc[r][0] += x * w0;
+      acc[r][1] += x * w1;
+      acc[r][2] += x * w2;
+      acc[r][3] += x * w3;
+    }
+  }
+  const int64_t col = static_cast<int64_t>(u) * kLanes;
+  for (int r = 0; r < R; ++r) {
+    const int64_t row = row0 + r;
+    const int64_t at = (t * B + row) * 4 * H + col;
+    vf pre[4];
+    for (int g = 0; g < 4; ++g) pre[g] = acc[r][g] + load(z + at + g * H) + load(b + g * H + col);
+    vf i = vsigmoid(pre[0]), f = vsigmoid(pre[1]), gg = vtanh(pre[2]), o = vsigmoid(pre[3]);
+    if (gates != nullptr) {
+      store(gates + at, i);
+      store(gates + at + H, f);
+      store(gates + at + 2 * H, gg);
+      store(gates + at + 3 * H, o);
+    }
+    vf c_prev = load(c_prev_all + row * H + col);
+    vf c = f * c_prev + i * gg;
+    vf h = o * vtanh(c);
+    if (mask != nullptr && mask[t * B + row] == 0.0f) {
+      c = c_prev;
+      h = load(h_prev + row * H + col);
+    }
+    store(cs + (t * B + row) * H + col, c);
+    store(hs + (t * B + row) * H + col, h);
+  }
+}
+
+// The forward loop over z (T, B, 4H); gates (the same shape, or null) receives the activations.
+void forward_loop(ffi::ThreadPool* pool, const Shape& s, const float* z, const float* wd,
+                  const float* b, const float* h0, const float* c0, const float* mask,
+                  float* gates, float* hs, float* cs) {
+  const int64_t T = s.T, B = s.B, H = s.H;
+  const int blocks = static_cast<int>(H / kLanes);
+  const int workers = workers_for(pool, blocks);
+  std::vector<float> packed(static_cast<size_t>(H * 4 * H));
+  Barrier barrier(workers);
+  Claims claims(blocks, workers);
+  run_workers(pool, workers, [&](int p, int) {
+    for (int u = claims.lo(p); u < claims.hi(p); ++u) {  // block u: (H, 4, kLanes), gate g at
+      float* wp = packed.data() + static_cast<int64_t>(u) * H * 4 * kLanes;  // columns g H + u kLanes
+      for (int64_t k = 0; k < H; ++k)
+        for (int g = 0; g < 4; ++g)
+          std::memcpy(wp + (k * 4 + g) * kLanes, wd + k * 4 * H + g * H + u * kLanes,
+                      kLanes * sizeof(float));
+    }
+    barrier.wait();
+    for (int64_t t = 0; t < T; ++t) {
+      const float* h_prev = t == 0 ? h0 : hs + (t - 1) * B * H;
+      const float* c_prev = t == 0 ? c0 : cs + (t - 1) * B * H;
+      claims.each(p, t + 1, [&](int u) {
+        const float* wp = packed.data() + static_cast<int64_t>(u) * H * 4 * kLanes;
+        int64_t row = 0;
+        for (; row + kRows <= B; row += kRows)
+          forward_tile<kRows>(s, t, row, u, wp, h_prev, z, b, mask, gates, hs, cs, c_prev);
+        for (; row < B; ++row)
+          forward_tile<1>(s, t, row, u, wp, h_prev, z, b, mask, gates, hs, cs, c_prev);
+      });
+      barrier.wait();
+    }
+  });
+}
+
+ffi::Error Forward(ffi::Buffer<ffi::F32> z, ffi::Buffer<ffi::F32> w, ffi::Buffer<ffi::F32> b,
+                   ffi::Buffer<ffi::F32> h0, ffi::Buffer<ffi::F32> c0,
+                   ffi::Buffer<ffi::F32> mask, ffi::ResultBuffer<ffi::F32> gates,
+                   ffi::ResultBuffer<ffi::F32> hs, ffi::ResultBuffer<ffi::F32> cs,
+                   ffi::ThreadPool pool) {
+  auto dims = z.dimensions();
+  if (dims.size() != 3 || dims[2] % (4 * kLanes) != 0)
+    return ffi::Error::InvalidArgument("lstm forward: z must be (T, B, 4H) with H a multiple of 16");
+  if (gates->element_count() != 0 && gates->element_count() != z.element_count())
+    return ffi::Error::InvalidArgument("lstm forward: gates must be shaped as z, or empty");
+  forward_loop(&pool, Shape{dims[0], dims[1], dims[2] / 4}, z.typed_data(), w.typed_data(),
+               b.typed_data(), h0.typed_data(), c0.typed_data(),
+               mask.element_count() == 0 ? nullptr : mask.typed_data(),
+               gates->element_count() == 0 ? nullptr : gates->typed_data(), hs->typed_data(),
+               cs->typed_data());
+  return ffi::Error::Success();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Backward
+
+// dz of step t for the rows and unit block u (from the gates, which dz may be), and the new dc
+// carry; dh holds dh_{t+1}; where the mask is 0 the carries' gradients pass through.
+void backward_cell(const Shape& s, int64_t t, int u, const float* gates, const float* cs,
+                   const float* c0, const float* dy, const float* mask, float* dz, float* dh,
+                   float* dc, float* pass_h) {
+  const int64_t B = s.B, H = s.H, col = static_cast<int64_t>(u) * kLanes;
+  for (int64_t row = 0; row < B; ++row) {
+    const float* a = gates + (t * B + row) * 4 * H;
+    float* at = dz + (t * B + row) * 4 * H;
+    vf dh_next = load(dh + row * H + col);
+    vf dc_next = load(dc + row * H + col);
+    if (mask != nullptr && mask[t * B + row] == 0.0f) {
+      for (int g = 0; g < 4; ++g) store(at + g * H + col, vf{});
+      store(pass_h + row * H + col, dh_next);
+      continue;  // dc carry unchanged
+    }
+    store(pass_h + row * H + col, vf{});
+    vf i = load(a + col), f = load(a + H + col), g = load(a + 2 * H + col),
+       o = load(a + 3 * H + col);
+    vf c = load(cs + (t * B + row) * H + col);
+    vf c_prev = load((t == 0 ? c0 : cs + (t - 1) * B * H) + row * H + col);
+    vf dhv = load(dy + (t * B + row) * H + col) + dh_next;
+    vf tc = vtanh(c);
+    vf dcv = dc_next + dhv * o * (1.0f - tc * tc);
+    store(at + col, dcv * g * i * (1.0f - i));
+    store(at + H + col, dcv * c_prev * f * (1.0f - f));
+    store(at + 2 * H + col, dcv * i * (1.0f - g * g));
+    store(at + 3 * H + col, dhv * tc * o * (1.0f - o));
+    store(dc + row * H + col, dcv * f);
+  }
+}
+
+// dh_{t-1} for `rows` rows and N unit blocks from ub: dz[t] (B, 4H) times the packed w^T of
+// those blocks, (4H, N kLanes), plus what passed through masked steps.
+template <int R, int N>
+void backward_tile(const Shape& s, int64_t t, int64_t row0, int ub, const float* wtp,
+                   const float* dz, const float* pass_h, float* dh) {
+  const int64_t H = s.H, B = s.B, K = 4 * s.H;
+  vf acc[R][N];
+  for (int r = 0; r < R; ++r)
+    for (int n = 0; n < N; ++n) acc[r][n] = vf{};
+  const float* a[R];
+  for (int r = 0; r < R; ++r) a[r] = dz + (t * B + row0 + r) * K;
+  for (int64_t k = 0; k < K; ++k) {
+    static_assert(N == 1 || N == 2, "one or two unit blocks");
+    vf w0 = load(wtp + k * N * kLanes), w1 = N == 2 ? load(wtp + (k * N + 1) * kLanes) : vf{};
+    in_registers(w0), in_registers(w1);
+#pragma GCC unroll 16
+    for (int r = 0; r < R; ++r) {
+      vf x = splat(a[r][k]);
+      acc[r][0] += x * w0;
+      if (N == 2) acc[r][N - 1] += x * w1;
+    }
+  }
+  for (int r = 0; r < R; ++r)
+    for (int n = 0; n < N; ++n) {
+      const int64_t at = (row0 + r) * H + static_cast<int64_t>(ub + n) * kLanes;
+      store(dh + at, acc[r][n] + load(pass_h + at));
+    }
+}
+
+constexpr int kGroup = 2;  // unit blocks per backward work item
+
+// dh_{t-1} of the N (<= kGroup) unit blocks from ub, for all rows.
+template <int N>
+void backward_group(const Shape& s, int64_t t, int ub, const float* wtp, const float* dz,
+                    const float* pass_h, float* dh) {
+  int64_t row = 0;
+  for (; row + 2 * kRows <= s.B; row += 2 * kRows)
+    backward_tile<2 * kRows, N>(s, t, row, ub, wtp, dz, pass_h, dh);
+  for (; row + kRows <= s.B; row += kRows)
+    backward_tile<kRows, N>(s, t, row, ub, wtp, dz, pass_h, dh);
+  for (; row < s.B; ++row) backward_tile<1, N>(s, t, row, ub, wtp, dz, pass_h, dh);
+}
+
+// The backward loop from the saved gates to dz (T, B, 4H); dh and dc hold the last carries'
+// gradients on entry and the initial ones on return.
+void backward_loop(ffi::ThreadPool* pool, const Shape& s, const float* gates, const float* wd,
+                   const float* cs, const float* c0, const float* dy, const float* mask,
+                   float* dz, float* dh, float* dc) {
+  const int64_t T = s.T, B = s.B, H = s.H, K = 4 * H;
+  const int blocks = static_cast<int>(H / kLanes);
+  const int groups = (blocks + kGroup - 1) / kGroup;
+  const int workers = workers_for(pool, blocks);
+  std::vector<float> pass_h(static_cast<size_t>(B * H));
+  std::vector<float> packed(static_cast<size_t>(H * K));
+  Barrier barrier(workers);
+  Claims cells(blocks, workers), products(groups, workers);
+  auto group_blocks = [&](int gi) { return std::min(kGroup, blocks - gi * kGroup); };
+  run_workers(pool, workers, [&](int p, int) {
+    for (int gi = products.lo(p); gi < products.hi(p); ++gi) {  // w^T of the group: (K, n kLanes)
+      const int n = group_blocks(gi);
+      const int64_t unit0 = static_cast<int64_t>(gi) * kGroup * kLanes;
+      float* wtp = packed.data() + unit0 * K;
+      for (int j = 0; j < n * kLanes; ++j) {
+        const float* row = wd + (unit0 + j) * K;
+        for (int64_t k = 0; k < K; ++k) wtp[k * n * kLanes + j] = row[k];
+      }
+    }
+    barrier.wait();
+    for (int64_t t = T - 1; t >= 0; --t) {
+      const int64_t round = T - t;
+      cells.each(p, round, [&](int u) {
+        backward_cell(s, t, u, gates, cs, c0, dy, mask, dz, dh, dc, pass_h.data());
+      });
+      barrier.wait();  // dz[t] complete: every unit's dh_{t-1} needs all of it
+      products.each(p, round, [&](int gi) {
+        const int ub = gi * kGroup;
+        const float* wtp = packed.data() + static_cast<int64_t>(ub) * kLanes * K;
+        if (group_blocks(gi) == 2)
+          backward_group<2>(s, t, ub, wtp, dz, pass_h.data(), dh);
+        else
+          backward_group<1>(s, t, ub, wtp, dz, pass_h.data(), dh);
+      });
+      barrier.wait();  // dh_{t-1} complete before any unit's cell reads it
+    }
+  });
+}
+
+ffi::Error Backward(ffi::Buffer<ffi::F32> gates, ffi::Buffer<ffi::F32> cs,
+                    ffi::Buffer<ffi::F32> c0, ffi::Buffer<ffi::F32> w, ffi::Buffer<ffi::F32> dy,
+                    ffi::Buffer<ffi::F32> dh_last, ffi::Buffer<ffi::F32> dc_last,
+                    ffi::Buffer<ffi::F32> mask, ffi::ResultBuffer<ffi::F32> dz,
+                    ffi::ResultBuffer<ffi::F32> dh0, ffi::ResultBuffer<ffi::F32> dc0,
+                    ffi::ThreadPool pool) {
+  auto dims = gates.dimensions();
+  if (dims.size() != 3 || dims[2] % (4 * kLanes) != 0)
+    return ffi::Error::InvalidArgument("lstm backward: gates must be (T, B, 4H), H a multiple of 16");
+  std::memcpy(dh0->typed_data(), dh_last.typed_data(), dh_last.size_bytes());
+  std::memcpy(dc0->typed_data(), dc_last.typed_data(), dc_last.size_bytes());
+  backward_loop(&pool, Shape{dims[0], dims[1], dims[2] / 4}, gates.typed_data(), w.typed_data(),
+                cs.typed_data(), c0.typed_data(), dy.typed_data(),
+                mask.element_count() == 0 ? nullptr : mask.typed_data(), dz->typed_data(),
+                dh0->typed_data(), dc0->typed_data());
+  return ffi::Error::Success();
+}
+
+}  // namespace
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(StackedLstmForward, Forward,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // z (T, B, 4H)
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // w (H, 4H)
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // b (4H)
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // h0 (B, H)
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // c0 (B, H)
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // mask (T, B) or (0,)
+                                  .Ret<ffi::Buffer<ffi::F32>>()  // gates (T, B, 4H)
+                                  .Ret<ffi::Buffer<ffi::F32>>()  // hs (T, B, H)
+                                  .Ret<ffi::Buffer<ffi::F32>>()  // cs (T, B, H)
+                                  .Ctx<ffi::ThreadPool>());
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(StackedLstmBackward, Backward,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // gates (T, B, 4H)
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // cs (T, B, H)
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // c0 (B, H)
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // w (H, 4H)
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // dy (T, B, H)
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // dh_last (B, H)
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // dc_last (B, H)
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // mask (T, B) or (0,)
+                                  .Ret<ffi::Buffer<ffi::F32>>()  // dz (T, B, 4H)
+                                  .Ret<ffi::Buffer<ffi::F32>>()  // dh0 (B, H)
+                                  .Ret<ffi::Buffer<ffi::F32>>()  // dc0 (B, H)
+                                  .Ctx<ffi::ThreadPool>());

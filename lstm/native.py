@@ -1,0 +1,164 @@
+"""The CPU kernel of one canonical LSTM layer's time loop (lstm/kernels/lstm_cpu.cc), as XLA FFI calls.
+
+`lstm.fast` runs a layer's recurrence here, forward and backward, when `usable(...)` holds: a
+float32 layer on the CPU with tanh/sigmoid gates and H a multiple of 16, without resets, recurrent
+dropout or coupled gates. The kernel is compiled on first use with the machine's C++ compiler
+(`$CXX`, else g++; `-O3 -march=native` against the XLA FFI headers jaxlib ships) into the cache
+directory (`lstm.cache`), keyed by its source, the compiler, jaxlib and the CPU, and loaded from
+there afterwards. Where no compiler works, or `STACKED_LSTM_NATIVE=0` is set, or inside
+`disabled()`, `lstm.fast` keeps its XLA loops (a warning says why, once).
+
+    forward(z, w, b, h0, c0, mask)  -> gates, hs, cs   (z without the bias)
+    backward(gates, cs, c0, w, dy, dh_last, dc_last, mask) -> dz, dh0, dc0
+"""
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import hashlib
+import logging
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+import threading
+from typing import Optional
+
+import jax
+import jax.numpy as jnp
+
+from lstm import cache
+
+ENV = 'STACKED_LSTM_NATIVE'
+LANES = 16  # the kernel's vector width in floats: H must be a multiple of it
+SOURCE = os.path.join(os.path.dirname(__file__), 'kernels', 'lstm_cpu.cc')
+_TARGETS = {'forward': 'stacked_lstm_forward', 'backward': 'stacked_lstm_backward'}
+
+_lock = threading.Lock()
+_status: dict = {}  # 'ok' -> bool, 'why' -> str
+_state = threading.local()
+
+
+@contextlib.contextmanager
+def disabled(off: bool = True):
+  """Within this context, layers traced use `lstm.fast`'s XLA loops (tests, benchmarks)."""
+  previous = getattr(_state, 'off', False)
+  _state.off = off
+  try:
+    yield
+  finally:
+    _state.off = previous
+
+
+def usable(dtype, hidden: int, closed_form: bool, plain: bool) -> bool:
+  """Whether `lstm.fast` may run a layer's loop here: float32 on CPU, tanh/sigmoid gates
+  (`closed_form`), H a multiple of LANES, and `plain` (no resets, recurrent dropout or CIFG)."""
+  if getattr(_state, 'off', False) or os.environ.get(ENV, '1') == '0':
+    return False
+  if not (closed_form and plain and jnp.dtype(dtype) == jnp.float32 and hidden % LANES == 0):
+    return False
+  if jax.default_backend() != 'cpu':
+    return False
+  return available()
+
+
+def available() -> bool:
+  """Whether the kernel is built and registered (builds it on the first call)."""
+  with _lock:
+    if 'ok' not in _status:
+      try:
+        _register(_build())
+        _status['ok'] = True
+      except (OSError, subprocess.SubprocessError, AttributeError) as e:
+        _status['ok'], _status['why'] = False, str(e).strip().splitlines()[-1:]
+        logging.warning('lstm.native: the CPU kernel is not available (%s); the XLA loops run '
+                        'instead', _status['why'])
+    return _status['ok']
+
+
+def _compiler() -> str:
+  return os.environ.get('CXX') or 'g++'
+
+
+def _include_dir() -> str:
+  return jax.ffi.include_dir()
+
+
+def _cpu_name() -> str:
+  try:
+    with open('/proc/cpuinfo') as f:
+      lines = [l for l in f if l.startswith(('model name', 'flags'))]
+    return ''.join(sorted(set(lines)))
+  except OSError:
+    return platform.processor()
+
+
+def _build() -> str:
+  """Path of the compiled kernel for this source, compiler, jaxlib and CPU (built if missing)."""
+  import jaxlib  # jax's own dependency
+  compiler = _compiler()
+  if shutil.which(compiler) is None:
+    raise OSError(f'no C++ compiler {compiler!r} on PATH (set CXX)')
+  version = subprocess.run([compiler, '--version'], capture_output=True, text=True,
+                           check=True).stdout
+  with open(SOURCE, 'rb') as f:
+    source = f.read()
+  key = hashlib.sha256(b'\0'.join([source, version.encode(), jaxlib.__version__.encode(),
+                                   _cpu_name().encode()])).hexdigest()[:16]
+  directory = os.path.join(cache.directory(), 'native')
+  path = os.path.join(directory, f'lstm_cpu-{key}.so')
+  if os.path.exists(path):
+    return path
+  os.makedirs(directory, exist_ok=True)
+  fd, tmp = tempfile.mkstemp(suffix='.so', dir=directory)
+  os.close(fd)
+  try:
+    cmd = [compiler, '-O3', '-march=native', '-std=c++17', '-shared', '-fPIC', '-w',
+           '-isystem', _include_dir(), SOURCE, '-o', tmp, '-lpthread']
+    result = subprocess.run(cmd, capture_output=True, text=True)
+    if result.returncode != 0:
+      raise OSError(f'{" ".join(cmd[:2])} ... failed: {result.stderr.strip()[-500:]}')
+    os.replace(tmp, path)  # atomic: a concurrent process finds the whole file or none
+  finally:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+  return path
+
+
+def _register(path: str) -> None:
+  library = ctypes.cdll.LoadLibrary(path)
+  jax.ffi.register_ffi_target(_TARGETS['forward'], jax.ffi.pycapsule(library.StackedLstmForward),
+                              platform='cpu')
+  jax.ffi.register_ffi_target(_TARGETS['backward'],
+                              jax.ffi.pycapsule(library.StackedLstmBackward), platform='cpu')
+
+
+def _target(name: str) -> str:
+  if not available():
+    raise RuntimeError(f'lstm.native: the CPU kernel is not available ({_status["why"]})')
+  return _TARGETS[name]
+
+
+def _mask(mask: Optional[jax.Array]) -> jax.Array:
+  return jnp.zeros((0,), jnp.float32) if mask is None else mask.astype(jnp.float32)
+
+
+def forward(z, w, b, h0, c0, mask: Optional[jax.Array], keep_gates: bool = True):
+  """The loop over z (T, B, 4H, float32, bias not added): (gates, hs, cs); gates is (0,) unless
+  `keep_gates` (the activations the backward reads)."""
+  steps, batch, four_h = z.shape
+  carries = jax.ShapeDtypeStruct((steps, batch, four_h // 4), jnp.float32)
+  gates = jax.ShapeDtypeStruct(z.shape if keep_gates else (0,), jnp.float32)
+  call = jax.ffi.ffi_call(_target('forward'), (gates, carries, carries),
+                          vmap_method='sequential')
+  return call(z, w, b, h0, c0, _mask(mask))
+
+
+def backward(gates, cs, c0, w, dy, dh_last, dc_last, mask: Optional[jax.Array]):
+  """The reverse loop from the kept gates: (dz, dh0, dc0), dz (T, B, 4H)."""
+  carry = jax.ShapeDtypeStruct(c0.shape, jnp.float32)
+  call = jax.ffi.ffi_call(_target('backward'),
+                          (jax.ShapeDtypeStruct(gates.shape, jnp.float32), carry, carry),
+                          vmap_method='sequential')
+  return call(gates, cs, c0, w, dy, dh_last, dc_last, _mask(mask))

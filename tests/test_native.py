@@ -1,0 +1,171 @@
+"""The CPU kernel (lstm/native.py, lstm/kernels/lstm_cpu.cc) against the reference path and the
+fast path's XLA loops: outputs, carries and gradients; which layers it takes; its build and its
+fallbacks. Hidden sizes are multiples of 16 (the kernel's vector width); odd batch sizes and
+several unit blocks per core exercise the kernel's remainders and its work sharing."""
+import logging
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from lstm import LSTMCell, LSTMLayer, StackedLSTM, fast, native
+from tests.test_fast import _assert_trees_close, _compare, _jit
+
+T, F = 9, 6
+
+
+@pytest.fixture
+def kernel_calls(monkeypatch):
+  """Counts the kernel's forward and backward calls while tracing."""
+  calls = {'forward': 0, 'backward': 0}
+  for name in calls:
+    original = getattr(native, name)
+
+    def counting(*args, _name=name, _original=original, **kwargs):
+      calls[_name] += 1
+      return _original(*args, **kwargs)
+
+    monkeypatch.setattr(native, name, counting)
+  return calls
+
+
+def _x(batch, steps=T, features=F, seed=0):
+  return jax.random.normal(jax.random.key(seed), (batch, steps, features))
+
+
+def test_the_kernel_builds_here():
+  assert native.available(), native._status
+
+
+@pytest.mark.parametrize('batch, hidden, padded', [(5, 32, True), (8, 48, False), (1, 16, True),
+                                                  (13, 80, True)])
+def test_layer_matches_reference(kernel_calls, batch, hidden, padded):
+  lengths = jax.random.randint(jax.random.key(4), (batch,), 0, T + 1) if padded else None
+  model = StackedLSTM(hidden_size=hidden, num_layers=1)
+  _compare(model, seq_lengths=lengths, x=_x(batch))
+  assert kernel_calls['forward'] >= 1 and kernel_calls['backward'] >= 1
+
+
+@pytest.mark.parametrize('kwargs', [
+    dict(num_layers=3),
+    dict(num_layers=2, bidirectional=True),
+    dict(num_layers=2, between='layernorm', residual=True),
+    dict(num_layers=2, remat=True),
+    dict(num_layers=2, bidirectional=True, scan_layers=True),
+])
+def test_stack_matches_reference(kernel_calls, kwargs):
+  lengths = jnp.array([T, 4, 0, 7])
+  _compare(StackedLSTM(hidden_size=32, **kwargs), seq_lengths=lengths, x=_x(4))
+  assert kernel_calls['backward'] >= 1
+
+
+def test_kernel_matches_the_xla_loops_closely():
+  """Same function, two implementations: float32 rounding apart, on a 64-unit layer."""
+  model = StackedLSTM(hidden_size=64, num_layers=2)
+  x = _x(16, steps=20, features=8)
+  variables = model.init(jax.random.key(1), x)
+  lengths = jnp.arange(16) + 5
+
+  def loss(variables, x):
+    y, _ = model.apply(variables, x, lengths)
+    return jnp.sum(jnp.tanh(y) ** 2)
+
+  got = jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))(variables, x)
+  with native.disabled():
+    want = jax.jit(jax.value_and_grad(lambda v, x: loss(v, x), argnums=(0, 1)))(variables, x)
+  _assert_trees_close(got, want, tol=2e-6)
+
+
+def test_inference_does_not_keep_the_gates(kernel_calls):
+  model = StackedLSTM(hidden_size=32, num_layers=1)
+  x = _x(4)
+  variables = model.init(jax.random.key(1), x)
+  kernel_calls['forward'] = 0
+  text = jax.jit(model.apply).lower(variables, x).as_text()
+  assert kernel_calls == {'forward': 1, 'backward': 0}
+  assert 'stacked_lstm_forward' in text and 'tensor<0xf32>' in text
+
+
+@pytest.mark.parametrize('cell_kwargs, uses_kernel', [
+    ({}, True),
+    ({'hidden_size': 40}, False),  # not a multiple of 16
+    ({'coupled_gates': True}, False),
+    ({'activation': 'relu'}, False),
+    ({'recurrent_activation': 'hard_sigmoid'}, False),
+    ({'dtype': jnp.bfloat16, 'param_dtype': jnp.bfloat16}, False),
+])
+def test_which_layers_take_the_kernel(kernel_calls, fast_calls, cell_kwargs, uses_kernel):
+  kwargs = {'hidden_size': 32, **cell_kwargs}
+  layer = LSTMLayer(LSTMCell(kwargs.pop('hidden_size'), **kwargs))
+  x = _x(3)
+  variables = jax.eval_shape(layer.init, jax.random.key(0), x)
+  fast_calls.clear()
+  kernel_calls.update(forward=0, backward=0)
+  jax.eval_shape(jax.grad(lambda v: jnp.sum(layer.apply(v, x)[0])), variables)
+  assert fast_calls, 'the fast path was not taken at all'
+  assert kernel_calls == ({'forward': 1, 'backward': 1} if uses_kernel
+                          else {'forward': 0, 'backward': 0})
+
+
+def test_resets_and_recurrent_dropout_keep_the_xla_loops(kernel_calls, fast_calls):
+  layer = LSTMLayer(LSTMCell(32))
+  dropped = LSTMLayer(LSTMCell(32, recurrent_dropout=0.2))
+  x = _x(4)
+  starts = jnp.zeros((4, T), bool).at[:, 3].set(True)
+  variables = jax.eval_shape(layer.init, jax.random.key(0), x)
+  fast_calls.clear()
+  kernel_calls.update(forward=0, backward=0)
+  jax.eval_shape(lambda v: layer.apply(v, x, segment_starts=starts), variables)
+  jax.eval_shape(lambda v: dropped.apply(v, x, deterministic=False,
+                                         rngs={'dropout': jax.random.key(2)}), variables)
+  assert len(fast_calls) == 2 and kernel_calls['forward'] == 0
+
+
+def test_disabled_and_the_environment_switch_keep_the_xla_loops(kernel_calls, monkeypatch):
+  model = StackedLSTM(hidden_size=32, num_layers=1)
+  x = _x(2)
+  with native.disabled():
+    variables = model.init(jax.random.key(1), x)
+    jax.jit(lambda v, x: model.apply(v, x))(variables, x)
+  monkeypatch.setenv(native.ENV, '0')
+  jax.jit(lambda v, x: model.apply(v, x))(variables, x)
+  assert kernel_calls['forward'] == 0
+  monkeypatch.delenv(native.ENV)
+  jax.jit(lambda v, x: model.apply(v, x))(variables, x)
+  assert kernel_calls['forward'] == 1
+
+
+def test_vmap_runs_the_kernel_per_member():
+  model = StackedLSTM(hidden_size=16, num_layers=1)
+  xs = jax.random.normal(jax.random.key(0), (3, 2, T, F))
+  variables = jax.vmap(lambda k: model.init(k, xs[0]))(jax.random.split(jax.random.key(1), 3))
+  got = jax.jit(jax.vmap(lambda v, x: model.apply(v, x)[0]))(variables, xs)
+  with fast.reference_path():
+    want = jnp.stack([model.apply(jax.tree.map(lambda a: a[i], variables), xs[i])[0]
+                      for i in range(3)])
+  _assert_trees_close(got, want)
+
+
+def test_the_build_is_cached_per_source_and_cpu():
+  path = native._build()
+  mtime = os.path.getmtime(path)
+  assert native._build() == path and os.path.getmtime(path) == mtime
+  assert os.path.dirname(path).startswith(os.environ['STACKED_LSTM_CACHE'])
+
+
+def test_without_a_compiler_the_xla_loops_run(monkeypatch, tmp_path, caplog, kernel_calls):
+  monkeypatch.setattr(native, '_status', {})
+  monkeypatch.setenv('CXX', str(tmp_path / 'no-such-compiler'))
+  monkeypatch.setenv('STACKED_LSTM_CACHE', str(tmp_path / 'cache'))
+  model = StackedLSTM(hidden_size=32, num_layers=1)
+  x = _x(2)
+  variables = model.init(jax.random.key(1), x)
+  with caplog.at_level(logging.WARNING):
+    y, _ = jax.jit(lambda v, x: model.apply(v, x))(variables, x)
+  assert kernel_calls['forward'] == 0 and not native.available()
+  assert any('CPU kernel is not available' in r.getMessage() for r in caplog.records)
+  with fast.reference_path():
+    want, _ = jax.jit(lambda v, x: model.apply(v, x))(variables, x)
+  np.testing.assert_allclose(y, want, atol=1e-5)
