@@ -8,7 +8,7 @@ directory (`lstm.cache`), keyed by its source, the compiler, jaxlib and the CPU,
 there afterwards. Where no compiler works, or `STACKED_LSTM_NATIVE=0` is set, or inside
 `disabled()`, `lstm.fast` keeps its XLA loops (a warning says why, once).
 
-    forward(z, w, b, h0, c0, mask)  -> gates, hs, cs   (z without the bias)
+    forward(x, kernel, w, b, h0, c0, mask)  -> gates, hs, cs
     backward(gates, cs, c0, w, dy, dh_last, dc_last, mask) -> dz, dh0, dc0
 """
 from __future__ import annotations
@@ -144,15 +144,15 @@ def _mask(mask: Optional[jax.Array]) -> jax.Array:
   return jnp.zeros((0,), jnp.float32) if mask is None else mask.astype(jnp.float32)
 
 
-def forward(z, w, b, h0, c0, mask: Optional[jax.Array], keep_gates: bool = True):
-  """The loop over z (T, B, 4H, float32, bias not added): (gates, hs, cs); gates is (0,) unless
-  `keep_gates` (the activations the backward reads)."""
-  steps, batch, four_h = z.shape
-  carries = jax.ShapeDtypeStruct((steps, batch, four_h // 4), jnp.float32)
-  gates = jax.ShapeDtypeStruct(z.shape if keep_gates else (0,), jnp.float32)
+def forward(x, kernel, w, b, h0, c0, mask: Optional[jax.Array], keep_gates: bool = True):
+  """The loop over x (T, B, F, float32): (gates, hs, cs); gates (T, B, 4H) are the activations
+  the backward reads, (0,) unless `keep_gates`."""
+  steps, batch, _ = x.shape
+  carries = jax.ShapeDtypeStruct((steps, batch, w.shape[0]), jnp.float32)
+  gates = jax.ShapeDtypeStruct((steps, batch, w.shape[1]) if keep_gates else (0,), jnp.float32)
   call = jax.ffi.ffi_call(_target('forward'), (gates, carries, carries),
                           vmap_method='sequential')
-  return call(z, w, b, h0, c0, _mask(mask))
+  return call(x, kernel, w, b, h0, c0, _mask(mask))
 
 
 def backward(gates, cs, c0, w, dy, dh_last, dc_last, mask: Optional[jax.Array]):

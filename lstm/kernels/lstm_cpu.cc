@@ -1,17 +1,21 @@
 // The time loop of one canonical LSTM layer on the CPU, forward and backward, as XLA FFI handlers.
 //
 // Built on first use by lstm/native.py (g++ -O3 -march=native) and called from lstm/fast.py,
-// which projects the inputs before the loop and forms the weight gradients after it, as single
-// large matmuls in XLA. What this file adds over an XLA loop of kernels: every step is one fused
-// pass (recurrent matmul, gates, cell) on the recurrent kernel packed once per call, split over
-// the cores by hidden units, with one spin barrier per step and no thread ever returning to a
-// pool between steps.
+// which forms the weight and input gradients after the backward loop as single large matmuls in
+// XLA. What this file adds over an XLA loop of kernels: every forward step is one fused pass
+// (input and recurrent matmuls, gates, cell) on weights packed once per call, every backward
+// step one pass for the gates' gradients and one matmul, split over the cores by hidden units,
+// with a spin barrier between passes and no thread returning to a pool in between. Projecting
+// the inputs inside the loop spares the (T, B, 4H) buffer of projected inputs, and a library
+// matmul right before the loop: XLA:CPU's matmul threads spin for a while after each call and
+// took half the cores from the loop that followed.
 //
-// Layouts (row-major, float32): z and gates (T, B, 4H) with the gates (i, f, g, o) in blocks of
-// H columns; w (H, 4H); h and c (B, H); mask (T, B) as 0/1, or (0,) when there is none.
-// Forward: gates = activations of z + b + h_{t-1} w (written over z), hs and cs (T, B, H) the
-// carries after every step (frozen where the mask is 0). Backward: the gradients of the
-// pre-activations dz (written over the gates), and of the initial carries.
+// Layouts (row-major, float32): x (T, B, F); gates and dz (T, B, 4H) with the gates (i, f, g, o)
+// in blocks of H columns; kernel (F, 4H), w (H, 4H); h and c (B, H); mask (T, B) as 0/1, or (0,)
+// when there is none. Forward: the activations of x_t kernel + h_{t-1} w + b (kept for the
+// backward unless gates is (0,)), and hs, cs (T, B, H), the carries after every step (frozen
+// where the mask is 0). Backward: the gradients of the pre-activations dz and of the initial
+// carries; lstm/fast.py forms the weight and input gradients from dz.
 
 #include <sched.h>
 
@@ -189,27 +193,16 @@ class Claims {
 };
 
 struct Shape {
-  int64_t T, B, H;
+  int64_t T, B, H, F;  // F: input features (forward only)
 };
 
 // ---------------------------------------------------------------------------------------------
 // Forward
 
-// Gates of `rows` batch rows (from row0) for unit block u at step t, fused with the cell.
-// wp: the packed kernel of block u, (H, 4 gates x kLanes). h_prev: (B, H). gates: where the
-// activations are kept for the backward (may be z itself), or null.
+// acc[r] += a[r][0:n] times the packed rows wk (n, 4 gates x kLanes), for R rows.
 template <int R>
-void forward_tile(const Shape& s, int64_t t, int64_t row0, int u, const float* wp,
-                  const float* h_prev, const float* z, const float* b, const float* mask,
-                  float* gates, float* hs, float* cs, const float* c_prev_all) {
-  const int64_t H = s.H, B = s.B;
-  vf acc[R][4];
-  for (int r = 0; r < R; ++r)
-    for (int g = 0; g < 4; ++g) acc[r][g] = vf{};
-  const float* a[R];
-  for (int r = 0; r < R; ++r) a[r] = h_prev + (row0 + r) * H;
-  for (int64_t k = 0; k < H; ++k) {
-    const float* wk = wp + k * 4 * kLanes;
+inline void accumulate(vf (&acc)[R][4], const float* const (&a)[R], int64_t n, const float* wk) {
+  for (int64_t k = 0; k < n; ++k, wk += 4 * kLanes) {
     vf w0 = load(wk), w1 = load(wk + kLanes), w2 = load(wk + 2 * kLanes),
        w3 = load(wk + 3 * kLanes);
     in_registers(w0), in_registers(w1), in_registers(w2), in_registers(w3);
@@ -222,12 +215,31 @@ void forward_tile(const Shape& s, int64_t t, int64_t row0, int u, const float* w
       acc[r][3] += x * w3;
     }
   }
+}
+
+// Gates of `rows` batch rows (from row0) for unit block u at step t, fused with the cell: the
+// packed block wp holds the input kernel's F rows, then the recurrent kernel's H, each
+// (4 gates x kLanes). x: (T, B, F); h_prev: (B, H). gates: where the activations are kept for
+// the backward, or null.
+template <int R>
+void forward_tile(const Shape& s, int64_t t, int64_t row0, int u, const float* wp,
+                  const float* x, const float* h_prev, const float* b, const float* mask,
+                  float* gates, float* hs, float* cs, const float* c_prev_all) {
+  const int64_t H = s.H, B = s.B, F = s.F;
+  vf acc[R][4];
+  for (int r = 0; r < R; ++r)
+    for (int g = 0; g < 4; ++g) acc[r][g] = vf{};
+  const float* a[R];
+  for (int r = 0; r < R; ++r) a[r] = x + (t * B + row0 + r) * F;
+  accumulate<R>(acc, a, F, wp);
+  for (int r = 0; r < R; ++r) a[r] = h_prev + (row0 + r) * H;
+  accumulate<R>(acc, a, H, wp + F * 4 * kLanes);
   const int64_t col = static_cast<int64_t>(u) * kLanes;
   for (int r = 0; r < R; ++r) {
     const int64_t row = row0 + r;
     const int64_t at = (t * B + row) * 4 * H + col;
     vf pre[4];
-    for (int g = 0; g < 4; ++g) pre[g] = acc[r][g] + load(z + at + g * H) + load(b + g * H + col);
+    for (int g = 0; g < 4; ++g) pre[g] = acc[r][g] + load(b + g * H + col);
     vf i = vsigmoid(pre[0]), f = vsigmoid(pre[1]), gg = vtanh(pre[2]), o = vsigmoid(pre[3]);
     if (gates != nullptr) {
       store(gates + at, i);
@@ -247,53 +259,63 @@ void forward_tile(const Shape& s, int64_t t, int64_t row0, int u, const float* w
   }
 }
 
-// The forward loop over z (T, B, 4H); gates (the same shape, or null) receives the activations.
-void forward_loop(ffi::ThreadPool* pool, const Shape& s, const float* z, const float* wd,
-                  const float* b, const float* h0, const float* c0, const float* mask,
-                  float* gates, float* hs, float* cs) {
-  const int64_t T = s.T, B = s.B, H = s.H;
+// The forward loop over x (T, B, F); gates ((T, B, 4H), or null) receives the activations.
+void forward_loop(ffi::ThreadPool* pool, const Shape& s, const float* x, const float* kernel,
+                  const float* wd, const float* b, const float* h0, const float* c0,
+                  const float* mask, float* gates, float* hs, float* cs) {
+  const int64_t T = s.T, B = s.B, H = s.H, F = s.F;
   const int blocks = static_cast<int>(H / kLanes);
   const int workers = workers_for(pool, blocks);
-  std::vector<float> packed(static_cast<size_t>(H * 4 * H));
+  const int64_t block_size = (F + H) * 4 * kLanes;
+  std::vector<float> packed(static_cast<size_t>(blocks * block_size));
   Barrier barrier(workers);
   Claims claims(blocks, workers);
   run_workers(pool, workers, [&](int p, int) {
-    for (int u = claims.lo(p); u < claims.hi(p); ++u) {  // block u: (H, 4, kLanes), gate g at
-      float* wp = packed.data() + static_cast<int64_t>(u) * H * 4 * kLanes;  // columns g H + u kLanes
-      for (int64_t k = 0; k < H; ++k)
+    // Block u: rows of the input kernel, then of the recurrent one, each (4, kLanes): gate g's
+    // columns g H + u kLanes ...
+    for (int u = claims.lo(p); u < claims.hi(p); ++u) {
+      float* wp = packed.data() + u * block_size;
+      for (int64_t k = 0; k < F + H; ++k) {
+        const float* row = k < F ? kernel + k * 4 * H : wd + (k - F) * 4 * H;
         for (int g = 0; g < 4; ++g)
-          std::memcpy(wp + (k * 4 + g) * kLanes, wd + k * 4 * H + g * H + u * kLanes,
-                      kLanes * sizeof(float));
+          std::memcpy(wp + (k * 4 + g) * kLanes, row + g * H + u * kLanes, kLanes * sizeof(float));
+      }
     }
     barrier.wait();
     for (int64_t t = 0; t < T; ++t) {
       const float* h_prev = t == 0 ? h0 : hs + (t - 1) * B * H;
       const float* c_prev = t == 0 ? c0 : cs + (t - 1) * B * H;
       claims.each(p, t + 1, [&](int u) {
-        const float* wp = packed.data() + static_cast<int64_t>(u) * H * 4 * kLanes;
+        const float* wp = packed.data() + u * block_size;
         int64_t row = 0;
         for (; row + kRows <= B; row += kRows)
-          forward_tile<kRows>(s, t, row, u, wp, h_prev, z, b, mask, gates, hs, cs, c_prev);
+          forward_tile<kRows>(s, t, row, u, wp, x, h_prev, b, mask, gates, hs, cs, c_prev);
         for (; row < B; ++row)
-          forward_tile<1>(s, t, row, u, wp, h_prev, z, b, mask, gates, hs, cs, c_prev);
+          forward_tile<1>(s, t, row, u, wp, x, h_prev, b, mask, gates, hs, cs, c_prev);
       });
       barrier.wait();
     }
   });
 }
 
-ffi::Error Forward(ffi::Buffer<ffi::F32> z, ffi::Buffer<ffi::F32> w, ffi::Buffer<ffi::F32> b,
-                   ffi::Buffer<ffi::F32> h0, ffi::Buffer<ffi::F32> c0,
+ffi::Error Forward(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> kernel, ffi::Buffer<ffi::F32> w,
+                   ffi::Buffer<ffi::F32> b, ffi::Buffer<ffi::F32> h0, ffi::Buffer<ffi::F32> c0,
                    ffi::Buffer<ffi::F32> mask, ffi::ResultBuffer<ffi::F32> gates,
                    ffi::ResultBuffer<ffi::F32> hs, ffi::ResultBuffer<ffi::F32> cs,
                    ffi::ThreadPool pool) {
-  auto dims = z.dimensions();
-  if (dims.size() != 3 || dims[2] % (4 * kLanes) != 0)
-    return ffi::Error::InvalidArgument("lstm forward: z must be (T, B, 4H) with H a multiple of 16");
-  if (gates->element_count() != 0 && gates->element_count() != z.element_count())
-    return ffi::Error::InvalidArgument("lstm forward: gates must be shaped as z, or empty");
-  forward_loop(&pool, Shape{dims[0], dims[1], dims[2] / 4}, z.typed_data(), w.typed_data(),
-               b.typed_data(), h0.typed_data(), c0.typed_data(),
+  auto dims = x.dimensions();
+  auto w_dims = w.dimensions();
+  if (dims.size() != 3 || w_dims.size() != 2 || w_dims[0] % kLanes != 0 ||
+      w_dims[1] != 4 * w_dims[0])
+    return ffi::Error::InvalidArgument(
+        "lstm forward: x must be (T, B, F) and w (H, 4H) with H a multiple of 16");
+  const Shape s{dims[0], dims[1], w_dims[0], dims[2]};
+  if (kernel.element_count() != static_cast<size_t>(s.F * 4 * s.H))
+    return ffi::Error::InvalidArgument("lstm forward: the kernel must be (F, 4H)");
+  if (gates->element_count() != 0 && gates->element_count() != static_cast<size_t>(s.T * s.B * 4 * s.H))
+    return ffi::Error::InvalidArgument("lstm forward: gates must be (T, B, 4H), or empty");
+  forward_loop(&pool, s, x.typed_data(), kernel.typed_data(), w.typed_data(), b.typed_data(),
+               h0.typed_data(), c0.typed_data(),
                mask.element_count() == 0 ? nullptr : mask.typed_data(),
                gates->element_count() == 0 ? nullptr : gates->typed_data(), hs->typed_data(),
                cs->typed_data());
@@ -433,7 +455,7 @@ ffi::Error Backward(ffi::Buffer<ffi::F32> gates, ffi::Buffer<ffi::F32> cs,
     return ffi::Error::InvalidArgument("lstm backward: gates must be (T, B, 4H), H a multiple of 16");
   std::memcpy(dh0->typed_data(), dh_last.typed_data(), dh_last.size_bytes());
   std::memcpy(dc0->typed_data(), dc_last.typed_data(), dc_last.size_bytes());
-  backward_loop(&pool, Shape{dims[0], dims[1], dims[2] / 4}, gates.typed_data(), w.typed_data(),
+  backward_loop(&pool, Shape{dims[0], dims[1], dims[2] / 4, 0}, gates.typed_data(), w.typed_data(),
                 cs.typed_data(), c0.typed_data(), dy.typed_data(),
                 mask.element_count() == 0 ? nullptr : mask.typed_data(), dz->typed_data(),
                 dh0->typed_data(), dc0->typed_data());
@@ -444,7 +466,8 @@ ffi::Error Backward(ffi::Buffer<ffi::F32> gates, ffi::Buffer<ffi::F32> cs,
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(StackedLstmForward, Forward,
                               ffi::Ffi::Bind()
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // z (T, B, 4H)
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // x (T, B, F)
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // kernel (F, 4H)
                                   .Arg<ffi::Buffer<ffi::F32>>()  // w (H, 4H)
                                   .Arg<ffi::Buffer<ffi::F32>>()  // b (4H)
                                   .Arg<ffi::Buffer<ffi::F32>>()  // h0 (B, H)
