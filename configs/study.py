@@ -84,6 +84,14 @@ about 25 core-hours for the three, run one task at a time on one core (mnist1d, 
 speech); configs/cell_activation.py adds the asker's variant at 2 layers (~1.5 core-hours). The
 sweeps resume across sessions: each finished run's config, metrics and results are committed
 under results/study_<task>/runs/ as they complete.
+
+Implementation note. Runs started from about 2026-12-04 19:12 UTC (PTB from its 2nd run of that
+day, `between=layernorm, num_layers=4, rate 0.01`; speech from its 5th, `between=gelu,
+num_layers=2, rate 0.03`) run their layers' time loops in the CPU kernel `lstm.native` and keep freed memory
+(`lstm.memory`); the runs before them ran the XLA loops of `lstm.fast`. Both compute the same
+function (tests/test_native.py: outputs and gradients equal to the reference path within float32
+rounding, 2e-6 relative between the two), so a pair of runs may differ in their last bits of
+arithmetic, not in what they compute; the paired comparisons are unbiased by it.
 """
 from configs import common
 
