@@ -59,41 +59,33 @@ keeps its cached trace, so jit a new one inside the context):
 """
 from __future__ import annotations
 
-import contextlib
 import functools
-import threading
 from typing import Callable, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lstm import activations, layout, native
+from lstm import activations, layout, native, switches
 from lstm.cell import restart
 
 Array = jax.Array
 
-_state = threading.local()
+_force_reference = switches.Switch()
 
 
 def enabled() -> bool:
   """Whether `run_sequence` may dispatch to the fast path (True unless in `reference_path()`)."""
-  return not getattr(_state, 'force_reference', False)
+  return not _force_reference.on()
 
 
-@contextlib.contextmanager
 def reference_path(force: bool = True):
   """Within this context, layers traced run the reference `lax.scan` path (tests, benchmarks).
 
   It acts when a function is traced: jit reuses the trace it cached for a function object, so
   jit a new function inside the context (`jax.jit(lambda *a: f(*a))`), not one traced before.
   """
-  previous = getattr(_state, 'force_reference', False)
-  _state.force_reference = force
-  try:
-    yield
-  finally:
-    _state.force_reference = previous
+  return _force_reference.set(force)
 
 
 def compute_dtype(cell, w, x: Array):

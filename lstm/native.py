@@ -13,7 +13,6 @@ there afterwards. Where no compiler works, or `STACKED_LSTM_NATIVE=0` is set, or
 """
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import hashlib
 import logging
@@ -28,7 +27,7 @@ from typing import Optional
 import jax
 import jax.numpy as jnp
 
-from lstm import cache
+from lstm import cache, switches
 
 ENV = 'STACKED_LSTM_NATIVE'
 LANES = 16  # the kernel's vector width in floats: H must be a multiple of it
@@ -37,24 +36,20 @@ _TARGETS = {'forward': 'stacked_lstm_forward', 'backward': 'stacked_lstm_backwar
 
 _lock = threading.Lock()
 _status: dict = {}  # 'ok' -> bool, 'why' -> str
-_state = threading.local()
 
 
-@contextlib.contextmanager
+_off = switches.Switch()
+
+
 def disabled(off: bool = True):
   """Within this context, layers traced use `lstm.fast`'s XLA loops (tests, benchmarks)."""
-  previous = getattr(_state, 'off', False)
-  _state.off = off
-  try:
-    yield
-  finally:
-    _state.off = previous
+  return _off.set(off)
 
 
 def usable(dtype, hidden: int, closed_form: bool, plain: bool) -> bool:
   """Whether `lstm.fast` may run a layer's loop here: float32 on CPU, tanh/sigmoid gates
   (`closed_form`), H a multiple of LANES, and `plain` (no resets, recurrent dropout or CIFG)."""
-  if getattr(_state, 'off', False) or os.environ.get(ENV, '1') == '0':
+  if _off.on() or os.environ.get(ENV, '1') == '0':
     return False
   if not (closed_form and plain and jnp.dtype(dtype) == jnp.float32 and hidden % LANES == 0):
     return False
