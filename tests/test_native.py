@@ -4,6 +4,8 @@ fallbacks. Hidden sizes are multiples of 16 (the kernel's vector width); odd bat
 several unit blocks per core exercise the kernel's remainders and its work sharing."""
 import logging
 import os
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -12,6 +14,7 @@ import pytest
 
 from lstm import LSTMCell, LSTMLayer, StackedLSTM, fast, native
 from tests.test_fast import _assert_trees_close, _compare, _jit
+from tests.trainer_utils import ROOT
 
 T, F = 9, 6
 
@@ -169,3 +172,30 @@ def test_without_a_compiler_the_xla_loops_run(monkeypatch, tmp_path, caplog, ker
   with fast.reference_path():
     want, _ = jax.jit(lambda v, x: model.apply(v, x))(variables, x)
   np.testing.assert_allclose(y, want, atol=1e-5)
+
+
+_DEVICES_PROGRAM = '''
+import jax, jax.numpy as jnp, numpy as np
+from lstm import StackedLSTM, fast, native
+assert native.available() and jax.device_count() == 4
+model = StackedLSTM(hidden_size=64, num_layers=2)
+xs = jax.random.normal(jax.random.key(0), (4, 8, 12, 5))
+variables = model.init(jax.random.key(1), xs[0])
+loss = lambda v, x: jnp.sum(model.apply(v, x)[0] ** 2)
+got = jax.pmap(jax.grad(loss), in_axes=(None, 0))(variables, xs)
+with fast.reference_path():
+  want = jax.vmap(jax.grad(lambda v, x: loss(v, x)), in_axes=(None, 0))(variables, xs)
+for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+  np.testing.assert_allclose(g, w, atol=1e-4 * max(1.0, float(np.abs(w).max())))
+print('ok')
+'''
+
+
+def test_kernels_on_several_cpu_devices_match_the_reference():
+  """Four CPU devices (pmap) run their kernel calls side by side on one machine's cores; the
+  gradients equal the reference path's."""
+  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=4',
+             JAX_PLATFORMS='cpu')
+  out = subprocess.run([sys.executable, '-c', _DEVICES_PROGRAM], cwd=ROOT, env=env,
+                       capture_output=True, text=True, timeout=300)
+  assert out.returncode == 0 and out.stdout.strip().endswith('ok'), out.stderr[-2000:]

@@ -21,6 +21,8 @@
 
 #include <algorithm>
 #include <atomic>
+#include <chrono>
+#include <functional>
 #include <cstdint>
 #include <cstring>
 #include <memory>
@@ -89,10 +91,17 @@ inline vf vtanh(vf x) {
   return ax > 0.625f ? big : small;
 }
 
+inline void cpu_pause() {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_ia32_pause();
+#endif
+}
+
 // A barrier for threads that each own a core: spins, yielding after a while (for a busy machine).
 class Barrier {
  public:
-  explicit Barrier(int n) : n_(n) {}
+  explicit Barrier(int n = 1) : n_(n) {}
+  void reset(int n) { n_ = n; }  // before any wait()
   void wait() {
     if (n_ == 1) return;
     int gen = gen_.load(std::memory_order_acquire);
@@ -105,15 +114,13 @@ class Barrier {
       if (spins > 2000) {
         sched_yield();
       } else {
-#if defined(__x86_64__) || defined(__i386__)
-        __builtin_ia32_pause();
-#endif
+        cpu_pause();
       }
     }
   }
 
  private:
-  const int n_;
+  int n_;
   std::atomic<int> count_{0};
   std::atomic<int> gen_{0};
 };
@@ -124,27 +131,60 @@ int cores_allowed() {
   return std::max(1, CPU_COUNT(&set));
 }
 
-// Runs fn(worker, workers) for every worker: worker 0 on the calling thread, the others as tasks of
-// XLA's intra-op thread pool (threads of its own would compete with the pool's, which spin for a
-// while after each parallel op), or as threads of their own where there is no pool.
-template <typename Fn>
-void run_workers(ffi::ThreadPool* pool, int workers, Fn fn) {
-  std::atomic<int> done{0};
+// The workers of one call. Worker 0 is the calling thread; the helpers are tasks of XLA's
+// intra-op thread pool (threads of their own would compete with the pool's, which spin for a while
+// after each parallel op), or threads of their own where there is no pool. A helper joins if it
+// starts within kJoinWait of the call; one that starts later finds the team closed and returns at
+// once. So a busy pool (every pool thread running a call of its own, as with several CPU devices)
+// makes a smaller team, never one that waits for a helper that cannot start.
+struct Team {
+  static constexpr int kClosed = 1 << 30;
+  std::atomic<int> state{0};  // helpers joined, | kClosed once the team is fixed
+  std::atomic<int> go{0};
+  std::atomic<int> finished{0};
+  int workers = 1;
+  std::function<void(int, int)> fn;
+};
+
+constexpr auto kJoinWait = std::chrono::microseconds(200);
+
+// Runs prepare(workers) and then fn(worker, workers) on every worker of a team of at most
+// max_workers (at least the calling thread).
+template <typename Prepare, typename Fn>
+void run_workers(ffi::ThreadPool* pool, int max_workers, Prepare prepare, Fn fn) {
+  auto team = std::make_shared<Team>();
+  team->fn = [&fn](int p, int n) { fn(p, n); };
+  auto helper = [team] {
+    int v = team->state.load(std::memory_order_acquire);
+    while (!(v & Team::kClosed)) {
+      if (team->state.compare_exchange_weak(v, v + 1, std::memory_order_acq_rel)) {
+        while (team->go.load(std::memory_order_acquire) == 0) cpu_pause();
+        team->fn(v + 1, team->workers);
+        team->finished.fetch_add(1, std::memory_order_release);
+        return;
+      }
+    }
+  };
   std::vector<std::thread> threads;
-  for (int p = 1; p < workers; ++p) {
+  for (int i = 1; i < max_workers; ++i) {
     if (pool != nullptr) {
-      pool->Schedule([&fn, &done, p, workers] {
-        fn(p, workers);
-        done.fetch_add(1, std::memory_order_release);
-      });
+      pool->Schedule([helper] { helper(); });
     } else {
-      threads.emplace_back(fn, p, workers);
+      threads.emplace_back(helper);
     }
   }
-  fn(0, workers);
+  const auto deadline = std::chrono::steady_clock::now() + kJoinWait;
+  while (team->state.load(std::memory_order_acquire) < max_workers - 1 &&
+         std::chrono::steady_clock::now() < deadline)
+    cpu_pause();
+  const int joined = team->state.fetch_or(Team::kClosed, std::memory_order_acq_rel) &
+                     (Team::kClosed - 1);
+  team->workers = 1 + joined;
+  prepare(team->workers);
+  team->go.store(1, std::memory_order_release);
+  fn(0, team->workers);
+  while (team->finished.load(std::memory_order_acquire) < joined) sched_yield();
   for (auto& t : threads) t.join();
-  if (pool != nullptr)
-    while (done.load(std::memory_order_acquire) < workers - 1) sched_yield();
 }
 
 // Workers for a loop over `blocks` unit blocks: one per core this process may run on, no more
@@ -162,10 +202,11 @@ int workers_for(ffi::ThreadPool* pool, int blocks) {
 // the barrier.
 class Claims {
  public:
-  Claims(int items, int workers)
+  explicit Claims(int items, int workers = 1)
       : items_(items), workers_(workers), round_(new std::atomic<int64_t>[items]) {
     for (int i = 0; i < items; ++i) round_[i].store(0, std::memory_order_relaxed);
   }
+  void reset(int workers) { workers_ = workers; }  // before any each()
   int lo(int p) const { return static_cast<int>(static_cast<int64_t>(items_) * p / workers_); }
   int hi(int p) const { return lo(p + 1); }
 
@@ -188,7 +229,8 @@ class Claims {
     return round_[i].compare_exchange_strong(expected, round, std::memory_order_acq_rel);
   }
 
-  const int items_, workers_;
+  const int items_;
+  int workers_;
   std::unique_ptr<std::atomic<int64_t>[]> round_;
 };
 
@@ -268,9 +310,10 @@ void forward_loop(ffi::ThreadPool* pool, const Shape& s, const float* x, const f
   const int workers = workers_for(pool, blocks);
   const int64_t block_size = (F + H) * 4 * kLanes;
   std::vector<float> packed(static_cast<size_t>(blocks * block_size));
-  Barrier barrier(workers);
-  Claims claims(blocks, workers);
-  run_workers(pool, workers, [&](int p, int) {
+  Barrier barrier;
+  Claims claims(blocks);
+  auto prepare = [&](int n) { barrier.reset(n), claims.reset(n); };
+  run_workers(pool, workers, prepare, [&](int p, int) {
     // Block u: rows of the input kernel, then of the recurrent one, each (4, kLanes): gate g's
     // columns g H + u kLanes ...
     for (int u = claims.lo(p); u < claims.hi(p); ++u) {
@@ -411,10 +454,11 @@ void backward_loop(ffi::ThreadPool* pool, const Shape& s, const float* gates, co
   const int workers = workers_for(pool, blocks);
   std::vector<float> pass_h(static_cast<size_t>(B * H));
   std::vector<float> packed(static_cast<size_t>(H * K));
-  Barrier barrier(workers);
-  Claims cells(blocks, workers), products(groups, workers);
+  Barrier barrier;
+  Claims cells(blocks), products(groups);
+  auto prepare = [&](int n) { barrier.reset(n), cells.reset(n), products.reset(n); };
   auto group_blocks = [&](int gi) { return std::min(kGroup, blocks - gi * kGroup); };
-  run_workers(pool, workers, [&](int p, int) {
+  run_workers(pool, workers, prepare, [&](int p, int) {
     for (int gi = products.lo(p); gi < products.hi(p); ++gi) {  // w^T of the group: (K, n kLanes)
       const int n = group_blocks(gi);
       const int64_t unit0 = static_cast<int64_t>(gi) * kGroup * kLanes;
