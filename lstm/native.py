@@ -66,7 +66,8 @@ def available() -> bool:
         _register(_build())
         _status['ok'] = True
       except (OSError, subprocess.SubprocessError, AttributeError) as e:
-        _status['ok'], _status['why'] = False, str(e).strip().splitlines()[-1:]
+        lines = str(e).strip().splitlines()
+        _status['ok'], _status['why'] = False, lines[-1] if lines else type(e).__name__
         logging.warning('lstm.native: the CPU kernel is not available (%s); the XLA loops run '
                         'instead', _status['why'])
     return _status['ok']
