@@ -7,6 +7,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 import train
+from lstm import memory
 from train import cli, distributed
 
 FLAGS = flags.FLAGS
@@ -19,6 +20,8 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError('Too many command-line arguments.')
   config = FLAGS.config
+  if config.keep_freed_memory:  # before JAX starts its threads (lstm.memory)
+    memory.keep_freed_memory()
   distributed.initialize(config)
   logging.info('JAX process %d of %d; devices: %s', jax.process_index(), jax.process_count(),
                jax.devices())
