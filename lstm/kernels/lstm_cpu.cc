@@ -5,10 +5,10 @@
 // XLA. What this file adds over an XLA loop of kernels: every forward step is one fused pass
 // (input and recurrent matmuls, gates, cell) on weights packed once per call, every backward
 // step one pass for the gates' gradients and one matmul, split over the cores by hidden units,
-// with a spin barrier between passes and no thread returning to a pool in between. Projecting
-// the inputs inside the loop spares the (T, B, 4H) buffer of projected inputs, and a library
-// matmul right before the loop: XLA:CPU's matmul threads spin for a while after each call and
-// took half the cores from the loop that followed.
+// each pass waiting (spinning) for the one before, no thread returning to a pool in between.
+// Projecting the inputs inside the loop spares the (T, B, 4H) buffer of projected inputs, and a
+// library matmul right before the loop: XLA:CPU's matmul threads spin for a while after each
+// call and took half the cores from the loop that followed.
 //
 // Layouts (row-major, float32): x (T, B, F); gates and dz (T, B, 4H) with the gates (i, f, g, o)
 // in blocks of H columns; kernel (F, 4H), w (H, 4H); h and c (B, H); mask (T, B) as 0/1, or (0,)
@@ -97,69 +97,36 @@ inline void cpu_pause() {
 #endif
 }
 
-// A barrier for threads that each own a core: spins, yielding after a while (for a busy machine).
-class Barrier {
- public:
-  explicit Barrier(int n = 1) : n_(n) {}
-  void reset(int n) { n_ = n; }  // before any wait()
-  void wait() {
-    if (n_ == 1) return;
-    int gen = gen_.load(std::memory_order_acquire);
-    if (count_.fetch_add(1, std::memory_order_acq_rel) == n_ - 1) {
-      count_.store(0, std::memory_order_relaxed);
-      gen_.fetch_add(1, std::memory_order_release);
-      return;
-    }
-    for (int spins = 0; gen_.load(std::memory_order_acquire) == gen; ++spins) {
-      if (spins > 2000) {
-        sched_yield();
-      } else {
-        cpu_pause();
-      }
-    }
-  }
-
- private:
-  int n_;
-  std::atomic<int> count_{0};
-  std::atomic<int> gen_{0};
-};
-
 int cores_allowed() {
   cpu_set_t set;
   if (sched_getaffinity(0, sizeof(set), &set) != 0) return 1;
   return std::max(1, CPU_COUNT(&set));
 }
 
-// The workers of one call. Worker 0 is the calling thread; the helpers are tasks of XLA's
-// intra-op thread pool (threads of their own would compete with the pool's, which spin for a while
-// after each parallel op), or threads of their own where there is no pool. A helper joins if it
-// starts within kJoinWait of the call; one that starts later finds the team closed and returns at
-// once. So a busy pool (every pool thread running a call of its own, as with several CPU devices)
-// makes a smaller team, never one that waits for a helper that cannot start.
+// The workers of one call. Worker 0 is the calling thread and starts at once; the helpers are
+// tasks of XLA's intra-op thread pool (threads of their own would compete with the pool's, which
+// spin for a while after each parallel op), or threads of their own where there is no pool. A
+// helper joins whenever it starts, at the pass then under way (see Passes), until the calling
+// thread has finished; one that starts later returns at once. So a helper that starts late (a
+// pool thread busy with another call, or a core woken from idle) still takes its share of the
+// passes left, and a busy pool never makes the call wait for it.
 struct Team {
   static constexpr int kClosed = 1 << 30;
-  std::atomic<int> state{0};  // helpers joined, | kClosed once the team is fixed
-  std::atomic<int> go{0};
+  std::atomic<int> state{0};  // helpers joined, | kClosed once the calling thread is done
   std::atomic<int> finished{0};
-  int workers = 1;
-  std::function<void(int, int)> fn;
+  std::function<void(int)> fn;
 };
 
-constexpr auto kJoinWait = std::chrono::microseconds(200);
-
-// Runs prepare(workers) and then fn(worker, workers) on every worker of a team of at most
-// max_workers (at least the calling thread).
-template <typename Prepare, typename Fn>
-void run_workers(ffi::ThreadPool* pool, int max_workers, Prepare prepare, Fn fn) {
+// Runs fn(worker) on the calling thread (worker 0) and on up to max_workers - 1 helpers.
+template <typename Fn>
+void run_workers(ffi::ThreadPool* pool, int max_workers, Fn fn) {
   auto team = std::make_shared<Team>();
-  team->fn = [&fn](int p, int n) { fn(p, n); };
+  team->fn = [&fn](int p) { fn(p); };
   auto helper = [team] {
     int v = team->state.load(std::memory_order_acquire);
     while (!(v & Team::kClosed)) {
       if (team->state.compare_exchange_weak(v, v + 1, std::memory_order_acq_rel)) {
-        while (team->go.load(std::memory_order_acquire) == 0) cpu_pause();
-        team->fn(v + 1, team->workers);
+        team->fn(v + 1);
         team->finished.fetch_add(1, std::memory_order_release);
         return;
       }
@@ -173,16 +140,9 @@ void run_workers(ffi::ThreadPool* pool, int max_workers, Prepare prepare, Fn fn)
       threads.emplace_back(helper);
     }
   }
-  const auto deadline = std::chrono::steady_clock::now() + kJoinWait;
-  while (team->state.load(std::memory_order_acquire) < max_workers - 1 &&
-         std::chrono::steady_clock::now() < deadline)
-    cpu_pause();
+  fn(0);
   const int joined = team->state.fetch_or(Team::kClosed, std::memory_order_acq_rel) &
                      (Team::kClosed - 1);
-  team->workers = 1 + joined;
-  prepare(team->workers);
-  team->go.store(1, std::memory_order_release);
-  fn(0, team->workers);
   while (team->finished.load(std::memory_order_acquire) < joined) sched_yield();
   for (auto& t : threads) t.join();
 }
@@ -195,43 +155,89 @@ int workers_for(ffi::ThreadPool* pool, int blocks) {
   return static_cast<int>(std::max<int64_t>(n, 1));
 }
 
-// Work items [0, n) of a loop step, split into one contiguous range per worker. In each round
-// (a step's pass over the items, all workers between two barriers) every item is done once: by
-// its owner, or by a worker that has finished its own range and takes the others' items from
-// their far end. A core slowed by other load then does less of each step instead of holding up
-// the barrier.
-class Claims {
+// The passes of a loop, in order, each a set of work items that may run in parallel, and each
+// needing every item of the pass before it done: pass 0 has `first` items, passes 1, 2, ...
+// cycle through the item counts in `cycle`. A worker runs a pass's items it wins, then waits
+// until the whole pass is done; no worker count is fixed: the pass under way is found from the
+// count of items done, so a worker may join at any time (current()). Each worker prefers a
+// contiguous range of each pass's items (its share of `workers`), then takes the others' items
+// from their far end: a core slowed by other load, or a helper that has not started, makes the
+// others do more instead of holding them up.
+class Passes {
  public:
-  explicit Claims(int items, int workers = 1)
-      : items_(items), workers_(workers), round_(new std::atomic<int64_t>[items]) {
-    for (int i = 0; i < items; ++i) round_[i].store(0, std::memory_order_relaxed);
+  Passes(int first, std::vector<int> cycle, int64_t count, int workers)
+      : first_(first), cycle_(std::move(cycle)), count_(count), workers_(workers) {
+    for (int n : cycle_) cycle_items_ += n;
+    stamps_.emplace_back(first_);
+    for (int n : cycle_) stamps_.emplace_back(n);
+    for (auto& slot : stamps_)
+      for (auto& stamp : slot) stamp.store(-1, std::memory_order_relaxed);
   }
-  void reset(int workers) { workers_ = workers; }  // before any each()
-  int lo(int p) const { return static_cast<int>(static_cast<int64_t>(items_) * p / workers_); }
-  int hi(int p) const { return lo(p + 1); }
 
-  // Calls fn(item) for the items worker p wins in `round` (1, 2, ...: one more per pass).
+  int64_t count() const { return count_; }
+
+  // The first pass not yet done (count() once all are).
+  int64_t current() const {
+    int64_t done = done_.load(std::memory_order_acquire);
+    if (done < first_) return 0;
+    done -= first_;
+    int64_t k = 1 + done / cycle_items_ * static_cast<int64_t>(cycle_.size());
+    for (int64_t left = done % cycle_items_, j = 0; left >= cycle_[j]; ++j, ++k)
+      left -= cycle_[j];
+    return std::min(k, count_);
+  }
+
+  // Calls fn(item) for the items of pass k that worker p wins, then waits for the pass.
   template <typename Fn>
-  void each(int p, int64_t round, Fn fn) {
-    for (int i = lo(p); i < hi(p); ++i)
-      if (claim(i, round)) fn(i);
+  void run(int p, int64_t k, Fn fn) {
+    const int slot = k == 0 ? 0 : 1 + static_cast<int>((k - 1) % cycle_.size());
+    auto& stamps = stamps_[slot];
+    const int n = static_cast<int>(stamps.size());
+    const int own = p % workers_;
+    int64_t ran = 0;
+    auto take = [&](int i) {
+      int64_t v = stamps[i].load(std::memory_order_relaxed);
+      while (v < k)
+        if (stamps[i].compare_exchange_weak(v, k, std::memory_order_acq_rel)) {
+          fn(i);
+          ++ran;
+          return;
+        }
+    };
+    for (int i = lo(n, own); i < lo(n, own + 1); ++i) take(i);
     for (int d = 1; d < workers_; ++d) {
-      const int q = (p + d) % workers_;
-      for (int i = hi(q) - 1; i >= lo(q); --i)
-        if (claim(i, round)) fn(i);
+      const int q = (own + d) % workers_;
+      for (int i = lo(n, q + 1) - 1; i >= lo(n, q); --i) take(i);
+    }
+    if (ran > 0) done_.fetch_add(ran, std::memory_order_acq_rel);
+    const int64_t target = items_before(k + 1);
+    for (int spins = 0; done_.load(std::memory_order_acquire) < target; ++spins) {
+      if (spins > 2000) {
+        sched_yield();
+      } else {
+        cpu_pause();
+      }
     }
   }
 
  private:
-  bool claim(int i, int64_t round) {
-    if (round_[i].load(std::memory_order_relaxed) != round - 1) return false;
-    int64_t expected = round - 1;
-    return round_[i].compare_exchange_strong(expected, round, std::memory_order_acq_rel);
+  int lo(int n, int q) const { return static_cast<int>(static_cast<int64_t>(n) * q / workers_); }
+
+  int64_t items_before(int64_t k) const {
+    if (k == 0) return 0;
+    const int64_t c = static_cast<int64_t>(cycle_.size());
+    int64_t items = first_ + (k - 1) / c * cycle_items_;
+    for (int64_t j = 0; j < (k - 1) % c; ++j) items += cycle_[j];
+    return items;
   }
 
-  const int items_;
-  int workers_;
-  std::unique_ptr<std::atomic<int64_t>[]> round_;
+  const int first_;
+  const std::vector<int> cycle_;
+  const int64_t count_;
+  const int workers_;
+  int64_t cycle_items_ = 0;
+  std::vector<std::vector<std::atomic<int64_t>>> stamps_;  // per slot and item: last pass claimed
+  std::atomic<int64_t> done_{0};  // items done, over all passes
 };
 
 struct Shape {
@@ -310,25 +316,28 @@ void forward_loop(ffi::ThreadPool* pool, const Shape& s, const float* x, const f
   const int workers = workers_for(pool, blocks);
   const int64_t block_size = (F + H) * 4 * kLanes;
   std::vector<float> packed(static_cast<size_t>(blocks * block_size));
-  Barrier barrier;
-  Claims claims(blocks);
-  auto prepare = [&](int n) { barrier.reset(n), claims.reset(n); };
-  run_workers(pool, workers, prepare, [&](int p, int) {
-    // Block u: rows of the input kernel, then of the recurrent one, each (4, kLanes): gate g's
-    // columns g H + u kLanes ...
-    for (int u = claims.lo(p); u < claims.hi(p); ++u) {
-      float* wp = packed.data() + u * block_size;
-      for (int64_t k = 0; k < F + H; ++k) {
-        const float* row = k < F ? kernel + k * 4 * H : wd + (k - F) * 4 * H;
-        for (int g = 0; g < 4; ++g)
-          std::memcpy(wp + (k * 4 + g) * kLanes, row + g * H + u * kLanes, kLanes * sizeof(float));
+  // Pass 0 packs the weights, pass t + 1 runs step t; both over the unit blocks.
+  Passes passes(blocks, {blocks}, T + 1, workers);
+  run_workers(pool, workers, [&](int p) {
+    for (int64_t k = passes.current(); k < passes.count(); ++k) {
+      if (k == 0) {
+        // Block u: rows of the input kernel, then of the recurrent one, each (4, kLanes): gate
+        // g's columns g H + u kLanes ...
+        passes.run(p, k, [&](int u) {
+          float* wp = packed.data() + u * block_size;
+          for (int64_t r = 0; r < F + H; ++r) {
+            const float* row = r < F ? kernel + r * 4 * H : wd + (r - F) * 4 * H;
+            for (int g = 0; g < 4; ++g)
+              std::memcpy(wp + (r * 4 + g) * kLanes, row + g * H + u * kLanes,
+                          kLanes * sizeof(float));
+          }
+        });
+        continue;
       }
-    }
-    barrier.wait();
-    for (int64_t t = 0; t < T; ++t) {
+      const int64_t t = k - 1;
       const float* h_prev = t == 0 ? h0 : hs + (t - 1) * B * H;
       const float* c_prev = t == 0 ? c0 : cs + (t - 1) * B * H;
-      claims.each(p, t + 1, [&](int u) {
+      passes.run(p, k, [&](int u) {
         const float* wp = packed.data() + u * block_size;
         int64_t row = 0;
         for (; row + kRows <= B; row += kRows)
@@ -336,7 +345,6 @@ void forward_loop(ffi::ThreadPool* pool, const Shape& s, const float* x, const f
         for (; row < B; ++row)
           forward_tile<1>(s, t, row, u, wp, x, h_prev, b, mask, gates, hs, cs, c_prev);
       });
-      barrier.wait();
     }
   });
 }
@@ -454,36 +462,40 @@ void backward_loop(ffi::ThreadPool* pool, const Shape& s, const float* gates, co
   const int workers = workers_for(pool, blocks);
   std::vector<float> pass_h(static_cast<size_t>(B * H));
   std::vector<float> packed(static_cast<size_t>(H * K));
-  Barrier barrier;
-  Claims cells(blocks), products(groups);
-  auto prepare = [&](int n) { barrier.reset(n), cells.reset(n), products.reset(n); };
   auto group_blocks = [&](int gi) { return std::min(kGroup, blocks - gi * kGroup); };
-  run_workers(pool, workers, prepare, [&](int p, int) {
-    for (int gi = products.lo(p); gi < products.hi(p); ++gi) {  // w^T of the group: (K, n kLanes)
-      const int n = group_blocks(gi);
-      const int64_t unit0 = static_cast<int64_t>(gi) * kGroup * kLanes;
-      float* wtp = packed.data() + unit0 * K;
-      for (int j = 0; j < n * kLanes; ++j) {
-        const float* row = wd + (unit0 + j) * K;
-        for (int64_t k = 0; k < K; ++k) wtp[k * n * kLanes + j] = row[k];
+  // Pass 0 packs w^T by groups; then per step t, from the last: the cells' pass over the unit
+  // blocks (dz[t], which every unit's dh_{t-1} needs whole), and the products' pass over the
+  // groups (dh_{t-1}, which every unit's next cell needs whole).
+  Passes passes(groups, {blocks, groups}, 2 * T + 1, workers);
+  run_workers(pool, workers, [&](int p) {
+    for (int64_t k = passes.current(); k < passes.count(); ++k) {
+      if (k == 0) {
+        passes.run(p, k, [&](int gi) {  // w^T of the group: (K, n kLanes)
+          const int n = group_blocks(gi);
+          const int64_t unit0 = static_cast<int64_t>(gi) * kGroup * kLanes;
+          float* wtp = packed.data() + unit0 * K;
+          for (int j = 0; j < n * kLanes; ++j) {
+            const float* row = wd + (unit0 + j) * K;
+            for (int64_t r = 0; r < K; ++r) wtp[r * n * kLanes + j] = row[r];
+          }
+        });
+        continue;
       }
-    }
-    barrier.wait();
-    for (int64_t t = T - 1; t >= 0; --t) {
-      const int64_t round = T - t;
-      cells.each(p, round, [&](int u) {
-        backward_cell(s, t, u, gates, cs, c0, dy, mask, dz, dh, dc, pass_h.data());
-      });
-      barrier.wait();  // dz[t] complete: every unit's dh_{t-1} needs all of it
-      products.each(p, round, [&](int gi) {
-        const int ub = gi * kGroup;
-        const float* wtp = packed.data() + static_cast<int64_t>(ub) * kLanes * K;
-        if (group_blocks(gi) == 2)
-          backward_group<2>(s, t, ub, wtp, dz, pass_h.data(), dh);
-        else
-          backward_group<1>(s, t, ub, wtp, dz, pass_h.data(), dh);
-      });
-      barrier.wait();  // dh_{t-1} complete before any unit's cell reads it
+      const int64_t t = T - 1 - (k - 1) / 2;
+      if (k % 2 == 1) {
+        passes.run(p, k, [&](int u) {
+          backward_cell(s, t, u, gates, cs, c0, dy, mask, dz, dh, dc, pass_h.data());
+        });
+      } else {
+        passes.run(p, k, [&](int gi) {
+          const int ub = gi * kGroup;
+          const float* wtp = packed.data() + static_cast<int64_t>(ub) * kLanes * K;
+          if (group_blocks(gi) == 2)
+            backward_group<2>(s, t, ub, wtp, dz, pass_h.data(), dh);
+          else
+            backward_group<1>(s, t, ub, wtp, dz, pass_h.data(), dh);
+        });
+      }
     }
   });
 }
