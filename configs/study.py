@@ -51,9 +51,9 @@ Protocol (implemented by train.sweep's tuning stage and train.report's paired co
   bpc at 2,000 steps (0.8 of an epoch), 1.830 at 4,000 and 1.800 at 8,000 (3.3 epochs), still
   improving by 1.4% to 5.8% over each run's last quarter (cosine decay included). So PTB is
   compared at a fixed budget of 2,000 steps, said so wherever its figures appear, and checked by
-  rerunning the 2-layer arms at 8,000 steps with the rates chosen at 2,000 (planned after the PTB
-  grid: 5 arms x 5 seeds of about 210 s, ~1.5 core-hours), to see whether the differences hold
-  with four times the training.
+  rerunning the 2-layer arms at 8,000 steps with the rates chosen at 2,000
+  (configs/study_ptb_8000.py: 5 arms x 5 seeds, ~2 core-hours), to see whether the differences
+  hold with four times the training.
 
 Tasks (`get_config(arg)`):
 - `:mnist1d`: MNIST-1D (40 steps x 1 feature, 10 classes; 3,500 train / 500 valid / 1,000 test),
@@ -91,7 +91,10 @@ num_layers=2, rate 0.03`) run their layers' time loops in the CPU kernel `lstm.n
 (`lstm.memory`); the runs before them ran the XLA loops of `lstm.fast`. Both compute the same
 function (tests/test_native.py: outputs and gradients equal to the reference path within float32
 rounding, 2e-6 relative between the two), so a pair of runs may differ in their last bits of
-arithmetic, not in what they compute; the paired comparisons are unbiased by it.
+arithmetic, not in what they compute; the paired comparisons are unbiased by it. Runs started
+from about 2026-12-04 22:20 UTC keep freed memory in one malloc arena for all threads (faster
+steps; the same arithmetic), and from about 22:35 the kernel's threads share each call's work
+differently (the same arithmetic per item, so the same bits).
 """
 from configs import common
 

@@ -1,12 +1,15 @@
 """The study's pairing: runs of different arms with the same seed see the same data in the same
 order and start from the same values of every parameter they share (configs/study.py)."""
+import json
+import os
+
 import jax
 import numpy as np
 import pytest
 
 from configs import study
 from train import sweep, trainer
-from tests.trainer_utils import tiny_config
+from tests.trainer_utils import ROOT, tiny_config
 
 ARMS = [{'model.between': 'none'}, {'model.between': 'relu'}, {'model.between': 'layernorm'},
         {'model.between': 'gelu', 'model.residual': True},
@@ -59,3 +62,24 @@ def test_study_grid(task):
   eight = [p for p in points if p.values['model.num_layers'] == 8]
   assert {p.values['model.between'] for p in eight if p.values['model.residual']} == \
       set(study.BETWEEN)
+
+
+def test_ptb_8000_check_runs_each_2_layer_arm_at_the_rate_its_tuning_chose():
+  """configs/study_ptb_8000.py's rates are what configs/study.py:ptb's tuning stage chose for the
+  2-layer arms from the committed runs (results/study_ptb/runs)."""
+  from configs import study_ptb_8000
+  grid = study.get_sweep('ptb')
+  points = [p for p in sweep.expand(study.get_config('ptb'), grid)
+            if p.values['model.num_layers'] == 2]
+  choices = sweep.choose_tuned(os.path.join(ROOT, 'results', 'study_ptb', 'runs'), points,
+                               'optimizer.learning_rate')
+  chosen = {json.loads(key)['model.between']: choice['value'] for key, choice in choices.items()}
+  assert chosen == study_ptb_8000.CHOSEN_RATES
+
+  check = study_ptb_8000.get_config()
+  checks = sweep.expand(check, study_ptb_8000.get_sweep())
+  assert check.num_train_steps == 4 * study.NUM_TRAIN_STEPS['ptb']
+  assert len(checks) == len(study.BETWEEN) * len(study.SEEDS)
+  for p in checks:
+    assert p.config.model.num_layers == 2 and p.config.num_train_steps == 8000
+    assert p.config.optimizer.learning_rate == chosen[p.config.model.between]
