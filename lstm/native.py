@@ -5,8 +5,10 @@ float32 layer on the CPU with tanh/sigmoid gates and H a multiple of 16, without
 dropout or coupled gates. The kernel is compiled on first use with the machine's C++ compiler
 (`$CXX`, else g++; `-O3 -march=native` against the XLA FFI headers jaxlib ships) into the cache
 directory (`lstm.cache`), keyed by its source, the compiler, jaxlib and the CPU, and loaded from
-there afterwards. Where no compiler works, or `STACKED_LSTM_NATIVE=0` is set, or inside
-`disabled()`, `lstm.fast` keeps its XLA loops (a warning says why, once).
+there afterwards. It is used only where that build targets AVX-512 (the CPUs it was measured on):
+built for AVX2 its register tiles do not fit and it ran 32x slower. Where no compiler works, the
+CPU has no AVX-512, `STACKED_LSTM_NATIVE=0` is set, or inside `disabled()`, `lstm.fast` keeps its
+XLA loops (a warning says why, once).
 
     forward(x, kernel, w, b, h0, c0, mask)  -> gates, hs, cs
     backward(gates, cs, c0, w, dy, dh_last, dc_last, mask) -> dz, dh0, dc0
@@ -30,6 +32,7 @@ import jax.numpy as jnp
 from lstm import cache, switches
 
 ENV = 'STACKED_LSTM_NATIVE'
+TARGET = '-march=native'  # the compiler's target CPU
 LANES = 16  # the kernel's vector width in floats: H must be a multiple of it
 SOURCE = os.path.join(os.path.dirname(__file__), 'kernels', 'lstm_cpu.cc')
 _TARGETS = {'forward': 'stacked_lstm_forward', 'backward': 'stacked_lstm_backward'}
@@ -101,7 +104,7 @@ def _build() -> str:
   with open(SOURCE, 'rb') as f:
     source = f.read()
   key = hashlib.sha256(b'\0'.join([source, version.encode(), jaxlib.__version__.encode(),
-                                   _cpu_name().encode()])).hexdigest()[:16]
+                                   _cpu_name().encode(), TARGET.encode()])).hexdigest()[:16]
   directory = os.path.join(cache.directory(), 'native')
   path = os.path.join(directory, f'lstm_cpu-{key}.so')
   if os.path.exists(path):
@@ -110,7 +113,7 @@ def _build() -> str:
   fd, tmp = tempfile.mkstemp(suffix='.so', dir=directory)
   os.close(fd)
   try:
-    cmd = [compiler, '-O3', '-march=native', '-std=c++17', '-shared', '-fPIC', '-w',
+    cmd = [compiler, '-O3', TARGET, '-std=c++17', '-shared', '-fPIC', '-w',
            '-isystem', _include_dir(), SOURCE, '-o', tmp, '-lpthread']
     result = subprocess.run(cmd, capture_output=True, text=True)
     if result.returncode != 0:
@@ -124,6 +127,8 @@ def _build() -> str:
 
 def _register(path: str) -> None:
   library = ctypes.cdll.LoadLibrary(path)
+  if not library.StackedLstmAvx512():
+    raise OSError('this CPU has no AVX-512, the only target the kernel is fast on')
   jax.ffi.register_ffi_target(_TARGETS['forward'], jax.ffi.pycapsule(library.StackedLstmForward),
                               platform='cpu')
   jax.ffi.register_ffi_target(_TARGETS['backward'],

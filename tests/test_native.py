@@ -4,6 +4,7 @@ fallbacks. Hidden sizes are multiples of 16 (the kernel's vector width); odd bat
 several unit blocks per core exercise the kernel's remainders and its work sharing."""
 import logging
 import os
+import platform
 import subprocess
 import sys
 import threading
@@ -209,6 +210,25 @@ def test_without_a_compiler_the_xla_loops_run(monkeypatch, tmp_path, caplog, ker
     y, _ = jax.jit(lambda v, x: model.apply(v, x))(variables, x)
   assert kernel_calls['forward'] == 0 and not native.available()
   assert any('CPU kernel is not available' in r.getMessage() for r in caplog.records)
+  with fast.reference_path():
+    want, _ = jax.jit(lambda v, x: model.apply(v, x))(variables, x)
+  np.testing.assert_allclose(y, want, atol=1e-5)
+
+
+@pytest.mark.skipif(platform.machine() != 'x86_64', reason='an x86-64 target flag')
+def test_a_build_without_avx512_is_not_used(monkeypatch, tmp_path, caplog, kernel_calls):
+  """Built for AVX2 (x86-64-v3), as on a CPU without AVX-512, the kernel is left unused."""
+  monkeypatch.setattr(native, '_status', {})
+  monkeypatch.setattr(native, 'TARGET', '-march=x86-64-v3')
+  monkeypatch.setenv('STACKED_LSTM_CACHE', str(tmp_path / 'cache'))
+  model = StackedLSTM(hidden_size=32, num_layers=1)
+  x = _x(2)
+  variables = model.init(jax.random.key(1), x)
+  with caplog.at_level(logging.WARNING):
+    y, _ = jax.jit(lambda v, x: model.apply(v, x))(variables, x)
+  assert kernel_calls['forward'] == 0 and not native.available()
+  assert any('no AVX-512' in r.getMessage() for r in caplog.records)
+  assert os.listdir(tmp_path / 'cache' / 'native')  # it was built, and then not used
   with fast.reference_path():
     want, _ = jax.jit(lambda v, x: model.apply(v, x))(variables, x)
   np.testing.assert_allclose(y, want, atol=1e-5)

@@ -520,6 +520,17 @@ ffi::Error Backward(ffi::Buffer<ffi::F32> gates, ffi::Buffer<ffi::F32> cs,
 
 }  // namespace
 
+// Whether this build targets AVX-512: lstm/native.py uses the kernel only then. Built for AVX2, the
+// 16-float vectors take two registers each, the register tiles no longer fit, and the loops ran
+// 32x slower (AMD EPYC family 25 model 17, -march=x86-64-v3 against -march=native).
+extern "C" int StackedLstmAvx512() {
+#ifdef __AVX512F__
+  return 1;
+#else
+  return 0;
+#endif
+}
+
 XLA_FFI_DEFINE_HANDLER_SYMBOL(StackedLstmForward, Forward,
                               ffi::Ffi::Bind()
                                   .Arg<ffi::Buffer<ffi::F32>>()  // x (T, B, F)
