@@ -5,10 +5,10 @@ float32 layer on the CPU with tanh/sigmoid gates and H a multiple of 16, without
 dropout or coupled gates. The kernel is compiled on first use with the machine's C++ compiler
 (`$CXX`, else g++; `-O3 -march=native` against the XLA FFI headers jaxlib ships) into the cache
 directory (`lstm.cache`), keyed by its source, the compiler, jaxlib and the CPU, and loaded from
-there afterwards. It is used only where that build targets AVX-512 (the CPUs it was measured on):
-built for AVX2 its register tiles do not fit and it ran 32x slower. Where no compiler works, the
-CPU has no AVX-512, `STACKED_LSTM_NATIVE=0` is set, or inside `disabled()`, `lstm.fast` keeps its
-XLA loops (a warning says why, once).
+there afterwards. The kernel is written for AVX-512 (16-float vectors) and AVX2 with FMA (8-float
+vectors, smaller register tiles), and is used only where the build targets one of them. Where no
+compiler works, the CPU has neither, `STACKED_LSTM_NATIVE=0` is set, or inside `disabled()`,
+`lstm.fast` keeps its XLA loops (a warning says why, once).
 
     forward(x, kernel, w, b, h0, c0, mask)  -> gates, hs, cs
     backward(gates, cs, c0, w, dy, dh_last, dc_last, mask) -> dz, dh0, dc0
@@ -33,7 +33,7 @@ from lstm import cache, switches
 
 ENV = 'STACKED_LSTM_NATIVE'
 TARGET = '-march=native'  # the compiler's target CPU
-LANES = 16  # the kernel's vector width in floats: H must be a multiple of it
+LANES = 16  # H must be a multiple of the kernel's widest vector, in floats
 SOURCE = os.path.join(os.path.dirname(__file__), 'kernels', 'lstm_cpu.cc')
 _TARGETS = {'forward': 'stacked_lstm_forward', 'backward': 'stacked_lstm_backward'}
 
@@ -127,8 +127,9 @@ def _build() -> str:
 
 def _register(path: str) -> None:
   library = ctypes.cdll.LoadLibrary(path)
-  if not library.StackedLstmAvx512():
-    raise OSError('this CPU has no AVX-512, the only target the kernel is fast on')
+  if library.StackedLstmVectorBits() not in (512, 256):
+    raise OSError('this CPU has neither AVX-512 nor AVX2 with FMA, the targets the kernel is '
+                  'written for')
   jax.ffi.register_ffi_target(_TARGETS['forward'], jax.ffi.pycapsule(library.StackedLstmForward),
                               platform='cpu')
   jax.ffi.register_ffi_target(_TARGETS['backward'],

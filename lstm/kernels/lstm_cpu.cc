@@ -35,11 +35,21 @@ namespace ffi = xla::ffi;
 
 namespace {
 
-constexpr int kLanes = 16;  // floats per vector (one AVX-512 register; two AVX2 ones)
-constexpr int kRows = 4;    // batch rows per register tile
-typedef float vf __attribute__((vector_size(64)));
-typedef float vfu __attribute__((vector_size(64), aligned(4)));
-typedef int32_t vi __attribute__((vector_size(64)));
+// One vector register's floats, and the batch rows of a forward register tile (4 rows x 4 gates
+// of accumulators, plus the 4 gates' weights: 20 of AVX-512's 32 registers, 12 of AVX2's 16 with
+// 2 rows). Other targets get the AVX2 shapes; lstm/native.py uses only AVX-512 and AVX2 builds.
+#if defined(__AVX512F__)
+constexpr int kLanes = 16;
+constexpr int kRows = 4;
+#define STACKED_LSTM_VECTOR_BYTES 64
+#else
+constexpr int kLanes = 8;
+constexpr int kRows = 2;
+#define STACKED_LSTM_VECTOR_BYTES 32
+#endif
+typedef float vf __attribute__((vector_size(STACKED_LSTM_VECTOR_BYTES)));
+typedef float vfu __attribute__((vector_size(STACKED_LSTM_VECTOR_BYTES), aligned(4)));
+typedef int32_t vi __attribute__((vector_size(STACKED_LSTM_VECTOR_BYTES)));
 
 inline vf load(const float* p) { return *reinterpret_cast<const vfu*>(p); }
 inline void store(float* p, vf v) { *reinterpret_cast<vfu*>(p) = v; }
@@ -48,8 +58,10 @@ inline vf splat(float x) { return vf{} + x; }
 // Keeps loaded vectors in registers: left alone, GCC folds the load into every FMA that uses it,
 // which makes the micro-kernels bound by loads.
 inline void in_registers(vf& v) {
-#ifdef __AVX512F__
+#if defined(__AVX512F__)
   asm("" : "+v"(v));
+#elif defined(__AVX2__)
+  asm("" : "+x"(v));
 #endif
 }
 inline vf vmax(vf a, vf b) { return a > b ? a : b; }
@@ -520,12 +532,13 @@ ffi::Error Backward(ffi::Buffer<ffi::F32> gates, ffi::Buffer<ffi::F32> cs,
 
 }  // namespace
 
-// Whether this build targets AVX-512: lstm/native.py uses the kernel only then. Built for AVX2, the
-// 16-float vectors take two registers each, the register tiles no longer fit, and the loops ran
-// 32x slower (AMD EPYC family 25 model 17, -march=x86-64-v3 against -march=native).
-extern "C" int StackedLstmAvx512() {
-#ifdef __AVX512F__
-  return 1;
+// The vector width this build targets in bits: 512 (AVX-512), 256 (AVX2 with FMA), else 0.
+// lstm/native.py uses the kernel only at 512 or 256.
+extern "C" int StackedLstmVectorBits() {
+#if defined(__AVX512F__)
+  return 512;
+#elif defined(__AVX2__) && defined(__FMA__)
+  return 256;
 #else
   return 0;
 #endif
