@@ -90,9 +90,11 @@ day, `between=layernorm, num_layers=4, rate 0.01`; speech from its 5th, `between
 num_layers=2, rate 0.03`) run their layers' time loops in the CPU kernel `lstm.native` and keep
 freed memory (`lstm.memory`); the runs before them ran the XLA loops of `lstm.fast`. Both compute
 the same function (tests/test_native.py: outputs and gradients equal to the reference path within
-float32 rounding, 2e-6 relative between the two). The kernel changed again at about 20:30 and
-22:45 UTC that day (how its threads share the work; the AVX2 build), and one malloc arena for all
-threads came in at 22:20: none of it changes the function, but a rebuilt kernel can round
+float32 rounding, 2e-6 relative between the two); one PTB run of that evening (`between=layernorm,
+num_layers=4, rate 0.03`) found the kernel failing to build and ran the XLA loops (its log.txt
+says so). The kernel changed again at about 20:15, 21:25, 22:30 and 22:50 UTC that day (inputs
+projected inside the loop; how its threads share the work, twice; the AVX2 build), and one malloc
+arena for all threads came in at 22:20: none of it changes the function, but a rebuilt kernel can round
 differently in the last bits (the compiler's choice of fused multiply-adds: the speech point
 `between=layernorm, num_layers=2, rate 0.01, seed 0` rerun on one core gave training loss
 15.6432697 at step 50 against the committed 15.6432695, and test label error 6.79% against
