@@ -91,8 +91,8 @@ num_layers=2, rate 0.03`) run their layers' time loops in the CPU kernel `lstm.n
 freed memory (`lstm.memory`); the runs before them ran the XLA loops of `lstm.fast`. Both compute
 the same function (tests/test_native.py: outputs and gradients equal to the reference path within
 float32 rounding, 2e-6 relative between the two); one PTB run of that evening (`between=layernorm,
-num_layers=4, rate 0.03`) found the kernel failing to build and ran the XLA loops (its log.txt
-says so). The kernel changed again at about 20:15, 21:25, 22:30 and 22:50 UTC that day (inputs
+num_layers=4, rate 0.03`) found the kernel failing to build and ran the XLA loops (its console
+log, not kept in the repository, said so). The kernel changed again at about 20:15, 21:25, 22:30 and 22:50 UTC that day (inputs
 projected inside the loop; how its threads share the work, twice; the AVX2 build), and one malloc
 arena for all threads came in at 22:20: none of it changes the function, but a rebuilt kernel can round
 differently in the last bits (the compiler's choice of fused multiply-adds: the speech point
