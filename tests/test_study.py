@@ -83,3 +83,37 @@ def test_ptb_8000_check_runs_each_2_layer_arm_at_the_rate_its_tuning_chose():
   for p in checks:
     assert p.config.model.num_layers == 2 and p.config.num_train_steps == 8000
     assert p.config.optimizer.learning_rate == chosen[p.config.model.between]
+
+
+def test_speech_common_rate_check_links_the_studys_own_runs_of_the_same_points():
+  """configs/study_speech_common_rate.py runs the residual 8-layer speech arms at the rate the
+  tuning stage chose for every arm but between=none, and the runs it links from the study are
+  the same points: same name, same config as the check would give them."""
+  from configs import study_speech_common_rate as check_config
+  grid = study.get_sweep('speech')
+  points = [p for p in sweep.expand(study.get_config('speech'), grid)
+            if p.values['model.num_layers'] == 8 and p.values.get('model.residual')]
+  choices = sweep.choose_tuned(os.path.join(ROOT, 'results', 'study_speech', 'runs'), points,
+                               'optimizer.learning_rate')
+  chosen = {json.loads(key)['model.between']: choice['value'] for key, choice in choices.items()}
+  assert {b for b, rate in chosen.items() if rate == check_config.COMMON_RATE} == \
+      set(study.BETWEEN) - {'none'}
+  assert chosen['none'] != check_config.COMMON_RATE
+
+  check_dir = os.path.join(ROOT, 'results', 'study_speech_common_rate', 'runs')
+  checks = sweep.expand(check_config.get_config(), check_config.get_sweep())
+  assert len(checks) == len(study.BETWEEN) * len(study.SEEDS)
+  linked = 0
+  for p in checks:
+    workdir = os.path.join(check_dir, p.name)
+    if not os.path.islink(workdir):
+      continue
+    linked += 1
+    target = os.path.realpath(workdir)
+    assert os.path.dirname(target) == os.path.realpath(
+        os.path.join(ROOT, 'results', 'study_speech', 'runs'))
+    assert os.path.basename(target) == p.name
+    with open(os.path.join(target, 'config.json')) as f:
+      assert json.load(f) == json.loads(p.config.to_json())
+    assert sweep.point_status(workdir) == 'completed'
+  assert linked == 21  # none's seed 0 (its tuning run) and every seed of the other four arms
