@@ -182,6 +182,20 @@ def test_labels_show_extra_fields_only_where_they_differ_from_the_base(tmp_path)
       'between=none, residual=True'
 
 
+def test_a_setting_equal_to_the_base_is_named_by_the_field_its_extra_points_vary():
+  """Extras {between: none}, {between: relu} over a base with between=none: the first is
+  'between=none', not 'base'; a field every extra sets alike stays unnamed."""
+  description = {'fields': ['model.between', 'model.num_layers'], 'axes': {},
+                 'base': {'model.between': 'none', 'model.num_layers': 8},
+                 'extra': [{'model.between': b, 'model.num_layers': 8} for b in ('none', 'relu')]}
+  label = lambda between: report.setting_label(
+      description, {'model.between': between, 'model.num_layers': 8})
+  assert label('none') == 'between=none'
+  assert label('relu') == 'between=relu'
+  description['extra'] = [{'model.num_layers': 8}]
+  assert label('none') == 'base'
+
+
 def test_report_without_sweep_json_infers_the_fields(tmp_path):
   make_sweep(str(tmp_path), with_description=False)
   description, runs = report.read_sweep(str(tmp_path))

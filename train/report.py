@@ -174,13 +174,25 @@ def _fmt_value(v) -> str:
 
 def setting_label(description: dict, values: dict, exclude: Sequence[str] = ()) -> str:
   """'between=relu' or 'between=none, residual=True': axis fields always, fields set only by
-  extra points when they differ from the base config."""
+  extra points when they differ from the base config. A setting equal to the base config is
+  named by the fields the extra points set to more than one value, this one among them (extras
+  {between: none}, {between: relu} label the first 'between=none'), else 'base'."""
   exclude = [*exclude, *(description.get('tune') or {})]  # a tuned value is shown on its own
   fields = [k for k in description['fields'] if k not in exclude]
   short = _short(description['fields'])
   axes, base = description.get('axes', {}), description.get('base', {})
+  extra_values = {}
+  for extra in description.get('extra') or []:
+    for k, v in extra.items():
+      extra_values.setdefault(k, []).append(json.dumps(v, default=repr))
+
+  def named_by_extras(k):
+    set_by_extras = set(extra_values.get(k, ()))
+    return len(set_by_extras) > 1 and json.dumps(values.get(k), default=repr) in set_by_extras
+
   parts = [f'{short[k]}={_fmt_value(values.get(k))}' for k in fields
            if k in axes or k not in base or values.get(k) != base.get(k)]
+  parts = parts or [f'{short[k]}={_fmt_value(values.get(k))}' for k in fields if named_by_extras(k)]
   return ', '.join(parts) or 'base'
 
 
