@@ -15,7 +15,8 @@ tuning stage; every seed of the other four arms) are the same points with the sa
 sweep directory links them (results/study_speech/runs/<name>) instead of running them again; only
 between=none's seeds 1-4 at 3e-3 are new. A post-hoc check, reported as such beside the study.
 
-Cost: 4 new runs of about 135 s on one core of the AMD EPYC family 25 model 17.
+Cost: 4 new runs; they took about 290 s each on one core of the AMD EPYC family 25 model 17 that
+another sweep shared (an 8-layer speech run alone on a core takes about 135 s).
 """
 from configs import study
 

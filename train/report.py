@@ -181,13 +181,13 @@ def setting_label(description: dict, values: dict, exclude: Sequence[str] = ()) 
   fields = [k for k in description['fields'] if k not in exclude]
   short = _short(description['fields'])
   axes, base = description.get('axes', {}), description.get('base', {})
-  extra_values = {}
+  extra_values: dict[str, set] = {}
   for extra in description.get('extra') or []:
     for k, v in extra.items():
-      extra_values.setdefault(k, []).append(json.dumps(v, default=repr))
+      extra_values.setdefault(k, set()).add(json.dumps(v, default=repr))
 
   def named_by_extras(k):
-    set_by_extras = set(extra_values.get(k, ()))
+    set_by_extras = extra_values.get(k, set())
     return len(set_by_extras) > 1 and json.dumps(values.get(k), default=repr) in set_by_extras
 
   parts = [f'{short[k]}={_fmt_value(values.get(k))}' for k in fields
