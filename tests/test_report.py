@@ -283,6 +283,18 @@ def test_paired_p_value_is_scipys_paired_t_test():
   assert statistics.paired_difference({0: 2.0, 1: 3.0}, {0: 1.0, 1: 2.0}).p_value == 0.0
 
 
+def test_better_in_counts_the_pairs_the_arm_won_whatever_one_outlier_does_to_the_interval():
+  # One seed collapsed (the linear cell's case): worse in every seed, yet the interval spans 0.
+  reference = {0: 97.9, 1: 98.0, 2: 97.9, 3: 97.0, 4: 98.2}
+  arm = {0: 93.0, 1: 94.0, 2: 18.3, 3: 87.3, 4: 93.3}
+  d = statistics.paired_difference(arm, reference)
+  assert d.stats.ci_low < 0 < d.stats.ci_high
+  assert d.better_in(higher_is_better=True) == 0
+  assert d.better_in(higher_is_better=False) == 5
+  tie = statistics.paired_difference({0: 1.0, 1: 2.0, 2: float('nan')}, {0: 1.0, 1: 1.5, 2: 1.0})
+  assert (tie.better_in(True), tie.better_in(False), tie.pairs) == (1, 0, 2)
+
+
 def test_holm_adjusts_each_p_by_its_rank_and_keeps_the_order():
   # sorted: 0.005 x 4 = 0.02, 0.01 x 3 = 0.03, 0.03 x 2 = 0.06, 0.04 x 1 -> 0.06 (non-decreasing)
   got = statistics.holm([0.01, 0.04, math.nan, 0.03, 0.005])
@@ -325,9 +337,9 @@ def test_report_pairs_arms_by_seed_with_a_diverged_run_in_one_arm(tmp_path):
   text = open(report.write_report(str(tmp_path))).read()
   assert '## Paired differences from model.between=none (test)' in text
   four = _row(text, '| num_layers=4 | relu |')
-  assert four[2:5] == ['2', '1', '+0.300']  # (2.0 - 1.7) and (2.2 - 1.9) on test (+0.1 each)
+  assert four[2:6] == ['2', '1', '0/2', '+0.300']  # (2.0 - 1.7) and (2.2 - 1.9) on test (+0.1 each)
   two = _row(text, '| num_layers=2 | relu |')
-  assert two[2:5] == ['2', '1', '+0.100']  # seed 2 of relu unfinished
+  assert two[2:6] == ['2', '1', '0/2', '+0.100']  # seed 2 of relu unfinished
   assert os.path.exists(tmp_path / 'differences.png')
 
 
@@ -345,12 +357,12 @@ def test_report_pairs_against_a_reference_setting_within_each_value_of_by(tmp_pa
   assert ('## Paired differences from between=none, residual=False with the same num_layers '
           '(test)') in text
   relu2 = _row(text, '| num_layers=2 | between=relu, num_layers=2 |')
-  assert relu2[2:5] == ['2', '1', '+0.100']  # seed 2 of relu unfinished
+  assert relu2[2:6] == ['2', '1', '0/2', '+0.100']  # seed 2 of relu unfinished
   relu4 = _row(text, '| num_layers=4 | between=relu, num_layers=4 |')
-  assert relu4[2:5] == ['2', '1', '+0.300']
+  assert relu4[2:6] == ['2', '1', '0/2', '+0.300']
   residual4 = _row(text, '| num_layers=4 | between=none, num_layers=4, residual=True |')
   # (1.65 - 1.8 + 1.75 - 2.0) / 2 on test; the reference's diverged seed 2 is counted as excluded
-  assert residual4[2:5] == ['2', '1', '-0.200']
+  assert residual4[2:6] == ['2', '1', '2/2', '-0.200']
   assert '| num_layers=2 | between=none, num_layers=4' not in text
 
 
@@ -366,4 +378,4 @@ def test_report_pairs_every_setting_against_one_reference_setting(tmp_path):
   text = open(report.write_report(str(tmp_path))).read()
   assert '## Paired differences from between=none, num_layers=2 (test)' in text
   relu4 = _row(text, '| all | between=relu, num_layers=4 |')
-  assert relu4[2:5] == ['2', '1', '+0.550']  # (2.1 - 1.6 + 2.3 - 1.7) / 2 on test
+  assert relu4[2:6] == ['2', '1', '0/2', '+0.550']  # (2.1 - 1.6 + 2.3 - 1.7) / 2 on test

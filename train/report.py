@@ -590,12 +590,13 @@ def comparison_table(rows: Sequence[dict], metric: Metric) -> str:
     ci = f'[{st.ci_low:+.{d}f}, {st.ci_high:+.{d}f}]' if st.n > 1 else '-'
     bound = f'{diff.equivalence_bound:.{d}f}' if st.n > 1 else '-'
     body.append([row['group'] or '-', _fmt_value(row['value']), str(diff.pairs),
-                 str(diff.excluded), f'{st.mean:+.{d}f}' if st.n else '-', ci, bound,
+                 str(diff.excluded), f'{diff.better_in(metric.higher_is_better)}/{diff.pairs}',
+                 f'{st.mean:+.{d}f}' if st.n else '-', ci, bound,
                  p_text(diff.p_value), p_text(p_holm),
                  diff.verdict(metric.higher_is_better, p_holm)])
-  return _table(['group', 'arm', 'pairs', 'excluded', 'mean difference', '95% CI',
+  return _table(['group', 'arm', 'pairs', 'excluded', 'better in', 'mean difference', '95% CI',
                  'equivalence bound ±', 'p', 'Holm p', 'verdict'], body,
-                [False, False, True, True, True, True, True, True, True, False])
+                [False, False, True, True, True, True, True, True, True, True, False])
 
 
 def plateau_gain(setting: Setting, metric: Metric) -> float:
@@ -726,7 +727,9 @@ def _study_sections(description: dict, records: Sequence[dict], settings: Sequen
               'the same initial values of the parameters they share); mean and 95% t interval '
               'of the differences. Equivalence bound: the interval lies inside ± this bound, so '
               'the study excludes differences larger than it. Pairs with a diverged or unfinished run '
-              'are excluded and counted. p: the paired t test\'s (two-sided); Holm p: adjusted '
+              'are excluded and counted. Better in: the pairs in which the arm did better than its '
+              'reference, a count and not a test (with 5 pairs even 5/5 has a two-sided sign-test '
+              'p of 0.06). p: the paired t test\'s (two-sided); Holm p: adjusted '
               f'for the {len(rows)} comparisons of this table (Holm-Bonferroni), and a verdict '
               'whose interval excludes 0 but whose Holm p is 0.05 or more says "not after Holm".',
               '',

@@ -141,6 +141,10 @@ class Difference:
     t = s.mean / (s.std / math.sqrt(s.n))
     return float(2 * scipy.stats.t.sf(abs(t), s.n - 1))
 
+  def better_in(self, higher_is_better: bool) -> int:
+    """The pairs in which the arm did better than the reference (ties count for neither)."""
+    return sum((d > 0) if higher_is_better else (d < 0) for d in self.diffs)
+
   def verdict(self, higher_is_better: bool, adjusted_p: float = math.nan) -> str:
     """From the 95% interval; with `adjusted_p` (Holm), a difference the interval shows but the
     family of comparisons does not (adjusted p >= 0.05) says so."""
