@@ -383,8 +383,8 @@ def plot_tuning(path: str, description: dict, records: Sequence[dict], metric: M
 
 def plot_differences(path: str, rows: Sequence[dict], metric: Metric, split: str,
                      title: str) -> Optional[str]:
-  """Each arm's paired difference from its group's reference, with its 95% CI, one panel per
-  group."""
+  """Each arm's paired difference from its group's reference, with its 95% CI and the per-seed
+  differences (grey), one panel per group."""
   import matplotlib
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt
@@ -399,6 +399,7 @@ def plot_differences(path: str, rows: Sequence[dict], metric: Metric, split: str
     ys = np.arange(len(members))[::-1]
     for y, r in zip(ys, members):
       st = r['difference'].stats
+      ax.plot(r['difference'].diffs, [y - 0.2] * st.n, 'x', color='0.5', ms=5)
       ax.errorbar([st.mean], [y], xerr=[[st.mean - st.ci_low], [st.ci_high - st.mean]],
                   color='C0', marker='o', capsize=3)
     ax.axvline(0.0, color='k', lw=0.8)
@@ -406,7 +407,7 @@ def plot_differences(path: str, rows: Sequence[dict], metric: Metric, split: str
     ax.set_title(f'{group_name or "all"} (vs {members[0]["reference"]})', fontsize=10)
     ax.set_xlabel(f'{split} {metric.label}: arm - reference (paired by seed)')
     ax.grid(alpha=0.3, axis='x')
-  return _save(fig, path, f'{title}: paired differences, mean and 95% CI', metric)
+  return _save(fig, path, f'{title}: paired differences, mean and 95% CI; x: each seed', metric)
 
 
 def plot_settings(path: str, description: dict, settings: Sequence[Setting], metric: Metric,
