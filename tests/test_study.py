@@ -117,3 +117,26 @@ def test_speech_common_rate_check_links_the_studys_own_runs_of_the_same_points()
       assert json.load(f) == json.loads(p.config.to_json())
     assert sweep.point_status(workdir) == 'completed'
   assert linked == 21  # none's seed 0 (its tuning run) and every seed of the other four arms
+
+
+def test_plain_8_layer_ptb_probe_differs_from_the_study_only_in_what_it_probes():
+  """configs/study_ptb_plain8.py is the study's plain 8-layer PTB setting with longer warm-ups, a
+  rate below the grid, and one longer run; nothing else about the model or the data changes."""
+  from configs import study_ptb_plain8 as probe
+  plain = [p for p in sweep.expand(study.get_config('ptb'), study.get_sweep('ptb'))
+           if p.values['model.num_layers'] == 8 and not p.values.get('model.residual')]
+  reference = json.loads(plain[0].config.to_json())
+  probed = {('optimizer', 'warmup_steps'), ('optimizer', 'learning_rate'), ('num_train_steps',),
+            ('eval_every_steps',), ('checkpoint_every_steps',), ('seed',)}
+  points = sweep.expand(probe.get_config(), probe.get_sweep())
+  assert len(points) == len(probe.WARMUPS) * len(probe.RATES) + 1
+  for p in points:
+    config = json.loads(p.config.to_json())
+    for section, values in config.items():
+      for key, value in (values.items() if isinstance(values, dict) else [(None, values)]):
+        path = (section,) if key is None else (section, key)
+        if path not in probed:
+          assert value == reference[section][key] if key else value == reference[section], path
+    assert p.config.optimizer.warmup_steps > study.WARMUP_8_PLAIN['ptb']
+  assert min(probe.RATES) < min(study.LEARNING_RATES['ptb'])
+  assert max(p.config.num_train_steps for p in points) == 4 * study.NUM_TRAIN_STEPS['ptb']
