@@ -13,7 +13,7 @@ import pytest
 from absl import flags
 from ml_collections import config_flags
 
-from train import sweep
+from train import files, sweep
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -390,6 +390,42 @@ def test_an_interrupted_tuning_stage_resumes(config_path, tmp_path):
   assert len([p for p in points if p.stage == 'seeds']) == 8
 
 
+class DivergingTuningRunner(TuningRunner):
+  """relu at 4 layers diverges at every rate; the rest as TuningRunner."""
+  def __call__(self, argv, workdir):
+    if 'between=relu,num_layers=4' in os.path.basename(workdir):
+      self.calls.append(os.path.basename(workdir))
+      _write_results(workdir, 'diverged')
+      return 0
+    return super().__call__(argv, workdir)
+
+
+def test_a_setting_that_diverged_at_every_rate_gets_no_seeds_and_the_report_says_so(config_path,
+                                                                                   tmp_path):
+  sweep_dir = str(tmp_path / 'sweep')
+  _, points, _ = _prepare(config_path, sweep_dir)
+  runner = DivergingTuningRunner()
+  sweep.run_points(sweep_dir, points, {p.name: ['true'] for p in points}, runner=runner,
+                   log=lambda line: None)
+  spec, points, commands = _prepare(config_path, sweep_dir)
+  seed_points = [p for p in points if p.stage == 'seeds']
+  assert len(seed_points) == 6
+  assert not any('between=relu,num_layers=4' in p.name for p in seed_points)
+  sweep.run_points(sweep_dir, points, {p.name: ['true'] for p in points}, runner=runner,
+                   log=lambda line: None)
+  base, _, _ = _points(config_path, 'tune')
+  files.write_json(os.path.join(sweep_dir, 'sweep.json'), sweep.sweep_description(
+      config_path + ':tune', spec, points, base, {}, commands), default=repr)
+  from train import report
+  text = open(report.write_report(sweep_dir)).read()
+  assert ('Not in the table: between=relu, num_layers=4 (every tuning run diverged, so no value '
+          'was chosen and no seeds ran') in text
+  tuning_row = next(line for line in text.splitlines()
+                    if line.startswith('| between=relu, num_layers=4 |'))
+  assert tuning_row.count('div') == 3
+  assert '| relu | 4 |' not in text  # no row in the results by setting
+
+
 def test_tuning_stage_cli_runs_both_stages_and_the_report_pairs_them(config_path, tmp_path):
   """train.sweep's own loop: the tuning stage, then the seeds its choices make runnable (main.py
   replaced by a script that writes results.json), then the report."""
@@ -418,5 +454,5 @@ json.dump({'status': 'completed', 'task': 'ptb_char', 'valid': {'bpc': bpc},
   # relu minus none at 2 layers, paired by seed: the 0.01 * seed terms cancel exactly
   row = next(line for line in text.splitlines() if line.startswith('| num_layers=2 | relu |'))
   cells = [c.strip() for c in row.strip('|').split('|')]
-  assert cells[2:5] == ['3', '0', '+0.000']
+  assert cells[2:6] == ['3', '0', '0/3', '+0.000']  # ties: better in none of the pairs
   assert os.path.exists(os.path.join(sweep_dir, 'tuning.png'))

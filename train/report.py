@@ -668,7 +668,8 @@ def _runs_table(runs: Sequence[Run], metric: Optional[Metric]) -> str:
                 rows, [False, False, True, True, True, True, False])
 
 
-def _results_section(description: dict, settings: Sequence[Setting], metric: Metric) -> list:
+def _results_section(description: dict, settings: Sequence[Setting], metric: Metric,
+                     unchosen: Sequence[str] = ()) -> list:
   fields = description['fields']
   short = _short(fields)
   header = [short[k] for k in fields] + ['seeds', 'diverged', f'valid {metric.label_short}',
@@ -692,7 +693,11 @@ def _results_section(description: dict, settings: Sequence[Setting], metric: Met
   gains = [[s.label, f'{100 * g:.2f}%'] for s in settings
            if not math.isnan(g := plateau_gain(s, metric))]
   lines += ['## Results by setting', '', _table(header, rows, [False] * len(fields) + [True] * 6),
-            '', '## Plateau', '',
+            '']
+  if unchosen:
+    lines += ['Not in the table: ' + '; '.join(unchosen) + ' (every tuning run diverged, so no '
+              'value was chosen and no seeds ran; the "Tuning" table has them).', '']
+  lines += ['## Plateau', '',
             'The relative improvement of the validation metric over the last quarter of '
             'training, mean over seeds (under 1%: trained to a plateau).', '',
             _table(['setting', 'last ¼ gain'], gains, [False, True]), '']
@@ -754,7 +759,9 @@ def write_report(sweep_dir: str, out: Optional[str] = None, title: Optional[str]
   if metric is None:
     lines.append('No run has written a metric yet.')
   else:
-    lines += _results_section(description, settings, metric)
+    unchosen = [setting_label(description, r['values'], list(description['tune']))
+                for r in records if r['tuning'] and r['choice'] is None and not r['pending']]
+    lines += _results_section(description, settings, metric, unchosen)
     study_lines, comparison_rows = _study_sections(description, records, settings, metric)
     lines += study_lines
     plots.append(plot_curves(os.path.join(out, 'curves.png'), description, settings, metric,
