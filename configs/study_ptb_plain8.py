@@ -18,8 +18,10 @@ and one run four times as long (8,000 steps, a 2,000-step warm-up, 3e-3), in cas
 only slow to leave. Seed 0 only: a probe of whether any setting trains, not a comparison; the
 README reports what was tried and what each reached.
 
-Cost: 4 runs of about 5.3 minutes and one of about 21 on one core of the AMD EPYC family 25 model
-17 with the other core busy (the study's 8-layer PTB runs took 5.3 minutes there): ~45 minutes.
+Cost: planned at 4 runs of about 5.3 minutes and one of about 21 (the study's 8-layer PTB runs
+took 5.3 minutes there); measured on one core of the AMD EPYC family 25 model 17 with the other
+core busy: 313 to 372 s for each 2,000-step run and 1,335 s for the 8,000-step one, 45 minutes of
+training loop in all (results/study_ptb_plain8/report.md).
 """
 from configs import study
 
