@@ -295,6 +295,13 @@ def test_better_in_counts_the_pairs_the_arm_won_whatever_one_outlier_does_to_the
   assert (tie.better_in(True), tie.better_in(False), tie.pairs) == (1, 0, 2)
 
 
+def test_a_unanimous_better_in_count_has_the_sign_tests_p_of_two_halves_to_the_pairs():
+  # n of n pairs (or 0 of n) under the null: 2 * (1/2)^n.
+  assert statistics.unanimous_sign_test_p(5) == pytest.approx(0.0625)
+  assert statistics.unanimous_sign_test_p(3) == pytest.approx(0.25)
+  assert statistics.unanimous_sign_test_p(1) == statistics.unanimous_sign_test_p(0) == 1.0
+
+
 def test_holm_adjusts_each_p_by_its_rank_and_keeps_the_order():
   # sorted: 0.005 x 4 = 0.02, 0.01 x 3 = 0.03, 0.03 x 2 = 0.06, 0.04 x 1 -> 0.06 (non-decreasing)
   got = statistics.holm([0.01, 0.04, math.nan, 0.03, 0.005])
@@ -336,6 +343,7 @@ def test_report_pairs_arms_by_seed_with_a_diverged_run_in_one_arm(tmp_path):
   _write(path, description)
   text = open(report.write_report(str(tmp_path))).read()
   assert '## Paired differences from model.between=none (test)' in text
+  assert 'with 2 pairs even 2/2 has a two-sided sign-test p of 0.5)' in text
   four = _row(text, '| num_layers=4 | relu |')
   assert four[2:6] == ['2', '1', '0/2', '+0.300']  # (2.0 - 1.7) and (2.2 - 1.9) on test (+0.1 each)
   two = _row(text, '| num_layers=2 | relu |')

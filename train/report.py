@@ -30,7 +30,7 @@ import numpy as np
 
 from train import files, metrics as metrics_lib, sweep as sweep_lib
 from train.statistics import (METRICS, Metric, Stats, best_tuned_value, holm, paired_difference,
-                              pick_metric, stats, t_quantile)
+                              pick_metric, stats, t_quantile, unanimous_sign_test_p)
 
 DEPTH = 'model.num_layers'
 SKIP_INFERRED = ('seed', 'num_train_steps', 'num_epochs', 'eval_every_steps',
@@ -728,14 +728,16 @@ def _study_sections(description: dict, records: Sequence[dict], settings: Sequen
                    + f' with the same {", ".join(short.get(k, k) for k in compare["by"])}')
     else:
       reference = rows[0]['reference']
+    pairs = max(row['difference'].pairs for row in rows)
     lines += [f'## Paired differences from {reference} (test)', '',
               'Per seed, arm minus reference in the same group (same seed: same data order and '
               'the same initial values of the parameters they share); mean and 95% t interval '
               'of the differences. Equivalence bound: the interval lies inside ± this bound, so '
               'the study excludes differences larger than it. Pairs with a diverged or unfinished run '
               'are excluded and counted. Better in: the pairs in which the arm did better than its '
-              'reference, a count and not a test (with 5 pairs even 5/5 has a two-sided sign-test '
-              'p of 0.06). p: the paired t test\'s (two-sided); Holm p: adjusted '
+              f'reference, a count and not a test (with {pairs} pairs even {pairs}/{pairs} has a '
+              f'two-sided sign-test p of {unanimous_sign_test_p(pairs):.2g}). p: the paired t '
+              'test\'s (two-sided); Holm p: adjusted '
               f'for the {len(rows)} comparisons of this table (Holm-Bonferroni), and a verdict '
               'whose interval excludes 0 but whose Holm p is 0.05 or more says "not after Holm".',
               '',

@@ -172,6 +172,12 @@ def holm(p_values: Sequence[float]) -> list[float]:
   return out
 
 
+def unanimous_sign_test_p(pairs: int) -> float:
+  """The two-sided sign test's p when the arm won all `pairs` pairs: the smallest p a "better in"
+  count can reach with that many pairs."""
+  return float(scipy.stats.binomtest(pairs, pairs, 0.5).pvalue) if pairs else 1.0
+
+
 def paired_difference(arm: Mapping[Any, float], reference: Mapping[Any, float]) -> Difference:
   """`arm` and `reference` map seed -> final metric (NaN or inf for a diverged run; a seed
   missing when it did not finish). Pairs are the seeds both have with finite values."""
