@@ -13,7 +13,7 @@ import pytest
 from absl import flags
 from ml_collections import config_flags
 
-from train import files, sweep
+from train import files, report, sweep
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -416,7 +416,6 @@ def test_a_setting_that_diverged_at_every_rate_gets_no_seeds_and_the_report_says
   base, _, _ = _points(config_path, 'tune')
   files.write_json(os.path.join(sweep_dir, 'sweep.json'), sweep.sweep_description(
       config_path + ':tune', spec, points, base, {}, commands), default=repr)
-  from train import report
   text = open(report.write_report(sweep_dir)).read()
   assert ('Not in the table: between=relu, num_layers=4 (every tuning run diverged, so no value '
           'was chosen and no seeds ran') in text
@@ -447,7 +446,6 @@ json.dump({'status': 'completed', 'task': 'ptb_char', 'valid': {'bpc': bpc},
   assert result.returncode == 0, result.stderr
   runs = sorted(d for d in os.listdir(sweep_dir) if os.path.isdir(os.path.join(sweep_dir, d)))
   assert len(runs) == 12 + 8
-  from train import report
   path = report.write_report(sweep_dir)
   text = open(path).read()
   assert '## Tuning' in text and '## Paired differences from model.between=none (test)' in text
