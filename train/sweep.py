@@ -304,7 +304,7 @@ def override_flags(overrides: dict[str, Any], base=None) -> list[str]:
   """`--config.K=V` flags; a None value that the base config also holds is left out (a flag
   cannot say None)."""
   flags = []
-  for key, value in overrides.items():
+  for key, value in common.upgrade(overrides).items():
     if value is None:
       if base is not None and get_field(base, key) is None:
         continue
