@@ -216,3 +216,28 @@ def test_torch_interop_refuses_what_it_does_not_carry(option):
 
 def test_import_from_torch_sets_every_stack_field():
   assert set(models.STACK_FIELDS) <= set(export._TORCH_CELL)
+
+
+def _old_config_json(residual: bool) -> dict:
+  """A config.json as the trainer wrote it before the blocks: `model.residual`, no block fields."""
+  saved = common.base_config().to_dict()
+  for name in ('block', 'norm', 'ffn_factor', 'ffn_activation', 'ffn_gated', 'reverse',
+               'use_bias', 'layer_norm_epsilon'):
+    del saved['model'][name]
+  saved['model']['residual'] = residual
+  return saved
+
+
+@pytest.mark.parametrize('residual,block', [(True, 'residual_op_on_skip'), (False, 'plain')])
+def test_old_run_directories_read_residual_as_a_block(tmp_path, residual, block):
+  import json
+  from train import checkpoint
+  saved = _old_config_json(residual)
+  assert checkpoint.config_from_dict(saved, 'config.json').model.block == block
+  (tmp_path / 'config.json').write_text(json.dumps(saved))
+  today = common.base_config()
+  today.model.block = block
+  checkpoint.record_config(str(tmp_path), today.to_json())  # the same run: resumes
+  today.model.block = 'prenorm'
+  with pytest.raises(checkpoint.ConfigConflict, match='model.block'):
+    checkpoint.record_config(str(tmp_path), today.to_json())
