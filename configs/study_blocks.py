@@ -54,15 +54,34 @@ Protocol (what changed from configs/study.py, and why):
 Arms (`ARMS`; `model.between` is the op, 'none' unless named; the first layer is always plain):
   plain, plain_layernorm (between=layernorm, LSTM(drop(op(y)))), residual (y + LSTM(y)),
   residual_relu / _tanh / _gelu (y + LSTM(op(y))), prenorm (y + LSTM(norm(y)), a final norm;
-  layernorm), prenorm_rmsnorm (at 8 layers), postnorm (norm(y + LSTM(y))), prenorm_ffn (with a
+  layernorm), prenorm_rmsnorm (speech, 4 layers: RMSNorm at one depth), postnorm (norm(y + LSTM(y))), prenorm_ffn (with a
   gated feed-forward sublayer, factor 4/3, gelu, as xLSTM's sLSTM block), prenorm_ffn_matched
   (the same at FFN_MATCHED_HIDDEN, the parameter count of prenorm), skip_layernorm and
   skip_gelu / skip_tanh (residual_op_on_skip, the earlier tables' form); at 2 layers: plain,
   proj_size=64 (LSTMP), the cell's own layer_norm, and on speech dropout=0.3 between layers.
   Which arms run at which depth per task: DEPTHS_OF.
 
-Plan and cost (`plan()` prints this table from MEASURED_S; runs = settings x (rates x 2 tuning
-seeds + 5 evaluation seeds)): see PLAN below and docs/study-round-three.md.
+Plan and cost (`print_plan()` prints this table from SECONDS_PER_RUN; runs = arms x (3 rates x
+2 tuning seeds + 5 evaluation seeds), ptb_long 5 seeds per arm; seconds per run from the
+committed runs of the same shapes, one run per core of the 2-core AMD EPYC family 25 model 17;
+docs/study-round-three.md has the timings behind it):
+
+  | task | depth | width | steps | arms | runs | s per run | core-hours |
+  |---|---:|---:|---:|---|---:|---:|---:|
+  | ptb | 2 | 128 | 2,000 | plain, residual, proj, cell_layernorm | 44 | 74 | 0.9 |
+  | ptb | 4 | 128 | 2,000 | plain, plain_layernorm, residual, residual_relu, residual_tanh, residual_gelu, prenorm, postnorm, prenorm_ffn, prenorm_ffn_matched, skip_layernorm | 121 | 160/200 | 5.6 |
+  | ptb | 8 | 128 | 2,000 | plain, plain_layernorm, residual, residual_gelu, prenorm, skip_layernorm | 66 | 350 | 6.4 |
+  | ptb_long | 4 | 128 | 8,000 | plain_layernorm, residual, prenorm, prenorm_ffn | 20 | 640/800 | 3.8 |
+  | ptb_long | 8 | 128 | 8,000 | residual, prenorm | 10 | 1335 | 3.7 |
+  | ptb_wide | 4 | 256 | 2,000 | residual, prenorm | 22 | 640 | 3.9 |
+  | speech | 2 | 64 | 1,000 | plain, residual, proj, cell_layernorm, dropout | 55 | 39 | 0.6 |
+  | speech | 4 | 64 | 1,000 | plain, plain_layernorm, residual, residual_relu, residual_tanh, residual_gelu, prenorm, prenorm_rmsnorm, postnorm, prenorm_ffn, prenorm_ffn_matched, skip_layernorm | 132 | 88/110 | 3.4 |
+  | speech | 8 | 64 | 1,000 | plain, plain_layernorm, residual, residual_tanh, prenorm, skip_tanh | 66 | 201 | 3.7 |
+  | all | | | | | 536 | | 32.0 (+1.3 reserve) |
+
+Run the sweeps one per core (`taskset -c 0 python -m train.sweep ...` and `taskset -c 1 ...` for
+another sweep), not with --parallel=2: each point's process uses XLA's and the CPU kernel's
+threads on every core, so two points of one sweep at once share both cores and each runs slower.
 """
 from __future__ import annotations
 
@@ -102,12 +121,12 @@ ARMS = {
 _BRANCH = ['residual_relu', 'residual_tanh', 'residual_gelu']
 DEPTHS_OF = {
     'ptb': {2: ['plain', 'residual', 'proj', 'cell_layernorm'],
-            4: ['plain', 'plain_layernorm', 'residual', *_BRANCH, 'prenorm', 'prenorm_rmsnorm',
-                'postnorm', 'prenorm_ffn', 'prenorm_ffn_matched', 'skip_layernorm'],
+            4: ['plain', 'plain_layernorm', 'residual', *_BRANCH, 'prenorm', 'postnorm',
+                'prenorm_ffn', 'prenorm_ffn_matched', 'skip_layernorm'],
             8: ['plain', 'plain_layernorm', 'residual', 'residual_gelu', 'prenorm',
                 'skip_layernorm']},
     # the arms the answer rests on, 4x longer, at the rates :ptb's tuning chose
-    'ptb_long': {4: ['plain_layernorm', 'residual', 'prenorm', 'postnorm', 'prenorm_ffn'],
+    'ptb_long': {4: ['plain_layernorm', 'residual', 'prenorm', 'prenorm_ffn'],
                  8: ['residual', 'prenorm']},
     'ptb_wide': {4: ['residual', 'prenorm']},
     'speech': {2: ['plain', 'residual', 'proj', 'cell_layernorm', 'dropout'],
@@ -255,10 +274,11 @@ def get_sweep(arg='ptb'):
 # shapes: medians of configs/study.py's runs (PTB 2,000 steps, speech 1,000) and
 # configs/study_ptb_8000.py / study_ptb_plain8.py's (8,000 steps), one run per core of the 2-core
 # AMD EPYC family 25 model 17 with the other core busy; 4 layers at 8,000 steps from its 2,000-step
-# median at its per-step rate; width 256 from the ratio of timed 100-step runs (PLAN_TIMINGS).
+# median at its per-step rate; width 256 at 4x width 128 (timed 100-step runs: 0.56 against
+# 2.80 steps/s, 5.0x, but at load averages 13.7 against 9.8; docs/study-round-three.md).
 SECONDS_PER_RUN = {('ptb', 2, 128, 2000): 74, ('ptb', 4, 128, 2000): 160,
                    ('ptb', 8, 128, 2000): 350, ('ptb', 4, 128, 8000): 640,
-                   ('ptb', 8, 128, 8000): 1335, ('ptb', 4, 256, 2000): 400,
+                   ('ptb', 8, 128, 8000): 1335, ('ptb', 4, 256, 2000): 640,
                    ('speech', 2, 64, 1000): 39, ('speech', 4, 64, 1000): 88,
                    ('speech', 8, 64, 1000): 201}
 FFN_COST = 1.25  # assumed, not measured: the feed-forward sublayer is not in this tree yet
