@@ -40,6 +40,11 @@ def get_sweep(arg=None):
     return {{'axes': {{'model.between': ['none', 'relu'], 'model.num_layers': [2, 4]}},
             'seeds': [0, 1, 2], 'tune': {{'optimizer.learning_rate': [0.001, 0.01, 0.1]}},
             'compare': {{'field': 'model.between', 'reference': 'none'}}}}
+  if arg == 'fresh':  # tuned on two seeds of its own, evaluated on three others
+    return {{'axes': {{'model.between': ['none', 'relu'], 'model.num_layers': [2]}},
+            'seeds': [0, 1, 2], 'tune_seeds': [10, 11],
+            'tune': {{'optimizer.learning_rate': [0.001, 0.01, 0.1]}},
+            'compare': {{'field': 'model.between', 'reference': 'none'}}}}
   seeds = [0, 1] if arg != 'one_seed' else [7]
   return {{'axes': {{'model.between': ['none', 'relu', 'layernorm'], 'model.num_layers': [2, 4]}},
           'seeds': seeds,
@@ -454,3 +459,57 @@ json.dump({'status': 'completed', 'task': 'ptb_char', 'valid': {'bpc': bpc},
   cells = [c.strip() for c in row.strip('|').split('|')]
   assert cells[2:6] == ['3', '0', '0/3', '+0.000']  # ties: better in none of the pairs
   assert os.path.exists(os.path.join(sweep_dir, 'tuning.png'))
+
+
+class TwoSeedTuningRunner(FakeRunner):
+  """Tuning seed 10 alone would choose 0.01 (bpc 1 + |log10 lr + 2|), seed 11 alone 0.1 and more
+  sharply (1 + 3 |log10 lr + 1|): the mean over both chooses 0.1 (1.5 against 2.5 and 4.5).
+  Evaluation seeds: 1 + lr + 0.01 seed (relu 0.05 worse)."""
+  def __call__(self, argv, workdir):
+    name = os.path.basename(workdir)
+    self.calls.append(name)
+    parts = dict(part.split('=') for part in name.split(','))
+    lr, seed = float(parts['learning_rate']), int(parts['seed'])
+    if seed == 10:
+      bpc = 1 + abs(math.log10(lr) + 2)
+    elif seed == 11:
+      bpc = 1 + 3 * abs(math.log10(lr) + 1)
+    else:
+      bpc = 1 + lr + 0.01 * seed + (0.05 if parts['between'] == 'relu' else 0)
+    _write_results(workdir, 'completed', valid={'bpc': bpc}, test={'bpc': bpc})
+    return 0
+
+
+def test_tuning_on_two_seeds_chooses_on_the_mean_and_evaluates_on_fresh_seeds(config_path,
+                                                                             tmp_path):
+  sweep_dir = str(tmp_path / 'sweep')
+  base, _, _ = _points(config_path, 'fresh')
+  prepare = lambda: sweep.prepare(base, config_path + ':fresh', sweep_dir, {}, 'python', 'main.py')
+  spec, points, _ = prepare()
+  assert len(points) == 2 * 3 * 2 and {p.seed for p in points} == {10, 11}
+  runner = TwoSeedTuningRunner()
+  sweep.run_points(sweep_dir, points, {p.name: ['true'] for p in points}, runner=runner,
+                   log=lambda line: None)
+  spec, points, commands = prepare()
+  assert {json.loads(k)['model.between']: c['value'] for k, c in spec['choices'].items()} == \
+      {'none': 0.1, 'relu': 0.1}  # the mean over seeds 10 and 11, not seed 10's 0.01
+  seed_points = [p for p in points if p.stage == 'seeds']
+  # every evaluation seed runs afresh: no tuning run is reused
+  assert sorted((p.values['model.between'], p.seed) for p in seed_points) == \
+      [(b, s) for b in ('none', 'relu') for s in (0, 1, 2)]
+  assert all(p.values['optimizer.learning_rate'] == 0.1 for p in seed_points)
+  sweep.run_points(sweep_dir, points, {p.name: ['true'] for p in points}, runner=runner,
+                   log=lambda line: None)
+  assert len(runner.calls) == 12 + 6
+  files.write_json(os.path.join(sweep_dir, 'sweep.json'), sweep.sweep_description(
+      config_path + ':fresh', spec, points, base, {}, commands), default=repr)
+  text = open(report.write_report(sweep_dir)).read()
+  assert 'none of them used in tuning' in text and 'averaged over those seeds' in text
+  # the results table holds the three evaluation runs only (1.1, 1.11, 1.12: mean 1.110)
+  row = next(line for line in text.splitlines() if line.startswith('| none | 2 |'))
+  assert [c.strip() for c in row.strip('|').split('|')][3:6] == ['3', '0/3', '1.110 ± 0.010']
+  pairs = next(line for line in text.splitlines() if line.startswith('| num_layers=2 | relu |'))
+  assert [c.strip() for c in pairs.strip('|').split('|')][2:6] == ['3', '0', '0/3', '+0.050']
+  tuning_row = next(line for line in text.splitlines()
+                    if line.startswith('| between=none, num_layers=2 |'))
+  assert '**1.500**' in tuning_row  # the mean of seed 10 (2.0) and seed 11 (1.0) at 0.1

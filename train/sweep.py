@@ -28,9 +28,12 @@ for a smoke test); they may not name a swept field.
 Tuning (equal tuning per arm): `'tune': {'optimizer.learning_rate': [1e-3, 3e-3, 1e-2]}` makes
 the sweep run in two stages. The tuning stage runs every setting at every value with the tuning
 seeds (`'tune_seeds'`, default the first seed); once all of a setting's tuning runs have finished,
-the value with the best final validation metric is its choice, and the seeds stage runs that
-setting at that value with every seed (the tuning run at the chosen value is its own seed's run).
-A value with a diverged run is never chosen. `'compare': {'field': 'model.between', 'reference':
+the value with the best final validation metric, averaged over the tuning seeds, is its choice,
+and the seeds stage runs that setting at that value with every seed of `'seeds'`. A value with a
+diverged tuning run is never chosen. A tuning seed that is also an evaluation seed (the default)
+makes its tuning run at the chosen value that seed's evaluation run; with `'tune_seeds'` disjoint
+from `'seeds'` (e.g. tune on [100, 101], evaluate on [0, 1, 2, 3, 4]) every evaluation run is
+fresh, and train.report counts no tuning run among the evaluation runs. `'compare': {'field': 'model.between', 'reference':
 'none'}` tells the report which arm the others are paired against (within each group of settings
 equal but for that field); `'compare': {'setting': {...}}` pairs every setting against the one
 with those values, and `'by': ['model.cell_clip']` does that within each value of the fields
@@ -238,6 +241,7 @@ def _make_points(config, sweep: dict, runs) -> list[Point]:
 
 
 def _seeds(config, sweep: dict) -> list[int]:
+  """The evaluation seeds: sweep['seeds'], or the config's own seed."""
   return sweep['seeds'] if sweep['seeds'] is not None else [int(config.seed)]
 
 
@@ -282,9 +286,10 @@ def choose_tuned(sweep_dir: str, tune_points: Sequence[Point], field: str) -> di
 
 
 def expand_seed_stage(config, sweep: dict, choices: dict[str, dict]) -> list[Point]:
-  """The seeds stage: every setting whose value is chosen, at that value, with every seed (seeds
-  outermost). Points that coincide with a tuning run are that run. `sweep` is as check_sweep
-  returns it."""
+  """The seeds stage: every setting whose value is chosen, at that value, with every evaluation
+  seed (`sweep['seeds']`, seeds outermost). A point that coincides with a tuning run (a tuning
+  seed that is also an evaluation seed) is that run; tuning seeds that are not evaluation seeds
+  get no point here. `sweep` is as check_sweep returns it."""
   (field, _), = sweep['tune'].items()
   runs = []
   for seed in _seeds(config, sweep):
