@@ -29,8 +29,10 @@ def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(result)
 
 
-# Fields that older configs and run directories spell differently, each with what it means today.
-LEGACY = {'model.residual': lambda on: {'model.block': 'residual_op_on_skip'} if on else {}}
+# Fields that older configs and run directories spell differently: each with today's fields for
+# a value of it, and its value read back from today's config.
+LEGACY = {'model.residual': (lambda on: {'model.block': 'residual_op_on_skip'} if on else {},
+                             lambda config: config.model.block == 'residual_op_on_skip')}
 
 
 def upgrade(flat: dict[str, Any]) -> dict[str, Any]:
@@ -39,9 +41,14 @@ def upgrade(flat: dict[str, Any]) -> dict[str, Any]:
   result = {k: v for k, v in flat.items() if k not in LEGACY}
   for key, value in flat.items():
     if key in LEGACY:
-      for new_key, new_value in LEGACY[key](value).items():
+      for new_key, new_value in LEGACY[key][0](value).items():
         result.setdefault(new_key, new_value)
   return result
+
+
+def read_legacy(config, key: str):
+  """The value of legacy field `key` (dotted) that `config`, a config of today, amounts to."""
+  return LEGACY[key][1](config)
 
 
 def base_config() -> ml_collections.ConfigDict:

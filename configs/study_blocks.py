@@ -58,7 +58,7 @@ Arms (`ARMS`; `model.between` is the op, 'none' unless named; the first layer is
   gated feed-forward sublayer, factor 4/3, gelu, as xLSTM's sLSTM block), prenorm_ffn_matched
   (the same at FFN_MATCHED_HIDDEN, the parameter count of prenorm), skip_layernorm and
   skip_gelu / skip_tanh (residual_op_on_skip, the earlier tables' form); at 2 layers: plain,
-  proj_size=64 (LSTMP), the cell's own layer_norm, and on speech dropout=0.3 between layers.
+  proj_size = half the width (LSTMP), the cell's own layer_norm, and on speech dropout=0.3 between layers.
   Which arms run at which depth per task: DEPTHS_OF.
 
 Plan and cost (`print_plan()` prints this table from SECONDS_PER_RUN; runs = arms x (3 rates x
@@ -114,7 +114,7 @@ ARMS = {
     'skip_layernorm': {'model.block': 'residual_op_on_skip', 'model.between': 'layernorm'},
     'skip_gelu': {'model.block': 'residual_op_on_skip', 'model.between': 'gelu'},
     'skip_tanh': {'model.block': 'residual_op_on_skip', 'model.between': 'tanh'},
-    'proj': {'model.proj_size': 64},
+    'proj': {'model.proj_size': 64},  # half the task's width (settings)
     'cell_layernorm': {'model.layer_norm': True},
     'dropout': {'model.dropout': 0.3},
 }
@@ -220,6 +220,8 @@ def settings(task: str) -> list[dict]:
       setting = {**REFERENCE, **ARMS[arm], 'model.num_layers': depth}
       if arm == 'prenorm_ffn_matched':
         setting['model.hidden_size'] = FFN_MATCHED_HIDDEN[task, depth]
+      if arm == 'proj':  # LSTMP: h projected to half the cell's width
+        setting['model.proj_size'] = HIDDEN[task] // 2
       out.append(setting)
   return out
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from configs import study
-from train import sweep, trainer
+from train import checkpoint, sweep, trainer
 from tests.trainer_utils import ROOT, tiny_config
 
 ARMS = [{'model.between': 'none'}, {'model.between': 'relu'}, {'model.between': 'layernorm'},
@@ -113,8 +113,9 @@ def test_speech_common_rate_check_links_the_studys_own_runs_of_the_same_points()
     assert os.path.dirname(target) == os.path.realpath(
         os.path.join(ROOT, 'results', 'study_speech', 'runs'))
     assert os.path.basename(target) == p.name
-    with open(os.path.join(target, 'config.json')) as f:
-      assert json.load(f) == json.loads(p.config.to_json())
+    with open(os.path.join(target, 'config.json')) as f:  # saved before the blocks: upgraded
+      saved = checkpoint.config_from_dict(json.load(f), 'config.json')
+    assert json.loads(saved.to_json()) == json.loads(p.config.to_json())
     assert sweep.point_status(workdir) == 'completed'
   assert linked == 21  # none's seed 0 (its tuning run) and every seed of the other four arms
 

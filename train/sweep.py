@@ -101,6 +101,8 @@ class Point:
 
 
 def get_field(config, key: str):
+  if key in common.LEGACY:  # a field older sweep configs name, read from today's fields
+    return common.read_legacy(config, key)
   node = config
   for part in key.split('.'):
     try:
