@@ -210,7 +210,8 @@ def test_two_tasks_with_srun_equal_one_process(tmp_path):
 
 
 def test_main_outside_srun_in_a_two_task_job_says_how_to_launch(tmp_path):
-  command = f'{sys.executable} main.py {CONFIG} --workdir={tmp_path / "w"} --config.distributed=True'
+  command = (f'{sys.executable} main.py {CONFIG} --workdir={tmp_path / "w"} '
+             '--config.distributed=True')
   job_id = _sbatch(str(tmp_path), '--ntasks=2', f'--chdir={ROOT}',
                    f'--output={tmp_path}/slurm-%j.out', f'--wrap={command}')
   _wait(job_id)
