@@ -283,29 +283,85 @@ def test_slurm_script(config_path, tmp_path):
              '--parallel=4', '--sbatch=--time=01:00:00')
   assert out.returncode == 0, out.stderr
   text = open(script).read()
-  commands_path = str(tmp_path / 'job.commands')
   assert text.startswith('#!/bin/bash\n')
   assert '#SBATCH --array=0-12%4\n' in text  # 13 unfinished points, at most 4 at once
   assert '#SBATCH --time=01:00:00\n' in text and '#SBATCH --requeue\n' in text
+  assert '#SBATCH --open-mode=append\n' in text and '#SBATCH --signal=TERM@120\n' in text
   assert f'#SBATCH --output={sweep_dir}/slurm-%A_%a.out' in text
-  assert f'sed -n "$((SLURM_ARRAY_TASK_ID + 1))p" {commands_path}' in text
-  commands = open(commands_path).read().splitlines()
-  assert len(commands) == 13
-  assert commands[0].startswith(f'{sys.executable} {os.path.join(ROOT, "main.py")} '
-                                f'--config={config_path} ')
-  assert f'--workdir={sweep_dir}/between=none,num_layers=4,seed=0 ' in commands[0]
+  assert f'cd {ROOT}\n' in text and 'export JAX_COMPILATION_CACHE_DIR=' in text
+  name = 'between=none,num_layers=4,seed=0'
+  assert f"names=(\n  {name}\n" in text  # the first task's point
+  assert 'between=none,num_layers=2,seed=0' not in text  # finished: left out
+  command = text.split(f'  {name})\n', 1)[1].splitlines()[1]
+  assert command.startswith(f'    command=({sys.executable} {os.path.join(ROOT, "main.py")} '
+                            f'--config={config_path} ')
+  assert f'--workdir={sweep_dir}/{name} ' in command
   assert subprocess.run(['bash', '-n', script]).returncode == 0
 
 
-def test_slurm_task_runs_its_line(tmp_path):
-  commands = tmp_path / 'c.commands'
-  commands.write_text(''.join(f"echo 'task {i}' ok\n" for i in range(3)))
+def _fake_srun(tmp_path):
+  """A directory for PATH whose `srun` runs its arguments (the script's tasks outside SLURM)."""
+  bin_dir = tmp_path / 'bin'
+  bin_dir.mkdir()
+  (bin_dir / 'srun').write_text('#!/bin/sh\nexec "$@"\n')
+  (bin_dir / 'srun').chmod(0o755)
+  return str(bin_dir)
+
+
+def _run_task(script, task, bin_dir, env=None):
+  env = dict(os.environ, SLURM_ARRAY_TASK_ID=str(task), SLURM_JOB_ID='7',
+             PATH=bin_dir + os.pathsep + os.environ['PATH'], **(env or {}))
+  return subprocess.run(['bash', str(script)], env=env, capture_output=True, text=True)
+
+
+def test_slurm_tasks_run_their_point_by_name(tmp_path):
+  """Task i runs the point named i-th in the script it was submitted with; writing the script
+  again for fewer points (one finished) changes nothing for tasks of the earlier script."""
+  def commands(names):
+    return {n: ['bash', '-c', 'echo "$0" >> "${1#--workdir=}/ran"', n,
+                f'--workdir={tmp_path / n}'] for n in names}
+  for n in 'abc':
+    (tmp_path / n).mkdir()
+  first, second = tmp_path / 'first.sh', tmp_path / 'second.sh'
+  sweep.write_slurm(str(first), commands('abc'), 'x', str(tmp_path))
+  files.write_json(str(tmp_path / 'a' / 'results.json'), {'status': 'completed'})
+  sweep.write_slurm(str(second), commands('bc'), 'x', str(tmp_path))
+  bin_dir = _fake_srun(tmp_path)
+  out = _run_task(first, 0, bin_dir)
+  assert out.returncode == 0, out.stderr
+  assert out.stdout.splitlines()[-1] == 'task 0: point a has finished (completed); nothing to run'
+  for script, task, name in ((first, 1, 'b'), (first, 2, 'c'), (second, 0, 'b'), (second, 1, 'c')):
+    out = _run_task(script, task, bin_dir)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines()[-1] == f'task {task} (restart 0): point {name}'
+  assert not (tmp_path / 'a' / 'ran').exists()
+  assert (tmp_path / 'b' / 'ran').read_text() == 'b\nb\n'
+  assert (tmp_path / 'c' / 'ran').read_text() == 'c\nc\n'
+  assert '#SBATCH --array=0-1\n' in second.read_text()
+
+
+def test_slurm_task_requeues_a_stopped_run_a_bounded_number_of_times(tmp_path):
+  """A run that stops early (results.json `preempted`) requeues its array task with scontrol,
+  until the task has been requeued STACKED_LSTM_MAX_REQUEUES times."""
+  workdir = tmp_path / 'p'
+  workdir.mkdir()
+  write = ('import json, sys; json.dump({"status": "preempted"}, '
+           'open(sys.argv[1][len("--workdir="):] + "/results.json", "w"))')
   script = tmp_path / 's.sh'
-  script.write_text(sweep.slurm_script(str(commands), 3, 'x', str(tmp_path), str(tmp_path)))
-  out = subprocess.run(['bash', str(script)], env=dict(os.environ, SLURM_ARRAY_TASK_ID='1'),
-                       capture_output=True, text=True)
-  assert out.returncode == 0 and out.stdout.splitlines()[-1] == 'task 1 ok'
-  assert '#SBATCH --array=0-2\n' in script.read_text()
+  sweep.write_slurm(str(script), {'p': [sys.executable, '-c', write, f'--workdir={workdir}']},
+                    'x', str(tmp_path))
+  bin_dir = _fake_srun(tmp_path)
+  (tmp_path / 'bin' / 'scontrol').write_text(f'#!/bin/sh\necho "$@" >> {tmp_path}/scontrol\n')
+  (tmp_path / 'bin' / 'scontrol').chmod(0o755)
+  env = dict(SLURM_ARRAY_JOB_ID='6', STACKED_LSTM_MAX_REQUEUES='2')
+  out = _run_task(script, 0, bin_dir, dict(env, SLURM_RESTART_COUNT='1'))
+  assert out.returncode == 0, out.stderr
+  assert (tmp_path / 'scontrol').read_text() == 'requeue 6_0\n'
+  assert 'requeueing job 6_0 (restart 2 of at most 2)' in out.stdout
+  out = _run_task(script, 0, bin_dir, dict(env, SLURM_RESTART_COUNT='2'))
+  assert out.returncode == 1
+  assert 'job 6_0 was already requeued 2 times' in out.stderr
+  assert (tmp_path / 'scontrol').read_text() == 'requeue 6_0\n'
 
 
 def test_points_run_with_the_persistent_compilation_cache(tmp_path, monkeypatch):

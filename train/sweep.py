@@ -509,45 +509,89 @@ def sweep_description(config_spec: str, sweep: dict, points: Sequence[Point], ba
   }
 
 
-def slurm_script(commands_path: str, num_tasks: int, job_name: str, log_dir: str, cwd: str,
-                 throttle: int = 0, sbatch: Sequence[str] = ()) -> str:
-  """A SLURM array script: task i runs line i + 1 of `commands_path`."""
-  array = f'0-{num_tasks - 1}' + (f'%{throttle}' if throttle else '')
+def _workdir_of(argv: Sequence[str]) -> str:
+  """The --workdir=DIR of a point's command."""
+  for arg in argv:
+    if arg.startswith('--workdir='):
+      return arg[len('--workdir='):]
+  raise SweepError(f'no --workdir= in {shlex.join(argv)}')
+
+
+def slurm_script(commands: dict[str, list[str]], job_name: str, log_dir: str, throttle: int = 0,
+                 sbatch: Sequence[str] = (), python: str = sys.executable) -> str:
+  """A SLURM array script with one task per point, addressed by name.
+
+  Args:
+    commands: {point name: its command}, in the order of the array's tasks.
+    job_name: the job's name.
+    log_dir: where each task's log, slurm-<array job>_<task>.out, goes (appended to on requeue).
+    throttle: the most tasks running at once (0: no limit).
+    sbatch: extra `#SBATCH` options, e.g. '--time=02:00:00'.
+    python: the interpreter that reads a point's results.json.
+  Returns:
+    The script. It holds every point's name and command: SLURM keeps the copy it was given, so
+    writing the script again never changes what a submitted task runs. A task whose point has
+    finished (results.json `completed` or `diverged`) runs nothing; one whose run stopped early
+    (the time limit's SIGTERM, `scancel --signal=TERM`) requeues itself (scripts/slurm/requeue.sh).
+  """
+  root = os.path.dirname(MAIN)
+  array = f'0-{len(commands) - 1}' + (f'%{throttle}' if throttle else '')
+  cache_dir = point_environment()['JAX_COMPILATION_CACHE_DIR']
   lines = [
       '#!/bin/bash',
-      f'# One array task per sweep point: task i runs line i+1 of {commands_path}.',
-      '# Submit with: sbatch THIS_FILE. A task that is requeued or preempted resumes from its',
-      "# workdir's checkpoint; finished points are not in the list (rerun train.sweep --slurm",
-      '# to write a new one).',
+      '# One array task per sweep point: task i runs the point named names[i] below, with the',
+      '# command this file gives that name. Submit with: sbatch THIS_FILE. A task whose run',
+      '# stops early (time limit, scancel --signal=TERM) requeues itself and resumes from its',
+      '# checkpoint; a finished point runs nothing. Rerun train.sweep --slurm for a script of the',
+      '# unfinished points; tasks already submitted keep the script they were submitted with.',
       f'#SBATCH --job-name={job_name}',
       f'#SBATCH --array={array}',
       f'#SBATCH --output={os.path.join(log_dir, "slurm-%A_%a.out")}',
-      '#SBATCH --signal=B:TERM@120',
+      '#SBATCH --open-mode=append',
+      '#SBATCH --signal=TERM@120',
       '#SBATCH --requeue',
       *[f'#SBATCH {opt}' for opt in sbatch],
       'set -euo pipefail',
-      f'cd {shlex.quote(cwd)}',
-      f'CMD=$(sed -n "$((SLURM_ARRAY_TASK_ID + 1))p" {shlex.quote(commands_path)})',
-      'echo "task $SLURM_ARRAY_TASK_ID: $CMD"',
-      'eval "exec $CMD"',
+      f'cd {shlex.quote(root)}',
+      f'export JAX_COMPILATION_CACHE_DIR="${{JAX_COMPILATION_CACHE_DIR:-{cache_dir}}}"',
+      f'python={shlex.quote(python)}',
+      'names=(',
+      *[f'  {shlex.quote(name)}' for name in commands],
+      ')',
+      'name="${names[$SLURM_ARRAY_TASK_ID]}"',
+      'case "$name" in',
+  ]
+  for name, argv in commands.items():
+    lines += [f'  {shlex.quote(name)})',
+              f'    workdir={shlex.quote(_workdir_of(argv))}',
+              f'    command=({shlex.join(argv)}) ;;']
+  lines += [
+      '  *) echo "error: no point for task $SLURM_ARRAY_TASK_ID in this script" >&2; exit 2 ;;',
+      'esac',
+      f'. {shlex.quote(os.path.join(root, "scripts", "slurm", "requeue.sh"))}',
+      'status="$(run_status "$python" "$workdir")"',
+      'if [ "$status" = completed ] || [ "$status" = diverged ]; then',
+      '  echo "task $SLURM_ARRAY_TASK_ID: point $name has finished ($status); nothing to run"',
+      '  exit 0',
+      'fi',
+      'echo "task $SLURM_ARRAY_TASK_ID (restart ${SLURM_RESTART_COUNT:-0}): point $name"',
+      'run_and_requeue "$python" "$workdir" "${command[@]}"',
       '',
   ]
   return '\n'.join(lines)
 
 
-def write_slurm(path: str, commands: Sequence[list[str]], job_name: str, log_dir: str,
-                throttle: int = 0, sbatch: Sequence[str] = ()) -> str:
-  """Writes the script at `path` and its commands file next to it; returns the commands path."""
-  root, ext = os.path.splitext(os.path.abspath(path))
-  commands_path = root + '.commands' if ext != '.commands' else root + '.commands.txt'
-  os.makedirs(os.path.dirname(commands_path), exist_ok=True)
-  with open(commands_path, 'w') as f:
-    f.writelines(shlex.join(c) + '\n' for c in commands)
-  with open(path, 'w') as f:
-    f.write(slurm_script(commands_path, len(commands), job_name, os.path.abspath(log_dir),
-                         os.getcwd(), throttle, sbatch))
+def write_slurm(path: str, commands: dict[str, list[str]], job_name: str, log_dir: str,
+                throttle: int = 0, sbatch: Sequence[str] = ()) -> None:
+  """Writes `slurm_script(...)` to `path` (atomically), executable.
+
+  Args:
+    path: the script's path.
+    commands, job_name, log_dir, throttle, sbatch: as `slurm_script` takes them.
+  """
+  text = slurm_script(commands, job_name, os.path.abspath(log_dir), throttle, sbatch)
+  files.atomic_write(path, lambda f: f.write(text.encode('utf-8')))
   os.chmod(path, 0o755)
-  return commands_path
 
 
 # ----------------------------------------------------------------------------------------------
@@ -658,10 +702,10 @@ def main(argv):
       print(f'all {len(points)} points are finished: no SLURM script written', file=sys.stderr)
       return 0
     name = os.path.basename(os.path.normpath(sweep_dir)) or 'sweep'
-    commands_path = write_slurm(FLAGS.slurm, [commands[p.name] for p in todo], name, sweep_dir,
-                                FLAGS.parallel if FLAGS['parallel'].present else 0, FLAGS.sbatch)
+    write_slurm(FLAGS.slurm, {p.name: commands[p.name] for p in todo}, name, sweep_dir,
+                FLAGS.parallel if FLAGS['parallel'].present else 0, FLAGS.sbatch)
     print(f'wrote {FLAGS.slurm} ({len(todo)} array tasks; {len(points) - len(todo)} finished '
-          f'points left out) and {commands_path}; submit with: sbatch {FLAGS.slurm}')
+          f'points left out); submit with: sbatch {FLAGS.slurm}')
     return 0
 
   lock = open(os.path.join(sweep_dir, '.sweep.lock'), 'w')
@@ -709,8 +753,8 @@ def _define_flags():
                        'array tasks running at once when given.')
   flags.DEFINE_bool('print_commands', False, 'Print the command of each unfinished point, one '
                     'per line, and run nothing.')
-  flags.DEFINE_string('slurm', None, 'Write a SLURM array script here (and its commands file '
-                      'next to it) for the unfinished points, and run nothing.')
+  flags.DEFINE_string('slurm', None, 'Write a SLURM array script here for the unfinished points '
+                      '(one task per point, addressed by name), and run nothing.')
   flags.DEFINE_multi_string('sbatch', [], 'Extra #SBATCH options for --slurm, e.g. '
                             '--sbatch=--time=02:00:00 --sbatch=--cpus-per-task=2.')
   flags.DEFINE_bool('dry_run', False, 'List the points, what would run and the commands; write '
