@@ -36,13 +36,16 @@ LEGACY = {'model.residual': (lambda on: {'model.block': 'residual_op_on_skip'} i
 
 
 def upgrade(flat: dict[str, Any]) -> dict[str, Any]:
-  """`flat` (dotted field -> value) with every legacy field replaced by today's fields; a value
-  given for today's field itself wins."""
-  result = {k: v for k, v in flat.items() if k not in LEGACY}
+  """`flat` (dotted field -> value) with every legacy field replaced, in its place, by today's
+  fields; a value given for today's field itself wins."""
+  result = {}
   for key, value in flat.items():
-    if key in LEGACY:
-      for new_key, new_value in LEGACY[key][0](value).items():
-        result.setdefault(new_key, new_value)
+    if key not in LEGACY:
+      result[key] = value
+      continue
+    for new_key, new_value in LEGACY[key][0](value).items():
+      if new_key not in flat:
+        result[new_key] = new_value
   return result
 
 

@@ -48,13 +48,13 @@ def get_sweep(arg=None):
   seeds = [0, 1] if arg != 'one_seed' else [7]
   return {{'axes': {{'model.between': ['none', 'relu', 'layernorm'], 'model.num_layers': [2, 4]}},
           'seeds': seeds,
-          'extra': [{{'model.num_layers': 4, 'model.residual': True}},
+          'extra': [{{'model.num_layers': 4, 'model.block': 'residual'}},
                     {{'model.between': 'relu', 'model.num_layers': 2}}]}}  # a grid point: dropped
 '''
 
 GRID_NAMES = ['between=none,num_layers=2', 'between=none,num_layers=4', 'between=relu,num_layers=2',
               'between=relu,num_layers=4', 'between=layernorm,num_layers=2',
-              'between=layernorm,num_layers=4', 'num_layers=4,residual=True']
+              'between=layernorm,num_layers=4', 'num_layers=4,block=residual']
 
 
 @pytest.fixture
@@ -85,15 +85,15 @@ def test_expand_counts_names_and_overrides(config_path):
   p = by_name['between=relu,num_layers=4,seed=1']
   assert p.overrides == {'model.between': 'relu', 'model.num_layers': 4, 'seed': 1}
   assert (p.config.model.between, p.config.model.num_layers, p.config.seed) == ('relu', 4, 1)
-  assert p.values == {'model.between': 'relu', 'model.num_layers': 4, 'model.residual': False}
+  assert p.values == {'model.between': 'relu', 'model.num_layers': 4, 'model.block': 'plain'}
   assert p.config.model.hidden_size == 16 and p.config.is_locked
-  extra = by_name['num_layers=4,residual=True,seed=0']
-  assert extra.overrides == {'model.num_layers': 4, 'model.residual': True, 'seed': 0}
-  assert extra.values == {'model.between': 'none', 'model.num_layers': 4, 'model.residual': True}
-  assert extra.config.model.residual is True
+  extra = by_name['num_layers=4,block=residual,seed=0']
+  assert extra.overrides == {'model.num_layers': 4, 'model.block': 'residual', 'seed': 0}
+  assert extra.values == {'model.between': 'none', 'model.num_layers': 4, 'model.block': 'residual'}
+  assert extra.config.model.block == 'residual'
   # The base config is untouched.
-  assert (base.model.between, base.model.num_layers, base.seed, base.model.residual) == \
-      ('none', 2, 0, False)
+  assert (base.model.between, base.model.num_layers, base.seed, base.model.block) == \
+      ('none', 2, 0, 'plain')
   # The config argument reaches get_sweep.
   assert {p.seed for p in _points(config_path, 'one_seed')[2]} == {7}
 
@@ -257,14 +257,14 @@ def test_print_commands_and_dry_run(config_path, tmp_path):
                       f'--workdir={sweep_dir}/between=none,num_layers=4,seed=0 '
                       '--config.num_train_steps=5 --config.model.between=none '
                       '--config.model.num_layers=4 --config.seed=0')
-  assert lines[-1].endswith('--config.model.residual=True --config.seed=1')
+  assert lines[-1].endswith('--config.model.block=residual --config.seed=1')
   with open(os.path.join(sweep_dir, 'sweep.json')) as f:
     description = json.load(f)
   assert description['num_points'] == 14 and len(description['points']) == 14
-  assert description['fields'] == ['model.between', 'model.num_layers', 'model.residual']
+  assert description['fields'] == ['model.between', 'model.num_layers', 'model.block']
   assert description['forwarded_overrides'] == {'num_train_steps': '5'}
   assert description['points'][0]['values'] == {'model.between': 'none', 'model.num_layers': 2,
-                                                 'model.residual': False}
+                                                 'model.block': 'plain'}
 
 
 def test_forwarded_overrides_may_not_name_a_swept_field(config_path, tmp_path):
