@@ -262,15 +262,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   with faults.writing(workdir):
     os.makedirs(workdir, exist_ok=True)
   with _holding(workdir), distributed.Preemption() as preemption:
-    config_json = config.to_json_best_effort()
-    checkpoint.compare_config(workdir, config_json)
-    checkpoint.check_dataset(workdir, s.dataset, config.data.allow_changed_data)
-    finished = _finished(workdir, s.num_train_steps)
-    if finished is not None:
-      logging.info('the run in %s is finished (completed at step %d): nothing to do, nothing '
-                   'written; its results are in results.json', workdir, finished['step'])
-      return finished
-    checkpoint.record_config(workdir, config_json)
+    checkpoint.record_config(workdir, config.to_json_best_effort())  # unchanged files: no write
     checkpoint.record_dataset(workdir, s.dataset, config.data.allow_changed_data)
     with _out_of_memory_reported(s):
       state, zero_carry = initial_state(s)
@@ -279,6 +271,12 @@ def train_and_evaluate(config, workdir: str) -> dict:
     first_loss = None
     if restored is not None:
       state, meta = restored
+      finished = _finished(workdir, int(state.step), s.num_train_steps)
+      if finished is not None:
+        logging.info('the run in %s is finished (completed at step %d): nothing to do, nothing '
+                     'written; its results are in results.json', workdir, finished['step'])
+        ckpts.close()
+        return finished
       s.train_batches.restore(meta['data'])
       first_loss = meta.get('first_loss')
       logging.info('resumed from step %d in %s', int(state.step), workdir)
@@ -320,13 +318,12 @@ def _holding(workdir: str):
       lock.release(workdir)
 
 
-def _finished(workdir: str, num_train_steps: int):
-  """The results of the workdir's run when it completed at `num_train_steps` (its final
-  checkpoint there), else None."""
+def _finished(workdir: str, restored_step: int, num_train_steps: int):
+  """The results of the workdir's run when it completed at `num_train_steps` and its newest
+  checkpoint that restores (`restored_step`) is that step's, else None."""
   results = files.read_json(os.path.join(workdir, 'results.json'))
   if (isinstance(results, dict) and results.get('status') == 'completed'
-      and results.get('step') == num_train_steps
-      and checkpoint.saved_steps(workdir)[-1:] == [num_train_steps]):
+      and results.get('step') == num_train_steps == restored_step):
     return results
   return None
 
@@ -457,8 +454,9 @@ def _fetch_checked(pending: list, step: int, results: dict, ckpts, workdir: str,
   fetched = jax.device_get(pending)
   for bad, values in enumerate(fetched, step - len(fetched) + 1):
     loss, grad_norm = float(values['loss']), float(values['grad_norm'])
-    kept = (f'The last good checkpoint (step {ckpts.latest_step()}) in {workdir} is '
-            'untouched.')
+    last = ckpts.latest_step()
+    kept = (f'The last good checkpoint (step {last}) in {workdir} is untouched.'
+            if last is not None else f'No checkpoint was saved in {workdir} before it.')
     if not (math.isfinite(loss) and math.isfinite(grad_norm)):
       results.update(status='diverged', step=bad,
                      message=f'non-finite loss {loss} (gradient norm {grad_norm}) at step {bad}')
