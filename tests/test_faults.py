@@ -320,7 +320,8 @@ def test_an_unreadable_config_json_is_refused(tmp_path):
   (tmp_path / 'config.json').write_text('{"task": "ptb_ch')
   with pytest.raises(trainer.ConfigError, match=f'^{tmp_path}/config.json is not readable JSON'):
     trainer.train_and_evaluate(tiny_config(), str(tmp_path))
-  assert os.listdir(tmp_path) == ['config.json']
+  assert sorted(os.listdir(tmp_path)) == [lock.LOCK_FILE, 'config.json']
+  assert lock_record(str(tmp_path)) is None  # the lock was given back
 
 
 def test_a_failed_append_leaves_no_partial_line(tmp_path):

@@ -2,8 +2,9 @@
 the flags of the tools that work on a trained run.
 
 `app.run(main, flags_parser=cli.parse_flags)` parses the flags (`run(main)` does that too and
-prints a ConfigError or a `faults.RunFault` from `main` as one line, exit status 1); any error in
-them (an unknown
+prints a ConfigError or a `faults.RunFault` from `main` as one line, exit status 1; a Ctrl-C as
+one line, status 130; a closed stdout pipe quietly, status 141); `output(text)` is how the tools
+print, so that a failed write to stdout is one line too. Any error in the flags (an unknown
 flag or config field, a value of the wrong type, a config file that does not exist or whose
 argument is not known) ends the program with one line on stderr naming the flag, what is wrong
 and the closest valid names, and exit status 2 (absl's status for flag errors), instead of a

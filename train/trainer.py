@@ -262,7 +262,10 @@ def train_and_evaluate(config, workdir: str) -> dict:
   with faults.writing(workdir):
     os.makedirs(workdir, exist_ok=True)
   with _holding(workdir), distributed.Preemption() as preemption:
-    checkpoint.record_config(workdir, config.to_json_best_effort())  # unchanged files: no write
+    config_json = config.to_json_best_effort()
+    checkpoint.compare_config(workdir, config_json)  # every saved file checked before any write
+    checkpoint.check_dataset(workdir, s.dataset, config.data.allow_changed_data)
+    checkpoint.record_config(workdir, config_json)  # files that would not change are not written
     checkpoint.record_dataset(workdir, s.dataset, config.data.allow_changed_data)
     with _out_of_memory_reported(s):
       state, zero_carry = initial_state(s)
