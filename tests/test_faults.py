@@ -370,6 +370,8 @@ def test_kills_inside_saves_and_sigterm_in_evaluation_resume_to_the_same_paramet
   killed = run_main(workdir, prelude=KILL_BEFORE_DELETING_OLD)  # 20 saved, 10 due to go
   assert killed.returncode == -signal.SIGKILL, killed.stderr
   assert saved_steps(workdir) == [10, 15, 20] and unfinished() == []
+  # The killed holder's record stays in the lock file; its lock died with it (no stale lock).
+  assert lock_record(workdir)['what'] == 'training'
 
   resumed = run_main(workdir)
   assert_reported(resumed, status=0)
@@ -604,7 +606,7 @@ def test_an_import_into_a_held_directory_is_refused_and_leftovers_wait_for_the_l
   vocab = data.Vocabulary(itos=tuple('abc'), level='char')
   with held_by_another_process(target, 'import') as pid:
     with pytest.raises(lock.Busy, match=rf'^{target} is in use by pid {pid} on host .* \(import, '):
-      export.from_torch(torch.nn.Embedding(3, 4), torch.nn.LSTM(4, 5, batch_first=True), None,
+      export.from_torch(torch.nn.Embedding(3, 5), torch.nn.LSTM(5, 5, batch_first=True), None,
                         vocab, target)
   assert sorted(os.listdir(target)) == [lock.LOCK_FILE]
   leftover = tmp_path / 'run' / 'checkpoints' / '5.orbax-checkpoint-tmp-1'
@@ -695,10 +697,12 @@ def test_runs_written_before_checksums_still_load(copy_of):
   import train
   os.remove(os.path.join(copy_of, 'checksums.json'))
   assert train.load_run(copy_of).step == STEPS
-  committed = sorted(glob.glob(os.path.join(ROOT, 'results', '*', 'config.json')))
-  assert committed
+  committed = sorted(glob.glob(os.path.join(ROOT, 'results', '**', 'config.json'),
+                              recursive=True))
+  assert len(committed) > 100
   for path in committed:
-    assert checkpoint.read_config(os.path.dirname(path)).model.hidden_size > 0
+    checksums.verify(os.path.dirname(path), ['config.json', 'dataset.json', 'vocab.json'])
+  assert checkpoint.read_config(os.path.dirname(committed[-1])).model.hidden_size > 0
   os.remove(os.path.join(copy_of, 'config.json'))
   with pytest.raises(trainer.ConfigError, match=f'^{copy_of} holds checkpoints but no '
                                                 'config.json, so the run they belong to is'):
@@ -814,13 +818,13 @@ def test_ctrl_c_and_sighup_stop_with_a_checkpoint_and_a_second_ctrl_c_at_once(tm
   assert_reported(hung_up, status=0)
   assert 'SIGHUP received: saving a checkpoint and stopping' in hung_up.stderr
   assert results() == {'task': 'ptb_char', 'status': 'preempted', 'step': 15}
-  assert saved_steps(workdir) == [1, 10, 15] and leftovers() == []
+  assert saved_steps(workdir) == [10, 15] and leftovers() == []  # keep_checkpoints=2
 
   interrupted = run_main(workdir, prelude=SIGINT_TWICE_AT_SAVE_20)
   error = assert_reported(interrupted, status=130)
   assert error == ('interrupted again: stopped at once, without a checkpoint of this step; the '
                    'earlier checkpoints are kept (rerun the same command to resume)')
-  assert saved_steps(workdir) == [1, 10, 15]
+  assert saved_steps(workdir) == [10, 15]
 
   resumed = run_main(workdir)
   assert_reported(resumed, status=0)

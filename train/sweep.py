@@ -691,16 +691,22 @@ def main(argv):
   forwarded = dict(config_flags.get_override_values(FLAGS['config']))
   sweep_dir = FLAGS.sweep_dir
   slurm = bool(FLAGS.slurm)
-  try:
-    sweep, points, commands = prepare(
-        FLAGS.config, config_spec, sweep_dir, forwarded,
-        python=sys.executable if slurm else 'python',
-        main_py=MAIN if slurm else _display_path(MAIN), absolute=slurm)
-  except SweepError as e:
-    raise SystemExit(f'error: {e}')
+
+  def prepared():
+    """(sweep, points, commands, statuses, the points to run) as `sweep_dir` is now."""
+    try:
+      sweep, points, commands = prepare(
+          FLAGS.config, config_spec, sweep_dir, forwarded,
+          python=sys.executable if slurm else 'python',
+          main_py=MAIN if slurm else _display_path(MAIN), absolute=slurm)
+    except SweepError as e:
+      raise SystemExit(f'error: {e}')
+    statuses = {p.name: point_status(os.path.join(sweep_dir, p.name)) for p in points}
+    return sweep, points, commands, statuses, [p for p in points
+                                               if statuses[p.name] not in FINISHED]
+
+  sweep, points, commands, statuses, todo = prepared()
   log = lambda line: logging.info('%s', line)
-  statuses = {p.name: point_status(os.path.join(sweep_dir, p.name)) for p in points}
-  todo = [p for p in points if statuses[p.name] not in FINISHED]
 
   if FLAGS.dry_run:
     print(f'{len(points)} points in {sweep_dir}: {len(points) - len(todo)} finished, '
@@ -739,15 +745,7 @@ def main(argv):
           aside = _set_aside(sweep_dir, name)
           log(f'point {name} finished with another config ({changed[name]}): moved to {aside} '
               'and run again (--changed_points=rerun)')
-      try:
-        sweep, points, commands = prepare(
-            FLAGS.config, config_spec, sweep_dir, forwarded,
-            python=sys.executable if slurm else 'python',
-            main_py=MAIN if slurm else _display_path(MAIN), absolute=slurm)
-      except SweepError as e:
-        raise SystemExit(f'error: {e}')
-      statuses = {p.name: point_status(os.path.join(sweep_dir, p.name)) for p in points}
-      todo = [p for p in points if statuses[p.name] not in FINISHED]
+      sweep, points, commands, statuses, todo = prepared()
   files.write_json(os.path.join(sweep_dir, 'sweep.json'),
                    sweep_description(config_spec, sweep, points, FLAGS.config, forwarded, commands),
                    default=repr)
