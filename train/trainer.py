@@ -404,7 +404,7 @@ def _run(s: Setup, state: TrainState, zero_carry, ckpts, writer, results: dict,
     stop = ((every_step or at_log) and preemption.agreed()) or bool(
         stop_after and step - start_step >= stop_after)
     if at_log or at_eval or at_save or stop:
-      interval += _fetch_checked(pending, step, results, ckpts, workdir, start)
+      interval += _fetch_finite(pending, step, results, ckpts, workdir, start)
       pending = []
     if at_log:
       _log_train(step, interval, task, writer, progress)
@@ -449,7 +449,7 @@ class _Best:
       self.ckpts.save_best(step, params, valid)
 
 
-def _fetch_checked(pending: list, step: int, results: dict, ckpts, workdir: str,
+def _fetch_finite(pending: list, step: int, results: dict, ckpts, workdir: str,
                    start: dict) -> list[dict]:
   """The host values of the metrics of the steps that end at `step`; stops the run at the first
   of them whose loss or gradient norm is not finite, or whose loss exceeds DIVERGENCE_FACTOR
