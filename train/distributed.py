@@ -10,11 +10,11 @@ process must be started by `srun` (which names the job step JAX reads); `python 
 the batch script itself is refused with one line saying so (`ConfigError`).
 
 `Distribution`: one mesh axis 'data' over every device of every process; batches are sharded on
-their leading axis, parameters replicated. `Preemption`: SIGTERM sets a flag that the training
-loop reads between steps; all processes stop together when any was asked to. main.py blocks
-SIGTERM from its first line until `Preemption` handles it, so a SIGTERM during start-up (a SLURM
-time limit's early signal, a sweep that stops) stops the run at its first step with a checkpoint
-instead of killing it.
+their leading axis, parameters replicated. `Preemption`: SIGTERM, SIGINT and SIGHUP set a flag that
+the training loop reads between steps; all processes stop together when any was asked to. main.py
+blocks SIGTERM from its first line until `Preemption` handles it, so a SIGTERM during start-up (a
+SLURM time limit's early signal, a sweep that stops) stops the run at its first step with a
+checkpoint instead of killing it.
 """
 from __future__ import annotations
 
@@ -106,24 +106,36 @@ class Distribution:
 
 
 class Preemption:
+  """SIGTERM (preemption), SIGINT (Ctrl-C) and SIGHUP (a closed terminal) set a flag that the
+  training loop reads between steps. A second SIGINT ends the process at once with one line
+  and exit status 130, leaving the checkpoints as they are (the last complete one is kept)."""
+
+  SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+
   def __init__(self):
     self.requested = False
-    self._previous = None
+    self._previous = {}
 
   def __enter__(self):
     if threading.current_thread() is threading.main_thread():
-      self._previous = signal.signal(signal.SIGTERM, self._handle)
+      self._previous = {sig: signal.signal(sig, self._handle) for sig in self.SIGNALS}
       # A SIGTERM that main.py held since start-up arrives now, at the handler.
       signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
     return self
 
   def _handle(self, signum, frame):
-    logging.warning('SIGTERM received: saving a checkpoint and stopping')
+    if self.requested and signum == signal.SIGINT:
+      os.write(2, b'error: interrupted again: stopped at once, without a checkpoint of this '
+               b'step; the earlier checkpoints are kept (rerun the same command to resume)\n')
+      os._exit(128 + signum)
+    if not self.requested:
+      logging.warning('%s received: saving a checkpoint and stopping (Ctrl-C again to stop at '
+                      'once)', signal.Signals(signum).name)
     self.requested = True
 
   def __exit__(self, *exc):
-    if self._previous is not None:
-      signal.signal(signal.SIGTERM, self._previous)
+    for sig, previous in self._previous.items():
+      signal.signal(sig, previous)
 
   def agreed(self) -> bool:
     """True when any process was asked to stop (all processes must save together)."""

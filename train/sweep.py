@@ -44,19 +44,26 @@ Points run with JAX's persistent compilation cache (`$JAX_COMPILATION_CACHE_DIR`
 `jax/` in the project's cache directory, `~/.cache/stacked_lstm`), so a setting's later seeds and
 resumed points do not compile again what an earlier point compiled.
 
-A point whose workdir holds `results.json` with status `completed` or `diverged` is skipped; any
-other point runs, and main.py resumes a preempted or killed one from its checkpoint, so a sweep
-that is stopped and started again loses nothing. Ctrl-C or SIGTERM stops the sweep: the running
-points get SIGTERM, save a checkpoint and exit (status `preempted`). Each point's console output
-goes to `<workdir>/log.txt`; the sweep logs one line per point start and finish with the status and
-the final metric. `<sweep_dir>/sweep.json` describes the grid and its points (the report reads it);
-`--dry_run` writes nothing.
+A point whose workdir holds `results.json` with status `completed` or `diverged`, and whose saved
+`config.json` is the config the sweep would run now, is skipped; any other point runs, and main.py
+resumes a preempted or killed one from its checkpoint, so a sweep that is stopped and started
+again loses nothing. A finished point whose config differs (another `--config.num_train_steps`,
+a sweep directory reused) stops the sweep with one line naming the field, unless
+`--changed_points=rerun` (its workdir is moved to `<name>.replaced` and it runs again) or
+`--changed_points=accept` (it counts as finished). A point whose workdir another process holds
+(train/lock.py: a point still running from an earlier sweep) is not started. Ctrl-C or SIGTERM
+stops the sweep: the running points get SIGTERM, save a checkpoint and exit (status
+`preempted`); if the sweep itself is killed, its points get SIGTERM all the same. Each point's
+console output goes to `<workdir>/log.txt`; the sweep logs one line per point start and finish
+with the status and the final metric. `<sweep_dir>/sweep.json` describes the grid and its points
+(the report reads it), written once the sweep holds the lock of `<sweep_dir>` (a second sweep
+there is refused before it writes anything); `--dry_run` writes nothing.
 """
 from __future__ import annotations
 
 import copy
+import ctypes
 import dataclasses
-import fcntl
 import importlib.util
 import itertools
 import json
@@ -75,9 +82,16 @@ import ml_collections
 
 from lstm import cache
 from configs import common
-from train import files, statistics
+from train import faults, files, lock, statistics
 
 FINISHED = ('completed', 'diverged')
+IN_USE = 'in use'  # a point not started because another process holds its workdir
+# Fields that do not change what a finished run computed: a point that differs from the sweep's
+# config only in these still counts as finished.
+NOT_COMPARED = ('keep_checkpoints', 'log_every_steps', 'checkpoint_every_steps',
+                'stop_after_steps', 'distributed', 'keep_freed_memory', 'data.cache',
+                'data.cache_dir', 'data.allow_changed_data')
+CHANGED_POINTS = ('stop', 'rerun', 'accept')
 MAIN = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'main.py')
 SWEEP_KEYS = ('axes', 'seeds', 'extra', 'tune', 'tune_seeds', 'compare')
 
@@ -346,6 +360,50 @@ def point_status(workdir: str) -> Optional[str]:
   return None if results is None else results.get('status')
 
 
+def config_difference(workdir: str, config) -> Optional[str]:
+  """How the config saved in `workdir` (read as train/checkpoint.py reads it, old fields upgraded)
+  differs from `config`, the config the sweep would run there now: 'config.F: the run has A, the
+  sweep now B' for the first field that differs (fields of NOT_COMPARED aside), a line saying
+  why the saved one cannot be read, or None when they are equal or the workdir has no
+  config.json (results written by other means than main.py)."""
+  from train import checkpoint, validation
+  if not os.path.exists(os.path.join(workdir, 'config.json')):
+    return None  # not a run of main.py (which writes config.json first): nothing to compare
+  try:
+    saved = checkpoint.read_config(workdir)
+  except (validation.ConfigError, faults.RunFault) as e:
+    return f'its config cannot be read: {e}'
+  a = files.flatten(json.loads(saved.to_json_best_effort()))
+  b = files.flatten(json.loads(config.to_json_best_effort()))
+  for key in sorted(set(a) | set(b)):
+    if key not in NOT_COMPARED and a.get(key) != b.get(key):
+      return f'config.{key}: the run has {a.get(key)!r}, the sweep now {b.get(key)!r}'
+  return None
+
+
+def changed_points(sweep_dir: str, points: Sequence[Point], statuses: dict) -> dict[str, str]:
+  """{name: difference} of the finished points whose saved config is not the one the sweep
+  would run now (see `config_difference`)."""
+  changed = {}
+  for p in points:
+    if statuses.get(p.name) in FINISHED:
+      difference = config_difference(os.path.join(sweep_dir, p.name), p.config)
+      if difference:
+        changed[p.name] = difference
+  return changed
+
+
+def _set_aside(sweep_dir: str, name: str) -> str:
+  """Renames the point's workdir to `<name>.replaced` (`.replaced.2`, ... if taken)."""
+  base = target = os.path.join(sweep_dir, f'{name}.replaced')
+  number = 1
+  while os.path.exists(target):
+    number += 1
+    target = f'{base}.{number}'
+  os.rename(os.path.join(sweep_dir, name), target)
+  return target
+
+
 def summary_line(results: Optional[dict]) -> str:
   """'valid bpc 1.523 | test bpc 1.498' (the metric the report uses), or the divergence message."""
   if not results:
@@ -375,8 +433,26 @@ def point_environment() -> dict[str, str]:
   return env
 
 
+PR_SET_PDEATHSIG = 1  # prctl(2): the signal a process gets when its parent ends
+
+
+def _ending_with(parent: int) -> Callable[[], None]:
+  """A Popen preexec_fn: the child is sent SIGTERM when `parent` ends, however it ends (Linux's
+  PR_SET_PDEATHSIG, armed in the child before it runs the command); a child whose parent is
+  already gone ends at once."""
+  prctl = ctypes.CDLL(None).prctl if sys.platform.startswith('linux') else None
+
+  def arm():
+    if prctl is not None:
+      prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != parent:
+      os.kill(os.getpid(), signal.SIGTERM)
+  return arm
+
+
 class Runner:
-  """Runs point commands as subprocesses; on stop() sends them SIGTERM (they checkpoint)."""
+  """Runs point commands as subprocesses; on stop() sends them SIGTERM (they checkpoint). The
+  points end with the sweep: if it is killed, they get SIGTERM and checkpoint."""
 
   def __init__(self):
     self.lock = threading.Lock()
@@ -392,9 +468,10 @@ class Runner:
         if self.stopping:
           return -1
         # Own session: a Ctrl-C at the terminal reaches the sweep only, which passes on SIGTERM.
+        # preexec_fn: the point gets SIGTERM (and checkpoints) when the sweep dies, even by kill -9.
         proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL, start_new_session=True,
-                                env=point_environment())
+                                env=point_environment(), preexec_fn=_ending_with(os.getpid()))
         self.procs.add(proc)
       try:
         return proc.wait()
@@ -433,6 +510,11 @@ def run_points(sweep_dir: str, points: Sequence[Point], commands: dict[str, list
       return point.name, statuses[point.name] or 'not started'
     tag = f'[{index + 1:>{width}}/{len(todo)}]'
     workdir = os.path.join(sweep_dir, point.name)
+    holder = lock.holder(workdir)
+    if holder is not None:
+      log(f'{tag} in use {point.name}: not started, its workdir is in use by {holder} (rerun '
+          'the sweep once that has ended)')
+      return point.name, IN_USE
     resumed = os.path.isdir(os.path.join(workdir, 'checkpoints'))
     log(f'{tag} start {point.name}' + (' (resuming)' if resumed else ''))
     start = time.time()
@@ -664,29 +746,61 @@ def main(argv):
   forwarded = dict(config_flags.get_override_values(FLAGS['config']))
   sweep_dir = FLAGS.sweep_dir
   slurm = bool(FLAGS.slurm)
-  try:
-    sweep, points, commands = prepare(
-        FLAGS.config, config_spec, sweep_dir, forwarded,
-        python=sys.executable if slurm else 'python',
-        main_py=MAIN if slurm else _display_path(MAIN), absolute=slurm)
-  except SweepError as e:
-    raise SystemExit(f'error: {e}')
+
+  def prepared():
+    """(sweep, points, commands, statuses, the points to run) as `sweep_dir` is now."""
+    try:
+      sweep, points, commands = prepare(
+          FLAGS.config, config_spec, sweep_dir, forwarded,
+          python=sys.executable if slurm else 'python',
+          main_py=MAIN if slurm else _display_path(MAIN), absolute=slurm)
+    except SweepError as e:
+      raise SystemExit(f'error: {e}')
+    statuses = {p.name: point_status(os.path.join(sweep_dir, p.name)) for p in points}
+    return sweep, points, commands, statuses, [p for p in points
+                                               if statuses[p.name] not in FINISHED]
+
+  sweep, points, commands, statuses, todo = prepared()
   log = lambda line: logging.info('%s', line)
-  statuses = {p.name: point_status(os.path.join(sweep_dir, p.name)) for p in points}
-  todo = [p for p in points if statuses[p.name] not in FINISHED]
 
   if FLAGS.dry_run:
     print(f'{len(points)} points in {sweep_dir}: {len(points) - len(todo)} finished, '
           f'{len(todo)} to run (dry run: nothing written)')
+    changed = changed_points(sweep_dir, points, statuses)
     for p in points:
       state = statuses[p.name]
       print(f'{"skip" if state in FINISHED else "run "} {p.name}'
-            + (f' [{state}]' if state else ''))
+            + (f' [{state}]' if state else '')
+            + (f' [changed: {changed[p.name]}]' if p.name in changed else ''))
       if state not in FINISHED:
         print('     ' + shlex.join(commands[p.name]))
     return 0
 
   os.makedirs(sweep_dir, exist_ok=True)
+  try:
+    lock.take(sweep_dir, 'sweep')  # held until the sweep ends; before anything is written here
+  except faults.RunFault as e:
+    raise SystemExit(f'error: {e}')
+  changed = changed_points(sweep_dir, points, statuses)
+  if changed:
+    name, difference = next(iter(changed.items()))
+    more = f' (and {len(changed) - 1} more points)' if len(changed) > 1 else ''
+    if FLAGS.changed_points == 'stop':
+      raise SystemExit(
+          f'error: point {name} finished with another config than the sweep\'s now '
+          f'({difference}){more}; pass --changed_points=rerun to train such points again (their '
+          'workdirs are kept as <name>.replaced), or --changed_points=accept to count them '
+          'finished as they are')
+    if FLAGS.changed_points == 'accept':
+      log(f'point {name} finished with another config ({difference}){more}: counted finished '
+          '(--changed_points=accept)')
+    else:
+      for name in changed:
+        if lock.holder(os.path.join(sweep_dir, name)) is None:
+          aside = _set_aside(sweep_dir, name)
+          log(f'point {name} finished with another config ({changed[name]}): moved to {aside} '
+              'and run again (--changed_points=rerun)')
+      sweep, points, commands, statuses, todo = prepared()
   files.write_json(os.path.join(sweep_dir, 'sweep.json'),
                    sweep_description(config_spec, sweep, points, FLAGS.config, forwarded, commands),
                    default=repr)
@@ -708,11 +822,6 @@ def main(argv):
           f'points left out); submit with: sbatch {FLAGS.slurm}')
     return 0
 
-  lock = open(os.path.join(sweep_dir, '.sweep.lock'), 'w')
-  try:
-    fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-  except OSError:
-    raise SystemExit(f'error: another sweep is running in {sweep_dir}')
   return _run_stages(FLAGS, config_spec, forwarded, sweep, points, commands)
 
 
@@ -757,6 +866,10 @@ def _define_flags():
                       '(one task per point, addressed by name), and run nothing.')
   flags.DEFINE_multi_string('sbatch', [], 'Extra #SBATCH options for --slurm, e.g. '
                             '--sbatch=--time=02:00:00 --sbatch=--cpus-per-task=2.')
+  flags.DEFINE_enum('changed_points', 'stop', CHANGED_POINTS, 'A finished point whose saved '
+                    'config differs from the one the sweep would run: stop the sweep with one line '
+                    'naming the field (stop), move its workdir aside and train it again (rerun), '
+                    'or count it finished as it is (accept).')
   flags.DEFINE_bool('dry_run', False, 'List the points, what would run and the commands; write '
                     'nothing.')
   config_flags.DEFINE_config_file('config', None, 'Sweep config file (get_config and get_sweep).',
