@@ -202,3 +202,25 @@ def test_blocks_study_plan_counts_every_run_of_its_grids():
   assert sum(r['runs'] for r in rows if r['task'] == 'ptb_long') == \
       len(blocks.settings('ptb_long')) * len(blocks.SEEDS)
   assert 25 < sum(r['core_hours'] for r in rows) < 35
+
+
+@pytest.mark.parametrize('task', ['ptb', 'speech'])
+def test_blocks_study_parameter_count_is_the_stacks_own(task):
+  """configs/study_blocks.py's param_count, less the embedding and the head, is the number of
+  parameters StackedLSTM creates, for every block form and the matched feed-forward arm."""
+  from configs import study_blocks as blocks
+  from lstm import StackedLSTM
+  width = 2 if task == 'speech' else 1
+  for depth in (4, 8):
+    for hidden, ffn, block in [(blocks.HIDDEN[task], 0, 'plain'),
+                               (blocks.HIDDEN[task], 0, 'prenorm'),
+                               (blocks.HIDDEN[task], 0, 'postnorm'),
+                               (blocks.FFN_MATCHED_HIDDEN[task, depth], 4 / 3, 'prenorm')]:
+      model = StackedLSTM(num_layers=depth, hidden_size=hidden, bidirectional=task == 'speech',
+                          block=block, ffn_factor=ffn, ffn_gated=True)
+      x = jax.ShapeDtypeStruct((1, 3, blocks.INPUTS[task]), jax.numpy.float32)
+      created = sum(a.size for a in jax.tree.leaves(jax.eval_shape(model.init,
+                                                                   jax.random.key(0), x)))
+      outside = width * hidden * blocks.OUTPUTS[task] + blocks.OUTPUTS[task] \
+          + blocks.EMBEDDING[task]
+      assert blocks.param_count(task, depth, hidden, ffn, block=block) - outside == created
