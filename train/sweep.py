@@ -731,6 +731,47 @@ def prepare(config, config_spec: str, sweep_dir: str, forwarded: dict, python: s
 # ----------------------------------------------------------------------------------------------
 
 
+def _dry_run(sweep_dir: str, points, commands, statuses, todo) -> int:
+  """Prints what the sweep would run, and writes nothing."""
+  print(f'{len(points)} points in {sweep_dir}: {len(points) - len(todo)} finished, '
+        f'{len(todo)} to run (dry run: nothing written)')
+  changed = changed_points(sweep_dir, points, statuses)
+  for p in points:
+    state = statuses[p.name]
+    print(f'{"skip" if state in FINISHED else "run "} {p.name}'
+          + (f' [{state}]' if state else '')
+          + (f' [changed: {changed[p.name]}]' if p.name in changed else ''))
+    if state not in FINISHED:
+      print('     ' + shlex.join(commands[p.name]))
+  return 0
+
+
+def _settle_changed(mode: str, sweep_dir: str, points, statuses, log) -> bool:
+  """Applies --changed_points to the finished points whose config differs from the sweep's now;
+  returns whether any was set aside (the sweep must be prepared again)."""
+  changed = changed_points(sweep_dir, points, statuses)
+  if not changed:
+    return False
+  name, difference = next(iter(changed.items()))
+  more = f' (and {len(changed) - 1} more points)' if len(changed) > 1 else ''
+  if mode == 'stop':
+    raise SystemExit(
+        f'error: point {name} finished with another config than the sweep\'s now '
+        f'({difference}){more}; pass --changed_points=rerun to train such points again (their '
+        'workdirs are kept as <name>.replaced), or --changed_points=accept to count them '
+        'finished as they are')
+  if mode == 'accept':
+    log(f'point {name} finished with another config ({difference}){more}: counted finished '
+        '(--changed_points=accept)')
+    return False
+  for name in changed:
+    if lock.holder(os.path.join(sweep_dir, name)) is None:
+      aside = _set_aside(sweep_dir, name)
+      log(f'point {name} finished with another config ({changed[name]}): moved to {aside} '
+          'and run again (--changed_points=rerun)')
+  return True
+
+
 def main(argv):
   from absl import flags, logging
   from ml_collections import config_flags
@@ -764,43 +805,15 @@ def main(argv):
   log = lambda line: logging.info('%s', line)
 
   if FLAGS.dry_run:
-    print(f'{len(points)} points in {sweep_dir}: {len(points) - len(todo)} finished, '
-          f'{len(todo)} to run (dry run: nothing written)')
-    changed = changed_points(sweep_dir, points, statuses)
-    for p in points:
-      state = statuses[p.name]
-      print(f'{"skip" if state in FINISHED else "run "} {p.name}'
-            + (f' [{state}]' if state else '')
-            + (f' [changed: {changed[p.name]}]' if p.name in changed else ''))
-      if state not in FINISHED:
-        print('     ' + shlex.join(commands[p.name]))
-    return 0
+    return _dry_run(sweep_dir, points, commands, statuses, todo)
 
   os.makedirs(sweep_dir, exist_ok=True)
   try:
     lock.take(sweep_dir, 'sweep')  # held until the sweep ends; before anything is written here
   except faults.RunFault as e:
     raise SystemExit(f'error: {e}')
-  changed = changed_points(sweep_dir, points, statuses)
-  if changed:
-    name, difference = next(iter(changed.items()))
-    more = f' (and {len(changed) - 1} more points)' if len(changed) > 1 else ''
-    if FLAGS.changed_points == 'stop':
-      raise SystemExit(
-          f'error: point {name} finished with another config than the sweep\'s now '
-          f'({difference}){more}; pass --changed_points=rerun to train such points again (their '
-          'workdirs are kept as <name>.replaced), or --changed_points=accept to count them '
-          'finished as they are')
-    if FLAGS.changed_points == 'accept':
-      log(f'point {name} finished with another config ({difference}){more}: counted finished '
-          '(--changed_points=accept)')
-    else:
-      for name in changed:
-        if lock.holder(os.path.join(sweep_dir, name)) is None:
-          aside = _set_aside(sweep_dir, name)
-          log(f'point {name} finished with another config ({changed[name]}): moved to {aside} '
-              'and run again (--changed_points=rerun)')
-      sweep, points, commands, statuses, todo = prepared()
+  if _settle_changed(FLAGS.changed_points, sweep_dir, points, statuses, log):
+    sweep, points, commands, statuses, todo = prepared()
   files.write_json(os.path.join(sweep_dir, 'sweep.json'),
                    sweep_description(config_spec, sweep, points, FLAGS.config, forwarded, commands),
                    default=repr)

@@ -386,10 +386,6 @@ def _run(s: Setup, state: TrainState, zero_carry, ckpts, writer, results: dict,
   t_start = time.perf_counter()
   pending, interval = [], []  # this logging interval's metrics: on the device, then fetched
   every_step = jax.process_count() == 1  # one process reads SIGTERM at no cost; several agree
-  if preemption.agreed():  # a signal while the run started (data, compilation, restoring)
-    results.update(status='preempted', step=step)
-    logging.info('stopped at step %d before training; rerun the same command to start', step)
-    return results
   while step < s.num_train_steps:
     position = s.train_batches.state()['position']
     reset = position == 0 or position >= s.steps_per_epoch
