@@ -13,7 +13,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from lstm import checks
+from lstm import checks, manual_axes
 from lstm.cell import Carry, LSTMCell, restart
 
 Array = jax.Array
@@ -111,6 +111,7 @@ def run_sequence(cell: LSTMCell, x: Array, mask: Optional[Array] = None,
 
   if remat:
     step = jax.checkpoint(step, prevent_cse=False)
+  carry = manual_axes.vary_together(*carry, z)[:2]  # under shard_map: varying as the outputs
   carry, outputs = jax.lax.scan(
       step, carry, (z, mask, resets, noise.zoneout_cell, noise.zoneout_hidden))
   if reverse:
