@@ -88,7 +88,7 @@ def run_sequence(cell: LSTMCell, x: Array, mask: Optional[Array] = None,
     checks.check_carry_dtype(initial_carry, fast.compute_dtype(cell, w, x))
     carry = initial_carry
 
-  if fast.supports(cell, w, x, carry):
+  if fast.supports(cell, w, x, carry) and not fast.forward_mode():
     # Custom-VJP projection and time loop (lstm/fast.py); the scan below is the reference it is
     # tested against.
     outputs, carry = fast.run_layer(cell, w, x, carry, mask, remat, resets, noise.recurrent)
