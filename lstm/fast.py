@@ -37,8 +37,18 @@ is the same; what differs is the work and memory around it (each point measured,
 * With `remat`, a layer keeps only its input (T, B, F) and recomputes projection and forward
   loop in its backward, tied to its output cotangents by a data dependency (see `_after`).
 
-Forward-mode autodiff (`jax.jvp`, `jax.jacfwd`, `jax.hessian`) is not defined through a
-`custom_vjp`: trace such code inside `reference_path()`. Reverse mode of any order works.
+Transformations. Every path composes with `jit`, `grad` of any order (reverse over reverse
+and forward over reverse), `vmap`, `jax.checkpoint`, `shard_map` with `check_vma` (the custom
+rules give each cotangent its primal's varying axes), `jax.export` (symbolic batch and time
+included) and lowering for any platform from any host (tests/test_transforms.py runs the
+matrix). Forward-mode autodiff (`jax.jvp`, `jax.jacfwd`, `jax.hessian`, `jax.linearize`) is
+not defined through a `custom_vjp`, so a layer traced under it takes the reference path by
+itself (`forward_mode`); reverse mode keeps the fast path. Where the forward-mode trace cannot
+be seen (a jaxpr differentiated after it was traced, e.g. `jax.jvp` of `jax.core.eval_jaxpr`
+of one), JAX says "can't apply forward-mode autodiff (jvp) to a custom_vjp function": trace
+that code inside `lstm.fast.reference_path()`. The CPU kernel is taken per platform when a
+program is lowered (`lstm.native`): a program lowered for `cuda` or `tpu`, or exported, runs
+XLA loops that compute the same function.
 
 Supported: padding masks (carry frozen past a sequence's length, outputs zero), an initial carry
 and its gradient, any activation, candidate/output activation and recurrent activation (registry
@@ -351,7 +361,9 @@ def _layer_impl(spec: _Spec, x, kernel, w, b, h0, c0, mask, resets, drop):
     _, hs, cs = native.forward(x, kernel, w, b, h0, c0, mask if spec.masked else None,
                                keep_gates=False)
     return _masked(spec, hs, mask), hs[-1], cs[-1]
-  if feature_major_pays(x.shape[1], w.shape[0], x.shape[2], x.dtype):
+  # The layout is chosen per shape; a symbolic shape (jax.export) runs batch-major.
+  if (all(isinstance(d, int) for d in x.shape)
+      and feature_major_pays(x.shape[1], w.shape[0], x.shape[2], x.dtype)):
     return _infer_feature_major(spec, x, kernel, w, b, h0, c0, mask, resets, drop)
   return _infer_batch_major(spec, x, kernel, w, b, h0, c0, mask, resets, drop)
 

@@ -259,7 +259,8 @@ def _primitive(name: str):
   xla = lambda *args, **params: _xla(name)(*args, **params)
   prim.def_impl(lambda *args, **params: jax.jit(functools.partial(prim.bind, **params))(*args))
   prim.def_abstract_eval(
-      lambda *avals, **params: jax.make_jaxpr(functools.partial(xla, **params))(*avals).out_avals)
+      lambda *avals, **params: list(
+          jax.make_jaxpr(functools.partial(xla, **params))(*avals).out_avals))
 
   def lower_xla(ctx, *args, **params):
     return mlir.lower_fun(functools.partial(xla, **params), multiple_results=True)(ctx, *args)
@@ -270,8 +271,8 @@ def _primitive(name: str):
       return lower_xla(ctx, *args, **params)
     return jax.ffi.ffi_lowering(_TARGETS[name])(ctx, *args)
 
-  mlir.register_lowering(prim, lower_xla, cacheable=False)
-  mlir.register_lowering(prim, lower_cpu, platform='cpu', cacheable=False)
+  mlir.register_lowering(prim, lower_xla)  # cached per module lowered: one export flag in each
+  mlir.register_lowering(prim, lower_cpu, platform='cpu')
 
   def jvp(primals, tangents, **params):
     tangents = [ad.instantiate_zeros(t) for t in tangents]
