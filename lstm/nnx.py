@@ -43,7 +43,16 @@ class Module(nnx.Module):
     self.deterministic = True
 
   def __call__(self, *args, deterministic: Optional[bool] = None, **kwargs):
-    """The linen module's `__call__` (same arguments); `deterministic` defaults to the mode."""
+    """The linen module's `__call__`: `outputs, carry = model(x, seq_lengths, initial_carry)`.
+
+    Args:
+      *args, **kwargs: those of `LSTMLayer.__call__` / `StackedLSTM.__call__`; carries are
+        `(h, c)`, h first (Flax's cells use `(c, h)`).
+      deterministic: None follows the mode (`model.train()`: False, `model.eval()`: True).
+
+    Returns:
+      What the linen module returns: `(outputs, carry)`.
+    """
     mode = self.deterministic if deterministic is None else deterministic
     return self.linen(*args, deterministic=mode, **kwargs)
 
@@ -59,7 +68,15 @@ class Cell(nnx.Module):
     self.linen.lazy_init(carry, example_inputs)
 
   def __call__(self, carry: Carry, inputs: jax.Array) -> tuple[Carry, jax.Array]:
-    """One step: carry `(h, c)` (h first) and inputs (B, F) -> (new `(h, c)`, h)."""
+    """One deterministic step.
+
+    Args:
+      carry: `(h, c)`, h first (Flax's cells take `(c, h)`).
+      inputs: x_t (B, F).
+
+    Returns:
+      `((h, c), h)`: the new carry and the output.
+    """
     return self.linen(carry, inputs)
 
   def initialize_carry(self, input_shape: tuple[int, ...], rngs: Any = None,

@@ -67,7 +67,7 @@ def test_dropout_on_in_train_and_off_in_eval():
   np.testing.assert_array_equal(third, fourth)
   # eval mode is the linen module applied deterministically to the same parameters
   linen = model.lstm.linen
-  variables = {'params': nnx.to_pure_dict(nnx.state(linen, nnx.Param))['params']}
+  variables = {'params': nnx.to_pure_dict(nnx.state(linen, nnx.Param))}
   y, _ = StackedLSTM(num_layers=2, hidden_size=H, dropout=0.5).apply(variables, x,
                                                                       deterministic=True)
   np.testing.assert_allclose(model.lstm(x)[0], y, atol=1e-6)
@@ -91,7 +91,7 @@ def test_cell_in_nnx_rnn_equals_the_layer():
   cell = lstm_nnx.to_nnx(LSTMCell(H), x[:, 0], rngs=nnx.Rngs(0))
   rnn = nnx.RNN(cell, return_carry=True)
   carry, y = rnn(x)
-  params = nnx.to_pure_dict(nnx.state(cell.linen, nnx.Param))['params']
+  params = nnx.to_pure_dict(nnx.state(cell.linen, nnx.Param))
   want, (h, c) = LSTMLayer(LSTMCell(H)).apply({'params': {'cell': params}}, x)
   np.testing.assert_allclose(y, want, atol=1e-5)
   np.testing.assert_allclose(carry[0], h, atol=1e-5)  # (h, c), h first
