@@ -167,20 +167,23 @@ def _intact(path: str) -> bool:
   """Whether the built kernel at `path` still has the size and SHA-256 recorded at its build;
   a damaged one is set aside as `path.damaged` (with a warning), never loaded."""
   record = path + '.json'
+  found, expected = _digest(path), None
   try:
     with open(record) as f:
       expected = json.load(f)
-    found = _digest(path)
   except (OSError, ValueError):
-    found, expected = None, None
-  if found is not None and found == expected:
+    pass
+  if found == expected:
     return True
   aside = path + '.damaged'
   os.replace(path, aside)
-  log.warning('the cached CPU kernel %s does not match its build record %s (%s); set aside as '
-              '%s and built again', path, record,
-              'no record' if expected is None else f'{found and found["size"]} bytes, recorded '
-              f'{expected.get("size") if isinstance(expected, dict) else "?"}', aside)
+  if expected is None:  # e.g. built by a version of this library that kept no record
+    log.info('the cached CPU kernel %s has no build record; set aside as %s and built again',
+             path, aside)
+  else:
+    log.warning('the cached CPU kernel %s does not match its build record %s (%s bytes, '
+                'recorded %s); set aside as %s and built again', path, record, found['size'],
+                expected.get('size') if isinstance(expected, dict) else '?', aside)
   return False
 
 
