@@ -69,7 +69,7 @@ def _compare(model, seq_lengths=None, with_carry=True, tol=1e-5, x=None, **apply
   variables = _jit(model.init)(jax.random.key(1), x)
   carry = _initial_carry(model, jax.random.key(2), x.shape[0]) if with_carry else None
   weights = jax.random.normal(jax.random.key(3), jax.eval_shape(
-      lambda: model.apply(variables, x, seq_lengths)[0]).shape)
+      lambda: model.apply(variables, x, seq_lengths, **apply_kwargs)[0]).shape)
 
   def loss(variables, x, carry):
     y, final = model.apply(variables, x, seq_lengths, carry, **apply_kwargs)

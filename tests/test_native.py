@@ -240,7 +240,8 @@ with fast.reference_path():
   want = jax.jit(jax.value_and_grad(lambda v, x: loss(v, x)))(variables, x)
 for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
   np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-5)
-built = os.listdir(os.path.join(os.environ['STACKED_LSTM_CACHE'], 'native'))
+built = [f for f in os.listdir(os.path.join(os.environ['STACKED_LSTM_CACHE'], 'native'))
+         if f.endswith('.so')]
 print(native.available(), calls['forward'] > 0, calls['backward'] > 0, len(built))
 '''
 
