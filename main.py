@@ -1,14 +1,22 @@
 """Entry point: `python main.py --config=configs/stack.py --workdir=DIR [--config.FIELD=VALUE ...]`.
 
 Flag and config errors and faults of the run end it with one line on stderr (`train.cli.run`).
+A SIGTERM at any time, start-up included, saves a checkpoint and exits 0 with results.json status
+`preempted` (see train/distributed.py). In a run of several processes only process 0 logs its
+progress to the console; the others print warnings and errors only.
 """
-import jax
-from absl import app, flags, logging
-from ml_collections import config_flags
+import signal
 
-import train
-from lstm import memory
-from train import cli, distributed
+# First, before the imports (seconds): a SIGTERM now waits for the training loop to take it.
+signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+
+import jax  # noqa: E402
+from absl import app, flags, logging  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+import train  # noqa: E402
+from lstm import memory  # noqa: E402
+from train import cli, distributed  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string('workdir', None, 'Directory for checkpoints, metrics and results.')
@@ -23,6 +31,8 @@ def main(argv):
   if config.keep_freed_memory:  # before JAX starts its threads (lstm.memory)
     memory.keep_freed_memory()
   distributed.initialize(config)
+  if jax.process_index() != 0:
+    logging.set_verbosity(logging.WARNING)
   logging.info('JAX process %d of %d; devices: %s', jax.process_index(), jax.process_count(),
                jax.devices())
   train.train_and_evaluate(config, FLAGS.workdir)

@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import ast
+from typing import Any
 
 import ml_collections
 from ml_collections import config_dict
@@ -26,6 +27,31 @@ def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
     except (ValueError, SyntaxError):
       result[key] = value
   return ml_collections.ConfigDict(result)
+
+
+# Fields that older configs and run directories spell differently: each with today's fields for
+# a value of it, and its value read back from today's config.
+LEGACY = {'model.residual': (lambda on: {'model.block': 'residual_op_on_skip'} if on else {},
+                             lambda config: config.model.block == 'residual_op_on_skip')}
+
+
+def upgrade(flat: dict[str, Any]) -> dict[str, Any]:
+  """`flat` (dotted field -> value) with every legacy field replaced, in its place, by today's
+  fields; a value given for today's field itself wins."""
+  result = {}
+  for key, value in flat.items():
+    if key not in LEGACY:
+      result[key] = value
+      continue
+    for new_key, new_value in LEGACY[key][0](value).items():
+      if new_key not in flat:
+        result[new_key] = new_value
+  return result
+
+
+def read_legacy(config, key: str):
+  """The value of legacy field `key` (dotted) that `config`, a config of today, amounts to."""
+  return LEGACY[key][1](config)
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -105,7 +131,12 @@ def base_config() -> ml_collections.ConfigDict:
   m.num_layers = 2              # LSTM layers in the stack
   m.hidden_size = 256           # units per layer (per direction)
   m.embed_size = 0              # 0: hidden_size
-  m.between = 'none'            # op between layers: none | relu | tanh | gelu | layernorm | ...
+  m.between = 'none'            # op on a block's branch input: none | an activation | layernorm | rmsnorm
+  m.block = 'plain'             # layers 2..L: plain | residual | residual_op_on_skip | prenorm | postnorm
+  m.norm = 'layernorm'          # the norm of prenorm/postnorm blocks: layernorm | rmsnorm
+  m.ffn_factor = 0.0            # > 0: a feed-forward sublayer of this many times the width per block
+  m.ffn_activation = 'gelu'     # the feed-forward sublayer's activation
+  m.ffn_gated = False           # a gated feed-forward sublayer (xLSTM's gated MLP)
   m.activation = 'tanh'         # the cell's candidate and output activation (Keras' argument)
   m.recurrent_activation = 'sigmoid'  # the gates' activation
   m.forget_bias = 1.0           # initial bias of the forget gate
@@ -113,8 +144,10 @@ def base_config() -> ml_collections.ConfigDict:
   m.embed_dropout = 0.0         # language models: on the embedding
   m.output_dropout = 0.0        # language models: on the last layer's output
   m.variational = False         # one dropout mask per sequence (locked dropout)
-  m.residual = False            # add each layer's input to its output (from layer 2 on)
   m.bidirectional = False       # a backward direction in every layer
+  m.reverse = False             # the (forward) direction reads each sequence from its end
+  m.use_bias = True             # the gates have a bias
+  m.layer_norm_epsilon = 1e-5   # of the cell's own layer norm
   m.peephole = False            # peephole connections from c to the gates
   m.layer_norm = False          # layer norm inside the cell (gates and c)
   m.candidate_activation = config_dict.placeholder(str)  # None: activation; 'linear': NIAF

@@ -1,8 +1,12 @@
-"""Data parallelism: 1 vs 4 devices, checkpoints across device counts, and 2 processes."""
+"""Data parallelism: 1 vs 4 devices, checkpoints across device counts, 2 processes; start-up:
+a multi-process run without a job to join, and SIGTERM before the training loop."""
+import json
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -99,3 +103,30 @@ def test_two_processes_train_together(single, tmp_path):
   assert 'on 2 device(s) in 2 process(es)' in outputs[0]
   np.testing.assert_allclose(_train_losses(tmp_path), _train_losses(single), rtol=1e-5)
   _assert_same_params(single, str(tmp_path))
+
+
+def test_distributed_without_a_job_is_one_line(tmp_path):
+  env = {k: v for k, v in os.environ.items() if not k.startswith(('SLURM_', 'JAX_', 'OMPI_'))}
+  cmd = [sys.executable, os.path.join(ROOT, 'main.py'),
+         '--config=' + os.path.join(ROOT, 'tests', 'tiny_config.py'), f'--workdir={tmp_path}',
+         '--config.distributed=True']
+  result = subprocess.run(cmd, cwd=ROOT, env=dict(env, JAX_PLATFORMS='cpu'), capture_output=True,
+                          text=True, timeout=300)
+  assert result.returncode == 1 and 'Traceback' not in result.stderr
+  last = result.stderr.strip().splitlines()[-1]
+  assert last.startswith('error: config.distributed=True but no job to join (')
+  assert last.endswith('set JAX_COORDINATOR_ADDRESS=host:port, JAX_NUM_PROCESSES and '
+                       'JAX_PROCESS_ID for each')
+
+
+def test_sigterm_during_start_up_stops_at_the_first_step(tmp_path):
+  """main.py holds a SIGTERM that comes before the training loop (here: during its imports) and
+  stops after the first step with a checkpoint, status preempted, exit status 0."""
+  proc = _run(str(tmp_path), wait=False)
+  time.sleep(0.5)
+  proc.send_signal(signal.SIGTERM)
+  out, _ = proc.communicate(timeout=300)
+  assert proc.returncode == 0, out[-3000:]
+  assert 'SIGTERM received: saving a checkpoint and stopping' in out
+  results = json.loads((tmp_path / 'results.json').read_text())
+  assert results == {'status': 'preempted', 'step': 1, 'task': 'ptb_char'}

@@ -11,20 +11,25 @@ happens there (the process kills itself, the disk is filled, ...).
 import contextlib
 import errno
 import glob
+import hashlib
 import json
+import math
 import os
 import re
+import resource
 import shutil
 import signal
 import subprocess
 import sys
+import time
+import types
 
 import jax
 import jax.numpy as jnp
 import pytest
 
 from tests.trainer_utils import ROOT, assert_same_params, run_main, tiny_config
-from train import checkpoint, faults, trainer
+from train import checkpoint, checksums, faults, lock, trainer
 from train.checkpoint import saved_steps
 
 STEPS = 30  # tests/tiny_config.py: checkpoints at 10, 20 and 30, evaluations at 15 and 30
@@ -239,7 +244,11 @@ def test_a_read_only_workdir_is_one_line(copy_of):
   before = listing(copy_of)
   with read_only(copy_of) as code:
     error = assert_reported(run_main(copy_of, '--config.num_train_steps=40'))
-  assert error == f'could not write {copy_of}/config.json: [Errno {code}] {os.strerror(code)}'
+  # A read-only filesystem refuses the lock file, the run's first write. Under read-only
+  # directories the existing lock file is writable, config.json and dataset.json are unchanged
+  # (not rewritten), and the first new file is metrics.jsonl's replacement.
+  name = lock.LOCK_FILE if code == errno.EROFS else 'metrics.jsonl'
+  assert error == f'could not write {copy_of}/{name}: [Errno {code}] {os.strerror(code)}'
   assert listing(copy_of) == before
 
 
@@ -311,7 +320,8 @@ def test_an_unreadable_config_json_is_refused(tmp_path):
   (tmp_path / 'config.json').write_text('{"task": "ptb_ch')
   with pytest.raises(trainer.ConfigError, match=f'^{tmp_path}/config.json is not readable JSON'):
     trainer.train_and_evaluate(tiny_config(), str(tmp_path))
-  assert os.listdir(tmp_path) == ['config.json']
+  assert sorted(os.listdir(tmp_path)) == [lock.LOCK_FILE, 'config.json']
+  assert lock_record(str(tmp_path)) is None  # the lock was given back
 
 
 def test_a_failed_append_leaves_no_partial_line(tmp_path):
@@ -360,6 +370,8 @@ def test_kills_inside_saves_and_sigterm_in_evaluation_resume_to_the_same_paramet
   killed = run_main(workdir, prelude=KILL_BEFORE_DELETING_OLD)  # 20 saved, 10 due to go
   assert killed.returncode == -signal.SIGKILL, killed.stderr
   assert saved_steps(workdir) == [10, 15, 20] and unfinished() == []
+  # The killed holder's record stays in the lock file; its lock died with it (no stale lock).
+  assert lock_record(workdir)['what'] == 'training'
 
   resumed = run_main(workdir)
   assert_reported(resumed, status=0)
@@ -485,3 +497,487 @@ def test_os_errors_are_found_inside_library_exceptions():
   with pytest.raises(KeyError):  # not caused by the OS: passes through
     with faults.writing('/x'):
       raise KeyError('a bug')
+
+
+# ------------------------------------------------------------------------------------------------
+# One writer per workdir (train/lock.py)
+
+# Prelude: the first evaluation waits until GATE.open exists (after making GATE.reached), so that
+# other processes can be started while the run is in the middle of its steps.
+GATE_AT_EVALUATION = """
+import os, time
+from train import trainer
+_evaluate = trainer.evaluate
+def evaluate(*args, **kwargs):
+  gate = {gate!r}
+  if not os.path.exists(gate + '.reached'):
+    open(gate + '.reached', 'w').close()
+    while not os.path.exists(gate + '.open'):
+      time.sleep(0.05)
+  return _evaluate(*args, **kwargs)
+trainer.evaluate = evaluate
+"""
+
+
+def wait_for(path, process=None, timeout=240):
+  start = time.time()
+  while not os.path.exists(path):
+    assert process is None or process.poll() is None, process.communicate()[0]
+    assert time.time() - start < timeout, f'{path} never appeared'
+    time.sleep(0.1)
+
+
+def finished(process, timeout=300):
+  """A Popen of run_main(wait=False), waited for, as subprocess.run's result."""
+  output = process.communicate(timeout=timeout)[0]
+  return types.SimpleNamespace(returncode=process.returncode, stderr=output, stdout='')
+
+
+def run_tool(module, *args, stdout=subprocess.PIPE):
+  """`python -m module args` in a subprocess, its stdout to `stdout`."""
+  return subprocess.run([sys.executable, '-m', module, *args], cwd=ROOT, stdout=stdout,
+                        stderr=subprocess.PIPE, text=True, timeout=300,
+                        env=dict(os.environ, JAX_PLATFORMS='cpu'))
+
+
+def lock_record(workdir):
+  text = open(os.path.join(workdir, lock.LOCK_FILE)).read()
+  return json.loads(text) if text else None
+
+
+def records(workdir, keys=('step', 'split', 'loss')):
+  return [{k: r.get(k) for k in keys} for r in map(json.loads, open(
+      os.path.join(workdir, 'metrics.jsonl')))]
+
+
+def test_two_trainers_on_one_workdir_make_one_run(tmp_path, reference):
+  """Two trainers started 0.5 s apart, then a third trainer and an evaluation while the run is at
+  its first evaluation: one trains, every other is refused in one line naming it, and the run
+  ends as an undisturbed one."""
+  workdir, gate = str(tmp_path / 'run'), str(tmp_path / 'gate')
+  prelude = GATE_AT_EVALUATION.format(gate=gate)
+  first = run_main(workdir, prelude=prelude, wait=False)
+  time.sleep(0.5)
+  second = run_main(workdir, prelude=prelude, wait=False)
+  wait_for(gate + '.reached')
+  holder = lock_record(workdir)
+  winner, loser = (first, second) if holder['pid'] == first.pid else (second, first)
+  assert holder['pid'] == winner.pid and holder['what'] == 'training'
+  busy = (f'{workdir} is in use by pid {winner.pid} on host {holder["host"]} (training, since '
+          f'{holder["started"]}): one process writes to a run directory at a time; wait for it to '
+          f'end, or stop it (kill -TERM {winner.pid} saves a checkpoint and exits)')
+  assert assert_reported(finished(loser)) == busy
+  assert assert_reported(run_main(workdir)) == busy  # mid-run
+  assert assert_reported(run_tool('train.evaluate', f'--workdir={workdir}')) == busy
+  open(gate + '.open', 'w').close()
+  assert_reported(finished(winner), status=0)
+  assert_same_params(workdir, reference, STEPS)
+  results, undisturbed = (json.load(open(os.path.join(d, 'results.json')))
+                          for d in (workdir, reference))
+  assert (results['status'], results['valid'], results['test']) == (
+      'completed', undisturbed['valid'], undisturbed['test'])
+  assert records(workdir) == records(reference)  # no record twice
+  assert len(os.listdir(os.path.join(workdir, 'tensorboard'))) == 1
+  assert not os.path.exists(os.path.join(workdir, 'eval'))
+  assert lock_record(workdir) is None  # a holder that ends cleanly leaves no record
+
+
+@contextlib.contextmanager
+def held_by_another_process(directory, what='training'):
+  """`directory`'s lock, held by a process that waits until the block ends; yields its pid."""
+  holder = subprocess.Popen(
+      [sys.executable, '-c', f'from train import lock; lock.take({directory!r}, {what!r}); '
+       'print("held", flush=True); import sys; sys.stdin.read()'],
+      cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+  assert holder.stdout.readline() == 'held\n'
+  try:
+    yield holder.pid
+  finally:
+    holder.stdin.close()
+    holder.wait(timeout=60)
+
+
+def test_an_import_into_a_held_directory_is_refused_and_leftovers_wait_for_the_lock(tmp_path):
+  """train.export --from_torch into a directory another process holds is refused before it
+  writes; orbax's temporary directories are removed only by the lock's holder."""
+  torch = pytest.importorskip('torch')
+  from train import data, export
+  target = str(tmp_path / 'imported')
+  os.makedirs(target)
+  vocab = data.Vocabulary(itos=tuple('abc'), level='char')
+  with held_by_another_process(target, 'import') as pid:
+    with pytest.raises(lock.Busy, match=rf'^{target} is in use by pid {pid} on host .* \(import, '):
+      export.from_torch(torch.nn.Embedding(3, 5), torch.nn.LSTM(5, 5, batch_first=True), None,
+                        vocab, target)
+  assert sorted(os.listdir(target)) == [lock.LOCK_FILE]
+  leftover = tmp_path / 'run' / 'checkpoints' / '5.orbax-checkpoint-tmp-1'
+  leftover.mkdir(parents=True)
+  checkpoint.Checkpoints(str(tmp_path / 'run'), 2).close()  # no lock held: left alone
+  assert leftover.exists()
+  with lock.holding(str(tmp_path / 'run'), 'training'):
+    checkpoint.Checkpoints(str(tmp_path / 'run'), 2).close()
+  assert not leftover.exists()
+
+
+# ------------------------------------------------------------------------------------------------
+# A run's own files: config.json, dataset.json and vocab.json, checked against checksums.json
+
+
+def _swap_two_tokens(workdir):
+  path = os.path.join(workdir, 'vocab.json')
+  vocab = json.load(open(path))
+  vocab['itos'][5], vocab['itos'][6] = vocab['itos'][6], vocab['itos'][5]
+  json.dump(vocab, open(path, 'w'), indent=2)
+
+
+def _one_token_short(workdir):
+  path = os.path.join(workdir, 'vocab.json')
+  vocab = json.load(open(path))
+  vocab['itos'].pop()
+  json.dump(vocab, open(path, 'w'), indent=2)
+
+
+def _edit(name, key, value):
+  def edit(workdir):
+    path = os.path.join(workdir, name)
+    saved = json.load(open(path))
+    node = saved
+    *parents, last = key.split('.')
+    for part in parents:
+      node = node[part]
+    node[last] = value
+    json.dump(saved, open(path, 'w'), indent=2, sort_keys=True)
+  return edit
+
+
+RUN_FILE_DAMAGES = {
+    'vocab.json two tokens swapped': ('vocab.json', 'changed', _swap_two_tokens),
+    'vocab.json one token short': ('vocab.json', 'changed', _one_token_short),
+    'vocab.json truncated': ('vocab.json', 'changed', lambda w: truncate([f'{w}/vocab.json'])),
+    'vocab.json deleted': ('vocab.json', 'missing', lambda w: os.remove(f'{w}/vocab.json')),
+    'dataset.json edited': ('dataset.json', 'changed', _edit('dataset.json', 'vocab_size', 60)),
+    'dataset.json deleted': ('dataset.json', 'missing',
+                             lambda w: os.remove(f'{w}/dataset.json')),
+    'config.json edited': ('config.json', 'changed', _edit('config.json', 'model.hidden_size', 32)),
+    'config.json deleted': ('config.json', 'missing', lambda w: os.remove(f'{w}/config.json')),
+}
+
+
+@pytest.mark.parametrize('damage', RUN_FILE_DAMAGES)
+def test_a_changed_or_deleted_run_file_is_refused_naming_it(copy_of, damage):
+  """load_run (what train.evaluate, train.sample and train.export read a run with) and a resumed
+  run (with the config edited into the file, for config.json) refuse it in one line naming the
+  file, and nothing is written: a deleted config.json is not written again."""
+  import train
+  name, kind, make = RUN_FILE_DAMAGES[damage]
+  make(copy_of)
+  before = listing(copy_of)
+  path = os.path.join(copy_of, name)
+  expected = (f'^{path} is missing \\(the run wrote it: checksums.json lists it\\); restore it '
+              'from a copy of the run$' if kind == 'missing' else
+              f'^{path} was changed after the run wrote it \\(its sha256 is not the one in '
+              'checksums.json: edited, truncated or replaced\\); restore it from a copy of the run$')
+  with pytest.raises(faults.RunFault, match=expected):
+    train.load_run(copy_of)
+  resumed = tiny_config(num_train_steps=40, **{'model.hidden_size': 32 if 'config' in name else 16})
+  with pytest.raises(faults.RunFault, match=expected):
+    trainer.train_and_evaluate(resumed, copy_of)
+  assert listing(copy_of) == before
+
+
+def test_the_tools_refuse_a_changed_vocabulary_in_one_line(copy_of):
+  _swap_two_tokens(copy_of)
+  for tool in ('train.sample', 'train.evaluate'):
+    error = assert_reported(run_tool(tool, f'--workdir={copy_of}'))
+    assert error.startswith(f'{copy_of}/vocab.json was changed after the run wrote it'), error
+
+
+def test_runs_written_before_checksums_still_load(copy_of):
+  """No checksums.json (every committed run under results/, and workdirs of earlier versions):
+  nothing to check against, and a deleted config.json beside checkpoints is still not replaced."""
+  import train
+  os.remove(os.path.join(copy_of, 'checksums.json'))
+  assert train.load_run(copy_of).step == STEPS
+  committed = sorted(glob.glob(os.path.join(ROOT, 'results', '**', 'config.json'),
+                              recursive=True))
+  assert len(committed) > 100
+  for path in committed:
+    checksums.verify(os.path.dirname(path), ['config.json', 'dataset.json', 'vocab.json'])
+  assert checkpoint.read_config(os.path.dirname(committed[-1])).model.hidden_size > 0
+  os.remove(os.path.join(copy_of, 'config.json'))
+  with pytest.raises(trainer.ConfigError, match=f'^{copy_of} holds checkpoints but no '
+                                                'config.json, so the run they belong to is'):
+    trainer.train_and_evaluate(tiny_config(**{'model.hidden_size': 32}), copy_of)
+  assert not os.path.exists(os.path.join(copy_of, 'config.json'))
+
+
+def test_checksums_survive_a_crash_between_their_writes(tmp_path):
+  """The file and its checksum are replaced in three writes; killed between any two, each file
+  matches a listed sum, and afterwards only the new sums are listed."""
+  code = f"""
+import os, sys
+from train import checksums, files
+workdir = {str(tmp_path)!r}
+checksums.write(workdir, {{'config.json': 'old\\n'}})
+_write = files.atomic_write
+calls = []
+def atomic_write(path, write):
+  calls.append(path)
+  if len(calls) == int(sys.argv[1]):
+    os._exit(9)
+  _write(path, write)
+files.atomic_write = atomic_write
+checksums.write(workdir, {{'config.json': 'new\\n'}})
+"""
+  for crash_at in (1, 2, 3, 4):
+    for name in ('config.json', 'checksums.json'):
+      if os.path.exists(tmp_path / name):
+        os.remove(tmp_path / name)
+    result = subprocess.run([sys.executable, '-c', code, str(crash_at)], cwd=ROOT, timeout=60)
+    assert result.returncode == (9 if crash_at < 4 else 0)
+    checksums.verify(str(tmp_path), ['config.json'])
+  assert json.load(open(tmp_path / 'checksums.json')) == {
+      'config.json': [hashlib.sha256(b'new\n').hexdigest()]}
+
+
+# ------------------------------------------------------------------------------------------------
+# Records: a finished run, a torn line
+
+
+def test_a_finished_run_is_left_alone_and_a_torn_record_is_cut_back(copy_of, reference):
+  before = listing(copy_of)
+  metrics = open(os.path.join(copy_of, 'metrics.jsonl')).read()
+  again = run_main(copy_of)
+  assert_reported(again, status=0)
+  assert (f'the run in {copy_of} is finished (completed at step 30): nothing to do, nothing '
+          'written') in again.stderr
+  assert listing(copy_of) == before
+  assert open(os.path.join(copy_of, 'metrics.jsonl')).read() == metrics
+  with open(os.path.join(copy_of, 'metrics.jsonl'), 'a') as f:
+    f.write('{"step": 35, "split": "train", "lo')  # a crash in the middle of a record
+  resumed = run_main(copy_of, '--config.num_train_steps=40')
+  assert_reported(resumed, status=0)
+  assert (f'{copy_of}/metrics.jsonl: its last line was cut off mid-write (a crash); cut back to '
+          f'the {len(records(reference))} complete records') in resumed.stderr
+  steps = [(r['step'], r['split']) for r in records(copy_of)]
+  assert steps[:len(records(reference))] == [(r['step'], r['split']) for r in records(reference)]
+  assert len(steps) == len(set(steps)) and steps[-1] == (40, 'test')
+
+
+# ------------------------------------------------------------------------------------------------
+# Signals
+
+SIGINT_IN_FIRST_COMPILE = """
+import os, signal
+from train import trainer
+_make = trainer.make_train_step
+def make_train_step(*args, **kwargs):
+  step = _make(*args, **kwargs)
+  def train_step(*a):
+    if not getattr(train_step, 'traced', False):  # runs while jax traces it, before it compiles
+      train_step.traced = True
+      os.kill(os.getpid(), signal.SIGINT)
+    return step(*a)
+  return train_step
+trainer.make_train_step = make_train_step
+"""
+SIGHUP_AT_STEP_15 = """
+import os, signal
+from train import trainer
+_log = trainer._log_train
+def _log_train(step, *args):
+  _log(step, *args)
+  if step == 15:
+    os.kill(os.getpid(), signal.SIGHUP)
+trainer._log_train = _log_train
+"""
+SIGINT_TWICE_AT_SAVE_20 = """
+import os, signal
+from train import checkpoint
+_save = checkpoint.Checkpoints.save
+def save(self, step, state, meta):
+  if step == 20:
+    os.kill(os.getpid(), signal.SIGINT)
+    os.kill(os.getpid(), signal.SIGINT)
+  return _save(self, step, state, meta)
+checkpoint.Checkpoints.save = save
+"""
+
+
+def test_ctrl_c_and_sighup_stop_with_a_checkpoint_and_a_second_ctrl_c_at_once(tmp_path, reference):
+  workdir = str(tmp_path / 'run')
+  leftovers = lambda: glob.glob(os.path.join(workdir, '*', '*.orbax-checkpoint-tmp*'))
+  results = lambda: json.load(open(os.path.join(workdir, 'results.json')))
+
+  compiling = run_main(workdir, prelude=SIGINT_IN_FIRST_COMPILE)
+  assert_reported(compiling, status=0)
+  assert 'SIGINT received: saving a checkpoint and stopping' in compiling.stderr
+  assert results() == {'task': 'ptb_char', 'status': 'preempted', 'step': 1}
+  assert saved_steps(workdir) == [1] and leftovers() == []
+
+  hung_up = run_main(workdir, prelude=SIGHUP_AT_STEP_15)
+  assert_reported(hung_up, status=0)
+  assert 'SIGHUP received: saving a checkpoint and stopping' in hung_up.stderr
+  assert results() == {'task': 'ptb_char', 'status': 'preempted', 'step': 15}
+  assert saved_steps(workdir) == [10, 15] and leftovers() == []  # keep_checkpoints=2
+
+  interrupted = run_main(workdir, prelude=SIGINT_TWICE_AT_SAVE_20)
+  error = assert_reported(interrupted, status=130)
+  assert error == ('interrupted again: stopped at once, without a checkpoint of this step; the '
+                   'earlier checkpoints are kept (rerun the same command to resume)')
+  assert saved_steps(workdir) == [10, 15]
+
+  resumed = run_main(workdir)
+  assert_reported(resumed, status=0)
+  assert f'resumed from step 15 in {workdir}' in resumed.stderr
+  assert_same_params(workdir, reference, STEPS)
+  assert leftovers() == []
+
+
+# ------------------------------------------------------------------------------------------------
+# The command-line tools' output, their device memory, a loss that grows
+
+
+def test_a_closed_pipe_ends_quietly_and_a_full_output_is_one_line(copy_of):
+  """train.sample whose reader has gone away (`| head -c 10` that has read its 10 bytes) before
+  it writes; train.evaluate > /dev/full."""
+  sample = subprocess.Popen([sys.executable, '-m', 'train.sample', f'--workdir={copy_of}'],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env=dict(os.environ, JAX_PLATFORMS='cpu'))
+  sample.stdout.close()  # the only reader
+  stderr = sample.stderr.read().decode()
+  sample.wait(timeout=300)
+  assert 'Traceback' not in stderr and 'Error' not in stderr, stderr
+  assert sample.returncode == 141, stderr
+  with open('/dev/full', 'w') as full:
+    error = assert_reported(run_tool('train.evaluate', f'--workdir={copy_of}', stdout=full))
+  assert error == 'could not write to standard output: [Errno 28] No space left on device'
+
+
+def test_out_of_memory_in_sample_is_one_line(reference):
+  """100,000,000 samples at once, in a process limited to 16 GB of address space (the CPU's
+  memory standing in for a device's)."""
+  limit = 16 * 2 ** 30
+  result = subprocess.run(
+      [sys.executable, '-m', 'train.sample', f'--workdir={reference}', '--num_samples=100000000'],
+      cwd=ROOT, capture_output=True, text=True, timeout=300,
+      env=dict(os.environ, JAX_PLATFORMS='cpu'),
+      preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_AS, (limit, limit)))
+  error = assert_reported(result)
+  assert re.fullmatch(r'out of memory on the device \(.*Out of memory allocating \d+ bytes.*\) for '
+                      r'100,000,000 samples \(--num_samples\) of 1 \+ 200 tokens and 4,962 '
+                      r'parameters; use a smaller --num_samples \(the samples are drawn together, '
+                      r'in one batch\)', error), error
+
+
+def test_a_loss_that_grows_a_hundredfold_ends_diverged_while_finite(tmp_path):
+  """learning_rate=1e9: the loss stays finite but grows past DIVERGENCE_FACTOR (100) times its
+  value at step 1, which ends the run as diverged."""
+  workdir = str(tmp_path / 'run')
+  error = assert_reported(run_main(workdir, '--config.optimizer.learning_rate=1e9'))
+  match = re.fullmatch(r'loss (\S+) at step (\d+) is more than 100 times the loss at step 1 '
+                       rf'\((\S+)\): the run diverged and stopped. No checkpoint was saved in '
+                       rf'{workdir} before it.', error)
+  assert match, error
+  loss, step, first = float(match[1]), int(match[2]), float(match[3])
+  assert math.isfinite(loss) and loss > trainer.DIVERGENCE_FACTOR * first and step <= 5
+  results = json.load(open(os.path.join(workdir, 'results.json')))
+  assert results['status'] == 'diverged' and results['step'] == step
+
+
+# ------------------------------------------------------------------------------------------------
+# Sweeps: a killed sweep's points, a busy point or sweep directory, a point whose config changed
+
+SWEEP_CONFIG = """
+import sys
+sys.path.insert(0, {root!r})
+from tests.trainer_utils import tiny_config
+
+def get_config(arg=None):
+  return tiny_config()
+
+def get_sweep(arg=None):
+  return {{'axes': {{'model.hidden_size': [16]}}, 'seeds': [0]}}
+"""
+# Imported by every Python process of the sweep (PYTHONPATH): in main.py, the gate of
+# GATE_AT_EVALUATION.
+SITECUSTOMIZE = """
+import os
+if b'main.py' in b' '.join(open('/proc/self/cmdline', 'rb').read().split(bytes(1))):
+""" + ''.join(f'  {line}\n' for line in GATE_AT_EVALUATION.strip().splitlines())
+
+
+def alive(pid):
+  try:
+    with open(f'/proc/{pid}/stat') as f:
+      return f.read().split(') ')[1][0] != 'Z'
+  except FileNotFoundError:
+    return False
+
+
+def test_a_killed_sweep_stops_its_points_and_a_rerun_never_runs_one_twice(tmp_path, reference):
+  config = tmp_path / 'sweep_config.py'
+  config.write_text(SWEEP_CONFIG.format(root=ROOT))
+  hook, gate = tmp_path / 'hook', str(tmp_path / 'gate')
+  hook.mkdir()
+  (hook / 'sitecustomize.py').write_text(SITECUSTOMIZE.format(gate=gate))
+  sweep_dir = str(tmp_path / 'sweep')
+  point = os.path.join(sweep_dir, 'hidden_size=16,seed=0')
+  env = dict(os.environ, JAX_PLATFORMS='cpu', PYTHONPATH=f'{hook}:{ROOT}')
+  command = [sys.executable, '-m', 'train.sweep', f'--config={config}', f'--sweep_dir={sweep_dir}']
+  sweep = lambda *flags: subprocess.run(command + list(flags), cwd=ROOT, env=env, timeout=300,
+                                        capture_output=True, text=True)
+  description = lambda: open(os.path.join(sweep_dir, 'sweep.json')).read()
+
+  first = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL)
+  wait_for(gate + '.reached', first)  # the point is at step 15
+  pid = lock_record(point)['pid']
+  first.kill()
+  first.wait()
+  # The point lives on (held at the gate, with SIGTERM received); a rerun does not start it.
+  rerun = sweep()
+  assert rerun.returncode == 1 and alive(pid), rerun.stderr
+  assert (f'in use hidden_size=16,seed=0: not started, its workdir is in use by pid {pid} on '
+          'host ') in rerun.stderr
+  open(gate + '.open', 'w').close()
+  start = time.time()
+  while alive(pid):
+    assert time.time() - start < 120, 'the point outlived its sweep'
+    time.sleep(0.1)
+  assert json.load(open(os.path.join(point, 'results.json'))) == {
+      'task': 'ptb_char', 'status': 'preempted', 'step': 15}
+  assert 'SIGTERM received: saving a checkpoint' in open(os.path.join(point, 'log.txt')).read()
+
+  # A second sweep while one holds the sweep directory: refused before it writes sweep.json.
+  written = description()
+  with held_by_another_process(sweep_dir, 'sweep') as holder:
+    busy = sweep()
+  assert busy.returncode == 1 and f'error: {sweep_dir} is in use by pid {holder}' in busy.stderr
+  assert description() == written
+
+  resumed = sweep()
+  assert resumed.returncode == 0, resumed.stderr
+  assert f'resumed from step 15 in {point}' in open(os.path.join(point, 'log.txt')).read()
+  assert_same_params(point, reference, STEPS)
+  steps = [(r['step'], r['split']) for r in records(point)]
+  assert len(steps) == len(set(steps)) and steps[-1] == (30, 'test')
+
+  # The same sweep with another num_train_steps: the finished point is not taken as its run.
+  written = description()
+  changed = sweep('--config.num_train_steps=40')
+  assert changed.returncode == 1
+  assert changed.stderr.strip().splitlines()[-1] == (
+      'error: point hidden_size=16,seed=0 finished with another config than the sweep\'s now '
+      '(config.num_train_steps: the run has 30, the sweep now 40); pass --changed_points=rerun to '
+      'train such points again (their workdirs are kept as <name>.replaced), or '
+      '--changed_points=accept to count them finished as they are')
+  assert description() == written
+  accepted = sweep('--config.num_train_steps=40', '--changed_points=accept')
+  assert accepted.returncode == 0 and 'counted finished (--changed_points=accept)' in \
+      accepted.stderr
+  assert json.load(open(os.path.join(point, 'results.json')))['step'] == 30
+  again = sweep('--config.num_train_steps=40', '--changed_points=rerun')
+  assert again.returncode == 0, again.stderr
+  assert json.load(open(os.path.join(point, 'results.json')))['step'] == 40
+  assert json.load(open(os.path.join(point + '.replaced', 'results.json')))['step'] == 30

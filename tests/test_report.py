@@ -75,7 +75,8 @@ def _make_run(sweep_dir, name, status, values, seed, valid=None, steps=(100, 200
   if status == 'completed':
     results.update(valid={'loss': valid * math.log(2), key: valid},
                    test={'loss': (valid + 0.1) * math.log(2), key: valid + 0.1},
-                   train_time_s=10.0, platform='cpu')
+                   train_time_s=10.0, platform='cpu',
+                   num_params=1000 * values['model.num_layers'] + 5 * values['model.residual'])
   elif status == 'diverged':
     results.update(step=150, message='non-finite loss nan (gradient norm nan) at step 150')
   _write(os.path.join(workdir, 'results.json'), results)
@@ -142,12 +143,12 @@ def test_report_statistics_diverged_and_plots(tmp_path):
                                    pytest.approx(2.012795, abs=1e-5))
   assert _row(text, '| none | 2 | False |') == [
       'none', '2', 'False', '3 (1 unfinished)', '0/4', '1.633 ± 0.153', '[1.254, 2.013]',
-      '1.733 ± 0.153', '[1.354, 2.113]']
+      '1.733 ± 0.153', '[1.354, 2.113]', '2,000']
   # none, 4 layers: seed 2 completed with NaN -> diverged; 1.7, 1.9: mean 1.8, sd 0.141421,
   # half width 12.706205 * 0.141421 / sqrt(2) = 1.270620
   assert _row(text, '| none | 4 | False |') == [
       'none', '4', 'False', '2', '1/3', '1.800 ± 0.141', '[0.529, 3.071]', '1.900 ± 0.141',
-      '[0.629, 3.171]']
+      '[0.629, 3.171]', '4,000']
   # relu, 2 layers: seed 2 preempted -> unfinished, not diverged
   assert _row(text, '| relu | 2 | False |')[3:5] == ['2 (1 unfinished)', '0/3']
   # relu, 4 layers: seed 2 diverged (status)
@@ -156,13 +157,13 @@ def test_report_statistics_diverged_and_plots(tmp_path):
   assert '| between=relu,num_layers=4,seed=2 | diverged | 150 | - | - | - | non-finite loss nan' \
       in text
   # the depth table (test = valid + 0.1): mean ± half width; residual, only at 4 layers, is a row
-  assert _row(text, '| between=none |') == ['between=none', '1.733 ± 0.379',
-                                             '1.900 ± 1.271 (1/3 diverged)']
-  assert _row(text, '| between=relu |')[2].endswith('(1/3 diverged)')
+  assert _row(text, '| between=none |') == ['between=none', '1.733 ± 0.379 · 2k',
+                                             '1.900 ± 1.271 (1/3 diverged) · 4k']
+  assert _row(text, '| between=relu |')[2].endswith('(1/3 diverged) · 4k')
   assert _row(text, '| between=none, residual=True |') == [
-      'between=none, residual=True', '', '1.700 ± 0.635']
+      'between=none, residual=True', '', '1.700 ± 0.635 · 4k']
   assert ('| between=none,num_layers=4,seed=2 | diverged | 300 | nan | nan | 10.0 '
-          '| non-finite metric |') in text
+          '| non-finite metric | 4,000 |') in text
   # plots: written, PNG, referenced from the report
   for name in ('depth.png', 'curves.png'):
     with open(os.path.join(out, name), 'rb') as f:
@@ -387,3 +388,156 @@ def test_report_pairs_every_setting_against_one_reference_setting(tmp_path):
   assert '## Paired differences from between=none, num_layers=2 (test)' in text
   relu4 = _row(text, '| all | between=relu, num_layers=4 |')
   assert relu4[2:6] == ['2', '1', '0/2', '+0.550']  # (2.1 - 1.6 + 2.3 - 1.7) / 2 on test
+
+
+# ----------------------------------------------------------------------------------------------
+# Family-wide corrections, the robust statistics, parameter counts, outliers in plots
+
+
+def test_benjamini_hochberg_is_scipys_false_discovery_control_and_skips_nan():
+  p = [0.01, 0.04, math.nan, 0.03, 0.005, 0.5, 0.2]
+  got = statistics.benjamini_hochberg(p)
+  finite = [x for x in p if not math.isnan(x)]
+  expected = iter(scipy.stats.false_discovery_control(finite, method='bh'))
+  for g, x in zip(got, p):
+    assert math.isnan(g) if math.isnan(x) else g == pytest.approx(next(expected))
+  # by hand for four: sorted 0.01, 0.02, 0.03, 0.04 -> x 4/1, 4/2, 4/3, 4/4 = 0.04 each
+  assert statistics.benjamini_hochberg([0.04, 0.01, 0.03, 0.02]) == pytest.approx([0.04] * 4)
+  assert statistics.benjamini_hochberg([]) == []
+
+
+def test_wilcoxon_p_is_scipys_signed_rank_test():
+  diffs = [0.12, -0.03, 0.2, 0.05, 0.31, 0.08]
+  assert statistics.wilcoxon_p(diffs) == pytest.approx(scipy.stats.wilcoxon(diffs).pvalue)
+  # five pairs all on one side: the exact two-sided p is 2 / 2^5, whatever one outlier does
+  d = statistics.paired_difference({s: 1.0 + 0.01 * s for s in range(5)},
+                                   {s: 1.5 + (200 if s == 3 else 0) for s in range(5)})
+  assert d.wilcoxon_p == pytest.approx(0.0625)
+  assert d.p_value > 0.3  # the t test is lost in the outlier's variance
+  assert statistics.wilcoxon_p([0.0, 0.0, 0.0]) == 1.0
+  assert math.isnan(statistics.wilcoxon_p([0.1]))
+
+
+def test_bootstrap_median_interval_is_seeded_and_robust_to_an_outlier():
+  diffs = [-0.11, -0.12, -0.10, -0.13, -0.09, -0.14, 4.5]  # one seed's run blew up in the arm
+  low, high = statistics.bootstrap_median_ci(diffs)
+  again = statistics.bootstrap_median_ci(diffs)
+  assert (low, high) == again  # seeded: a regenerated report gives the same interval
+  expected = scipy.stats.bootstrap((np.asarray(diffs),), np.median, n_resamples=10_000,
+                                   method='percentile', rng=np.random.default_rng(0))
+  assert (low, high) == (pytest.approx(expected.confidence_interval.low),
+                         pytest.approx(expected.confidence_interval.high))
+  assert low <= np.median(diffs) <= high and high < 4.5
+  d = statistics.paired_difference(dict(enumerate(diffs)), dict.fromkeys(range(7), 0.0))
+  assert d.median == pytest.approx(-0.11) and d.median_ci == (low, high)
+  assert d.stats.ci_high > 2  # where the t interval spans the blow-up
+  # with 5 pairs a resample holds the blown-up seed 3 times or more in 5.8% of draws, so the
+  # interval reaches it: the median itself stays put
+  five = diffs[:4] + [4.5]
+  assert statistics.bootstrap_median_ci(five)[1] == 4.5 and np.median(five) == pytest.approx(-0.11)
+  assert statistics.bootstrap_median_ci([0.2, 0.2, 0.2]) == (0.2, 0.2)
+  assert all(math.isnan(x) for x in statistics.bootstrap_median_ci([0.2]))
+
+
+def _compare(sweep_dir):
+  path = os.path.join(sweep_dir, 'sweep.json')
+  description = json.load(open(path))
+  description['compare'] = {'field': 'model.between', 'reference': 'none'}
+  _write(path, description)
+
+
+def test_report_gives_the_robust_statistics_the_family_adjustments_and_parameter_counts(tmp_path):
+  make_sweep(str(tmp_path))
+  _compare(str(tmp_path))
+  text = open(report.write_report(str(tmp_path))).read()
+  header = _row(text, '| group | arm |')
+  four, two = _row(text, '| num_layers=4 | relu |'), _row(text, '| num_layers=2 | relu |')
+  col = {name: header.index(name) for name in header}
+  # test: relu - none at 4 layers over seeds 0, 1: +0.3 twice; at 2 layers +0.1 twice
+  p4, p2 = (statistics.paired_difference({0: 2.1, 1: 2.3}, {0: 1.8, 1: 2.0}).p_value,
+            statistics.paired_difference({0: 1.7, 1: 1.8}, {0: 1.6, 1: 1.7}).p_value)
+  assert four[col['Holm p']] == f'{statistics.holm([p2, p4])[1]:.3f}'
+  assert four[col['BH p']] == \
+      f'{scipy.stats.false_discovery_control([p2, p4], method="bh")[1]:.3f}'
+  assert four[col['Wilcoxon p']] == f'{scipy.stats.wilcoxon([0.3, 0.3]).pvalue:.3f}'
+  assert four[col['median difference [bootstrap 95%]']] == '+0.300 [+0.300, +0.300]'
+  assert four[col['params arm / reference']] == '4k / 4k'
+  assert two[col['params arm / reference']] == '2k / 2k'
+  assert 'adjusted for all 2 comparisons of this report as one family' in text
+
+
+def test_family_report_adjusts_over_several_reports_together(tmp_path):
+  dirs = [str(tmp_path / 'a'), str(tmp_path / 'b')]
+  for d in dirs:
+    os.makedirs(d)
+    make_sweep(d)
+    _compare(d)
+  path = report.write_family(dirs, str(tmp_path / 'family'))
+  text = open(path).read()
+  assert 'all 4 comparisons (test split) of the 2 reports below' in text
+  rows = [line for line in text.splitlines() if line.startswith('| num_layers=4 | relu |')]
+  assert len(rows) == 2
+  p = statistics.paired_difference({0: 2.1, 1: 2.3}, {0: 1.8, 1: 2.0}).p_value
+  p2 = statistics.paired_difference({0: 1.7, 1: 1.8}, {0: 1.6, 1: 1.7}).p_value
+  holm = statistics.holm([p2, p, p2, p])
+  header = _row(text.split('## ')[2], '| group | arm |')
+  cells = [c.strip() for c in rows[0].strip('|').split('|')]
+  assert cells[header.index('Holm p')] == f'{holm[1]:.3f}'
+  own = _row(open(report.write_report(dirs[0])).read(), '| num_layers=4 | relu |')
+  assert own[header.index('Holm p')] == f'{statistics.holm([p2, p])[1]:.3f}'
+  with pytest.raises(ValueError, match='no paired comparisons'):
+    os.remove(os.path.join(dirs[1], 'sweep.json'))
+    report.write_family(dirs, str(tmp_path / 'family'))
+
+
+def test_parameter_count_from_the_config_when_no_run_wrote_one(tmp_path):
+  """A setting whose runs all diverged before writing num_params: counted from config.json."""
+  from tests.trainer_utils import tiny_config
+  from train import trainer
+  config = tiny_config('ptb_char', **{'model.num_layers': 2})
+  workdir = tmp_path / 'run'
+  workdir.mkdir()
+  (workdir / 'config.json').write_text(config.to_json())
+  state, _ = trainer.initial_state(trainer.setup(config))
+  expected = sum(x.size for x in jax_leaves(state.params))
+  assert report.count_params(str(workdir)) == expected
+  assert report.count_params(str(tmp_path / 'missing')) is None
+  assert report.format_params(expected) == f'{expected:,}'
+  assert report.format_params(1_234_567, short=True) == '1.23M'
+
+
+def jax_leaves(tree):
+  import jax
+  return jax.tree.leaves(tree)
+
+
+def test_robust_limits_leave_clean_data_alone_and_cut_an_outlier():
+  values = [1.52, 1.55, 1.58, 1.61, 1.64, 1.66]
+  assert report.robust_limits(values) is None
+  low, high = report.robust_limits(values + [200.0])
+  assert low < 1.52 and 1.66 < high < 2.0
+  # two far values of eight widen the quartiles: 4.34 is kept on the axis, 200 is not
+  low, high = report.robust_limits(values + [4.34, 200.0])
+  assert 4.34 < high < 5
+
+
+def test_a_plot_with_a_blown_up_run_cuts_its_axis_and_marks_the_run():
+  import matplotlib
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt
+  fig, ax = plt.subplots()
+  ok = [1.50, 1.52, 1.55]
+  blown = [1.60, 1.62, 200.0]
+  shown = [(0, report.stats(ok), ok, 'C0'), (1, report.stats(blown), blown, 'C1')]
+  for x, st, _, _ in shown:
+    ax.errorbar([x], [st.mean], yerr=[st.half_width])
+  bpc = report.pick_metric({'bpc': 1.0})
+  assert report._cut_points(ax, 'y', shown, bpc)
+  low, high = ax.get_ylim()
+  assert high < 2.0 and low < 1.5
+  notes = [t.get_text() for t in ax.texts]
+  assert any('mean 67.740; 1/3 runs beyond' in t for t in notes), notes
+  plt.close(fig)
+  fig, ax = plt.subplots()
+  assert not report._cut_points(ax, 'y', shown[:1], bpc)
+  plt.close(fig)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from configs import study
-from train import sweep, trainer
+from train import checkpoint, sweep, trainer
 from tests.trainer_utils import ROOT, tiny_config
 
 ARMS = [{'model.between': 'none'}, {'model.between': 'relu'}, {'model.between': 'layernorm'},
@@ -113,8 +113,9 @@ def test_speech_common_rate_check_links_the_studys_own_runs_of_the_same_points()
     assert os.path.dirname(target) == os.path.realpath(
         os.path.join(ROOT, 'results', 'study_speech', 'runs'))
     assert os.path.basename(target) == p.name
-    with open(os.path.join(target, 'config.json')) as f:
-      assert json.load(f) == json.loads(p.config.to_json())
+    with open(os.path.join(target, 'config.json')) as f:  # saved before the blocks: upgraded
+      saved = checkpoint.config_from_dict(json.load(f), 'config.json')
+    assert json.loads(saved.to_json()) == json.loads(p.config.to_json())
     assert sweep.point_status(workdir) == 'completed'
   assert linked == 21  # none's seed 0 (its tuning run) and every seed of the other four arms
 
@@ -140,3 +141,86 @@ def test_plain_8_layer_ptb_probe_differs_from_the_study_only_in_what_it_probes()
     assert p.config.optimizer.warmup_steps > study.WARMUP_8_PLAIN['ptb']
   assert min(probe.RATES) < min(study.LEARNING_RATES['ptb'])
   assert max(p.config.num_train_steps for p in points) == 4 * study.NUM_TRAIN_STEPS['ptb']
+
+
+def test_blocks_study_tunes_on_its_own_seeds_and_evaluates_on_five_fresh_ones():
+  """configs/study_blocks.py: every sweep but ptb_long tunes on two seeds that are never
+  evaluation seeds, over a grid of 3 rates spanning 10x; ptb_long runs 4x the steps."""
+  from configs import study_blocks as blocks
+  for task in ('ptb', 'ptb_wide', 'speech'):
+    grid = sweep.check_sweep(blocks.get_sweep(task))
+    assert len(grid['tune_seeds']) >= 2 and len(grid['seeds']) == 5
+    assert not set(grid['tune_seeds']) & set(grid['seeds'])
+    rates = grid['tune']['optimizer.learning_rate']
+    assert len(rates) == 3 and max(rates) / min(rates) >= 10
+    reference = blocks.REFERENCE_OF[task]
+    for depth in blocks.DEPTHS_OF[task]:  # every depth has its reference arm
+      assert any(all(s.get(k) == v for k, v in reference.items()) and
+                 s['model.num_layers'] == depth for s in grid['extra']), (task, depth)
+  assert blocks.get_config('ptb_long').num_train_steps == \
+      4 * study.NUM_TRAIN_STEPS['ptb'] == 4 * blocks.get_config('ptb').num_train_steps
+  assert blocks.get_config('ptb_wide').model.hidden_size == 256
+  # the op sits on the branch (block=residual) and the earlier form is kept as the link
+  ptb = blocks.settings('ptb')
+  assert {s.get('model.between') for s in ptb if s.get('model.block') == 'residual'} >= \
+      {'none', 'relu', 'tanh', 'gelu'}
+  assert any(s.get('model.block') == 'residual_op_on_skip' for s in ptb)
+  # ptb_long only evaluates settings that :ptb tunes (it reads their chosen rates)
+  keys = lambda task: {json.dumps(s, sort_keys=True) for s in blocks.settings(task)}
+  assert keys('ptb_long') <= keys('ptb')
+
+
+def test_blocks_study_parameter_count_matches_the_models_own_and_the_matched_width():
+  """param_count reproduces the plain stacks' counts that the runs wrote (configs/study.py's
+  results), and the matched feed-forward arm is within 2% of prenorm's count."""
+  from configs import study_blocks as blocks
+  written = {}
+  for task, name in (('ptb', 'between=none,num_layers={},learning_rate=0.03,seed=0'),
+                     ('speech', 'between=none,num_layers={},learning_rate=0.001,seed=0')):
+    for depth in (2, 4):
+      path = os.path.join(ROOT, 'results', f'study_{task}', 'runs', name.format(depth),
+                          'results.json')
+      written[task, depth] = json.load(open(path))['num_params']
+      hidden = study.get_config(task).model.hidden_size
+      assert blocks.param_count(task, depth, hidden, block='plain') == written[task, depth]
+  for (task, depth), hidden in blocks.FFN_MATCHED_HIDDEN.items():
+    kind = 'speech' if task == 'speech' else 'ptb'
+    target = blocks.param_count(kind, depth, blocks.HIDDEN[task])
+    matched = blocks.param_count(kind, depth, hidden, blocks.FFN['model.ffn_factor'])
+    assert abs(matched - target) / target < 0.02 and hidden < blocks.HIDDEN[task]
+
+
+def test_blocks_study_plan_counts_every_run_of_its_grids():
+  """The plan's run count is what the sweeps define: settings x (rates x tuning seeds + 5)."""
+  from configs import study_blocks as blocks
+  rows = blocks.plan()
+  for task in ('ptb', 'ptb_wide', 'speech'):
+    grid = blocks.get_sweep(task)
+    expected = len(grid['extra']) * (len(grid['tune']['optimizer.learning_rate'])
+                                     * len(grid['tune_seeds']) + len(grid['seeds']))
+    assert sum(r['runs'] for r in rows if r['task'] == task) == expected
+  assert sum(r['runs'] for r in rows if r['task'] == 'ptb_long') == \
+      len(blocks.settings('ptb_long')) * len(blocks.SEEDS)
+  assert 25 < sum(r['core_hours'] for r in rows) < 35
+
+
+@pytest.mark.parametrize('task', ['ptb', 'speech'])
+def test_blocks_study_parameter_count_is_the_stacks_own(task):
+  """configs/study_blocks.py's param_count, less the embedding and the head, is the number of
+  parameters StackedLSTM creates, for every block form and the matched feed-forward arm."""
+  from configs import study_blocks as blocks
+  from lstm import StackedLSTM
+  width = 2 if task == 'speech' else 1
+  for depth in (4, 8):
+    for hidden, ffn, block in [(blocks.HIDDEN[task], 0, 'plain'),
+                               (blocks.HIDDEN[task], 0, 'prenorm'),
+                               (blocks.HIDDEN[task], 0, 'postnorm'),
+                               (blocks.FFN_MATCHED_HIDDEN[task, depth], 4 / 3, 'prenorm')]:
+      model = StackedLSTM(num_layers=depth, hidden_size=hidden, bidirectional=task == 'speech',
+                          block=block, ffn_factor=ffn, ffn_gated=True)
+      x = jax.ShapeDtypeStruct((1, 3, blocks.INPUTS[task]), jax.numpy.float32)
+      created = sum(a.size for a in jax.tree.leaves(jax.eval_shape(model.init,
+                                                                   jax.random.key(0), x)))
+      outside = width * hidden * blocks.OUTPUTS[task] + blocks.OUTPUTS[task] \
+          + blocks.EMBEDDING[task]
+      assert blocks.param_count(task, depth, hidden, ffn, block=block) - outside == created

@@ -40,16 +40,21 @@ def get_sweep(arg=None):
     return {{'axes': {{'model.between': ['none', 'relu'], 'model.num_layers': [2, 4]}},
             'seeds': [0, 1, 2], 'tune': {{'optimizer.learning_rate': [0.001, 0.01, 0.1]}},
             'compare': {{'field': 'model.between', 'reference': 'none'}}}}
+  if arg == 'fresh':  # tuned on two seeds of its own, evaluated on three others
+    return {{'axes': {{'model.between': ['none', 'relu'], 'model.num_layers': [2]}},
+            'seeds': [0, 1, 2], 'tune_seeds': [10, 11],
+            'tune': {{'optimizer.learning_rate': [0.001, 0.01, 0.1]}},
+            'compare': {{'field': 'model.between', 'reference': 'none'}}}}
   seeds = [0, 1] if arg != 'one_seed' else [7]
   return {{'axes': {{'model.between': ['none', 'relu', 'layernorm'], 'model.num_layers': [2, 4]}},
           'seeds': seeds,
-          'extra': [{{'model.num_layers': 4, 'model.residual': True}},
+          'extra': [{{'model.num_layers': 4, 'model.block': 'residual'}},
                     {{'model.between': 'relu', 'model.num_layers': 2}}]}}  # a grid point: dropped
 '''
 
 GRID_NAMES = ['between=none,num_layers=2', 'between=none,num_layers=4', 'between=relu,num_layers=2',
               'between=relu,num_layers=4', 'between=layernorm,num_layers=2',
-              'between=layernorm,num_layers=4', 'num_layers=4,residual=True']
+              'between=layernorm,num_layers=4', 'num_layers=4,block=residual']
 
 
 @pytest.fixture
@@ -80,15 +85,15 @@ def test_expand_counts_names_and_overrides(config_path):
   p = by_name['between=relu,num_layers=4,seed=1']
   assert p.overrides == {'model.between': 'relu', 'model.num_layers': 4, 'seed': 1}
   assert (p.config.model.between, p.config.model.num_layers, p.config.seed) == ('relu', 4, 1)
-  assert p.values == {'model.between': 'relu', 'model.num_layers': 4, 'model.residual': False}
+  assert p.values == {'model.between': 'relu', 'model.num_layers': 4, 'model.block': 'plain'}
   assert p.config.model.hidden_size == 16 and p.config.is_locked
-  extra = by_name['num_layers=4,residual=True,seed=0']
-  assert extra.overrides == {'model.num_layers': 4, 'model.residual': True, 'seed': 0}
-  assert extra.values == {'model.between': 'none', 'model.num_layers': 4, 'model.residual': True}
-  assert extra.config.model.residual is True
+  extra = by_name['num_layers=4,block=residual,seed=0']
+  assert extra.overrides == {'model.num_layers': 4, 'model.block': 'residual', 'seed': 0}
+  assert extra.values == {'model.between': 'none', 'model.num_layers': 4, 'model.block': 'residual'}
+  assert extra.config.model.block == 'residual'
   # The base config is untouched.
-  assert (base.model.between, base.model.num_layers, base.seed, base.model.residual) == \
-      ('none', 2, 0, False)
+  assert (base.model.between, base.model.num_layers, base.seed, base.model.block) == \
+      ('none', 2, 0, 'plain')
   # The config argument reaches get_sweep.
   assert {p.seed for p in _points(config_path, 'one_seed')[2]} == {7}
 
@@ -252,14 +257,14 @@ def test_print_commands_and_dry_run(config_path, tmp_path):
                       f'--workdir={sweep_dir}/between=none,num_layers=4,seed=0 '
                       '--config.num_train_steps=5 --config.model.between=none '
                       '--config.model.num_layers=4 --config.seed=0')
-  assert lines[-1].endswith('--config.model.residual=True --config.seed=1')
+  assert lines[-1].endswith('--config.model.block=residual --config.seed=1')
   with open(os.path.join(sweep_dir, 'sweep.json')) as f:
     description = json.load(f)
   assert description['num_points'] == 14 and len(description['points']) == 14
-  assert description['fields'] == ['model.between', 'model.num_layers', 'model.residual']
+  assert description['fields'] == ['model.between', 'model.num_layers', 'model.block']
   assert description['forwarded_overrides'] == {'num_train_steps': '5'}
   assert description['points'][0]['values'] == {'model.between': 'none', 'model.num_layers': 2,
-                                                 'model.residual': False}
+                                                 'model.block': 'plain'}
 
 
 def test_forwarded_overrides_may_not_name_a_swept_field(config_path, tmp_path):
@@ -278,29 +283,85 @@ def test_slurm_script(config_path, tmp_path):
              '--parallel=4', '--sbatch=--time=01:00:00')
   assert out.returncode == 0, out.stderr
   text = open(script).read()
-  commands_path = str(tmp_path / 'job.commands')
   assert text.startswith('#!/bin/bash\n')
   assert '#SBATCH --array=0-12%4\n' in text  # 13 unfinished points, at most 4 at once
   assert '#SBATCH --time=01:00:00\n' in text and '#SBATCH --requeue\n' in text
+  assert '#SBATCH --open-mode=append\n' in text and '#SBATCH --signal=TERM@120\n' in text
   assert f'#SBATCH --output={sweep_dir}/slurm-%A_%a.out' in text
-  assert f'sed -n "$((SLURM_ARRAY_TASK_ID + 1))p" {commands_path}' in text
-  commands = open(commands_path).read().splitlines()
-  assert len(commands) == 13
-  assert commands[0].startswith(f'{sys.executable} {os.path.join(ROOT, "main.py")} '
-                                f'--config={config_path} ')
-  assert f'--workdir={sweep_dir}/between=none,num_layers=4,seed=0 ' in commands[0]
+  assert f'cd {ROOT}\n' in text and 'export JAX_COMPILATION_CACHE_DIR=' in text
+  name = 'between=none,num_layers=4,seed=0'
+  assert f"names=(\n  {name}\n" in text  # the first task's point
+  assert 'between=none,num_layers=2,seed=0' not in text  # finished: left out
+  command = text.split(f'  {name})\n', 1)[1].splitlines()[1]
+  assert command.startswith(f'    command=({sys.executable} {os.path.join(ROOT, "main.py")} '
+                            f'--config={config_path} ')
+  assert f'--workdir={sweep_dir}/{name} ' in command
   assert subprocess.run(['bash', '-n', script]).returncode == 0
 
 
-def test_slurm_task_runs_its_line(tmp_path):
-  commands = tmp_path / 'c.commands'
-  commands.write_text(''.join(f"echo 'task {i}' ok\n" for i in range(3)))
+def _fake_srun(tmp_path):
+  """A directory for PATH whose `srun` runs its arguments (the script's tasks outside SLURM)."""
+  bin_dir = tmp_path / 'bin'
+  bin_dir.mkdir()
+  (bin_dir / 'srun').write_text('#!/bin/sh\nexec "$@"\n')
+  (bin_dir / 'srun').chmod(0o755)
+  return str(bin_dir)
+
+
+def _run_task(script, task, bin_dir, env=None):
+  env = dict(os.environ, SLURM_ARRAY_TASK_ID=str(task), SLURM_JOB_ID='7',
+             PATH=bin_dir + os.pathsep + os.environ['PATH'], **(env or {}))
+  return subprocess.run(['bash', str(script)], env=env, capture_output=True, text=True)
+
+
+def test_slurm_tasks_run_their_point_by_name(tmp_path):
+  """Task i runs the point named i-th in the script it was submitted with; writing the script
+  again for fewer points (one finished) changes nothing for tasks of the earlier script."""
+  def commands(names):
+    return {n: ['bash', '-c', 'echo "$0" >> "${1#--workdir=}/ran"', n,
+                f'--workdir={tmp_path / n}'] for n in names}
+  for n in 'abc':
+    (tmp_path / n).mkdir()
+  first, second = tmp_path / 'first.sh', tmp_path / 'second.sh'
+  sweep.write_slurm(str(first), commands('abc'), 'x', str(tmp_path))
+  files.write_json(str(tmp_path / 'a' / 'results.json'), {'status': 'completed'})
+  sweep.write_slurm(str(second), commands('bc'), 'x', str(tmp_path))
+  bin_dir = _fake_srun(tmp_path)
+  out = _run_task(first, 0, bin_dir)
+  assert out.returncode == 0, out.stderr
+  assert out.stdout.splitlines()[-1] == 'task 0: point a has finished (completed); nothing to run'
+  for script, task, name in ((first, 1, 'b'), (first, 2, 'c'), (second, 0, 'b'), (second, 1, 'c')):
+    out = _run_task(script, task, bin_dir)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines()[-1] == f'task {task} (restart 0): point {name}'
+  assert not (tmp_path / 'a' / 'ran').exists()
+  assert (tmp_path / 'b' / 'ran').read_text() == 'b\nb\n'
+  assert (tmp_path / 'c' / 'ran').read_text() == 'c\nc\n'
+  assert '#SBATCH --array=0-1\n' in second.read_text()
+
+
+def test_slurm_task_requeues_a_stopped_run_a_bounded_number_of_times(tmp_path):
+  """A run that stops early (results.json `preempted`) requeues its array task with scontrol,
+  until the task has been requeued STACKED_LSTM_MAX_REQUEUES times."""
+  workdir = tmp_path / 'p'
+  workdir.mkdir()
+  write = ('import json, sys; json.dump({"status": "preempted"}, '
+           'open(sys.argv[1][len("--workdir="):] + "/results.json", "w"))')
   script = tmp_path / 's.sh'
-  script.write_text(sweep.slurm_script(str(commands), 3, 'x', str(tmp_path), str(tmp_path)))
-  out = subprocess.run(['bash', str(script)], env=dict(os.environ, SLURM_ARRAY_TASK_ID='1'),
-                       capture_output=True, text=True)
-  assert out.returncode == 0 and out.stdout.splitlines()[-1] == 'task 1 ok'
-  assert '#SBATCH --array=0-2\n' in script.read_text()
+  sweep.write_slurm(str(script), {'p': [sys.executable, '-c', write, f'--workdir={workdir}']},
+                    'x', str(tmp_path))
+  bin_dir = _fake_srun(tmp_path)
+  (tmp_path / 'bin' / 'scontrol').write_text(f'#!/bin/sh\necho "$@" >> {tmp_path}/scontrol\n')
+  (tmp_path / 'bin' / 'scontrol').chmod(0o755)
+  env = dict(SLURM_ARRAY_JOB_ID='6', STACKED_LSTM_MAX_REQUEUES='2')
+  out = _run_task(script, 0, bin_dir, dict(env, SLURM_RESTART_COUNT='1'))
+  assert out.returncode == 0, out.stderr
+  assert (tmp_path / 'scontrol').read_text() == 'requeue 6_0\n'
+  assert 'requeueing job 6_0 (restart 2 of at most 2)' in out.stdout
+  out = _run_task(script, 0, bin_dir, dict(env, SLURM_RESTART_COUNT='2'))
+  assert out.returncode == 1
+  assert 'job 6_0 was already requeued 2 times' in out.stderr
+  assert (tmp_path / 'scontrol').read_text() == 'requeue 6_0\n'
 
 
 def test_points_run_with_the_persistent_compilation_cache(tmp_path, monkeypatch):
@@ -454,3 +515,57 @@ json.dump({'status': 'completed', 'task': 'ptb_char', 'valid': {'bpc': bpc},
   cells = [c.strip() for c in row.strip('|').split('|')]
   assert cells[2:6] == ['3', '0', '0/3', '+0.000']  # ties: better in none of the pairs
   assert os.path.exists(os.path.join(sweep_dir, 'tuning.png'))
+
+
+class TwoSeedTuningRunner(FakeRunner):
+  """Tuning seed 10 alone would choose 0.01 (bpc 1 + |log10 lr + 2|), seed 11 alone 0.1 and more
+  sharply (1 + 3 |log10 lr + 1|): the mean over both chooses 0.1 (1.5 against 2.5 and 4.5).
+  Evaluation seeds: 1 + lr + 0.01 seed (relu 0.05 worse)."""
+  def __call__(self, argv, workdir):
+    name = os.path.basename(workdir)
+    self.calls.append(name)
+    parts = dict(part.split('=') for part in name.split(','))
+    lr, seed = float(parts['learning_rate']), int(parts['seed'])
+    if seed == 10:
+      bpc = 1 + abs(math.log10(lr) + 2)
+    elif seed == 11:
+      bpc = 1 + 3 * abs(math.log10(lr) + 1)
+    else:
+      bpc = 1 + lr + 0.01 * seed + (0.05 if parts['between'] == 'relu' else 0)
+    _write_results(workdir, 'completed', valid={'bpc': bpc}, test={'bpc': bpc})
+    return 0
+
+
+def test_tuning_on_two_seeds_chooses_on_the_mean_and_evaluates_on_fresh_seeds(config_path,
+                                                                             tmp_path):
+  sweep_dir = str(tmp_path / 'sweep')
+  base, _, _ = _points(config_path, 'fresh')
+  prepare = lambda: sweep.prepare(base, config_path + ':fresh', sweep_dir, {}, 'python', 'main.py')
+  spec, points, _ = prepare()
+  assert len(points) == 2 * 3 * 2 and {p.seed for p in points} == {10, 11}
+  runner = TwoSeedTuningRunner()
+  sweep.run_points(sweep_dir, points, {p.name: ['true'] for p in points}, runner=runner,
+                   log=lambda line: None)
+  spec, points, commands = prepare()
+  assert {json.loads(k)['model.between']: c['value'] for k, c in spec['choices'].items()} == \
+      {'none': 0.1, 'relu': 0.1}  # the mean over seeds 10 and 11, not seed 10's 0.01
+  seed_points = [p for p in points if p.stage == 'seeds']
+  # every evaluation seed runs afresh: no tuning run is reused
+  assert sorted((p.values['model.between'], p.seed) for p in seed_points) == \
+      [(b, s) for b in ('none', 'relu') for s in (0, 1, 2)]
+  assert all(p.values['optimizer.learning_rate'] == 0.1 for p in seed_points)
+  sweep.run_points(sweep_dir, points, {p.name: ['true'] for p in points}, runner=runner,
+                   log=lambda line: None)
+  assert len(runner.calls) == 12 + 6
+  files.write_json(os.path.join(sweep_dir, 'sweep.json'), sweep.sweep_description(
+      config_path + ':fresh', spec, points, base, {}, commands), default=repr)
+  text = open(report.write_report(sweep_dir)).read()
+  assert 'none of them used in tuning' in text and 'averaged over those seeds' in text
+  # the results table holds the three evaluation runs only (1.1, 1.11, 1.12: mean 1.110)
+  row = next(line for line in text.splitlines() if line.startswith('| none | 2 |'))
+  assert [c.strip() for c in row.strip('|').split('|')][3:6] == ['3', '0/3', '1.110 ± 0.010']
+  pairs = next(line for line in text.splitlines() if line.startswith('| num_layers=2 | relu |'))
+  assert [c.strip() for c in pairs.strip('|').split('|')][2:6] == ['3', '0', '0/3', '+0.050']
+  tuning_row = next(line for line in text.splitlines()
+                    if line.startswith('| between=none, num_layers=2 |'))
+  assert '**1.500**' in tuning_row  # the mean of seed 10 (2.0) and seed 11 (1.0) at 0.1

@@ -390,6 +390,7 @@ def test_a_workdir_from_before_fingerprints_resumes(tmp_path):
   for field in ('cache', 'cache_dir', 'allow_changed_data'):
     del saved_config['data'][field]
   (workdir / 'config.json').write_text(json.dumps(saved_config))
+  (workdir / 'checksums.json').unlink()  # an earlier version wrote no checksums either
   _shuffled(path, 1)
   resumed = trainer.train_and_evaluate(_text_run_config(path), str(workdir))
   assert resumed['status'] == 'completed' and resumed['steps_this_run'] == 2

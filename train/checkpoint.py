@@ -31,7 +31,7 @@ from absl import logging as absl_logging
 from jax.experimental import multihost_utils
 
 from configs import common
-from train import data, faults, files
+from train import checksums, data, faults, files, lock
 from train.data import fingerprint
 from train.validation import ConfigError
 
@@ -46,29 +46,48 @@ class ConfigConflict(ConfigError):
   """The workdir holds a different run."""
 
 
-def record_config(workdir: str, config_json: str) -> None:
-  """Saves the config in `workdir/config.json`, or refuses one that conflicts with it."""
+def compare_config(workdir: str, config_json: str) -> None:
+  """Refuses a config that conflicts with the one saved in `workdir/config.json` (ConfigConflict),
+  a saved one that was damaged or edited (RunFault), and a workdir that holds checkpoints but lost
+  its config.json; writes nothing."""
   path = os.path.join(workdir, 'config.json')
   new = json.loads(config_json)
-  if os.path.exists(path):
-    old = files.read_json(path)
-    if old is None:
-      raise ConfigError(f'{path} is not readable JSON, so the workdir\'s run is unknown; restore '
-                        'it from a copy, or use a new --workdir')
-    a, b = files.flatten(old), files.flatten(new)
-    diffs = [f'{k}: {a.get(k)!r} -> {b.get(k)!r}' for k in sorted(set(a) | set(b))
-             if not {k, k.split('.')[0]} & set(RESUMABLE_FIELDS) and a.get(k) != b.get(k)]
-    if diffs:
-      raise ConfigConflict(
-          f'workdir {workdir} holds a run with a different config ({"; ".join(diffs[:5])}'
-          f'{"; ..." if len(diffs) > 5 else ""}); use a new --workdir or the saved config')
+  checksums.verify(workdir, ['config.json'])
+  if not os.path.exists(path):
+    if saved_steps(workdir) or saved_steps(workdir, 'best'):
+      raise ConfigError(f'{workdir} holds checkpoints but no config.json, so the run they belong '
+                        'to is unknown; restore config.json from a copy of the run, or move the '
+                        'checkpoints away to start afresh')
+    return
+  old = files.read_json(path)
+  if old is None:
+    raise ConfigError(f'{path} is not readable JSON, so the workdir\'s run is unknown; restore '
+                      'it from a copy, or use a new --workdir')
+  # Both on top of today's defaults, the saved one upgraded: fields added since it was written,
+  # and fields respelt, are not differences.
+  a = files.flatten(config_from_dict(old, path).to_dict())
+  b = files.flatten(config_from_dict(new, 'the config').to_dict())
+  diffs = [f'{k}: {a.get(k)!r} -> {b.get(k)!r}' for k in sorted(set(a) | set(b))
+           if not {k, k.split('.')[0]} & set(RESUMABLE_FIELDS) and a.get(k) != b.get(k)]
+  if diffs:
+    raise ConfigConflict(
+        f'workdir {workdir} holds a run with a different config ({"; ".join(diffs[:5])}'
+        f'{"; ..." if len(diffs) > 5 else ""}); use a new --workdir or the saved config')
+
+
+def record_config(workdir: str, config_json: str) -> None:
+  """Saves the config in `workdir/config.json` (with its checksum), or refuses what
+  `compare_config` refuses."""
+  compare_config(workdir, config_json)
   if jax.process_index() == 0:
-    files.write_json(path, new, sort_keys=True)
+    text = files.json_text(json.loads(config_json), sort_keys=True)
+    checksums.write(workdir, {'config.json': text})
 
 
 def read_config(workdir: str) -> ml_collections.ConfigDict:
   """The run's config from `workdir/config.json`, on top of today's defaults (fields added since
   the run keep their defaults)."""
+  checksums.verify(workdir, ['config.json'])
   saved = files.read_json(os.path.join(workdir, 'config.json'))
   if saved is None:
     raise ConfigError(f'{workdir} holds no readable config.json: it is not a run directory '
@@ -79,6 +98,7 @@ def read_config(workdir: str) -> ml_collections.ConfigDict:
 def config_from_dict(saved: dict, where: str) -> ml_collections.ConfigDict:
   """A locked config: configs/common.py's defaults updated with `saved` (a config as JSON)."""
   config = common.base_config()
+  saved = files.unflatten(common.upgrade(files.flatten(saved)))
   unknown = sorted(set(files.flatten(saved)) - set(files.flatten(config.to_dict())))
   if unknown:
     raise ConfigError(f'{where} has fields that configs/common.py does not declare: '
@@ -114,6 +134,7 @@ def check_dataset(workdir: str, dataset: data.Dataset, allow_changed_data: bool 
   file whose contents changed since its fingerprint was saved there, unless `allow_changed_data`
   (a workdir saved before fingerprints were has none to compare)."""
   described = _dataset_files(dataset)
+  checksums.verify(workdir, list(described))
   saved = {name: files.read_json(os.path.join(workdir, name)) for name in described}
   saved_files = (saved['dataset.json'] or {}).pop(_DATA_FILES, None) or {}
   described['dataset.json'].pop(_DATA_FILES, None)
@@ -139,31 +160,41 @@ def record_dataset(workdir: str, dataset: data.Dataset, allow_changed_data: bool
   model, or refuses data that `check_dataset` refuses."""
   check_dataset(workdir, dataset, allow_changed_data)
   if jax.process_index() == 0:
-    for name, value in _dataset_files(dataset).items():
-      files.write_json(os.path.join(workdir, name), value)
+    checksums.write(workdir, {name: files.json_text(value)
+                              for name, value in _dataset_files(dataset).items()})
 
 
 def read_dataset(workdir: str) -> Optional[data.Dataset]:
   """The run's data without its splits (what builds the model), or None when the workdir
-  predates `dataset.json`."""
+  predates `dataset.json`. RunFault (one line naming the file) for a file that was changed,
+  damaged or deleted after the run wrote it."""
+  checksums.verify(workdir, ['dataset.json', 'vocab.json'])
   shape = files.read_json(os.path.join(workdir, 'dataset.json'))
   if shape is None:
+    if os.path.exists(os.path.join(workdir, 'dataset.json')):
+      raise faults.RunFault(f'{workdir}/dataset.json is not readable JSON; restore it from a '
+                            'copy of the run')
     return None
   vocab = files.read_json(os.path.join(workdir, 'vocab.json'))
   vocab = None if vocab is None else data.Vocabulary.from_json(vocab)
+  if vocab is not None and shape.get('kind') == 'lm' and len(vocab) != shape.get('vocab_size'):
+    raise faults.RunFault(f'{workdir}/vocab.json holds {len(vocab)} tokens, but dataset.json '
+                          f'says the model reads {shape.get("vocab_size")}; restore vocab.json '
+                          'from a copy of the run')
   return data.Dataset(splits={}, itos=None if vocab is None else list(vocab.itos), vocab=vocab,
                       **shape)
 
 
 def _manager(directory: str, keep: int) -> ocp.CheckpointManager:
   """Orbax's manager of `directory`, after removing what interrupted saves left there (orbax's
-  temporary directories, which it never reads as checkpoints)."""
+  temporary directories, which it never reads as checkpoints) when this process holds the
+  workdir's lock (train/lock.py)."""
   options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
                                          enable_async_checkpointing=False)
   faults.drop_orbax_leftovers()
   with faults.writing(directory):
-    if jax.process_index() == 0:
-      _remove_unfinished(directory)
+    if jax.process_index() == 0 and lock.held(os.path.dirname(directory)):
+      _remove_unfinished(directory)  # only the lock's holder: another writer's save may be running
     return ocp.CheckpointManager(directory, options=options)
 
 

@@ -2,8 +2,9 @@
 the flags of the tools that work on a trained run.
 
 `app.run(main, flags_parser=cli.parse_flags)` parses the flags (`run(main)` does that too and
-prints a ConfigError or a `faults.RunFault` from `main` as one line, exit status 1); any error in
-them (an unknown
+prints a ConfigError or a `faults.RunFault` from `main` as one line, exit status 1; a Ctrl-C as
+one line, status 130; a closed stdout pipe quietly, status 141); `output(text)` is how the tools
+print, so that a failed write to stdout is one line too. Any error in the flags (an unknown
 flag or config field, a value of the wrong type, a config file that does not exist or whose
 argument is not known) ends the program with one line on stderr naming the flag, what is wrong
 and the closest valid names, and exit status 2 (absl's status for flag errors), instead of a
@@ -22,6 +23,8 @@ import ml_collections
 from absl import app, flags
 
 USAGE_ERROR = 2
+INTERRUPTED = 130  # 128 + SIGINT, as shells report a program that Ctrl-C ended
+PIPE_CLOSED = 141  # 128 + SIGPIPE
 FLAGS = flags.FLAGS
 _TRUE, _FALSE = ('true', 't', '1', 'yes'), ('false', 'f', '0', 'no')
 
@@ -38,7 +41,10 @@ def no_arguments(argv) -> None:
 
 
 def run(main: Callable) -> None:
-  """`app.run(main)` with flag errors, and a ConfigError or RunFault from `main`, as one line."""
+  """`app.run(main)` with flag errors, and a ConfigError or RunFault from `main`, as one line
+  (exit status 1). A Ctrl-C that `main` does not handle is one line too (status 130); a reader
+  of stdout that goes away (`| head`) ends the program quietly with status 141, as SIGPIPE ends
+  other tools."""
   from train import faults, metrics
   from train.validation import ConfigError
 
@@ -46,9 +52,37 @@ def run(main: Callable) -> None:
     metrics.quiet_library_logs()
     try:
       main(argv)
+      output('', newline=False)
+    except BrokenPipeError:
+      _discard_stdout()
+      sys.exit(PIPE_CLOSED)
     except (ConfigError, faults.RunFault) as e:
       sys.exit(f'error: {e}')
+    except KeyboardInterrupt:
+      sys.stderr.write('error: interrupted (Ctrl-C)\n')
+      sys.exit(INTERRUPTED)
   app.run(guarded, flags_parser=parse_flags)
+
+
+def _discard_stdout() -> None:
+  """Points stdout at /dev/null, so that what is still buffered is not written again at exit."""
+  os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+
+
+def output(text: str, newline: bool = True) -> None:
+  """Writes `text` (and a newline) to stdout and flushes it. A closed pipe raises
+  BrokenPipeError (`run` ends quietly); any other failed write raises RunFault('could not write
+  to standard output: [Errno 28] No space left on device')."""
+  from train import faults
+  try:
+    sys.stdout.write(text + ('\n' if newline else ''))
+    sys.stdout.flush()
+  except BrokenPipeError:
+    raise
+  except OSError as e:
+    _discard_stdout()
+    raise faults.RunFault('could not write to standard output: '
+                          f'{faults.describe_os_error(e)}') from None
 
 
 def parse_flags(argv: list[str]) -> list[str]:

@@ -7,19 +7,22 @@ The run's own evaluation (`trainer.eval_batcher`, `trainer.make_eval_step`, `tra
 on a split it gives exactly the figure the run reported at that step. A file is encoded with the
 run's vocabulary (train/data/vocab.py): tokens outside it become '<unk>' where the vocabulary has
 it and are dropped otherwise, and are counted. Prints the metrics and writes them to
-`DIR/eval/step<N>_<split or file name>.json`; results.json, metrics.jsonl and the checkpoints are
-left as they were.
+`DIR/eval/step<N>_<split or file name>.json` under the workdir's lock (train/lock.py: refused
+while a training run or another evaluation writes there); results.json, metrics.jsonl and the
+checkpoints are left as they were.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import re
 from typing import Any, Optional
 
 import jax
+import numpy as np
 
-from train import checkpoint, cli, data, distributed, files, trainer
+from train import checkpoint, cli, data, distributed, faults, files, lock, trainer
 from train.run import Run, load_run
 from train.validation import ConfigError
 
@@ -74,11 +77,16 @@ def evaluate_run(run: Run, split: str = 'valid', data_path: Optional[str] = None
   'metrics'}: the run's parameters evaluated as the trainer evaluates them."""
   batcher, record = _file_batcher(run, data_path) if data_path else _split_batcher(run, split)
   dist = distributed.Distribution()
-  sample = trainer.first_rows(batcher)
-  zero_carry = trainer.make_zero_carry(run.model, run.task, dist, run.params, sample)
-  eval_step = jax.jit(trainer.make_eval_step(run.model, run.task))
-  params = jax.device_put(run.params, dist.replicated)
-  sums = trainer.evaluate(eval_step, params, batcher, dist, run.task, zero_carry)
+  num_params = sum(int(np.size(x)) for x in jax.tree.leaves(run.params))
+  sizes = lambda: (f'batches of {batcher.batch_shape()[0]} rows (config.eval_batch_size, else '
+                   f'config.batch_size, of the run) and {num_params:,} parameters')
+  with faults.out_of_memory_reported(sizes, 'evaluate on a device with more memory (e.g. the '
+                                     'CPU: JAX_PLATFORMS=cpu)'):
+    sample = trainer.first_rows(batcher)
+    zero_carry = trainer.make_zero_carry(run.model, run.task, dist, run.params, sample)
+    eval_step = jax.jit(trainer.make_eval_step(run.model, run.task))
+    params = jax.device_put(run.params, dist.replicated)
+    sums = trainer.evaluate(eval_step, params, batcher, dist, run.task, zero_carry)
   return {'step': run.step, 'checkpoint': run.checkpoint, **record,
           'metrics': run.task.summarize(sums)}
 
@@ -106,12 +114,14 @@ def main(argv) -> None:
   cli.no_arguments(argv)
   flags = cli.FLAGS
   run = load_run(flags.workdir, flags.step)
-  record = evaluate_run(run, flags.split, flags.data_path)
-  path = record_path(run, record)
-  if jax.process_index() == 0:
-    files.write_json(path, record, sort_keys=True)
-  print(describe(record))
-  print(f'written to {path}')
+  writes = jax.process_index() == 0
+  with lock.holding(run.workdir, 'evaluation') if writes else contextlib.nullcontext():
+    record = evaluate_run(run, flags.split, flags.data_path)
+    path = record_path(run, record)
+    if writes:
+      files.write_json(path, record, sort_keys=True)
+  cli.output(describe(record))
+  cli.output(f'written to {path}')
 
 
 def _define_flags(flags: Any) -> None:

@@ -7,13 +7,15 @@
 (batch_first, from `lstm.interop.to_torch`) -> `torch.nn.Linear` head (or the embedding matrix
 when tied), computing the run's logits. `from_torch(embed, lstm, head, vocab, workdir)` writes a
 run directory (config.json, dataset.json, vocab.json and the parameters as checkpoint 0) that
-`load_run`, `train.evaluate` and `train.sample` read like a trained one. A file written with
+`load_run`, `train.evaluate` and `train.sample` read like a trained one (written under the
+directory's lock, train/lock.py; `--out` only reads the workdir). A file written with
 `--out` holds the module's state_dict, its sizes, the vocabulary and the run's config (so that
 an import evaluates on the same data), and is what `--from_torch` reads. Needs PyTorch (`pip install torch`). Whatever `torch.nn.LSTM` cannot represent (peepholes,
-clipping, layer norm, ops between layers, residuals) is refused with one line naming it.
+clipping, layer norm, ops between layers, blocks other than plain) is refused with one line naming it.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from typing import Any, Optional
@@ -25,7 +27,7 @@ import torch
 import lstm.interop
 from configs import common
 from lstm import StackedLSTM
-from train import checkpoint, cli, data, faults, files, tasks
+from train import checkpoint, cli, data, faults, files, lock, models, tasks
 from train.run import Run, language_model, load_run
 from train.validation import ConfigError, check_config
 
@@ -106,11 +108,10 @@ def _params(embed, lstm_module, head) -> dict:
   return params
 
 
-# What torch.nn.LSTM computes, in config.model's terms (every other field is set from the modules
-# or does not change the function).
-_TORCH_CELL = {'between': 'none', 'activation': 'tanh', 'recurrent_activation': 'sigmoid',
-               'peephole': False, 'layer_norm': False, 'cell_clip': None, 'proj_clip': None,
-               'residual': False, 'bidirectional': False, 'bilm': False}
+# What torch.nn.LSTM computes, in config.model's terms: every stack option at its declared
+# default (the canonical LSTM), one direction, no ELMo pair; the sizes are set from the modules.
+_TORCH_CELL = {**{f.name: f.default for f in dataclasses.fields(StackedLSTM)
+                  if f.name in models.STACK_FIELDS}, 'bilm': False}
 
 
 def _config(embed, lstm_module, head, vocab: data.Vocabulary, config):
@@ -136,8 +137,6 @@ def from_torch(embed: torch.nn.Embedding, lstm_module: torch.nn.LSTM,
   loaded. `config` (default: configs/common.py's, task 'text' at the vocabulary's level) says
   which data the model is for (evaluation on a split reads it); its model fields are set from
   the modules."""
-  if os.path.exists(os.path.join(workdir, 'config.json')):
-    raise ConfigError(f'{workdir} holds a run already; import into a new directory')
   if embed.num_embeddings != len(vocab):
     raise ConfigError(f'the embedding has {embed.num_embeddings} rows, the vocabulary '
                       f'{len(vocab)} tokens: they must be equal')
@@ -152,9 +151,12 @@ def from_torch(embed: torch.nn.Embedding, lstm_module: torch.nn.LSTM,
     raise ConfigError('the modules do not form the language model the config describes')
   with faults.writing(workdir):
     os.makedirs(workdir, exist_ok=True)
-  checkpoint.record_config(workdir, config.to_json_best_effort())
-  checkpoint.record_dataset(workdir, dataset)
-  checkpoint.save_params(workdir, 0, params, {'step': 0, 'imported_from': 'torch'})
+  with lock.holding(workdir, 'import'):
+    if os.path.exists(os.path.join(workdir, 'config.json')):
+      raise ConfigError(f'{workdir} holds a run already; import into a new directory')
+    checkpoint.record_config(workdir, config.to_json_best_effort())
+    checkpoint.record_dataset(workdir, dataset)
+    checkpoint.save_params(workdir, 0, params, {'step': 0, 'imported_from': 'torch'})
   return load_run(workdir)
 
 
@@ -189,13 +191,13 @@ def main(argv) -> None:
   if flags.from_torch:
     module, vocab, config = load(flags.from_torch)
     run = from_torch(module.embed, module.lstm, module.head, vocab, flags.workdir, config)
-    print(f'imported {flags.from_torch} into {run.workdir}')
+    cli.output(f'imported {flags.from_torch} into {run.workdir}')
     return
   if not flags.out:
     raise ConfigError('give --out=FILE.pt (export) or --from_torch=FILE.pt (import)')
   run = load_run(flags.workdir, flags.step)
   save(to_torch(run, flags.direction), run.vocab, flags.out, run.config)
-  print(f'exported step {run.step} of {run.workdir} to {flags.out}')
+  cli.output(f'exported step {run.step} of {run.workdir} to {flags.out}')
 
 
 if __name__ == '__main__':

@@ -5,7 +5,8 @@ diverged), and what finds the cause inside the libraries' own exceptions.
 `writing(path)` turns a failed write into `RunFault('could not write PATH: [Errno 28] No space
 left on device')`: an OSError anywhere in the exception's chain, or the OS error code that
 tensorstore (under orbax) puts in its messages. `out_of_memory(error)` tells XLA's
-RESOURCE_EXHAUSTED apart. `reason(error)` is an exception's message cut to one readable line.
+RESOURCE_EXHAUSTED apart, and `out_of_memory_reported` turns it into one line naming the sizes.
+`reason(error)` is an exception's message cut to one readable line.
 `drop_orbax_leftovers()` silences the tracebacks that orbax's unfinished operations print after
 it has given up on a failed read or write ("Event loop is closed", "Task exception was never
 retrieved", "coroutine ... was never awaited").
@@ -19,7 +20,7 @@ import re
 import sys
 import traceback
 import warnings
-from typing import Iterator, Optional
+from typing import Callable, Iterator, Optional
 
 
 class RunFault(RuntimeError):
@@ -70,7 +71,21 @@ def writing(path: str, what: str = '', note: str = '', action: str = 'write') ->
 def out_of_memory(error: BaseException) -> bool:
   """True for XLA's failure to allocate device memory (at compile or run time)."""
   import jax
-  return isinstance(error, jax.errors.JaxRuntimeError) and 'RESOURCE_EXHAUSTED' in str(error)
+  text = str(error)
+  return isinstance(error, jax.errors.JaxRuntimeError) and (
+      'RESOURCE_EXHAUSTED' in text or 'Out of memory allocating' in text)  # the latter: XLA's CPU
+
+
+@contextlib.contextmanager
+def out_of_memory_reported(sizes: Callable[[], str], remedy: str) -> Iterator[None]:
+  """Turns XLA's RESOURCE_EXHAUSTED in the block into RunFault('out of memory on the device
+  (REASON) for SIZES; REMEDY'); `sizes()` says what was asked of the device."""
+  try:
+    yield
+  except Exception as e:  # noqa: BLE001 - jax raises JaxRuntimeError for every XLA status
+    if not out_of_memory(e):
+      raise
+    raise RunFault(f'out of memory on the device ({reason(e)}) for {sizes()}; {remedy}') from None
 
 
 _ANNOTATION = re.compile(r"\s*\[\w+(\[\d+\])?='.*?'\]", re.S)

@@ -60,10 +60,15 @@ def append(path: str, text: str) -> None:
       os.close(fd)
 
 
+def json_text(value: Any, **dump_options) -> str:
+  """`value` as indented JSON with a newline at the end (what `write_json` writes)."""
+  return json.dumps(value, indent=2, **dump_options) + '\n'
+
+
 def write_json(path: str, value: Any, **dump_options) -> None:
   """`value` as indented JSON (a newline at the end), atomically; `dump_options` go to
   json.dumps (e.g. sort_keys=True)."""
-  text = json.dumps(value, indent=2, **dump_options) + '\n'
+  text = json_text(value, **dump_options)
   atomic_write(path, lambda f: f.write(text.encode('utf-8')))
 
 
@@ -79,3 +84,8 @@ def read_json(path: str) -> Optional[Any]:
 def flatten(config: dict) -> dict[str, Any]:
   """A nested config dict as {'model.num_layers': 2, ...}."""
   return traverse_util.flatten_dict(config, sep='.')
+
+
+def unflatten(flat: dict[str, Any]) -> dict:
+  """{'model.num_layers': 2, ...} as a nested dict."""
+  return traverse_util.unflatten_dict(flat, sep='.')

@@ -59,7 +59,8 @@ def derived(kind: str, level: Optional[str], loss: float) -> dict[str, float]:
 
 
 class MetricWriter:
-  """Appends {'step', 'split', metrics...} records; on resume drops records past the checkpoint.
+  """Appends {'step', 'split', metrics...} records; on resume drops records past the checkpoint
+  (and a torn last line, see `_records_to_keep`).
   A record that cannot be written raises RunFault naming the file."""
 
   def __init__(self, workdir: str, resume_step: int = 0):
@@ -70,8 +71,7 @@ class MetricWriter:
       return
     if os.path.exists(self.path):
       with faults.writing(self.path):  # rewritten without the records past the checkpoint
-        with open(self.path) as f:
-          kept = [line for line in f if line.strip() and json.loads(line)['step'] <= resume_step]
+        kept = _records_to_keep(self.path, resume_step)
         files.atomic_write(self.path, lambda f: f.write(''.join(kept).encode('utf-8')))
     self.tb = EventFile(os.path.join(workdir, 'tensorboard'), purge_step=resume_step + 1)
 
@@ -85,6 +85,35 @@ class MetricWriter:
   def close(self) -> None:
     if self.tb is not None:
       self.tb.close()
+
+
+def _records_to_keep(path: str, resume_step: int) -> list[str]:
+  """The lines of `path` up to `resume_step`. A last line that a crash cut off mid-write is
+  dropped with a warning; other unreadable lines are dropped too, after the file as it was is
+  copied to `<path>.damaged` (with a warning naming the lines)."""
+  with open(path, encoding='utf-8', errors='replace') as f:
+    lines = [line for line in f if line.strip()]
+  kept, bad = [], []
+  for number, line in enumerate(lines, 1):
+    try:
+      record = json.loads(line)
+      step = int(record['step'])
+    except (ValueError, KeyError, TypeError):
+      bad.append(number)
+      continue
+    if step <= resume_step:
+      kept.append(line if line.endswith('\n') else line + '\n')
+  if bad == [len(lines)]:
+    logging.warning('%s: its last line was cut off mid-write (a crash); cut back to the %d '
+                    'complete records', path, len(lines) - 1)
+  elif bad:
+    aside = path + '.damaged'
+    with open(path, 'rb') as f:
+      original = f.read()
+    files.atomic_write(aside, lambda f: f.write(original))
+    logging.warning('%s: lines %s are not readable records: left out, the file as it was is '
+                    'kept as %s', path, ', '.join(map(str, bad[:10])), aside)
+  return kept
 
 
 class EventFile:

@@ -11,11 +11,22 @@ fields are those whose values differ between them. Writes to `--out` (default: t
   word-level ones, accuracy for classifiers, label error rate for CTC), mean, standard deviation
   (n - 1) and 95% confidence interval over seeds (Student t, mean +- t(0.975, n - 1) s / sqrt(n)),
   the number of seeds with a result and the number of diverged runs (status `diverged`, or a
-  non-finite final metric; they are left out of the statistics); then one row per run.
+  non-finite final metric; they are left out of the statistics), and the parameter count (from
+  the runs' results.json, or computed from a run's config.json); then one row per run. With a
+  'compare' entry: paired differences with the t interval, the Wilcoxon signed-rank p and a
+  bootstrap interval of the median difference, and the Holm and Benjamini-Hochberg adjustments
+  over every comparison of the report.
 - `curves.png`: the validation metric over training steps, mean over seeds, per setting.
 - `depth.png` (when `model.num_layers` is swept): final metric against depth with 95% CI error
   bars, one line per setting of the other fields (e.g. the between-layer op); otherwise
-  `settings.png` with one error bar per setting.
+  `settings.png` with one error bar per setting. A value far outside the others (beyond 3
+  interquartile ranges of the runs' values) is not allowed to set the axis: the axis is cut to
+  the rest, and a triangle at the edge marks each mean cut off, with its value and how many runs
+  lie beyond.
+
+Several reports' comparisons corrected as one family (stated in the file it writes):
+
+  python -m train.report --family=results/a/runs,results/b/runs --out=results/family
 """
 from __future__ import annotations
 
@@ -29,8 +40,9 @@ from typing import Any, Optional, Sequence
 import numpy as np
 
 from train import files, metrics as metrics_lib, sweep as sweep_lib
-from train.statistics import (METRICS, Metric, Stats, best_tuned_value, holm, paired_difference,
-                              pick_metric, stats, t_quantile, unanimous_sign_test_p)
+from train.statistics import (ADJUSTMENTS, BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, METRICS, Metric,
+                              Stats, best_tuned_value, paired_difference, pick_metric, stats,
+                              t_quantile, unanimous_sign_test_p, wilcoxon_p)
 
 DEPTH = 'model.num_layers'
 SKIP_INFERRED = ('seed', 'num_train_steps', 'num_epochs', 'eval_every_steps',
@@ -115,6 +127,31 @@ def read_sweep(sweep_dir: str) -> tuple[dict, list[Run]]:
   return description, runs
 
 
+def count_params(workdir: str) -> Optional[int]:
+  """The number of parameters of the model that the run's config.json builds (its data loaded for
+  the input shapes; nothing compiled or trained); None when the workdir's config cannot build a
+  model here."""
+  import jax
+  from train import checkpoint, trainer, validation
+  try:
+    setup = trainer.setup(checkpoint.read_config(workdir))
+  except (validation.ConfigError, ValueError, KeyError, OSError):
+    return None
+  sample = trainer.first_rows(setup.train_batches)
+  shapes = jax.eval_shape(lambda: setup.model.init(jax.random.PRNGKey(0),
+                                                   **setup.task.model_inputs(sample)))
+  return int(sum(math.prod(x.shape) for x in jax.tree.leaves(shapes['params'])))
+
+
+def format_params(n: Optional[int], short: bool = False) -> str:
+  """222066 -> '222,066', or with `short` '222k' (1.05M from a million on); '-' for None."""
+  if n is None:
+    return '-'
+  if not short:
+    return f'{n:,}'
+  return f'{n / 1e6:.2f}M' if n >= 1_000_000 else f'{n / 1e3:.0f}k'
+
+
 def choose_metric(runs: Sequence[Run]) -> Optional[Metric]:
   for run in runs:
     if isinstance(run.results.get('valid'), dict):
@@ -134,6 +171,22 @@ class Setting:
   values: dict
   runs: list
   label: str = ''
+  _params: Any = dataclasses.field(default=False, repr=False)  # False: not looked up yet
+
+  @property
+  def num_params(self) -> Optional[int]:
+    """The parameter count of the setting's model: what its runs wrote in results.json, or, when
+    none did (every run diverged before writing it), computed from a run's config.json; None
+    when neither can give it."""
+    if self._params is False:
+      counts = [r.results.get('num_params') for r in self.runs]
+      counts = [int(n) for n in counts if isinstance(n, int)]
+      self._params = max(set(counts), key=counts.count) if counts else None
+      for run in self.runs if self._params is None else []:
+        self._params = count_params(run.workdir)
+        if self._params is not None:
+          break
+    return self._params
 
   def finals(self, metric: Metric, split: str) -> list[float]:
     return [metric.value(r.results[split]) for r in self.runs
@@ -280,6 +333,61 @@ def _cut_to_bounds(set_limits, limits, metric: Metric) -> None:
              high if hi_bound is None else min(high, hi_bound + margin))
 
 
+FENCE = 3.0  # interquartile ranges beyond the quartiles from which a value no longer sets an axis
+
+
+def robust_limits(values: Sequence[float], keep: Sequence[float] = ()) -> Optional[tuple]:
+  """(low, high) for an axis that shows `values` (the runs' results) without letting a far
+  outlier squash the rest: the range of the values within FENCE interquartile ranges of the
+  quartiles, and of the points in `keep` (means, interval ends) within the same fence, padded
+  by 8%. None when no value lies beyond the fence (the axis is then left as it is)."""
+  x = np.asarray([v for v in values if math.isfinite(v)], dtype=np.float64)
+  if len(x) < 4:
+    return None
+  q1, q3 = np.percentile(x, [25, 75])
+  iqr = q3 - q1
+  low, high = q1 - FENCE * iqr, q3 + FENCE * iqr
+  inside = [v for v in [*x, *keep] if math.isfinite(v) and low <= v <= high]
+  if iqr <= 0 or len(x[(x >= low) & (x <= high)]) == len(x):
+    return None
+  a, b = min(inside), max(inside)
+  pad = 0.08 * (b - a) if b > a else 0.05 * max(abs(b), 1.0)
+  return a - pad, b + pad
+
+
+def _cut_axis(ax, axis: str, values: Sequence[float], keep: Sequence[float],
+              metric: Metric) -> Optional[tuple]:
+  """Cuts `ax`'s `axis` ('x' or 'y') to robust_limits(values, keep) where an outlier would set
+  it, then to the metric's bounds; returns the cut limits, or None when the axis was not cut."""
+  get, set_ = (ax.get_ylim, ax.set_ylim) if axis == 'y' else (ax.get_xlim, ax.set_xlim)
+  limits = robust_limits(values, keep)
+  if limits:
+    set_(*limits)
+  _cut_to_bounds(set_, get(), metric)
+  return get() if limits else None
+
+
+def _mark_beyond(ax, axis: str, position: float, value: float, limits: tuple, color,
+                 text: str) -> bool:
+  """Where `value` lies beyond the cut axis: a triangle at the edge, pointing to it, and `text`
+  beside it. Returns whether it was beyond."""
+  low, high = limits
+  if low <= value <= high:
+    return False
+  up = value > high
+  edge = high if up else low
+  marker = {'y': ('^', 'v'), 'x': ('>', '<')}[axis][0 if up else 1]
+  xy = (position, edge) if axis == 'y' else (edge, position)
+  ax.plot([xy[0]], [xy[1]], marker=marker, ms=8, color=color, ls='none', clip_on=False)
+  offset = (5, -11 if up else 4) if axis == 'y' else (-5 if up else 5, 5)
+  ax.annotate(text, xy, textcoords='offset points', xytext=offset, color=color, fontsize=7,
+              ha='right' if axis == 'x' and up else 'left', annotation_clip=False)
+  return True
+
+
+CUT_NOTE = 'axis cut: a triangle marks a value beyond it'
+
+
 def plot_depth(path: str, description: dict, settings: Sequence[Setting], metric: Metric,
                title: str) -> Optional[str]:
   """Final valid and test metric against depth, 95% CI error bars, one line per other setting."""
@@ -294,6 +402,7 @@ def plot_depth(path: str, description: dict, settings: Sequence[Setting], metric
   width = 0.28
   drawn = False
   for ax, split in zip(axes, ('valid', 'test')):
+    shown = []  # (x, stats, runs' values, color) of every point drawn, for the cut axis
     for i, label in enumerate(labels):
       offset = (i - (len(labels) - 1) / 2) * width / max(len(labels) - 1, 1)
       xs, ys, errs, marks = [], [], [], []
@@ -304,6 +413,7 @@ def plot_depth(path: str, description: dict, settings: Sequence[Setting], metric
         x = position[s.values.get(DEPTH)] + offset
         if stat.n:
           xs.append(x), ys.append(stat.mean), errs.append(_error_bar(stat))
+          shown.append((x, stat, s.finals(metric, split), colors[label]))
         if s.num_diverged:
           marks.append((x, s.num_diverged, len(s.runs), stat.mean if stat.n else None))
       order = np.argsort(xs)
@@ -325,10 +435,11 @@ def plot_depth(path: str, description: dict, settings: Sequence[Setting], metric
                       color=colors[label], fontsize=8)
     ax.set_xticks(range(len(depths)), [str(d) for d in depths])
     ax.set_xlim(-0.5, len(depths) - 0.5)
-    _cut_to_bounds(ax.set_ylim, ax.get_ylim(), metric)
+    cut = _cut_points(ax, 'y', shown, metric)
     ax.set_xlabel('LSTM layers')
     ax.set_ylabel(f'final {"validation" if split == "valid" else "test"} {metric.label}')
-    ax.set_title('validation' if split == 'valid' else 'test', fontsize=11)
+    ax.set_title(('validation' if split == 'valid' else 'test')
+                 + (f' ({CUT_NOTE})' if cut else ''), fontsize=11 if not cut else 9)
     ax.grid(alpha=0.3)
   if not drawn:
     plt.close(fig)
@@ -337,6 +448,27 @@ def plot_depth(path: str, description: dict, settings: Sequence[Setting], metric
   fig.legend(handles, names, loc='center left', bbox_to_anchor=(1.0, 0.5), frameon=False,
              title='mean, 95% CI over seeds')
   return _save(fig, path, f'{title}: final {metric.label_short} by depth', metric)
+
+
+def _cut_points(ax, axis: str, shown: Sequence[tuple], metric: Metric) -> bool:
+  """Cuts the axis of a plot of means with 95% intervals, `shown` as (position, stats, the runs'
+  values, color), where a run far outside the rest would set it; marks each mean beyond the cut
+  (its value and the runs beyond) and each mean inside it with runs beyond. Returns whether the
+  axis was cut."""
+  values = [v for _, _, finals, _ in shown for v in finals]
+  keep = [v for _, st, _, _ in shown for v in (st.mean, st.ci_low, st.ci_high)]
+  limits = _cut_axis(ax, axis, values, keep, metric)
+  if not limits:
+    return False
+  d = metric.digits
+  for position, st, finals, color in shown:
+    beyond = sum(not limits[0] <= v <= limits[1] for v in finals)
+    text = f'{beyond}/{len(finals)} run{"s" if len(finals) > 1 else ""} beyond'
+    if not _mark_beyond(ax, axis, position, st.mean, limits, color,
+                        f'mean {st.mean:.{d}f}; {text}') and beyond:
+      xy = (position, st.mean) if axis == 'y' else (st.mean, position)
+      ax.annotate(text, xy, textcoords='offset points', xytext=(4, -10), color=color, fontsize=7)
+  return True
 
 
 def _save(fig, path: str, title: str, metric: Metric) -> str:
@@ -361,12 +493,14 @@ def plot_tuning(path: str, description: dict, records: Sequence[dict], metric: M
   colors, styles = _colors(labels), _styles(labels)
   fig, ax = plt.subplots(figsize=(8, 5))
   drawn = False
+  shown = []
   for label, rec in zip(labels, records):
     points = sorted((r.values[field], metric.value(r.results.get('valid') or {}))
                     for r in rec['tuning'] if r.finished and not r.diverged)
     if points:
       xs, ys = zip(*points)
       ax.plot(xs, ys, marker='o', color=colors[label], ls=styles[label], label=label)
+      shown += [(x, y, colors[label]) for x, y in points]
       drawn = True
   if not drawn:
     plt.close(fig)
@@ -375,7 +509,11 @@ def plot_tuning(path: str, description: dict, records: Sequence[dict], metric: M
     ax.set_xscale('log')
   ax.set_xlabel(field)
   ax.set_ylabel(f'final validation {metric.label}')
-  _cut_to_bounds(ax.set_ylim, ax.get_ylim(), metric)
+  limits = _cut_axis(ax, 'y', [y for _, y, _ in shown], [], metric)
+  for x, y, color in shown if limits else []:
+    _mark_beyond(ax, 'y', x, y, limits, color, f'{y:.{metric.digits}f}')
+  if limits:
+    ax.set_title(CUT_NOTE, fontsize=9)
   ax.grid(alpha=0.3)
   fig.legend(loc='center left', bbox_to_anchor=(1.0, 0.5), frameon=False, fontsize=8)
   return _save(fig, path, f'{title}: tuning', metric)
@@ -403,8 +541,25 @@ def plot_differences(path: str, rows: Sequence[dict], metric: Metric, split: str
       ax.errorbar([st.mean], [y], xerr=[[st.mean - st.ci_low], [st.ci_high - st.mean]],
                   color='C0', marker='o', capsize=3)
     ax.axvline(0.0, color='k', lw=0.8)
+    values = [v for r in members for v in r['difference'].diffs]
+    keep = [0.0, *(v for r in members for v in (r['difference'].stats.mean,
+                                                  r['difference'].stats.ci_low,
+                                                  r['difference'].stats.ci_high))]
+    limits = _cut_axis(ax, 'x', values, keep, Metric('', '', '', False))
+    for y, r in zip(ys, members) if limits else []:
+      st, d = r['difference'].stats, metric.digits
+      _mark_beyond(ax, 'x', y, st.mean, limits, 'C0', f'mean {st.mean:+.{d}f}')
+      far = [v for v in r['difference'].diffs if not limits[0] <= v <= limits[1]]
+      for v in far:
+        _mark_beyond(ax, 'x', y - 0.2, v, limits, '0.5', '')
+      if far:
+        ax.annotate(f'{len(far)} seed{"s" if len(far) > 1 else ""} beyond: '
+                    + ', '.join(f'{v:+.{d}f}' for v in far), (limits[1], y - 0.2),
+                    textcoords='offset points', xytext=(-12, -9), ha='right', color='0.4',
+                    fontsize=7)
     ax.set_yticks(ys, [_fmt_value(r['value']) for r in members])
-    ax.set_title(f'{group_name or "all"} (vs {members[0]["reference"]})', fontsize=10)
+    ax.set_title(f'{group_name or "all"} (vs {members[0]["reference"]})'
+                 + (f'; {CUT_NOTE}' if limits else ''), fontsize=10)
     ax.set_xlabel(f'{split} {metric.label}: arm - reference (paired by seed)')
     ax.grid(alpha=0.3, axis='x')
   return _save(fig, path, f'{title}: paired differences, mean and 95% CI; x: each seed', metric)
@@ -420,10 +575,12 @@ def plot_settings(path: str, description: dict, settings: Sequence[Setting], met
   ys = np.arange(len(settings))[::-1]
   drawn = False
   for ax, split in zip(axes, ('valid', 'test')):
+    shown = []
     for y, s in zip(ys, settings):
       stat = stats(s.finals(metric, split))
       if stat.n:
         ax.errorbar([stat.mean], [y], xerr=[_error_bar(stat)], color='C0', marker='o', capsize=3)
+        shown.append((y, stat, s.finals(metric, split), 'C0'))
         drawn = True
       note = []
       if s.num_diverged:
@@ -433,7 +590,8 @@ def plot_settings(path: str, description: dict, settings: Sequence[Setting], met
                     xytext=(-4, 0), textcoords='offset points', ha='right', va='center',
                     color='C3', fontsize=8)
     ax.set_yticks(ys, [s.label for s in settings])
-    _cut_to_bounds(ax.set_xlim, ax.get_xlim(), metric)
+    if _cut_points(ax, 'x', shown, metric):
+      ax.set_title(CUT_NOTE, fontsize=9)
     ax.set_xlabel(f'final {"validation" if split == "valid" else "test"} {metric.label}')
     ax.grid(alpha=0.3, axis='x')
   if not drawn:
@@ -484,7 +642,7 @@ def depth_table(description: dict, settings: Sequence[Setting], metric: Metric, 
           f' ± {stat.half_width:.{d}f}' if stat.n > 1 else '')
       if setting.num_diverged:
         cell += f' ({setting.num_diverged}/{len(setting.runs)} diverged)'
-      row.append(cell)
+      row.append(cell + f' · {format_params(setting.num_params, True)}')
     rows.append(row)
   return _table(['setting'] + [f'{depth} layers' for depth in depths], rows,
                 [False] + [True] * len(depths))
@@ -495,12 +653,17 @@ def depth_table(description: dict, settings: Sequence[Setting], metric: Metric, 
 
 
 def tuning_choices(description: dict, runs: Sequence[Run]) -> tuple[list[Run], list[dict]]:
-  """(the runs at each setting's chosen value, one record per setting of its tuning runs and
-  choice). Without a tuned field: (all runs, [])."""
+  """(the evaluation runs: each setting's runs at its chosen value with an evaluation seed, one
+  record per setting of its tuning runs and choice). A tuning run counts as an evaluation run
+  only when its seed is also an evaluation seed (the first seed, in sweeps that tune on it);
+  with fresh evaluation seeds no tuning run is. Without a tuned field: (all runs, [])."""
   tuned = list(description.get('tune') or {})
   if not tuned:
     return list(runs), []
   field = tuned[0]
+  seeds = description.get('seeds')
+  evaluation = (lambda r: True) if seeds is None else (
+      lambda r: json.dumps(r.seed) in {json.dumps(s) for s in seeds})
   tune_names = {p['name'] for p in description['points'] if p.get('stage') == 'tune'}
   by_setting: dict[str, list[Run]] = {}
   for run in runs:
@@ -511,7 +674,8 @@ def tuning_choices(description: dict, runs: Sequence[Run]) -> tuple[list[Run], l
     pending = [r.name for r in tuning if not r.finished]
     choice = None if pending else best_tuned_value([(r.values[field], r.results) for r in tuning])
     if choice is not None:
-      final += [r for r in setting_runs if json.dumps(r.values[field]) == json.dumps(choice)]
+      final += [r for r in setting_runs
+                if json.dumps(r.values[field]) == json.dumps(choice) and evaluation(r)]
     records.append({'values': setting_runs[0].values, 'tuning': tuning, 'choice': choice,
                     'pending': pending})
   return final, records
@@ -535,10 +699,11 @@ def tuning_table(description: dict, records: Sequence[dict], metric: Metric) -> 
       row.append(f'**{cell}**' if json.dumps(v) == json.dumps(rec['choice']) else cell)
     edge = rec['choice'] is not None and json.dumps(rec['choice']) in (json.dumps(values[0]),
                                                                       json.dumps(values[-1]))
-    rows.append(row + ['edge of the grid' if edge else ''])
+    params = Setting(rec['values'], rec['tuning']).num_params
+    rows.append(row + [format_params(params), 'edge of the grid' if edge else ''])
   short = _short([field])[field]
-  return _table(['setting'] + [f'{short}={_fmt_value(v)}' for v in values] + ['note'], rows,
-                [False] + [True] * len(values) + [False])
+  return _table(['setting'] + [f'{short}={_fmt_value(v)}' for v in values] + ['params', 'note'],
+                rows, [False] + [True] * len(values) + [True, False])
 
 
 def comparisons(description: dict, settings: Sequence[Setting], metric: Metric,
@@ -569,6 +734,7 @@ def comparisons(description: dict, settings: Sequence[Setting], metric: Metric,
         group_label = setting_label(description, s.values, ignore) if field or by else 'all'
         out.append({'group': group_label, 'arm': s.label,
                     'value': s.values.get(field) if field else s.label, 'reference': ref.label,
+                    'params': s.num_params, 'reference_params': ref.num_params,
                     'difference': paired_difference(_by_seed(s, metric, split),
                                                     _by_seed(ref, metric, split))})
   return out
@@ -580,24 +746,45 @@ def _by_seed(setting: Setting, metric: Metric, split: str) -> dict:
           for r in setting.runs if r.finished}
 
 
-def comparison_table(rows: Sequence[dict], metric: Metric) -> str:
+def adjust(rows: Sequence[dict]) -> dict[str, list[float]]:
+  """The paired t tests' p-values of `rows` adjusted as one family: {'Holm': [...], 'BH': [...]}
+  in the rows' order."""
+  p_values = [row['difference'].p_value for row in rows]
+  return {name: method(p_values) for name, method in ADJUSTMENTS.items()}
+
+
+def comparison_table(rows: Sequence[dict], metric: Metric,
+                     adjusted: Optional[dict[str, list[float]]] = None) -> str:
+  """The paired differences, one row per comparison; `adjusted` (default: `adjust(rows)`) gives
+  the family-wide Holm and BH p-values of the rows."""
   d = metric.digits
-  adjusted = holm([row['difference'].p_value for row in rows])
+  adjusted = adjusted or adjust(rows)
   p_text = lambda p: '-' if math.isnan(p) else f'{p:.3f}'
   body = []
-  for row, p_holm in zip(rows, adjusted):
+  for i, row in enumerate(rows):
     diff = row['difference']
     st = diff.stats
+    p_holm = adjusted['Holm'][i]
     ci = f'[{st.ci_low:+.{d}f}, {st.ci_high:+.{d}f}]' if st.n > 1 else '-'
     bound = f'{diff.equivalence_bound:.{d}f}' if st.n > 1 else '-'
-    body.append([row['group'] or '-', _fmt_value(row['value']), str(diff.pairs),
-                 str(diff.excluded), f'{diff.better_in(metric.higher_is_better)}/{diff.pairs}',
+    low, high = diff.median_ci
+    median = (f'{diff.median:+.{d}f} [{low:+.{d}f}, {high:+.{d}f}]' if st.n > 1 else
+              f'{diff.median:+.{d}f}' if st.n else '-')
+    params = f'{format_params(row.get("params"), True)} / ' \
+             f'{format_params(row.get("reference_params"), True)}'
+    body.append([row['group'] or '-', _fmt_value(row['value']),
+                 str(diff.pairs), str(diff.excluded),
+                 f'{diff.better_in(metric.higher_is_better)}/{diff.pairs}',
                  f'{st.mean:+.{d}f}' if st.n else '-', ci, bound,
-                 p_text(diff.p_value), p_text(p_holm),
-                 diff.verdict(metric.higher_is_better, p_holm)])
-  return _table(['group', 'arm', 'pairs', 'excluded', 'better in', 'mean difference', '95% CI',
-                 'equivalence bound ±', 'p', 'Holm p', 'verdict'], body,
-                [False, False, True, True, True, True, True, True, True, True, False])
+                 p_text(diff.p_value), p_text(p_holm), p_text(adjusted['BH'][i]),
+                 p_text(diff.wilcoxon_p), median,
+                 diff.verdict(metric.higher_is_better, p_holm), params])
+  header = ['group', 'arm', 'pairs', 'excluded', 'better in', 'mean difference', '95% CI',
+            'equivalence bound ±', 'p', 'Holm p', 'BH p', 'Wilcoxon p',
+            'median difference [bootstrap 95%]', 'verdict', 'params arm / reference']
+  right = [False, False, True, True, True, True, True, True, True, True, True, True, True, False,
+           True]
+  return _table(header, body, right)
 
 
 def plateau_gain(setting: Setting, metric: Metric) -> float:
@@ -661,11 +848,13 @@ def _runs_table(runs: Sequence[Run], metric: Optional[Metric]) -> str:
     note = res.get('message', '') if r.status == 'diverged' else (
         'non-finite metric' if r.diverged else '')
     status = 'diverged' if r.diverged else r.status
+    params = res.get('num_params')
     rows.append([r.name, status, str(res.get('step', '-')), valid, test,
-                 str(res.get('train_time_s', '-')), note])
+                 str(res.get('train_time_s', '-')), note,
+                 format_params(params if isinstance(params, int) else None)])
   label = metric.label_short if metric else 'metric'
-  return _table(['run', 'status', 'step', f'valid {label}', f'test {label}', 'train s', 'note'],
-                rows, [False, False, True, True, True, True, False])
+  return _table(['run', 'status', 'step', f'valid {label}', f'test {label}', 'train s', 'note',
+                 'params'], rows, [False, False, True, True, True, True, False, True])
 
 
 def _results_section(description: dict, settings: Sequence[Setting], metric: Metric,
@@ -674,7 +863,7 @@ def _results_section(description: dict, settings: Sequence[Setting], metric: Met
   short = _short(fields)
   header = [short[k] for k in fields] + ['seeds', 'diverged', f'valid {metric.label_short}',
                                          'valid 95% CI', f'test {metric.label_short}',
-                                         'test 95% CI']
+                                         'test 95% CI', 'params']
   rows = []
   for s in settings:
     valid = _cell(stats(s.finals(metric, 'valid')), metric)
@@ -683,16 +872,17 @@ def _results_section(description: dict, settings: Sequence[Setting], metric: Met
     if s.num_unfinished:
       seeds += f' ({s.num_unfinished} unfinished)'
     rows.append([_fmt_value(s.values.get(k)) for k in fields]
-                + [seeds, f'{s.num_diverged}/{len(s.runs)}', *valid, *test])
+                + [seeds, f'{s.num_diverged}/{len(s.runs)}', *valid, *test,
+                   format_params(s.num_params)])
   lines = []
   if DEPTH in fields:
     lines += [f'## Test {metric.label_short} by depth', '',
               f'Mean ± 95% CI half width over seeds ({metric.label}, '
-              f'{"higher" if metric.higher_is_better else "lower"} is better).', '',
+              f'{"higher" if metric.higher_is_better else "lower"} is better) · parameters.', '',
               depth_table(description, settings, metric, 'test'), '']
   gains = [[s.label, f'{100 * g:.2f}%'] for s in settings
            if not math.isnan(g := plateau_gain(s, metric))]
-  lines += ['## Results by setting', '', _table(header, rows, [False] * len(fields) + [True] * 6),
+  lines += ['## Results by setting', '', _table(header, rows, [False] * len(fields) + [True] * 7),
             '']
   if unchosen:
     lines += ['Not in the table: ' + '; '.join(unchosen) + ' (every tuning run diverged, so no '
@@ -710,11 +900,20 @@ def _study_sections(description: dict, records: Sequence[dict], settings: Sequen
   lines = []
   if records:
     field = list(description['tune'])[0]
+    tune_seeds = description.get('tune_seeds') or description['seeds'][:1]
+    seeds = description['seeds']
+    reused = [s for s in tune_seeds if s in seeds]
     lines += ['## Tuning', '',
               f'Every setting ran at each `{field}` with seed(s) '
-              f'{", ".join(map(str, description.get("tune_seeds") or description["seeds"][:1]))}; '
-              'the value with the best final validation metric (bold) is the one its seeds ran '
-              f'at. Final validation {metric.label}:', '',
+              f'{", ".join(map(str, tune_seeds))}; the value with the best final validation '
+              'metric' + (' averaged over those seeds' if len(tune_seeds) > 1 else '')
+              + ' (bold; a value with a diverged tuning run is not chosen) is the one the '
+              f'evaluation seeds {", ".join(map(str, seeds))} ran at'
+              + (f' (seed {", ".join(map(str, reused))}: its tuning run at that value is also '
+                 'its evaluation run).' if reused else
+                 ', none of them used in tuning: the tables above and below hold no tuning run.')
+              + f' Final validation {metric.label}'
+              + (', mean over the tuning seeds' if len(tune_seeds) > 1 else '') + ':', '',
               tuning_table(description, records, metric), '']
   rows = comparisons(description, settings, metric, 'test')
   if rows:
@@ -737,23 +936,73 @@ def _study_sections(description: dict, records: Sequence[dict], settings: Sequen
               'are excluded and counted. Better in: the pairs in which the arm did better than its '
               f'reference, a count and not a test (with {pairs} pairs even {pairs}/{pairs} has a '
               f'two-sided sign-test p of {unanimous_sign_test_p(pairs):.2g}). p: the paired t '
-              'test\'s (two-sided); Holm p: adjusted '
-              f'for the {len(rows)} comparisons of this table (Holm-Bonferroni), and a verdict '
-              'whose interval excludes 0 but whose Holm p is 0.05 or more says "not after Holm".',
+              'test\'s (two-sided); Holm p and BH p: adjusted '
+              f'for all {len(rows)} comparisons of this report as one family (Holm-Bonferroni, '
+              'which bounds the chance of any false difference, and Benjamini-Hochberg, which '
+              'bounds the expected share of false ones among those called), and a verdict '
+              'whose interval excludes 0 but whose Holm p is 0.05 or more says "not after Holm". '
+              'Robust to a run that blew up, beside the t interval: the Wilcoxon signed-rank '
+              f'test\'s two-sided p (with {pairs} pairs it cannot go below '
+              f'{wilcoxon_p(range(1, pairs + 1)):.2g}) and the median difference with its 95% '
+              f'percentile bootstrap interval ({BOOTSTRAP_RESAMPLES:,} resamples, seed '
+              f'{BOOTSTRAP_SEED}' + ('; with 5 pairs or fewer a resample holds one blown-up seed '
+                                     'three times often enough that the interval reaches it, '
+                                     'while the median stays put' if pairs <= 5 else '') + '). '
+              'Params: the parameter counts of the arm and its reference.',
               '',
               comparison_table(rows, metric), '']
   return lines, rows
+
+
+def _evaluated(sweep_dir: str):
+  """(description, runs, metric, settings at their chosen values, tuning records) of a sweep."""
+  description, runs = read_sweep(sweep_dir)
+  metric = choose_metric(runs)
+  group(description, runs, metric)  # marks diverged runs
+  final_runs, records = tuning_choices(description, runs)
+  return description, runs, metric, group(description, final_runs, metric), records
+
+
+def write_family(sweep_dirs: Sequence[str], out: str) -> str:
+  """Writes `out`/family.md: the paired comparisons (test) of every sweep in `sweep_dirs`, with
+  Holm and Benjamini-Hochberg adjustments over all of them as one family; returns its path."""
+  sections, rows = [], []
+  for sweep_dir in sweep_dirs:
+    description, _, metric, settings, _ = _evaluated(sweep_dir)
+    found = comparisons(description, settings, metric, 'test') if metric else []
+    if not found:
+      raise ValueError(f'{sweep_dir} has no paired comparisons (a sweep with finished runs and '
+                       "a 'compare' entry in its sweep.json)")
+    sections.append((sweep_dir, description, metric, len(rows), len(rows) + len(found)))
+    rows += found
+  adjusted = adjust(rows)
+  regen = f'python -m train.report --family={",".join(sweep_dirs)} --out={out}'
+  lines = ['# Paired comparisons corrected as one family', '',
+           f'- Generated {datetime.datetime.now().strftime("%Y-%m-%d %H:%M")} by `{regen}`.',
+           f'- The family: all {len(rows)} comparisons (test split) of the {len(sweep_dirs)} '
+           'reports below, each arm against its reference paired by seed as in its own report. '
+           'Holm p and BH p are adjusted over the whole family (Holm-Bonferroni: the chance of '
+           'any false difference; Benjamini-Hochberg: the expected share of false ones among '
+           'those called), not per report; p, Wilcoxon p and the intervals are each '
+           'comparison\'s own. A verdict whose interval excludes 0 but whose family-wide Holm p '
+           'is 0.05 or more says "not after Holm".', '']
+  for sweep_dir, description, metric, start, stop in sections:
+    title = description.get('config') or os.path.basename(os.path.normpath(sweep_dir))
+    lines += [f'## {title} ({metric.label}, {"higher" if metric.higher_is_better else "lower"} '
+              f'is better; `{sweep_dir}`)', '',
+              comparison_table(rows[start:stop], metric,
+                               {k: v[start:stop] for k, v in adjusted.items()}), '']
+  os.makedirs(out, exist_ok=True)
+  path = os.path.join(out, 'family.md')
+  files.atomic_write(path, lambda f: f.write('\n'.join(lines).encode('utf-8')))
+  return path
 
 
 def write_report(sweep_dir: str, out: Optional[str] = None, title: Optional[str] = None) -> str:
   """Writes report.md and the plots to `out` (default `sweep_dir`); returns report.md's path."""
   out = out or sweep_dir
   os.makedirs(out, exist_ok=True)
-  description, runs = read_sweep(sweep_dir)
-  metric = choose_metric(runs)
-  group(description, runs, metric)  # marks diverged runs
-  final_runs, records = tuning_choices(description, runs)
-  settings = group(description, final_runs, metric)
+  description, runs, metric, settings, records = _evaluated(sweep_dir)
   title = title or description.get('config') or os.path.basename(os.path.normpath(sweep_dir))
   lines = [f'# Sweep report: {title}', '', *_header(sweep_dir, out, description, runs, metric),
            '']
@@ -795,15 +1044,31 @@ def main(argv):
   FLAGS = flags.FLAGS
   if len(argv) > 1:
     raise SystemExit(f'error: unexpected arguments {argv[1:]}')
-  path = write_report(FLAGS.sweep_dir, FLAGS.out, FLAGS.title)
+  if bool(FLAGS.sweep_dir) == bool(FLAGS.family):
+    raise SystemExit('error: give either --sweep_dir=DIR (one report) or --family=DIR,DIR,... '
+                     'with --out=DIR (several reports\' comparisons corrected together)')
+  if FLAGS.family:
+    if not FLAGS.out:
+      raise SystemExit('error: --family needs --out=DIR, where family.md is written')
+    dirs = [d for d in FLAGS.family.split(',') if d]
+    missing = [d for d in dirs if not os.path.isdir(d)]
+    if missing:
+      raise SystemExit(f'error: --family names {", ".join(missing)}, not a sweep directory')
+    try:
+      path = write_family(dirs, FLAGS.out)
+    except (ValueError, FileNotFoundError) as e:
+      raise SystemExit(f'error: {e}')
+  else:
+    path = write_report(FLAGS.sweep_dir, FLAGS.out, FLAGS.title)
   print(f'wrote {path}')
 
 
 if __name__ == '__main__':
   from absl import app, flags
   flags.DEFINE_string('sweep_dir', None, 'The sweep directory (train.sweep --sweep_dir).')
+  flags.DEFINE_string('family', None, 'Sweep directories, comma-separated, whose comparisons are '
+                      'corrected as one family: writes family.md to --out.')
   flags.DEFINE_string('out', None, 'Where report.md and the plots go (default: the sweep dir).')
   flags.DEFINE_string('title', None, 'Title of the report and plots (default: the sweep config).')
-  flags.mark_flag_as_required('sweep_dir')
   from train import cli
   app.run(main, flags_parser=cli.parse_flags)

@@ -8,7 +8,9 @@ last logits and fed back with the carried state, by one compiled step function (
 any length, temperature and seed). Without a prompt a sample starts after a line break ('\n' or
 '<eos>'). `temperature=0` takes the most likely token; `top_k` keeps the k most likely. The same
 seed gives the same text. A biLM samples from its forward model. The text goes to stdout, one
-sample after another (a line '----' between them), and nothing is written to the workdir.
+sample after another (a line '----' between them), and nothing is written to the workdir. A
+reader that closes the pipe early (`| head`) ends it quietly; device memory that runs out (too
+many samples at once) is one line.
 
 Library use: `sample(run, prompt, length, ...)` returns the texts; `Sampler` draws token ids.
 """
@@ -22,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from train import cli
+from train import cli, faults
 from train.run import Run, language_model, load_run
 from train.validation import ConfigError
 
@@ -109,7 +111,12 @@ def sample(run: Run, prompt: str = '', length: int = 200, temperature: float = 1
   model, params = language_model(run, 'forward')
   fed, shown = prompt_ids(run, prompt)
   sampler = Sampler(model, params, top_k)
-  tokens = sampler.generate(fed, length, temperature, seed, num_samples)
+  num_params = sum(int(np.size(x)) for x in jax.tree.leaves(params))
+  sizes = lambda: (f'{num_samples:,} samples (--num_samples) of {len(fed)} + {length} tokens '
+                   f'and {num_params:,} parameters')
+  with faults.out_of_memory_reported(sizes, 'use a smaller --num_samples (the samples are '
+                                     'drawn together, in one batch)'):
+    tokens = sampler.generate(fed, length, temperature, seed, num_samples)
   logging.info('%d x %d tokens; %.0f tokens/s once compiled', num_samples, length,
                sampler.tokens_per_s)
   return [run.vocab.decode(np.concatenate([shown, row])) for row in tokens]
@@ -119,8 +126,8 @@ def main(argv) -> None:
   cli.no_arguments(argv)
   flags = cli.FLAGS
   run = load_run(flags.workdir, flags.step)
-  print('\n----\n'.join(sample(run, flags.prompt, flags.length, flags.temperature, flags.top_k,
-                               flags.seed, flags.num_samples)))
+  cli.output('\n----\n'.join(sample(run, flags.prompt, flags.length, flags.temperature,
+                                    flags.top_k, flags.seed, flags.num_samples)))
 
 
 def _define_flags(flags) -> None:

@@ -141,6 +141,23 @@ class Difference:
     t = s.mean / (s.std / math.sqrt(s.n))
     return float(2 * scipy.stats.t.sf(abs(t), s.n - 1))
 
+  @property
+  def wilcoxon_p(self) -> float:
+    """Two-sided p of the Wilcoxon signed-rank test (scipy.stats.wilcoxon; zero differences
+    dropped); NaN under 2 pairs, 1 when every difference is 0. With 5 pairs it cannot go below
+    0.0625."""
+    return wilcoxon_p(self.diffs)
+
+  @property
+  def median(self) -> float:
+    return float(np.median(self.diffs)) if self.diffs else math.nan
+
+  @property
+  def median_ci(self) -> tuple[float, float]:
+    """The 95% percentile bootstrap interval of the median difference (BOOTSTRAP_RESAMPLES
+    resamples, seed BOOTSTRAP_SEED: the same differences give the same interval)."""
+    return bootstrap_median_ci(self.diffs)
+
   def better_in(self, higher_is_better: bool) -> int:
     """The pairs in which the arm did better than the reference (ties count for neither)."""
     return sum((d > 0) if higher_is_better else (d < 0) for d in self.diffs)
@@ -170,6 +187,57 @@ def holm(p_values: Sequence[float]) -> list[float]:
     running = max(running, min(1.0, (m - rank) * p))
     out[i] = running
   return out
+
+
+def benjamini_hochberg(p_values: Sequence[float]) -> list[float]:
+  """Benjamini-Hochberg adjusted p-values (the false discovery rate), in the given order (NaN
+  stays NaN and is not counted): the i-th smallest of m is multiplied by m / i, then made
+  non-increasing from the largest down, capped at 1."""
+  finite = sorted((p, i) for i, p in enumerate(p_values) if not math.isnan(p))
+  out = [math.nan] * len(p_values)
+  running, m = 1.0, len(finite)
+  for rank in range(m - 1, -1, -1):
+    p, i = finite[rank]
+    running = min(running, m * p / (rank + 1))
+    out[i] = running
+  return out
+
+
+ADJUSTMENTS = {'Holm': holm, 'BH': benjamini_hochberg}
+
+
+def wilcoxon_p(diffs: Sequence[float]) -> float:
+  """Two-sided p of the Wilcoxon signed-rank test that the paired differences `diffs` are
+  centred on 0 (scipy.stats.wilcoxon: exact for small samples without ties, zeros dropped); NaN
+  under 2 differences, 1 when none differs from 0."""
+  x = np.asarray(diffs, dtype=np.float64)
+  if len(x) < 2:
+    return math.nan
+  if not np.any(x != 0):
+    return 1.0
+  return float(scipy.stats.wilcoxon(x).pvalue)
+
+
+BOOTSTRAP_RESAMPLES = 10_000
+BOOTSTRAP_SEED = 0
+
+
+def bootstrap_median_ci(diffs: Sequence[float], level: float = 0.95,
+                        resamples: int = BOOTSTRAP_RESAMPLES,
+                        seed: int = BOOTSTRAP_SEED) -> tuple[float, float]:
+  """(low, high): the percentile bootstrap interval of the median of `diffs`
+  (scipy.stats.bootstrap, `resamples` resamples drawn with numpy's generator seeded by `seed`);
+  (NaN, NaN) under 2 values. With few pairs it spans most of the differences: a robust
+  companion to the t interval, not a sharper one."""
+  x = np.asarray(diffs, dtype=np.float64)
+  if len(x) < 2:
+    return math.nan, math.nan
+  if np.all(x == x[0]):
+    return float(x[0]), float(x[0])
+  result = scipy.stats.bootstrap((x,), np.median, n_resamples=resamples, confidence_level=level,
+                                 method='percentile', rng=np.random.default_rng(seed))
+  ci = result.confidence_interval
+  return float(ci.low), float(ci.high)
 
 
 def unanimous_sign_test_p(pairs: int) -> float:

@@ -28,9 +28,12 @@ for a smoke test); they may not name a swept field.
 Tuning (equal tuning per arm): `'tune': {'optimizer.learning_rate': [1e-3, 3e-3, 1e-2]}` makes
 the sweep run in two stages. The tuning stage runs every setting at every value with the tuning
 seeds (`'tune_seeds'`, default the first seed); once all of a setting's tuning runs have finished,
-the value with the best final validation metric is its choice, and the seeds stage runs that
-setting at that value with every seed (the tuning run at the chosen value is its own seed's run).
-A value with a diverged run is never chosen. `'compare': {'field': 'model.between', 'reference':
+the value with the best final validation metric, averaged over the tuning seeds, is its choice,
+and the seeds stage runs that setting at that value with every seed of `'seeds'`. A value with a
+diverged tuning run is never chosen. A tuning seed that is also an evaluation seed (the default)
+makes its tuning run at the chosen value that seed's evaluation run; with `'tune_seeds'` disjoint
+from `'seeds'` (e.g. tune on [100, 101], evaluate on [0, 1, 2, 3, 4]) every evaluation run is
+fresh, and train.report counts no tuning run among the evaluation runs. `'compare': {'field': 'model.between', 'reference':
 'none'}` tells the report which arm the others are paired against (within each group of settings
 equal but for that field); `'compare': {'setting': {...}}` pairs every setting against the one
 with those values, and `'by': ['model.cell_clip']` does that within each value of the fields
@@ -41,19 +44,26 @@ Points run with JAX's persistent compilation cache (`$JAX_COMPILATION_CACHE_DIR`
 `jax/` in the project's cache directory, `~/.cache/stacked_lstm`), so a setting's later seeds and
 resumed points do not compile again what an earlier point compiled.
 
-A point whose workdir holds `results.json` with status `completed` or `diverged` is skipped; any
-other point runs, and main.py resumes a preempted or killed one from its checkpoint, so a sweep
-that is stopped and started again loses nothing. Ctrl-C or SIGTERM stops the sweep: the running
-points get SIGTERM, save a checkpoint and exit (status `preempted`). Each point's console output
-goes to `<workdir>/log.txt`; the sweep logs one line per point start and finish with the status and
-the final metric. `<sweep_dir>/sweep.json` describes the grid and its points (the report reads it);
-`--dry_run` writes nothing.
+A point whose workdir holds `results.json` with status `completed` or `diverged`, and whose saved
+`config.json` is the config the sweep would run now, is skipped; any other point runs, and main.py
+resumes a preempted or killed one from its checkpoint, so a sweep that is stopped and started
+again loses nothing. A finished point whose config differs (another `--config.num_train_steps`,
+a sweep directory reused) stops the sweep with one line naming the field, unless
+`--changed_points=rerun` (its workdir is moved to `<name>.replaced` and it runs again) or
+`--changed_points=accept` (it counts as finished). A point whose workdir another process holds
+(train/lock.py: a point still running from an earlier sweep) is not started. Ctrl-C or SIGTERM
+stops the sweep: the running points get SIGTERM, save a checkpoint and exit (status
+`preempted`); if the sweep itself is killed, its points get SIGTERM all the same. Each point's
+console output goes to `<workdir>/log.txt`; the sweep logs one line per point start and finish
+with the status and the final metric. `<sweep_dir>/sweep.json` describes the grid and its points
+(the report reads it), written once the sweep holds the lock of `<sweep_dir>` (a second sweep
+there is refused before it writes anything); `--dry_run` writes nothing.
 """
 from __future__ import annotations
 
 import copy
+import ctypes
 import dataclasses
-import fcntl
 import importlib.util
 import itertools
 import json
@@ -71,9 +81,17 @@ from typing import Any, Callable, Optional, Sequence
 import ml_collections
 
 from lstm import cache
-from train import files, statistics
+from configs import common
+from train import faults, files, lock, statistics
 
 FINISHED = ('completed', 'diverged')
+IN_USE = 'in use'  # a point not started because another process holds its workdir
+# Fields that do not change what a finished run computed: a point that differs from the sweep's
+# config only in these still counts as finished.
+NOT_COMPARED = ('keep_checkpoints', 'log_every_steps', 'checkpoint_every_steps',
+                'stop_after_steps', 'distributed', 'keep_freed_memory', 'data.cache',
+                'data.cache_dir', 'data.allow_changed_data')
+CHANGED_POINTS = ('stop', 'rerun', 'accept')
 MAIN = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'main.py')
 SWEEP_KEYS = ('axes', 'seeds', 'extra', 'tune', 'tune_seeds', 'compare')
 
@@ -97,6 +115,8 @@ class Point:
 
 
 def get_field(config, key: str):
+  if key in common.LEGACY:  # a field older sweep configs name, read from today's fields
+    return common.read_legacy(config, key)
   node = config
   for part in key.split('.'):
     try:
@@ -111,7 +131,7 @@ def apply_overrides(config, overrides: dict[str, Any]):
   misspelt field or a value of the wrong type is an error."""
   new = copy.deepcopy(config)  # types and placeholders kept
   new.lock()
-  for key, value in overrides.items():
+  for key, value in common.upgrade(overrides).items():
     *path, last = key.split('.')
     node = new
     for part in path:
@@ -237,6 +257,7 @@ def _make_points(config, sweep: dict, runs) -> list[Point]:
 
 
 def _seeds(config, sweep: dict) -> list[int]:
+  """The evaluation seeds: sweep['seeds'], or the config's own seed."""
   return sweep['seeds'] if sweep['seeds'] is not None else [int(config.seed)]
 
 
@@ -281,9 +302,10 @@ def choose_tuned(sweep_dir: str, tune_points: Sequence[Point], field: str) -> di
 
 
 def expand_seed_stage(config, sweep: dict, choices: dict[str, dict]) -> list[Point]:
-  """The seeds stage: every setting whose value is chosen, at that value, with every seed (seeds
-  outermost). Points that coincide with a tuning run are that run. `sweep` is as check_sweep
-  returns it."""
+  """The seeds stage: every setting whose value is chosen, at that value, with every evaluation
+  seed (`sweep['seeds']`, seeds outermost). A point that coincides with a tuning run (a tuning
+  seed that is also an evaluation seed) is that run; tuning seeds that are not evaluation seeds
+  get no point here. `sweep` is as check_sweep returns it."""
   (field, _), = sweep['tune'].items()
   runs = []
   for seed in _seeds(config, sweep):
@@ -303,7 +325,7 @@ def override_flags(overrides: dict[str, Any], base=None) -> list[str]:
   """`--config.K=V` flags; a None value that the base config also holds is left out (a flag
   cannot say None)."""
   flags = []
-  for key, value in overrides.items():
+  for key, value in common.upgrade(overrides).items():
     if value is None:
       if base is not None and get_field(base, key) is None:
         continue
@@ -338,6 +360,50 @@ def point_status(workdir: str) -> Optional[str]:
   return None if results is None else results.get('status')
 
 
+def config_difference(workdir: str, config) -> Optional[str]:
+  """How the config saved in `workdir` (read as train/checkpoint.py reads it, old fields upgraded)
+  differs from `config`, the config the sweep would run there now: 'config.F: the run has A, the
+  sweep now B' for the first field that differs (fields of NOT_COMPARED aside), a line saying
+  why the saved one cannot be read, or None when they are equal or the workdir has no
+  config.json (results written by other means than main.py)."""
+  from train import checkpoint, validation
+  if not os.path.exists(os.path.join(workdir, 'config.json')):
+    return None  # not a run of main.py (which writes config.json first): nothing to compare
+  try:
+    saved = checkpoint.read_config(workdir)
+  except (validation.ConfigError, faults.RunFault) as e:
+    return f'its config cannot be read: {e}'
+  a = files.flatten(json.loads(saved.to_json_best_effort()))
+  b = files.flatten(json.loads(config.to_json_best_effort()))
+  for key in sorted(set(a) | set(b)):
+    if key not in NOT_COMPARED and a.get(key) != b.get(key):
+      return f'config.{key}: the run has {a.get(key)!r}, the sweep now {b.get(key)!r}'
+  return None
+
+
+def changed_points(sweep_dir: str, points: Sequence[Point], statuses: dict) -> dict[str, str]:
+  """{name: difference} of the finished points whose saved config is not the one the sweep
+  would run now (see `config_difference`)."""
+  changed = {}
+  for p in points:
+    if statuses.get(p.name) in FINISHED:
+      difference = config_difference(os.path.join(sweep_dir, p.name), p.config)
+      if difference:
+        changed[p.name] = difference
+  return changed
+
+
+def _set_aside(sweep_dir: str, name: str) -> str:
+  """Renames the point's workdir to `<name>.replaced` (`.replaced.2`, ... if taken)."""
+  base = target = os.path.join(sweep_dir, f'{name}.replaced')
+  number = 1
+  while os.path.exists(target):
+    number += 1
+    target = f'{base}.{number}'
+  os.rename(os.path.join(sweep_dir, name), target)
+  return target
+
+
 def summary_line(results: Optional[dict]) -> str:
   """'valid bpc 1.523 | test bpc 1.498' (the metric the report uses), or the divergence message."""
   if not results:
@@ -367,8 +433,26 @@ def point_environment() -> dict[str, str]:
   return env
 
 
+PR_SET_PDEATHSIG = 1  # prctl(2): the signal a process gets when its parent ends
+
+
+def _ending_with(parent: int) -> Callable[[], None]:
+  """A Popen preexec_fn: the child is sent SIGTERM when `parent` ends, however it ends (Linux's
+  PR_SET_PDEATHSIG, armed in the child before it runs the command); a child whose parent is
+  already gone ends at once."""
+  prctl = ctypes.CDLL(None).prctl if sys.platform.startswith('linux') else None
+
+  def arm():
+    if prctl is not None:
+      prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != parent:
+      os.kill(os.getpid(), signal.SIGTERM)
+  return arm
+
+
 class Runner:
-  """Runs point commands as subprocesses; on stop() sends them SIGTERM (they checkpoint)."""
+  """Runs point commands as subprocesses; on stop() sends them SIGTERM (they checkpoint). The
+  points end with the sweep: if it is killed, they get SIGTERM and checkpoint."""
 
   def __init__(self):
     self.lock = threading.Lock()
@@ -384,9 +468,10 @@ class Runner:
         if self.stopping:
           return -1
         # Own session: a Ctrl-C at the terminal reaches the sweep only, which passes on SIGTERM.
+        # preexec_fn: the point gets SIGTERM (and checkpoints) when the sweep dies, even by kill -9.
         proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL, start_new_session=True,
-                                env=point_environment())
+                                env=point_environment(), preexec_fn=_ending_with(os.getpid()))
         self.procs.add(proc)
       try:
         return proc.wait()
@@ -425,6 +510,11 @@ def run_points(sweep_dir: str, points: Sequence[Point], commands: dict[str, list
       return point.name, statuses[point.name] or 'not started'
     tag = f'[{index + 1:>{width}}/{len(todo)}]'
     workdir = os.path.join(sweep_dir, point.name)
+    holder = lock.holder(workdir)
+    if holder is not None:
+      log(f'{tag} in use {point.name}: not started, its workdir is in use by {holder} (rerun '
+          'the sweep once that has ended)')
+      return point.name, IN_USE
     resumed = os.path.isdir(os.path.join(workdir, 'checkpoints'))
     log(f'{tag} start {point.name}' + (' (resuming)' if resumed else ''))
     start = time.time()
@@ -501,45 +591,89 @@ def sweep_description(config_spec: str, sweep: dict, points: Sequence[Point], ba
   }
 
 
-def slurm_script(commands_path: str, num_tasks: int, job_name: str, log_dir: str, cwd: str,
-                 throttle: int = 0, sbatch: Sequence[str] = ()) -> str:
-  """A SLURM array script: task i runs line i + 1 of `commands_path`."""
-  array = f'0-{num_tasks - 1}' + (f'%{throttle}' if throttle else '')
+def _workdir_of(argv: Sequence[str]) -> str:
+  """The --workdir=DIR of a point's command."""
+  for arg in argv:
+    if arg.startswith('--workdir='):
+      return arg[len('--workdir='):]
+  raise SweepError(f'no --workdir= in {shlex.join(argv)}')
+
+
+def slurm_script(commands: dict[str, list[str]], job_name: str, log_dir: str, throttle: int = 0,
+                 sbatch: Sequence[str] = (), python: str = sys.executable) -> str:
+  """A SLURM array script with one task per point, addressed by name.
+
+  Args:
+    commands: {point name: its command}, in the order of the array's tasks.
+    job_name: the job's name.
+    log_dir: where each task's log, slurm-<array job>_<task>.out, goes (appended to on requeue).
+    throttle: the most tasks running at once (0: no limit).
+    sbatch: extra `#SBATCH` options, e.g. '--time=02:00:00'.
+    python: the interpreter that reads a point's results.json.
+  Returns:
+    The script. It holds every point's name and command: SLURM keeps the copy it was given, so
+    writing the script again never changes what a submitted task runs. A task whose point has
+    finished (results.json `completed` or `diverged`) runs nothing; one whose run stopped early
+    (the time limit's SIGTERM, `scancel --signal=TERM`) requeues itself (scripts/slurm/requeue.sh).
+  """
+  root = os.path.dirname(MAIN)
+  array = f'0-{len(commands) - 1}' + (f'%{throttle}' if throttle else '')
+  cache_dir = point_environment()['JAX_COMPILATION_CACHE_DIR']
   lines = [
       '#!/bin/bash',
-      f'# One array task per sweep point: task i runs line i+1 of {commands_path}.',
-      '# Submit with: sbatch THIS_FILE. A task that is requeued or preempted resumes from its',
-      "# workdir's checkpoint; finished points are not in the list (rerun train.sweep --slurm",
-      '# to write a new one).',
+      '# One array task per sweep point: task i runs the point named names[i] below, with the',
+      '# command this file gives that name. Submit with: sbatch THIS_FILE. A task whose run',
+      '# stops early (time limit, scancel --signal=TERM) requeues itself and resumes from its',
+      '# checkpoint; a finished point runs nothing. Rerun train.sweep --slurm for a script of the',
+      '# unfinished points; tasks already submitted keep the script they were submitted with.',
       f'#SBATCH --job-name={job_name}',
       f'#SBATCH --array={array}',
       f'#SBATCH --output={os.path.join(log_dir, "slurm-%A_%a.out")}',
-      '#SBATCH --signal=B:TERM@120',
+      '#SBATCH --open-mode=append',
+      '#SBATCH --signal=TERM@120',
       '#SBATCH --requeue',
       *[f'#SBATCH {opt}' for opt in sbatch],
       'set -euo pipefail',
-      f'cd {shlex.quote(cwd)}',
-      f'CMD=$(sed -n "$((SLURM_ARRAY_TASK_ID + 1))p" {shlex.quote(commands_path)})',
-      'echo "task $SLURM_ARRAY_TASK_ID: $CMD"',
-      'eval "exec $CMD"',
+      f'cd {shlex.quote(root)}',
+      f'export JAX_COMPILATION_CACHE_DIR="${{JAX_COMPILATION_CACHE_DIR:-{cache_dir}}}"',
+      f'python={shlex.quote(python)}',
+      'names=(',
+      *[f'  {shlex.quote(name)}' for name in commands],
+      ')',
+      'name="${names[$SLURM_ARRAY_TASK_ID]}"',
+      'case "$name" in',
+  ]
+  for name, argv in commands.items():
+    lines += [f'  {shlex.quote(name)})',
+              f'    workdir={shlex.quote(_workdir_of(argv))}',
+              f'    command=({shlex.join(argv)}) ;;']
+  lines += [
+      '  *) echo "error: no point for task $SLURM_ARRAY_TASK_ID in this script" >&2; exit 2 ;;',
+      'esac',
+      f'. {shlex.quote(os.path.join(root, "scripts", "slurm", "requeue.sh"))}',
+      'status="$(run_status "$python" "$workdir")"',
+      'if [ "$status" = completed ] || [ "$status" = diverged ]; then',
+      '  echo "task $SLURM_ARRAY_TASK_ID: point $name has finished ($status); nothing to run"',
+      '  exit 0',
+      'fi',
+      'echo "task $SLURM_ARRAY_TASK_ID (restart ${SLURM_RESTART_COUNT:-0}): point $name"',
+      'run_and_requeue "$python" "$workdir" "${command[@]}"',
       '',
   ]
   return '\n'.join(lines)
 
 
-def write_slurm(path: str, commands: Sequence[list[str]], job_name: str, log_dir: str,
-                throttle: int = 0, sbatch: Sequence[str] = ()) -> str:
-  """Writes the script at `path` and its commands file next to it; returns the commands path."""
-  root, ext = os.path.splitext(os.path.abspath(path))
-  commands_path = root + '.commands' if ext != '.commands' else root + '.commands.txt'
-  os.makedirs(os.path.dirname(commands_path), exist_ok=True)
-  with open(commands_path, 'w') as f:
-    f.writelines(shlex.join(c) + '\n' for c in commands)
-  with open(path, 'w') as f:
-    f.write(slurm_script(commands_path, len(commands), job_name, os.path.abspath(log_dir),
-                         os.getcwd(), throttle, sbatch))
+def write_slurm(path: str, commands: dict[str, list[str]], job_name: str, log_dir: str,
+                throttle: int = 0, sbatch: Sequence[str] = ()) -> None:
+  """Writes `slurm_script(...)` to `path` (atomically), executable.
+
+  Args:
+    path: the script's path.
+    commands, job_name, log_dir, throttle, sbatch: as `slurm_script` takes them.
+  """
+  text = slurm_script(commands, job_name, os.path.abspath(log_dir), throttle, sbatch)
+  files.atomic_write(path, lambda f: f.write(text.encode('utf-8')))
   os.chmod(path, 0o755)
-  return commands_path
 
 
 # ----------------------------------------------------------------------------------------------
@@ -612,29 +746,61 @@ def main(argv):
   forwarded = dict(config_flags.get_override_values(FLAGS['config']))
   sweep_dir = FLAGS.sweep_dir
   slurm = bool(FLAGS.slurm)
-  try:
-    sweep, points, commands = prepare(
-        FLAGS.config, config_spec, sweep_dir, forwarded,
-        python=sys.executable if slurm else 'python',
-        main_py=MAIN if slurm else _display_path(MAIN), absolute=slurm)
-  except SweepError as e:
-    raise SystemExit(f'error: {e}')
+
+  def prepared():
+    """(sweep, points, commands, statuses, the points to run) as `sweep_dir` is now."""
+    try:
+      sweep, points, commands = prepare(
+          FLAGS.config, config_spec, sweep_dir, forwarded,
+          python=sys.executable if slurm else 'python',
+          main_py=MAIN if slurm else _display_path(MAIN), absolute=slurm)
+    except SweepError as e:
+      raise SystemExit(f'error: {e}')
+    statuses = {p.name: point_status(os.path.join(sweep_dir, p.name)) for p in points}
+    return sweep, points, commands, statuses, [p for p in points
+                                               if statuses[p.name] not in FINISHED]
+
+  sweep, points, commands, statuses, todo = prepared()
   log = lambda line: logging.info('%s', line)
-  statuses = {p.name: point_status(os.path.join(sweep_dir, p.name)) for p in points}
-  todo = [p for p in points if statuses[p.name] not in FINISHED]
 
   if FLAGS.dry_run:
     print(f'{len(points)} points in {sweep_dir}: {len(points) - len(todo)} finished, '
           f'{len(todo)} to run (dry run: nothing written)')
+    changed = changed_points(sweep_dir, points, statuses)
     for p in points:
       state = statuses[p.name]
       print(f'{"skip" if state in FINISHED else "run "} {p.name}'
-            + (f' [{state}]' if state else ''))
+            + (f' [{state}]' if state else '')
+            + (f' [changed: {changed[p.name]}]' if p.name in changed else ''))
       if state not in FINISHED:
         print('     ' + shlex.join(commands[p.name]))
     return 0
 
   os.makedirs(sweep_dir, exist_ok=True)
+  try:
+    lock.take(sweep_dir, 'sweep')  # held until the sweep ends; before anything is written here
+  except faults.RunFault as e:
+    raise SystemExit(f'error: {e}')
+  changed = changed_points(sweep_dir, points, statuses)
+  if changed:
+    name, difference = next(iter(changed.items()))
+    more = f' (and {len(changed) - 1} more points)' if len(changed) > 1 else ''
+    if FLAGS.changed_points == 'stop':
+      raise SystemExit(
+          f'error: point {name} finished with another config than the sweep\'s now '
+          f'({difference}){more}; pass --changed_points=rerun to train such points again (their '
+          'workdirs are kept as <name>.replaced), or --changed_points=accept to count them '
+          'finished as they are')
+    if FLAGS.changed_points == 'accept':
+      log(f'point {name} finished with another config ({difference}){more}: counted finished '
+          '(--changed_points=accept)')
+    else:
+      for name in changed:
+        if lock.holder(os.path.join(sweep_dir, name)) is None:
+          aside = _set_aside(sweep_dir, name)
+          log(f'point {name} finished with another config ({changed[name]}): moved to {aside} '
+              'and run again (--changed_points=rerun)')
+      sweep, points, commands, statuses, todo = prepared()
   files.write_json(os.path.join(sweep_dir, 'sweep.json'),
                    sweep_description(config_spec, sweep, points, FLAGS.config, forwarded, commands),
                    default=repr)
@@ -650,17 +816,12 @@ def main(argv):
       print(f'all {len(points)} points are finished: no SLURM script written', file=sys.stderr)
       return 0
     name = os.path.basename(os.path.normpath(sweep_dir)) or 'sweep'
-    commands_path = write_slurm(FLAGS.slurm, [commands[p.name] for p in todo], name, sweep_dir,
-                                FLAGS.parallel if FLAGS['parallel'].present else 0, FLAGS.sbatch)
+    write_slurm(FLAGS.slurm, {p.name: commands[p.name] for p in todo}, name, sweep_dir,
+                FLAGS.parallel if FLAGS['parallel'].present else 0, FLAGS.sbatch)
     print(f'wrote {FLAGS.slurm} ({len(todo)} array tasks; {len(points) - len(todo)} finished '
-          f'points left out) and {commands_path}; submit with: sbatch {FLAGS.slurm}')
+          f'points left out); submit with: sbatch {FLAGS.slurm}')
     return 0
 
-  lock = open(os.path.join(sweep_dir, '.sweep.lock'), 'w')
-  try:
-    fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-  except OSError:
-    raise SystemExit(f'error: another sweep is running in {sweep_dir}')
   return _run_stages(FLAGS, config_spec, forwarded, sweep, points, commands)
 
 
@@ -701,10 +862,14 @@ def _define_flags():
                        'array tasks running at once when given.')
   flags.DEFINE_bool('print_commands', False, 'Print the command of each unfinished point, one '
                     'per line, and run nothing.')
-  flags.DEFINE_string('slurm', None, 'Write a SLURM array script here (and its commands file '
-                      'next to it) for the unfinished points, and run nothing.')
+  flags.DEFINE_string('slurm', None, 'Write a SLURM array script here for the unfinished points '
+                      '(one task per point, addressed by name), and run nothing.')
   flags.DEFINE_multi_string('sbatch', [], 'Extra #SBATCH options for --slurm, e.g. '
                             '--sbatch=--time=02:00:00 --sbatch=--cpus-per-task=2.')
+  flags.DEFINE_enum('changed_points', 'stop', CHANGED_POINTS, 'A finished point whose saved '
+                    'config differs from the one the sweep would run: stop the sweep with one line '
+                    'naming the field (stop), move its workdir aside and train it again (rerun), '
+                    'or count it finished as it is (accept).')
   flags.DEFINE_bool('dry_run', False, 'List the points, what would run and the commands; write '
                     'nothing.')
   config_flags.DEFINE_config_file('config', None, 'Sweep config file (get_config and get_sweep).',

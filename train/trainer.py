@@ -5,9 +5,13 @@ orbax checkpoints that resume step, parameters, optimizer state, data position, 
 language model's carried state; evaluation on the validation split every `eval_every_steps` (the
 best parameters by validation loss kept apart) and on test at the end; metrics to TensorBoard and
 `metrics.jsonl`; the final summary in `results.json`. Before the first step the workdir gets what
-rebuilds the model without the data (`config.json`, `dataset.json`, `vocab.json`). SIGTERM saves
-a checkpoint and returns; a non-finite loss stops the run. What differs between kinds of task
-(model inputs, losses, metrics) is asked of `tasks.Task`.
+rebuilds the model without the data (`config.json`, `dataset.json`, `vocab.json`, with their
+checksums). The run holds the workdir's lock (train/lock.py) from before its first write to its
+end; a second process on the workdir is refused. SIGTERM, SIGINT (Ctrl-C) and SIGHUP save a
+checkpoint and return (`distributed.Preemption`; a second Ctrl-C exits at once); a loss that is
+not finite, or that grows past DIVERGENCE_FACTOR times its first value, stops the run as
+`diverged`. A completed run is not run again. What differs between kinds of task (model inputs,
+losses, metrics) is asked of `tasks.Task`.
 
 The loop does not wait for the device at every step: the steps' metrics stay on the device until
 a logging, evaluation, checkpoint or stopping step, where they are fetched together and checked.
@@ -16,8 +20,9 @@ anything computed after it is evaluated, logged or saved: the run reports exactl
 leaves exactly the checkpoints that checking every step would. Steps/s leave out the time spent
 evaluating and checkpointing.
 
-SIGTERM during an evaluation stops the run right after it (with a checkpoint); during the final
-checkpoint and evaluation, they finish. A run resumes from the newest checkpoint that restores
+A stopping signal during an evaluation stops the run right after it (with a checkpoint); during
+the final checkpoint and evaluation, they finish; while the run starts (compiling, restoring), it
+stops before the first step. A run resumes from the newest checkpoint that restores
 (see `checkpoint.Checkpoints`); a fault of its environment (a write that fails, device memory
 that runs out) ends it with `faults.RunFault`, whose message is one line, and `results.json`
 says `failed` where it can be written.
@@ -37,10 +42,11 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from absl import logging
+from jax.experimental import multihost_utils
 
 from lstm import memory
 from train import checkpoint, data, distributed, faults, files, metrics as metrics_lib, optim
-from train import tasks, validation
+from train import lock, tasks, validation
 
 ConfigError = validation.ConfigError
 
@@ -54,7 +60,17 @@ class TrainState:
   carry: Any  # the language model's per-layer carries, passed from batch to batch; else ()
 
 
-class NonFiniteLoss(faults.RunFault, FloatingPointError):
+# A run whose training loss at a step exceeds this many times its loss at step 1 has diverged,
+# even while the loss is finite. A language model starts at about log(vocabulary size) and a
+# classifier at log(classes); training noise stays far below a hundredfold rise.
+DIVERGENCE_FACTOR = 100
+
+
+class Diverged(faults.RunFault):
+  """The loss grew past DIVERGENCE_FACTOR times its first value, or stopped being finite."""
+
+
+class NonFiniteLoss(Diverged, FloatingPointError):
   """A loss or gradient norm that is not finite stopped the run."""
 
 
@@ -233,7 +249,9 @@ def initial_state(s: Setup) -> tuple[TrainState, Callable]:
 def train_and_evaluate(config, workdir: str) -> dict:
   """Trains `config` in `workdir` (resuming from its latest checkpoint); returns the results.
   A fault of the environment (a failed write, a damaged checkpoint with none to fall back on,
-  device memory) raises `faults.RunFault` with one line to show."""
+  device memory, another process writing to `workdir`) raises `faults.RunFault` with one line
+  to show. A run that has completed is left as it is: its results are returned, nothing is
+  written."""
   metrics_lib.quiet_library_logs()
   if config.keep_freed_memory:
     memory.keep_freed_memory()
@@ -243,30 +261,74 @@ def train_and_evaluate(config, workdir: str) -> dict:
                s.steps_per_epoch, s.dist.num_devices, jax.process_count())
   with faults.writing(workdir):
     os.makedirs(workdir, exist_ok=True)
-  checkpoint.record_config(workdir, config.to_json_best_effort())
-  checkpoint.record_dataset(workdir, s.dataset, config.data.allow_changed_data)
-
-  with _out_of_memory_reported(s):
-    state, zero_carry = initial_state(s)
-  ckpts = checkpoint.Checkpoints(workdir, config.keep_checkpoints)
-  restored = ckpts.restore(_abstract(state))
-  if restored is not None:
-    state, meta = restored
-    s.train_batches.restore(meta['data'])
-    logging.info('resumed from step %d in %s', int(state.step), workdir)
-  writer = metrics_lib.MetricWriter(workdir, int(state.step))
-  results = {'task': config.task, 'status': 'running'}
-  try:
+  with _holding(workdir), distributed.Preemption() as preemption:
+    config_json = config.to_json_best_effort()
+    checkpoint.compare_config(workdir, config_json)  # every saved file checked before any write
+    checkpoint.check_dataset(workdir, s.dataset, config.data.allow_changed_data)
+    checkpoint.record_config(workdir, config_json)  # files that would not change are not written
+    checkpoint.record_dataset(workdir, s.dataset, config.data.allow_changed_data)
     with _out_of_memory_reported(s):
-      return _run(s, state, zero_carry, ckpts, writer, results, workdir)
-  except faults.RunFault as e:
-    if results['status'] == 'running':
-      results.update(status='failed', message=str(e))
-    raise
+      state, zero_carry = initial_state(s)
+    ckpts = checkpoint.Checkpoints(workdir, config.keep_checkpoints)
+    restored = ckpts.restore(_abstract(state))
+    first_loss = None
+    if restored is not None:
+      state, meta = restored
+      finished = _finished(workdir, int(state.step), s.num_train_steps)
+      if finished is not None:
+        logging.info('the run in %s is finished (completed at step %d): nothing to do, nothing '
+                     'written; its results are in results.json', workdir, finished['step'])
+        ckpts.close()
+        return finished
+      s.train_batches.restore(meta['data'])
+      first_loss = meta.get('first_loss')
+      logging.info('resumed from step %d in %s', int(state.step), workdir)
+    writer = metrics_lib.MetricWriter(workdir, int(state.step))
+    results = {'task': config.task, 'status': 'running'}
+    try:
+      with _out_of_memory_reported(s):
+        return _run(s, state, zero_carry, ckpts, writer, results, workdir, preemption, first_loss)
+    except faults.RunFault as e:
+      if results['status'] == 'running':
+        results.update(status='failed', message=str(e))
+      raise
+    finally:
+      _record_results(workdir, results)
+      writer.close()
+      ckpts.close()
+
+
+@contextlib.contextmanager
+def _holding(workdir: str):
+  """The workdir's lock (train/lock.py) for the block: process 0 takes it, and every process
+  stops with its one line when it cannot."""
+  error = None
+  if jax.process_index() == 0:
+    try:
+      lock.take(workdir, 'training')
+    except faults.RunFault as e:
+      error = e
+  if jax.process_count() > 1:
+    taken = bool(multihost_utils.broadcast_one_to_all(np.int32(error is None)))
+    if not taken and error is None:
+      error = faults.RunFault(f'process 0 could not lock {workdir}; see its error')
+  if error is not None:
+    raise error
+  try:
+    yield
   finally:
-    _record_results(workdir, results)
-    writer.close()
-    ckpts.close()
+    if jax.process_index() == 0:
+      lock.release(workdir)
+
+
+def _finished(workdir: str, restored_step: int, num_train_steps: int):
+  """The results of the workdir's run when it completed at `num_train_steps` and its newest
+  checkpoint that restores (`restored_step`) is that step's, else None."""
+  results = files.read_json(os.path.join(workdir, 'results.json'))
+  if (isinstance(results, dict) and results.get('status') == 'completed'
+      and results.get('step') == num_train_steps == restored_step):
+    return results
+  return None
 
 
 def _abstract(tree):
@@ -287,30 +349,27 @@ def _record_results(workdir: str, results: dict) -> None:
       raise
 
 
-@contextlib.contextmanager
 def _out_of_memory_reported(s: Setup):
   """Turns XLA's RESOURCE_EXHAUSTED into RunFault naming the batch, the sequence length and the
   parameter count, with what would use less memory."""
-  try:
-    yield
-  except Exception as e:  # noqa: BLE001 - jax raises JaxRuntimeError for every XLA status
-    if not faults.out_of_memory(e):
-      raise
+  def sizes():
     rows, steps = s.train_batches.batch_shape()
     sample = first_rows(s.train_batches)
     shapes = jax.eval_shape(lambda: s.model.init(jax.random.PRNGKey(0),
                                                  **s.task.model_inputs(sample)))
     num_params = sum(math.prod(x.shape) for x in jax.tree.leaves(shapes))
-    raise faults.RunFault(
-        f'out of memory on the device ({faults.reason(e)}) for batches of {rows} x {steps} '
-        f'(config.batch_size x time steps) and {num_params:,} parameters; use a smaller '
-        'config.batch_size or config.num_steps, config.model.remat=True, or '
-        'config.model.scan_layers=True for a deep stack') from None
+    return (f'batches of {rows} x {steps} (config.batch_size x time steps) and {num_params:,} '
+            'parameters')
+  return faults.out_of_memory_reported(
+      sizes, 'use a smaller config.batch_size or config.num_steps, config.model.remat=True, or '
+      'config.model.scan_layers=True for a deep stack')
 
 
 def _run(s: Setup, state: TrainState, zero_carry, ckpts, writer, results: dict,
-         workdir: str) -> dict:
-  """The steps from `state` on; fills `results` (status and metrics) and returns it."""
+         workdir: str, preemption: distributed.Preemption, first_loss) -> dict:
+  """The steps from `state` on; fills `results` (status and metrics) and returns it.
+  `first_loss`: the loss of the run's step 1 (None before it, or from a checkpoint that
+  predates its recording), which the divergence rule compares with."""
   config, task, dist = s.config, s.task, s.dist
   start_step = step = int(state.step)
   tokens_per_step = int(np.prod(s.train_batches.batch_shape()))
@@ -320,47 +379,52 @@ def _run(s: Setup, state: TrainState, zero_carry, ckpts, writer, results: dict,
   eval_step = jax.jit(make_eval_step(s.model, task))
   run_eval = lambda split: task.summarize(evaluate(eval_step, state.params,
                                                    s.eval_batches[split], dist, task, zero_carry))
-  save = lambda: ckpts.save(step, state, {'data': s.train_batches.state(), 'step': step})
+  start = {} if first_loss is None else {'loss': first_loss}
+  save = lambda: ckpts.save(step, state, {'data': s.train_batches.state(), 'step': step,
+                                          'first_loss': start.get('loss')})
   best = _Best(ckpts, _abstract(state.params))
   t_start = time.perf_counter()
   pending, interval = [], []  # this logging interval's metrics: on the device, then fetched
   every_step = jax.process_count() == 1  # one process reads SIGTERM at no cost; several agree
-  with distributed.Preemption() as preemption:
-    while step < s.num_train_steps:
-      position = s.train_batches.state()['position']
-      reset = position == 0 or position >= s.steps_per_epoch
-      batch = dist.put_batch(next(s.train_batches))
-      state, train_metrics = train_step(state, batch, jnp.asarray(reset))
-      step += 1
-      pending.append(train_metrics)
-      at_log = step % config.log_every_steps == 0 or step == s.num_train_steps
-      at_eval = step % config.eval_every_steps == 0 and step < s.num_train_steps
-      at_save = step % config.checkpoint_every_steps == 0 and step < s.num_train_steps
-      stop_after = config.stop_after_steps
-      stop = ((every_step or at_log) and preemption.agreed()) or bool(
-          stop_after and step - start_step >= stop_after)
-      if at_log or at_eval or at_save or stop:
-        interval += _fetch_finite(pending, step, results, ckpts, workdir)
-        pending = []
-      if at_log:
-        _log_train(step, interval, task, writer, progress)
-        interval = []
-      with _not_counted(progress):
-        if at_eval:
-          valid = run_eval('valid')
-          writer.write(step, 'valid', valid)
-          logging.info('step %d valid: %s', step, _fmt(valid))
-          best.offer(step, state.params, valid)
-          stop = stop or preemption.agreed()  # a SIGTERM during the evaluation stops here
-        if at_save or stop:
-          save()
-      if stop:
-        results.update(status='preempted', step=step)
-        logging.info('stopped at step %d with a checkpoint; rerun the same command to resume', step)
-        return results
-    train_time = time.perf_counter() - t_start
-    save()  # the final checkpoint and evaluation finish even if SIGTERM comes during them
-    final = {split: run_eval(split) for split in s.eval_batches}
+  if preemption.agreed():  # a signal while the run started (data, compilation, restoring)
+    results.update(status='preempted', step=step)
+    logging.info('stopped at step %d before training; rerun the same command to start', step)
+    return results
+  while step < s.num_train_steps:
+    position = s.train_batches.state()['position']
+    reset = position == 0 or position >= s.steps_per_epoch
+    batch = dist.put_batch(next(s.train_batches))
+    state, train_metrics = train_step(state, batch, jnp.asarray(reset))
+    step += 1
+    pending.append(train_metrics)
+    at_log = step % config.log_every_steps == 0 or step == s.num_train_steps
+    at_eval = step % config.eval_every_steps == 0 and step < s.num_train_steps
+    at_save = step % config.checkpoint_every_steps == 0 and step < s.num_train_steps
+    stop_after = config.stop_after_steps
+    stop = ((every_step or at_log) and preemption.agreed()) or bool(
+        stop_after and step - start_step >= stop_after)
+    if at_log or at_eval or at_save or stop:
+      interval += _fetch_finite(pending, step, results, ckpts, workdir, start)
+      pending = []
+    if at_log:
+      _log_train(step, interval, task, writer, progress)
+      interval = []
+    with _not_counted(progress):
+      if at_eval:
+        valid = run_eval('valid')
+        writer.write(step, 'valid', valid)
+        logging.info('step %d valid: %s', step, _fmt(valid))
+        best.offer(step, state.params, valid)
+        stop = stop or preemption.agreed()  # a SIGTERM during the evaluation stops here
+      if at_save or stop:
+        save()
+    if stop:
+      results.update(status='preempted', step=step)
+      logging.info('stopped at step %d with a checkpoint; rerun the same command to resume', step)
+      return results
+  train_time = time.perf_counter() - t_start
+  save()  # the final checkpoint and evaluation finish even if SIGTERM comes during them
+  final = {split: run_eval(split) for split in s.eval_batches}
   for split, values in final.items():
     writer.write(step, split, values)
     logging.info('final %s: %s', split, _fmt(values))
@@ -385,18 +449,27 @@ class _Best:
       self.ckpts.save_best(step, params, valid)
 
 
-def _fetch_finite(pending: list, step: int, results: dict, ckpts, workdir: str) -> list[dict]:
+def _fetch_finite(pending: list, step: int, results: dict, ckpts, workdir: str,
+                   start: dict) -> list[dict]:
   """The host values of the metrics of the steps that end at `step`; stops the run at the first
-  of them whose loss or gradient norm is not finite."""
+  of them whose loss or gradient norm is not finite, or whose loss exceeds DIVERGENCE_FACTOR
+  times the run's first loss (`start['loss']`, set here at step 1)."""
   fetched = jax.device_get(pending)
   for bad, values in enumerate(fetched, step - len(fetched) + 1):
     loss, grad_norm = float(values['loss']), float(values['grad_norm'])
+    last = ckpts.latest_step()
+    kept = (f'The last good checkpoint (step {last}) in {workdir} is untouched.'
+            if last is not None else f'No checkpoint was saved in {workdir} before it.')
     if not (math.isfinite(loss) and math.isfinite(grad_norm)):
       results.update(status='diverged', step=bad,
                      message=f'non-finite loss {loss} (gradient norm {grad_norm}) at step {bad}')
-      raise NonFiniteLoss(f'loss {loss}, gradient norm {grad_norm} at step {bad}: stopped. '
-                          f'The last good checkpoint '
-                          f'(step {ckpts.latest_step()}) in {workdir} is untouched.')
+      raise NonFiniteLoss(f'loss {loss}, gradient norm {grad_norm} at step {bad}: stopped. {kept}')
+    start.setdefault('loss', loss)
+    if start['loss'] > 0 and loss > DIVERGENCE_FACTOR * start['loss']:
+      grew = (f'loss {loss:.4g} at step {bad} is more than {DIVERGENCE_FACTOR} times the loss '
+              f'at step 1 ({start["loss"]:.4g})')
+      results.update(status='diverged', step=bad, message=grew)
+      raise Diverged(f'{grew}: the run diverged and stopped. {kept}')
   return fetched
 
 
