@@ -75,7 +75,7 @@ from typing import Callable, NamedTuple, Optional
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax._src import core as jax_core  # the trace in effect (`forward_mode`)
+from jax._src import core as jax_core  # the trace in effect (`forward_mode`); no public API
 from jax._src.interpreters import ad as jax_ad
 
 from lstm import activations, layout, manual_axes, native, switches
@@ -102,14 +102,16 @@ def reference_path(force: bool = True):
 
 def forward_mode() -> bool:
   """Whether code is being traced under forward-mode autodiff (`jax.jvp`, `jax.jacfwd`,
-  `jax.hessian`, `jax.linearize`, forward-over-reverse), which a `custom_vjp` cannot carry: `run_sequence` then
-  takes the reference path by itself. Not seen inside a function that `jax.jit` traced first
-  (`jax.jvp(jax.jit(f), ...)`): there JAX refuses, and `reference_path()` is the way out."""
+  `jax.hessian`, `jax.linearize`, forward over reverse; `jax.jit` inside them included), which a
+  `custom_vjp` cannot carry: `run_sequence` then takes the reference path by itself. Not seen
+  where a jaxpr traced without it is differentiated forwards later (`jax.jvp` of
+  `jax.core.eval_jaxpr` of one): there JAX refuses, and `reference_path()` is the way out."""
   trace = getattr(getattr(jax_core, 'trace_ctx', None), 'trace', None)
   while trace is not None:
-    if isinstance(trace, jax_ad.JVPTrace):
+    if isinstance(trace, getattr(jax_ad, 'JVPTrace', ())):
       return True
-    if isinstance(trace, jax_ad.LinearizeTrace) and not getattr(trace, 'is_vjp', True):
+    if (isinstance(trace, getattr(jax_ad, 'LinearizeTrace', ()))
+        and not getattr(trace, 'is_vjp', True)):
       return True  # jax.linearize: its linear function runs forwards
     trace = getattr(trace, 'parent_trace', None)
   return False
