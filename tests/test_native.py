@@ -12,6 +12,7 @@ import stat
 import subprocess
 import sys
 import threading
+import time
 
 import jax
 import jax.numpy as jnp
@@ -369,11 +370,24 @@ def test_a_compiler_that_does_not_finish_is_stopped(fresh_build, monkeypatch, ca
   assert 'did not finish within 2 s and was stopped' in warning.getMessage()
   assert native.TIMEOUT_ENV in warning.getMessage()
   pid = int(pid_file.read_text())
-  try:  # the compiler's own children are stopped with it (gone, or a zombie not yet reaped)
-    with open(f'/proc/{pid}/stat') as f:
-      assert f.read().split(') ')[1][0] in 'ZX'
-  except FileNotFoundError:
-    pass
+  assert _stopped(pid)  # the compiler's own children are stopped with it
+
+
+def _stopped(pid: int) -> bool:
+  """Whether process `pid` is gone, a zombie, or another process (the pid reused); a process
+  being killed may take a moment to exit on a busy machine."""
+  for _ in range(100):
+    try:
+      with open(f'/proc/{pid}/stat') as f:
+        state = f.read().split(') ')[1][0]
+      with open(f'/proc/{pid}/cmdline') as f:
+        command = f.read().split('\0')[:2]
+    except FileNotFoundError:
+      return True
+    if state in 'ZX' or command != ['sleep', '300']:
+      return True
+    time.sleep(0.1)
+  return False
 
 
 @pytest.mark.parametrize('exposed', ['directory', 'file'])
