@@ -5,8 +5,10 @@ options, drawn for the whole sequence), `project_inputs` once for every time ste
 (one matmul outside the time loop) and `step` inside the loop. `__call__(carry, x)` does the
 deterministic step for one step, so the cell also works with `flax.linen.RNN`.
 
+The carry is `(h, c)`, hidden state first (PyTorch's and Keras' order); h has `proj_size`
+features when a projection is used. Flax's own cells order it `(c, h)`: convert with
+`h, c = carry; flax_carry = (c, h)` (and `c, h = flax_carry; carry = (h, c)` back).
 Gate order is i, f, g, o in column blocks of one fused kernel (PyTorch's and Keras' order).
-The carry is (h, c); h has `proj_size` features when a projection is used.
 """
 from __future__ import annotations
 
@@ -94,6 +96,16 @@ def _gate_norm(z: Array, scale: Array, bias: Optional[Array], groups: int, eps: 
   normed = ((zg - mean) * jax.lax.rsqrt(var + eps)).reshape(shape).astype(z.dtype)
   normed = normed * scale
   return normed if bias is None else normed + bias
+
+
+def _in_float32(init: Initializer) -> Initializer:
+  """`init` computed in float32 and cast for narrower float dtypes (bfloat16, float16), which
+  some initialisers (the orthogonal one's QR decomposition) do not support."""
+  def wrapped(key, shape, dtype=jnp.float32):
+    if jnp.issubdtype(dtype, jnp.floating) and jnp.finfo(dtype).bits < 32:
+      return init(key, shape, jnp.float32).astype(dtype)
+    return init(key, shape, dtype)
+  return wrapped
 
 
 def _forget_bias_init(base: Initializer, features: int, forget_bias: float) -> Initializer:
@@ -185,6 +197,9 @@ class LSTMCell(CellOptions):
   """An LSTM cell with Keras-style activations, peepholes, projection, clipping, layer norm,
   recurrent regularisers and the gate variants of Greff et al. 2017.
 
+  `(h, c), h = cell((h, c), x_t)`: the carry is `(h, c)`, h first, not Flax's `(c, h)`
+  (`h, c = carry; flax_carry = (c, h)`). `cell.initialize_carry(None, x_t.shape)` gives zeros.
+
   The defaults are the canonical LSTM: c_t = f * c_{t-1} + i * act(g), h_t = o * act(c_t).
 
   Attributes:
@@ -224,7 +239,7 @@ class LSTMCell(CellOptions):
     param = lambda name, init, shape: self.param(name, init, shape, self.param_dtype)
     ones = nn.initializers.ones_init()
     kernel = param('kernel', self.kernel_init, (in_features, 4 * h))
-    recurrent = param('recurrent_kernel', self.recurrent_kernel_init, (p, 4 * h))
+    recurrent = param('recurrent_kernel', _in_float32(self.recurrent_kernel_init), (p, 4 * h))
     bias = (param('bias', _forget_bias_init(self.bias_init, h, self.forget_bias), (4 * h,))
             if self.use_bias else None)
     peephole = param('peephole', nn.initializers.zeros_init(), (3, h)) if self.peephole else None
@@ -309,7 +324,15 @@ class LSTMCell(CellOptions):
     return (h, c), h
 
   def __call__(self, carry: Carry, inputs: Array) -> tuple[Carry, Array]:
-    """One deterministic time step (zoneout in expectation), in the `flax.linen.RNN` interface."""
+    """One deterministic time step (zoneout in expectation), in the `flax.linen.RNN` interface.
+
+    Args:
+      carry: `(h, c)`, h (*batch, P) first and c (*batch, H); Flax's cells take `(c, h)`.
+      inputs: x_t (*batch, in_features).
+
+    Returns:
+      `((h, c), h)`: the new carry and the output h.
+    """
     w = self.weights(inputs.shape[-1])
     return self.step(w, carry, self.project_inputs(w, inputs))
 

@@ -37,8 +37,18 @@ is the same; what differs is the work and memory around it (each point measured,
 * With `remat`, a layer keeps only its input (T, B, F) and recomputes projection and forward
   loop in its backward, tied to its output cotangents by a data dependency (see `_after`).
 
-Forward-mode autodiff (`jax.jvp`, `jax.jacfwd`, `jax.hessian`) is not defined through a
-`custom_vjp`: trace such code inside `reference_path()`. Reverse mode of any order works.
+Transformations. Every path composes with `jit`, `grad` of any order (reverse over reverse
+and forward over reverse), `vmap`, `jax.checkpoint`, `shard_map` with `check_vma` (the custom
+rules give each cotangent its primal's varying axes), `jax.export` (symbolic batch and time
+included) and lowering for any platform from any host (tests/test_transforms.py runs the
+matrix). Forward-mode autodiff (`jax.jvp`, `jax.jacfwd`, `jax.hessian`, `jax.linearize`) is
+not defined through a `custom_vjp`, so a layer traced under it takes the reference path by
+itself (`forward_mode`); reverse mode keeps the fast path. Where the forward-mode trace cannot
+be seen (a jaxpr differentiated after it was traced, e.g. `jax.jvp` of `jax.core.eval_jaxpr`
+of one), JAX says "can't apply forward-mode autodiff (jvp) to a custom_vjp function": trace
+that code inside `lstm.fast.reference_path()`. The CPU kernel is taken per platform when a
+program is lowered (`lstm.native`): a program lowered for `cuda` or `tpu`, or exported, runs
+XLA loops that compute the same function.
 
 Supported: padding masks (carry frozen past a sequence's length, outputs zero), an initial carry
 and its gradient, any activation, candidate/output activation and recurrent activation (registry
@@ -65,8 +75,10 @@ from typing import Callable, NamedTuple, Optional
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax._src import core as jax_core  # the trace in effect (`forward_mode`); no public API
+from jax._src.interpreters import ad as jax_ad
 
-from lstm import activations, layout, native, switches
+from lstm import activations, layout, manual_axes, native, switches
 from lstm.cell import DEFAULTS, OPTIONS, in_effect, restart
 
 Array = jax.Array
@@ -86,6 +98,23 @@ def reference_path(force: bool = True):
   jit a new function inside the context (`jax.jit(lambda *a: f(*a))`), not one traced before.
   """
   return _force_reference.set(force)
+
+
+def forward_mode() -> bool:
+  """Whether code is being traced under forward-mode autodiff (`jax.jvp`, `jax.jacfwd`,
+  `jax.hessian`, `jax.linearize`, forward over reverse; `jax.jit` inside them included), which a
+  `custom_vjp` cannot carry: `run_sequence` then takes the reference path by itself. Not seen
+  where a jaxpr traced without it is differentiated forwards later (`jax.jvp` of
+  `jax.core.eval_jaxpr` of one): there JAX refuses, and `reference_path()` is the way out."""
+  trace = getattr(getattr(jax_core, 'trace_ctx', None), 'trace', None)
+  while trace is not None:
+    if isinstance(trace, getattr(jax_ad, 'JVPTrace', ())):
+      return True
+    if (isinstance(trace, getattr(jax_ad, 'LinearizeTrace', ()))
+        and not getattr(trace, 'is_vjp', True)):
+      return True  # jax.linearize: its linear function runs forwards
+    trace = getattr(trace, 'parent_trace', None)
+  return False
 
 
 def compute_dtype(cell, w, x: Array):
@@ -159,8 +188,11 @@ def run_layer(cell, w, x: Array, carry, mask: Optional[Array], remat: bool = Fal
   if mask is None:
     mask = jnp.zeros((0,), jnp.bool_)  # placeholder: custom_vjp arguments are arrays
   drop = None if recurrent_mask is None else recurrent_mask.astype(dtype)
-  y, h, c = _layer(spec, x.astype(dtype), w.kernel, w.recurrent_kernel, bias, h0, c0, mask,
-                   resets, drop)
+  # Under shard_map every input varies over the same axes, so that each cotangent can be given
+  # its primal's type (the casts' own transposes sum the gradients of replicated weights).
+  inputs = manual_axes.vary_together(x.astype(dtype), w.kernel, w.recurrent_kernel, bias, h0, c0,
+                                     mask, resets, drop)
+  y, h, c = _layer(spec, *inputs)
   return y, (h, c)
 
 
@@ -339,7 +371,9 @@ def _layer_impl(spec: _Spec, x, kernel, w, b, h0, c0, mask, resets, drop):
     _, hs, cs = native.forward(x, kernel, w, b, h0, c0, mask if spec.masked else None,
                                keep_gates=False)
     return _masked(spec, hs, mask), hs[-1], cs[-1]
-  if feature_major_pays(x.shape[1], w.shape[0], x.shape[2], x.dtype):
+  # The layout is chosen per shape; a symbolic shape (jax.export) runs batch-major.
+  if (all(isinstance(d, int) for d in x.shape)
+      and feature_major_pays(x.shape[1], w.shape[0], x.shape[2], x.dtype)):
     return _infer_feature_major(spec, x, kernel, w, b, h0, c0, mask, resets, drop)
   return _infer_batch_major(spec, x, kernel, w, b, h0, c0, mask, resets, drop)
 
@@ -354,7 +388,8 @@ def _infer_batch_major(spec: _Spec, x, kernel, w, b, h0, c0, mask, resets, drop)
     return (h, c), y
 
   z = jnp.dot(x, kernel)
-  (h, c), y = jax.lax.scan(step, (h0, c0), (z, mask if spec.masked else None, resets))
+  (h, c), y = jax.lax.scan(step, manual_axes.vary_together(h0, c0, z)[:2],
+                           (z, mask if spec.masked else None, resets))
   return y, h, c
 
 
@@ -377,7 +412,8 @@ def _infer_feature_major(spec: _Spec, x, kernel, w, b, h0, c0, mask, resets, dro
     h, c = _step_feature_major(spec, kernel_t, w_t, b, x_t, *carry, m_t, drop_t)
     return (h, c), h
 
-  (h, c), y = jax.lax.scan(step, (h0.T, c0.T), (x_fm, mask if spec.masked else None, resets))
+  (h, c), y = jax.lax.scan(step, manual_axes.vary_together(h0.T, c0.T, x_fm)[:2],
+                           (x_fm, mask if spec.masked else None, resets))
   if spec.masked:
     y = jnp.where(mask[:, None, :], y, jnp.zeros((), y.dtype))
   return jnp.swapaxes(y, 1, 2), h.T, c.T
@@ -412,7 +448,10 @@ def _layer_bwd(spec: _Spec, residuals, cotangents):
     x, kernel, saved = residuals
   dw, db, dz, dh0, dc0, _ = _recurrence_bwd(spec, saved, cotangents)
   dx = jnp.dot(dz, kernel.T, preferred_element_type=jnp.float32).astype(x.dtype)
-  return dx, _matmul_tn(x, dz, kernel.dtype), dw, db, dh0, dc0, None, None, None
+  axes = manual_axes.varying(x)  # every input's (see run_layer)
+  grads = [manual_axes.vary(g, axes) for g in (dx, _matmul_tn(x, dz, kernel.dtype), dw, db, dh0,
+                                               dc0)]
+  return (*grads, None, None, None)
 
 
 _layer.defvjp(_layer_fwd, _layer_bwd)
@@ -425,10 +464,16 @@ _layer.defvjp(_layer_fwd, _layer_bwd)
 def _recurrence_fwd(spec: _Spec, x, kernel, w, b, h0, c0, mask, resets, drop):
   """Forward for training: projects x (one matmul, or inside the CPU kernel's loop) and saves
   the gates (over the projected inputs) and the carries after every step."""
-  residuals = lambda saved, hs, cs: (w, saved, hs, cs, h0, c0, mask, resets, drop)
   if _native(spec, x.dtype, w, resets, drop):
     saved, hs, cs = native.forward(x, kernel, w, b, h0, c0, mask if spec.masked else None)
-    return (_masked(spec, hs, mask), hs[-1], cs[-1]), residuals(saved, hs, cs)
+  else:
+    saved, hs, cs = _loop_fwd(spec, x, kernel, w, b, h0, c0, mask, resets, drop)
+  return ((_masked(spec, hs, mask), hs[-1], cs[-1]),
+          (w, saved, hs, cs, h0, c0, mask, resets, drop))
+
+
+def _loop_fwd(spec: _Spec, x, kernel, w, b, h0, c0, mask, resets, drop):
+  """The XLA forward loop of `_recurrence_fwd`: (saved gates, hs, cs), each (T, B, .)."""
   z = jnp.dot(x, kernel)
   steps = z.shape[0]
   hs = jnp.zeros((steps,) + h0.shape, h0.dtype)
@@ -443,8 +488,9 @@ def _recurrence_fwd(spec: _Spec, x, kernel, w, b, h0, c0, mask, resets, drop):
     z_next = _index(buf, jnp.minimum(t + 1, steps - 1))  # read after the write: in place
     return h, c, buf, z_next, _put(hs, h, t), _put(cs, c, t)
 
-  h, c, saved, _, hs, cs = jax.lax.fori_loop(0, steps, body, (h0, c0, z, z[0], hs, cs))
-  return (_masked(spec, hs, mask), h, c), residuals(saved, hs, cs)
+  init = manual_axes.vary_together(h0, c0, z, z[0], hs, cs)  # loop carries of one type
+  _, _, saved, _, hs, cs = jax.lax.fori_loop(0, steps, body, init)
+  return saved, hs, cs
 
 
 def _recurrence_bwd(spec: _Spec, residuals, cotangents):
@@ -454,7 +500,13 @@ def _recurrence_bwd(spec: _Spec, residuals, cotangents):
   if _native(spec, saved.dtype, w, resets, drop):
     dz, dh0, dc0 = native.backward(saved, cs, c0, w, dy, dh_last, dc_last,
                                    mask if spec.masked else None)
-    return (*_weight_grads(w, hs, h0, dz, resets, drop), dz, dh0, dc0, None)
+  else:
+    dz, dh0, dc0 = _loop_bwd(spec, w, saved, cs, c0, mask, resets, drop, dy, dh_last, dc_last)
+  return (*_weight_grads(w, hs, h0, dz, resets, drop), dz, dh0, dc0, None)
+
+
+def _loop_bwd(spec: _Spec, w, saved, cs, c0, mask, resets, drop, dy, dh_last, dc_last):
+  """The XLA reverse loop of `_recurrence_bwd`: (dz, dh0, dc0)."""
   steps = saved.shape[0]
   acc = _math_dtype(saved.dtype)
   w_t = w.T
@@ -506,10 +558,10 @@ def _recurrence_bwd(spec: _Spec, residuals, cotangents):
     a_prev = _index(buf, jnp.maximum(t - 1, 0))  # read after the write: in place
     return dh_prev, dc_prev, buf, a_prev, c_prev
 
-  init = (dh_last.astype(acc), dc_last.astype(acc), saved, saved[steps - 1], cs[steps - 1])
+  init = manual_axes.vary_together(dh_last.astype(acc), dc_last.astype(acc), saved,
+                                   saved[steps - 1], cs[steps - 1])
   dh0, dc0, dz, _, _ = jax.lax.fori_loop(0, steps, body, init)
-  return (*_weight_grads(w, hs, h0, dz, resets, drop), dz, dh0.astype(h0.dtype),
-          dc0.astype(c0.dtype), None)
+  return dz, dh0.astype(c0.dtype), dc0.astype(c0.dtype)
 
 
 def _weight_grads(w, hs, h0, dz, resets, drop):
@@ -520,6 +572,39 @@ def _weight_grads(w, hs, h0, dz, resets, drop):
   db = jnp.sum(dz, axis=(0, 1), dtype=jnp.float32).astype(w.dtype)
   return dw, db
 
+
+
+# ----------------------------------------------------------------------------------------------
+# What the CPU kernel computes, as XLA loops: `lstm.native` lowers its primitives to these for
+# every platform but the CPU, for export, and differentiates them through these.
+
+_KERNEL_SPEC = _Spec(jnp.tanh, jnp.tanh, _sigmoid, True, False, False, False)
+
+
+def kernel_forward_xla(x, kernel, w, b, h0, c0, mask, keep_gates: bool = True):
+  """`lstm.native.forward`'s function: x (T, B, F) float32, mask (T, B) as 0/1 or (0,) ->
+  (gates (T, B, 4H) or (0,) unless `keep_gates`, hs, cs), the carries after every step."""
+  spec = _KERNEL_SPEC._replace(masked=mask.ndim == 2)
+  m = mask > 0 if spec.masked else jnp.zeros((0,), jnp.bool_)
+  if keep_gates:
+    return _loop_fwd(spec, x, kernel, w, b, h0, c0, m, None, None)
+
+  def step(carry, xs):
+    z_t, m_t = xs
+    h, c, _, _ = _step(spec, w, b, z_t, *carry, m_t, None)
+    return (h, c), (h, c)
+
+  z = jnp.dot(x, kernel)
+  _, (hs, cs) = jax.lax.scan(step, manual_axes.vary_together(h0, c0, z)[:2],
+                             (z, m if spec.masked else None))
+  return jnp.zeros((0,), x.dtype), hs, cs
+
+
+def kernel_backward_xla(gates, cs, c0, w, dy, dh_last, dc_last, mask):
+  """`lstm.native.backward`'s function: (dz (T, B, 4H), dh0, dc0) from the kept gates."""
+  spec = _KERNEL_SPEC._replace(masked=mask.ndim == 2)
+  m = mask > 0 if spec.masked else jnp.zeros((0,), jnp.bool_)
+  return _loop_bwd(spec, w, gates, cs, c0, m, None, None, dy, dh_last, dc_last)
 
 
 def _after(x: Array, dependency: Array) -> Array:

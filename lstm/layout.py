@@ -24,6 +24,7 @@ one about the same time. So on CPU the layout is measured, not guessed:
 from __future__ import annotations
 
 import json
+import logging
 import os
 import platform
 import re
@@ -42,6 +43,7 @@ TIE = 0.03  # a measured difference under this fraction keeps the rule's choice
 _lock = threading.Lock()
 _memory: dict[str, bool] = {}
 _policy: Optional[str] = None
+log = logging.getLogger(__name__)
 
 
 def policy() -> str:
@@ -84,9 +86,14 @@ def feature_major(batch: int, hidden: int, features: int, dtype,
     if key not in _memory:
       _memory.update(_read(_cache_file()))
     if key not in _memory:
+      start = time.perf_counter()
       times = _outside_trace(lambda: measure(batch, hidden, features, dtype, MEASURE_STEPS))
       _memory[key] = _faster_is_feature_major(*times, rule(batch, hidden))
       _write(_cache_file(), key, _memory[key])
+      log.info('timed the inference loop layouts of batch %d x hidden %d (features %d) in %.1f s: '
+               'batch-major %.3g ms, feature-major %.3g ms; %s kept in %s', batch, hidden,
+               features, time.perf_counter() - start, 1e3 * times[0], 1e3 * times[1],
+               'feature-major' if _memory[key] else 'batch-major', _cache_file())
     return _memory[key]
 
 

@@ -30,7 +30,8 @@ import jax.numpy as jnp
 
 from lstm import activations, checks, norms
 from lstm.cell import OPTIONS, CellOptions, LSTMCell
-from lstm.layer import run_sequence, time_mask, zero_carry
+from lstm.layer import (resolve_deterministic, run_sequence, time_mask, training_options,
+                        zero_carry)
 
 Array = jax.Array
 Between = Union[str, Callable[[Array], Array]]
@@ -218,6 +219,7 @@ class StackedLSTM(CellOptions):
     self._validate()
     super().__post_init__()
 
+  @nn.nowrap  # called from __post_init__, before the module is bound (tabulate)
   def _validate(self):
     if self.cells is None:
       if isinstance(self.num_layers, bool) or not isinstance(self.num_layers, int) \
@@ -247,6 +249,7 @@ class StackedLSTM(CellOptions):
           raise ValueError('scan_layers=True runs cells[1:] as one scanned layer, so they need '
                            f'identical options, but cells[{k}] differs from cells[1] in {differ}')
 
+  @nn.nowrap
   def _validate_cells(self):
     cells = self.cells
     if isinstance(cells, (str, Mapping)) or not isinstance(cells, Sequence) or not cells:
@@ -281,6 +284,7 @@ class StackedLSTM(CellOptions):
     return {name: getattr(self, name) for name in self.stack_options()
             if getattr(self, name) != defaults[name] and (name not in NEEDS or NEEDS[name](self))}
 
+  @nn.nowrap
   def option_name(self, layer: int, option: str) -> str:
     """How the caller spelled LSTMCell option `option` of `layer`: `cells[1]['proj_size']` for a
     per-layer override, otherwise the stack's own attribute (`hidden_size` for `features`)."""
@@ -292,6 +296,7 @@ class StackedLSTM(CellOptions):
   def depth(self) -> int:
     return len(self.cells) if self.cells is not None else self.num_layers
 
+  @nn.nowrap
   def cell_config(self, layer: int) -> dict[str, Any]:
     """The LSTMCell keyword arguments of `layer`: shared options, then that layer's overrides."""
     config = {name: getattr(self, name) for name in CELL_FIELDS if name != 'features'}
@@ -300,6 +305,7 @@ class StackedLSTM(CellOptions):
       config.update(self.cells[layer])
     return config
 
+  @nn.nowrap
   def output_width(self, config: Mapping[str, Any]) -> int:
     width = config.get('proj_size') or config['features']
     return 2 * width if self.bidirectional else width
@@ -313,8 +319,28 @@ class StackedLSTM(CellOptions):
 
   @nn.compact
   def __call__(self, x: Array, seq_lengths: Optional[Array] = None,
-               initial_carry: Optional[Sequence[Any]] = None, deterministic: bool = True,
+               initial_carry: Optional[Sequence[Any]] = None,
+               deterministic: Optional[bool] = None,
                segment_starts: Optional[Array] = None) -> tuple[Array, tuple[Any, ...]]:
+    """Runs the stack.
+
+    Args:
+      x: inputs (B, T, F).
+      seq_lengths: (B,) int lengths; outputs past them are zero and the carries stop there.
+      initial_carry: one carry per layer: `(h, c)`, h first (Flax's cells use `(c, h)`:
+        `h, c = carry; flax_carry = (c, h)`), or `((h, c) forward, (h, c) backward)` when
+        bidirectional; None: zeros.
+      deterministic: False turns on dropout and the cells' training-time options (draws from
+        `rngs={'dropout': key}`), True evaluates; required when any of them is set.
+      segment_starts: (B, T) bool, steps before which every layer's carry restarts from zero.
+
+    Returns:
+      `(outputs (B, T, width), carries)`, carries laid out as `initial_carry`.
+    """
+    options = ([f'dropout={self.dropout}'] if self.dropout else []) + [
+        o for i in range(self.depth) for o in training_options(self.cell_config(i))]
+    deterministic = resolve_deterministic(deterministic, sorted(set(options)), 'StackedLSTM',
+                                          self.is_initializing())
     checks.check_inputs(x, seq_lengths, self._input_width())
     checks.check_segment_starts(x, segment_starts)
     self._check_initial_carry(initial_carry, x.shape[0])
@@ -370,7 +396,7 @@ class StackedLSTM(CellOptions):
     n = self.depth - 1
     if initial_carry is None:
       cell = LSTMCell(**self.cell_config(1), parent=None)
-      one = zero_carry(cell, y.shape[1])
+      one = zero_carry(cell, y.shape[1], y.dtype)
       one = (one, one) if self.bidirectional else one
       stacked = jax.tree.map(lambda a: jnp.broadcast_to(a, (n,) + a.shape), one)
     else:

@@ -232,7 +232,9 @@ def test_training_options_are_inert_when_deterministic_and_need_the_dropout_rng(
                       weight_drop=0.5)
   variables = plain.init(jax.random.key(1), x)
   y_plain, c_plain = plain.apply(variables, x)
-  y_eval, c_eval = noisy.apply(variables, x)  # deterministic by default: no rng needed
+  with pytest.raises(ValueError, match='deterministic='):  # as flax.linen.Dropout
+    noisy.apply(variables, x)
+  y_eval, c_eval = noisy.apply(variables, x, deterministic=True)  # no rng needed
   np.testing.assert_array_equal(y_eval, y_plain)
   jax.tree.map(np.testing.assert_array_equal, c_eval, c_plain)
   with pytest.raises(Exception, match='dropout'):

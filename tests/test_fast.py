@@ -69,7 +69,7 @@ def _compare(model, seq_lengths=None, with_carry=True, tol=1e-5, x=None, **apply
   variables = _jit(model.init)(jax.random.key(1), x)
   carry = _initial_carry(model, jax.random.key(2), x.shape[0]) if with_carry else None
   weights = jax.random.normal(jax.random.key(3), jax.eval_shape(
-      lambda: model.apply(variables, x, seq_lengths)[0]).shape)
+      lambda: model.apply(variables, x, seq_lengths, **apply_kwargs)[0]).shape)
 
   def loss(variables, x, carry):
     y, final = model.apply(variables, x, seq_lengths, carry, **apply_kwargs)
@@ -303,15 +303,34 @@ def test_bfloat16_runs_end_to_end_close_to_float32(fast_calls, layout):
   _assert_trees_close(got, want, tol=3e-2)
 
 
-def test_forward_mode_autodiff_needs_the_reference_path():
+def test_forward_mode_takes_the_reference_path_by_itself(fast_calls):
+  """jvp of a layer runs the reference scan (a custom_vjp has no forward mode): no fast-path
+  layer is traced, and the tangents equal those of the reference path."""
   layer = LSTMLayer(LSTMCell(H))
   x = jax.random.normal(jax.random.key(0), (B, T, F))
   variables = _jit(layer.init)(jax.random.key(1), x)
   f = lambda x: layer.apply(variables, x, LENGTHS)[0]
-  with pytest.raises(TypeError, match='forward-mode'):
-    jax.jvp(f, (x,), (x,))
+  fast_calls.clear()
+  got = jax.jvp(f, (x,), (x,))
+  assert not fast_calls
   with fast.reference_path():
-    _, tangent = jax.jvp(f, (x,), (x,))
+    want = jax.jvp(f, (x,), (x,))
+  _assert_trees_close(got, want)
+
+
+def test_forward_mode_of_a_jaxpr_traced_before_needs_the_reference_path():
+  """Where the forward-mode trace cannot be seen (the jvp of a jaxpr traced without it), JAX
+  refuses the custom_vjp; the jaxpr traced inside `reference_path()` has none."""
+  layer = LSTMLayer(LSTMCell(H))
+  x = jax.random.normal(jax.random.key(0), (B, T, F))
+  variables = _jit(layer.init)(jax.random.key(1), x)
+  f = lambda x: layer.apply(variables, x, LENGTHS)[0]
+  run = lambda closed: (lambda x: jax.core.eval_jaxpr(closed.jaxpr, closed.consts, x)[0])
+  with pytest.raises(TypeError, match='forward-mode autodiff'):
+    jax.jvp(run(jax.make_jaxpr(f)(x)), (x,), (x,))
+  with fast.reference_path():
+    closed = jax.make_jaxpr(lambda x: f(x))(x)  # a new function: traces are cached per function
+  _, tangent = jax.jvp(run(closed), (x,), (x,))
   assert np.all(np.isfinite(tangent))
 
 

@@ -2,19 +2,24 @@
 fast path's XLA loops: outputs, carries and gradients; which layers it takes; its build and its
 fallbacks. Hidden sizes are multiples of 16 (the kernel's vector width); odd batch sizes and
 several unit blocks per core exercise the kernel's remainders and its work sharing."""
+import hashlib
+import json
 import logging
 import os
 import platform
+import shutil
+import stat
 import subprocess
 import sys
 import threading
+import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lstm import LSTMCell, LSTMLayer, StackedLSTM, fast, native
+from lstm import LSTMCell, LSTMLayer, StackedLSTM, cache, fast, native
 from tests.test_fast import _assert_trees_close, _compare, _jit
 from tests.trainer_utils import ROOT
 
@@ -209,7 +214,8 @@ def test_without_a_compiler_the_xla_loops_run(monkeypatch, tmp_path, caplog, ker
   with caplog.at_level(logging.WARNING):
     y, _ = jax.jit(lambda v, x: model.apply(v, x))(variables, x)
   assert kernel_calls['forward'] == 0 and not native.available()
-  assert any('CPU kernel is not available' in r.getMessage() for r in caplog.records)
+  warnings = [r for r in caplog.records if 'CPU kernel is not available' in r.getMessage()]
+  assert len(warnings) == 1 and warnings[0].name == 'lstm.native'  # once, the library's logger
   with fast.reference_path():
     want, _ = jax.jit(lambda v, x: model.apply(v, x))(variables, x)
   np.testing.assert_allclose(y, want, atol=1e-5)
@@ -235,7 +241,8 @@ with fast.reference_path():
   want = jax.jit(jax.value_and_grad(lambda v, x: loss(v, x)))(variables, x)
 for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
   np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-5)
-built = os.listdir(os.path.join(os.environ['STACKED_LSTM_CACHE'], 'native'))
+built = [f for f in os.listdir(os.path.join(os.environ['STACKED_LSTM_CACHE'], 'native'))
+         if f.endswith('.so')]
 print(native.available(), calls['forward'] > 0, calls['backward'] > 0, len(built))
 '''
 
@@ -279,3 +286,142 @@ def test_kernels_on_several_cpu_devices_match_the_reference():
   out = subprocess.run([sys.executable, '-c', _DEVICES_PROGRAM], cwd=ROOT, env=env,
                        capture_output=True, text=True, timeout=300)
   assert out.returncode == 0 and out.stdout.strip().endswith('ok'), out.stderr[-2000:]
+
+
+# ----------------------------------------------------------------------------------------------
+# First use: what is built is said through the library's logger; damaged, slow or exposed builds
+
+
+def _fake_compiler(tmp_path, action: str) -> str:
+  """A `$CXX` that answers --version, logs each compile to `compiles` and runs `action` with
+  $out set to the file after -o."""
+  script = tmp_path / 'fake-c++'
+  script.write_text(f"""#!/bin/sh
+case "$1" in --version) echo "fake c++ 1.0"; exit 0;; esac
+out=""
+prev=""
+for arg in "$@"; do [ "$prev" = "-o" ] && out="$arg"; prev="$arg"; done
+echo compile >> {tmp_path}/compiles
+{action}
+""")
+  script.chmod(0o755)
+  return str(script)
+
+
+def _compiles(tmp_path) -> int:
+  log = tmp_path / 'compiles'
+  return len(log.read_text().splitlines()) if log.exists() else 0
+
+
+@pytest.fixture
+def fresh_build(tmp_path, monkeypatch):
+  """A cache directory of its own and no kernel loaded yet in this process's bookkeeping;
+  `tmp_path / 'real.so'` is a copy of the kernel built in the session's cache."""
+  shutil.copy(native._build(), tmp_path / 'real.so')
+  monkeypatch.setattr(native, '_status', {})
+  monkeypatch.setenv(cache.ENV, str(tmp_path / 'cache'))
+  return tmp_path
+
+
+def test_the_build_is_said_what_how_long_where_and_recorded(fresh_build, monkeypatch, caplog):
+  real = fresh_build / 'real.so'
+  monkeypatch.setenv('CXX', _fake_compiler(fresh_build, f'cp {real} "$out"'))
+  with caplog.at_level(logging.INFO, logger='lstm.native'):
+    path = native._build()
+  said = [r.getMessage() for r in caplog.records if r.name == 'lstm.native']
+  assert len(said) == 2 and said[0].startswith('building the CPU kernel with')
+  assert said[1].startswith('built the CPU kernel in ') and path in said[1]
+  with open(path + '.json') as f:
+    record = json.load(f)
+  with open(path, 'rb') as f:
+    data = f.read()
+  assert record == {'size': len(data), 'sha256': hashlib.sha256(data).hexdigest()}
+  assert stat.S_IMODE(os.stat(os.path.dirname(path)).st_mode) == 0o700
+  caplog.clear()
+  with caplog.at_level(logging.INFO, logger='lstm.native'):
+    assert native._build() == path
+  assert _compiles(fresh_build) == 1 and not caplog.records  # cached: built and said once
+
+
+def test_a_damaged_kernel_is_set_aside_and_built_again(fresh_build, monkeypatch, caplog):
+  real = fresh_build / 'real.so'
+  monkeypatch.setenv('CXX', _fake_compiler(fresh_build, f'cp {real} "$out"'))
+  path = native._build()
+  with open(path, 'r+b') as f:
+    f.truncate(1000)
+  with caplog.at_level(logging.WARNING, logger='lstm.native'):
+    assert native._build() == path
+  assert _compiles(fresh_build) == 2
+  assert os.path.getsize(path) == os.path.getsize(real)
+  assert os.path.getsize(path + '.damaged') == 1000  # set aside, not deleted
+  [warning] = caplog.records
+  assert 'does not match its build record' in warning.getMessage()
+  assert native._build() == path and _compiles(fresh_build) == 2
+
+
+def test_a_compiler_that_does_not_finish_is_stopped(fresh_build, monkeypatch, caplog):
+  pid_file = fresh_build / 'pid'
+  monkeypatch.setenv('CXX', _fake_compiler(fresh_build, f'sleep 300 & echo $! > {pid_file}; wait'))
+  monkeypatch.setenv(native.TIMEOUT_ENV, '2')
+  with caplog.at_level(logging.WARNING, logger='lstm.native'):
+    assert not native.usable(jnp.float32, 32, True, True)
+    assert not native.available()
+  [warning] = caplog.records
+  assert 'did not finish within 2 s and was stopped' in warning.getMessage()
+  assert native.TIMEOUT_ENV in warning.getMessage()
+  pid = int(pid_file.read_text())
+  assert _stopped(pid)  # the compiler's own children are stopped with it
+
+
+def _stopped(pid: int) -> bool:
+  """Whether process `pid` is gone, a zombie, or another process (the pid reused); a process
+  being killed may take a moment to exit on a busy machine."""
+  for _ in range(100):
+    try:
+      with open(f'/proc/{pid}/stat') as f:
+        state = f.read().split(') ')[1][0]
+      with open(f'/proc/{pid}/cmdline') as f:
+        command = f.read().split('\0')[:2]
+    except FileNotFoundError:
+      return True
+    if state in 'ZX' or command != ['sleep', '300']:
+      return True
+    time.sleep(0.1)
+  return False
+
+
+@pytest.mark.parametrize('exposed', ['directory', 'file'])
+def test_a_kernel_others_can_write_is_not_loaded(fresh_build, monkeypatch, caplog, exposed):
+  real = fresh_build / 'real.so'
+  monkeypatch.setenv('CXX', _fake_compiler(fresh_build, f'cp {real} "$out"'))
+  path = native._build()
+  os.chmod(os.path.dirname(path) if exposed == 'directory' else path,
+           0o775 if exposed == 'directory' else 0o664)
+  with caplog.at_level(logging.WARNING, logger='lstm.native'):
+    assert not native.available()
+  [warning] = caplog.records
+  assert 'writable by other users' in warning.getMessage()
+  assert (os.path.dirname(path) if exposed == 'directory' else path) in warning.getMessage()
+
+
+_ROOT_LOGGER_PROGRAM = '''
+import logging
+import jax, jax.numpy as jnp
+from lstm import StackedLSTM
+model = StackedLSTM(hidden_size=32, num_layers=1)
+x = jnp.ones((2, 3, 4))
+model.apply(model.init(jax.random.key(0), x), x)
+print(len(logging.getLogger().handlers))
+'''
+
+
+def test_without_a_compiler_the_root_logger_is_left_alone(tmp_path):
+  """The warning goes through the `lstm.native` logger, so a user's later
+  `logging.basicConfig` still configures logging (no handler was put on the root logger)."""
+  env = dict(os.environ, CXX=str(tmp_path / 'no-such-compiler'), JAX_PLATFORMS='cpu',
+             STACKED_LSTM_CACHE=str(tmp_path / 'cache'))
+  out = subprocess.run([sys.executable, '-c', _ROOT_LOGGER_PROGRAM], cwd=ROOT, env=env,
+                       capture_output=True, text=True, timeout=300)
+  assert out.returncode == 0, out.stderr[-2000:]
+  assert out.stdout.split() == ['0']
+  assert out.stderr.count('the CPU kernel is not available') == 1

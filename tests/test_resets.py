@@ -55,13 +55,14 @@ def random_carry(model, x, seed=7):
 
 def check_against_segments(model, variables, x, initial_carry, path, fast_calls):
   """The packed batch (on `path`) against each segment run alone; returns the packed outputs."""
-  run = lambda v, x, c, s: model.apply(v, x, jnp.asarray(LENGTHS), c, segment_starts=s)
+  run = lambda v, x, c, s: model.apply(v, x, jnp.asarray(LENGTHS), c, segment_starts=s,
+                                       deterministic=True)
   fast_calls.clear()
   with fast.reference_path(path == 'reference'):
     y, carries = jax.jit(lambda *a: run(*a))(variables, x, initial_carry, jnp.asarray(STARTS))
   on_fast_path = path == 'fast' and not model.peephole
   assert bool(fast_calls) == on_fast_path
-  alone = jax.jit(lambda v, x, c: model.apply(v, x, None, c))
+  alone = jax.jit(lambda v, x, c: model.apply(v, x, None, c, deterministic=True))
   for b in range(B):
     parts = segments(b)
     outputs, finals = [], []
@@ -113,7 +114,7 @@ def test_segments_give_what_they_give_alone(fast_calls, case, with_carry, path):
   initial_carry = random_carry(model, x) if with_carry else None
   y = check_against_segments(model, variables, x, initial_carry, path, fast_calls)
   # the resets do change the result (row 2 has no segment boundary)
-  y_plain, _ = model.apply(variables, x, jnp.asarray(LENGTHS), initial_carry)
+  y_plain, _ = model.apply(variables, x, jnp.asarray(LENGTHS), initial_carry, deterministic=True)
   assert not np.allclose(y[:2], y_plain[:2], atol=1e-3)
 
 
