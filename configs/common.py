@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import ast
+from typing import Any
 
 import ml_collections
 from ml_collections import config_dict
@@ -26,6 +27,21 @@ def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
     except (ValueError, SyntaxError):
       result[key] = value
   return ml_collections.ConfigDict(result)
+
+
+# Fields that older configs and run directories spell differently, each with what it means today.
+LEGACY = {'model.residual': lambda on: {'model.block': 'residual_op_on_skip'} if on else {}}
+
+
+def upgrade(flat: dict[str, Any]) -> dict[str, Any]:
+  """`flat` (dotted field -> value) with every legacy field replaced by today's fields; a value
+  given for today's field itself wins."""
+  result = {k: v for k, v in flat.items() if k not in LEGACY}
+  for key, value in flat.items():
+    if key in LEGACY:
+      for new_key, new_value in LEGACY[key](value).items():
+        result.setdefault(new_key, new_value)
+  return result
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -105,7 +121,12 @@ def base_config() -> ml_collections.ConfigDict:
   m.num_layers = 2              # LSTM layers in the stack
   m.hidden_size = 256           # units per layer (per direction)
   m.embed_size = 0              # 0: hidden_size
-  m.between = 'none'            # op between layers: none | relu | tanh | gelu | layernorm | ...
+  m.between = 'none'            # op on a block's branch input: none | an activation | layernorm | rmsnorm
+  m.block = 'plain'             # layers 2..L: plain | residual | residual_op_on_skip | prenorm | postnorm
+  m.norm = 'layernorm'          # the norm of prenorm/postnorm blocks: layernorm | rmsnorm
+  m.ffn_factor = 0.0            # > 0: a feed-forward sublayer of this many times the width per block
+  m.ffn_activation = 'gelu'     # the feed-forward sublayer's activation
+  m.ffn_gated = False           # a gated feed-forward sublayer (xLSTM's gated MLP)
   m.activation = 'tanh'         # the cell's candidate and output activation (Keras' argument)
   m.recurrent_activation = 'sigmoid'  # the gates' activation
   m.forget_bias = 1.0           # initial bias of the forget gate
@@ -113,8 +134,10 @@ def base_config() -> ml_collections.ConfigDict:
   m.embed_dropout = 0.0         # language models: on the embedding
   m.output_dropout = 0.0        # language models: on the last layer's output
   m.variational = False         # one dropout mask per sequence (locked dropout)
-  m.residual = False            # add each layer's input to its output (from layer 2 on)
   m.bidirectional = False       # a backward direction in every layer
+  m.reverse = False             # the (forward) direction reads each sequence from its end
+  m.use_bias = True             # the gates have a bias
+  m.layer_norm_epsilon = 1e-5   # of the cell's own layer norm
   m.peephole = False            # peephole connections from c to the gates
   m.layer_norm = False          # layer norm inside the cell (gates and c)
   m.candidate_activation = config_dict.placeholder(str)  # None: activation; 'linear': NIAF

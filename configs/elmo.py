@@ -32,7 +32,7 @@ def get_config(arg=None):
   m.embed_size = m.proj_size
   m.cell_clip = 3.0
   m.proj_clip = 3.0
-  m.residual = True
+  m.block = 'residual_op_on_skip'  # ELMo: the input added to the output from layer 2 on
   m.dropout = m.embed_dropout = m.output_dropout = 0.1
   o = c.optimizer
   o.name = 'adagrad'

@@ -35,7 +35,7 @@ def get_config(arg=None):
   c = study.get_config('ptb')
   c.model.num_layers = 8
   c.model.between = 'none'
-  c.model.residual = False
+  c.model.block = 'plain'
   c.optimizer.warmup_steps = WARMUPS[0]
   c.optimizer.learning_rate = RATES[0]
   return c

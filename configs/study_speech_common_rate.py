@@ -27,7 +27,7 @@ def get_config(arg=None):
   del arg
   c = study.get_config('speech')
   c.model.num_layers = 8
-  c.model.residual = True
+  c.model.block = 'residual_op_on_skip'
   c.optimizer.learning_rate = COMMON_RATE
   return c
 

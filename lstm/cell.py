@@ -103,14 +103,17 @@ def _forget_bias_init(base: Initializer, features: int, forget_bias: float) -> I
   return init
 
 
-class LSTMCell(nn.Module):
-  """An LSTM cell with Keras-style activations, peepholes, projection, clipping, layer norm,
-  recurrent regularisers and the gate variants of Greff et al. 2017.
+def _option(default):
+  """A cell option: keyword-only, so subclasses may declare positional fields of their own."""
+  return dataclasses.field(default=default, kw_only=True)
 
-  The defaults are the canonical LSTM: c_t = f * c_{t-1} + i * act(g), h_t = o * act(c_t).
+
+class CellOptions(nn.Module):
+  """The options of an LSTM cell, declared once: `LSTMCell` and `StackedLSTM` both take them
+  (keyword-only), and the trainer's `config.model`, validation, interop and export read them
+  from here. The defaults are the canonical LSTM.
 
   Attributes:
-    features: hidden size H (the size of c).
     activation: candidate and output activation, as Keras' `activation` (name or callable).
     recurrent_activation: gate activation, as Keras' `recurrent_activation`.
     use_bias: whether the gates have a bias.
@@ -138,36 +141,61 @@ class LSTMCell(nn.Module):
       from c_new (before c is zoned), as in the paper; the output is the zoned h.
     weight_drop: DropConnect on `recurrent_kernel` (AWD-LSTM): one mask per call, for the whole
       batch and every step, scaled by 1/(1-p).
+  """
+  activation: activations.Activation = _option('tanh')
+  recurrent_activation: activations.Activation = _option('sigmoid')
+  use_bias: bool = _option(True)
+  forget_bias: float = _option(1.0)
+  peephole: bool = _option(False)
+  proj_size: Optional[int] = _option(None)
+  cell_clip: Optional[float] = _option(None)
+  proj_clip: Optional[float] = _option(None)
+  layer_norm: bool = _option(False)
+  layer_norm_epsilon: float = _option(1e-5)
+  candidate_activation: Optional[activations.Activation] = _option(None)
+  output_activation: Optional[activations.Activation] = _option(None)
+  input_gate: bool = _option(True)
+  forget_gate: bool = _option(True)
+  output_gate: bool = _option(True)
+  coupled_gates: bool = _option(False)
+  recurrent_dropout: float = _option(0.0)
+  zoneout_cell: float = _option(0.0)
+  zoneout_hidden: float = _option(0.0)
+  weight_drop: float = _option(0.0)
+  kernel_init: Initializer = _option(nn.initializers.glorot_uniform())
+  recurrent_kernel_init: Initializer = _option(nn.initializers.orthogonal())
+  bias_init: Initializer = _option(nn.initializers.zeros_init())
+  dtype: Optional[Any] = _option(None)
+  param_dtype: Any = _option(jnp.float32)
+
+
+OPTIONS = tuple(f.name for f in dataclasses.fields(CellOptions) if f.name not in ('parent', 'name'))
+DEFAULTS = {f.name: f.default for f in dataclasses.fields(CellOptions) if f.name in OPTIONS}
+# Options that change nothing unless the option they name is on.
+NEEDS = {'layer_norm_epsilon': 'layer_norm', 'proj_clip': 'proj_size'}
+
+
+def in_effect(options, option: str) -> bool:
+  """Whether `option` of a cell with `options` (a mapping of every option) changes what it
+  computes beyond its default."""
+  return option not in NEEDS or bool(options[NEEDS[option]])
+
+
+class LSTMCell(CellOptions):
+  """An LSTM cell with Keras-style activations, peepholes, projection, clipping, layer norm,
+  recurrent regularisers and the gate variants of Greff et al. 2017.
+
+  The defaults are the canonical LSTM: c_t = f * c_{t-1} + i * act(g), h_t = o * act(c_t).
+
+  Attributes:
+    features: hidden size H (the size of c).
+    The cell options are `CellOptions`' (keyword-only): activations, peepholes, projection,
+    clipping, layer norm, the gate variants and the recurrent regularisers.
     The training-time options (recurrent_dropout, zoneout, weight_drop) act when a layer runs
     with deterministic=False and draw from the 'dropout' RNG stream; `__call__` (one step, for
     `flax.linen.RNN`) is deterministic.
   """
   features: int
-  activation: activations.Activation = 'tanh'
-  recurrent_activation: activations.Activation = 'sigmoid'
-  use_bias: bool = True
-  forget_bias: float = 1.0
-  peephole: bool = False
-  proj_size: Optional[int] = None
-  cell_clip: Optional[float] = None
-  proj_clip: Optional[float] = None
-  layer_norm: bool = False
-  layer_norm_epsilon: float = 1e-5
-  candidate_activation: Optional[activations.Activation] = None
-  output_activation: Optional[activations.Activation] = None
-  input_gate: bool = True
-  forget_gate: bool = True
-  output_gate: bool = True
-  coupled_gates: bool = False
-  recurrent_dropout: float = 0.0
-  zoneout_cell: float = 0.0
-  zoneout_hidden: float = 0.0
-  weight_drop: float = 0.0
-  kernel_init: Initializer = nn.initializers.glorot_uniform()
-  recurrent_kernel_init: Initializer = nn.initializers.orthogonal()
-  bias_init: Initializer = nn.initializers.zeros_init()
-  dtype: Optional[Any] = None
-  param_dtype: Any = jnp.float32
 
   def __post_init__(self):
     checks.check_cell_options({field.name: getattr(self, field.name)

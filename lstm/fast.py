@@ -67,7 +67,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from lstm import activations, layout, native, switches
-from lstm.cell import restart
+from lstm.cell import DEFAULTS, OPTIONS, in_effect, restart
 
 Array = jax.Array
 
@@ -97,15 +97,23 @@ def compute_dtype(cell, w, x: Array):
   return jnp.result_type(*parts)
 
 
+# The cell options this path computes at any value. Every other option takes it only at its
+# declared default, where it changes nothing: an option added to `LSTMCell` runs on the reference
+# path until it is named here.
+HANDLED = ('features', 'activation', 'recurrent_activation', 'use_bias', 'forget_bias',
+           'candidate_activation', 'output_activation', 'coupled_gates', 'recurrent_dropout',
+           'weight_drop', 'kernel_init', 'recurrent_kernel_init', 'bias_init', 'dtype',
+           'param_dtype')
+
+
 def supports(cell, w, x: Array, carry) -> bool:
-  """Whether the fast path computes this layer: a plain LSTM cell, one float dtype throughout."""
+  """Whether the fast path computes this layer: only options it handles (`HANDLED`) away from
+  their defaults, one float dtype throughout."""
   if not enabled():
     return False
-  if (cell.peephole or cell.proj_size or cell.cell_clip is not None
-      or cell.proj_clip is not None or cell.layer_norm):
-    return False
-  if (cell.zoneout_cell or cell.zoneout_hidden
-      or not (cell.input_gate and cell.forget_gate and cell.output_gate)):
+  options = {name: getattr(cell, name) for name in OPTIONS}
+  if any(name not in HANDLED and in_effect(options, name) and options[name] != DEFAULTS[name]
+         for name in OPTIONS):
     return False
   if w.peephole is not None or w.proj_kernel is not None:
     return False

@@ -28,6 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from lstm import activations
+from lstm.cell import DEFAULTS as CELL_DEFAULTS, OPTIONS, in_effect as cell_in_effect
 from lstm.stack import StackedLSTM, scanned_to_looped
 
 __all__ = ['from_torch', 'to_torch', 'from_keras']
@@ -122,6 +123,25 @@ def from_torch(module) -> tuple[StackedLSTM, dict[str, Any]]:
   return model, {'params': out}
 
 
+# Options torch.nn.LSTM carries (sizes, bias, initialisers, dtypes, layer count, dropout, and what
+# does not change the function); every other option is refused at any value but its declared
+# default, so an option added to the library is refused here until it is carried.
+_TORCH_CARRIED = ('features', 'proj_size', 'use_bias', 'forget_bias', 'kernel_init',
+                  'recurrent_kernel_init', 'bias_init', 'dtype', 'param_dtype', 'num_layers',
+                  'hidden_size', 'cells', 'bidirectional', 'dropout', 'scan_layers', 'remat')
+_ACTIVATIONS = ('activation', 'recurrent_activation', 'candidate_activation', 'output_activation')
+_TORCH_REASONS = {
+    'peephole': 'has no peephole', 'layer_norm': 'has no layer_norm',
+    'layer_norm_epsilon': 'has no layer_norm', 'cell_clip': 'does not clip',
+    'proj_clip': 'does not clip', 'input_gate': 'always has that gate',
+    'forget_gate': 'always has that gate', 'output_gate': 'always has that gate',
+    'coupled_gates': 'has separate input and forget gates',
+    'between': 'feeds h straight up', 'block': 'stacks plain layers (h straight up)',
+    'ffn_factor': 'has no feed-forward sublayer',
+    'variational': 'dropout draws a new mask at every step',
+    'reverse': 'runs its forward direction forwards'}
+
+
 def _torch_refusals(model: StackedLSTM) -> list[str]:
   """Options of `model` that torch.nn.LSTM cannot represent, each as a short message naming the
   option as the model was given it (`peephole`, or `cells[1]['peephole']` for one layer's)."""
@@ -142,34 +162,21 @@ def _torch_refusals(model: StackedLSTM) -> list[str]:
         refuse(i, option, config[option], 'uses tanh')
     if activations.name_of(config['recurrent_activation']) != 'sigmoid':
       refuse(i, 'recurrent_activation', config['recurrent_activation'], 'uses sigmoid')
-    for option in ('peephole', 'layer_norm'):
-      if config[option]:
-        refuse(i, option, True, f'has no {option}')
-    for option in ('cell_clip', 'proj_clip'):
-      if config[option] is not None:
-        refuse(i, option, config[option], 'does not clip')
-    for option in ('input_gate', 'forget_gate', 'output_gate'):
-      if not config[option]:
-        refuse(i, option, False, 'always has that gate')
-    if config['coupled_gates']:
-      refuse(i, 'coupled_gates', True, 'has separate input and forget gates')
-    for option in ('recurrent_dropout', 'zoneout_cell', 'zoneout_hidden', 'weight_drop'):
-      if config[option]:
-        refuse(i, option, config[option], f'has no {option}')
+    for option in OPTIONS:
+      if (option in _TORCH_CARRIED or option in _ACTIVATIONS or not cell_in_effect(config, option)
+          or config[option] == CELL_DEFAULTS[option]):
+        continue
+      refuse(i, option, config[option], _TORCH_REASONS.get(option, f'has no {option}'))
   shape = lambda c: (c['features'], c['proj_size'], c['use_bias'])
   differ = [i for i, c in enumerate(configs) if shape(c) != shape(configs[0])]
   if differ:
     problems.append(f'cells[{differ[0]}] has (features, proj_size, use_bias) = '
                     f'{shape(configs[differ[0]])} and cells[0] {shape(configs[0])}: '
                     'torch.nn.LSTM has one size and bias for all layers')
-  if model.between != 'none':
-    problems.append(f'between={model.between!r}: torch.nn.LSTM feeds h straight up')
-  if model.residual:
-    problems.append('residual=True: torch.nn.LSTM has no residual connections')
-  if model.variational and model.dropout > 0:
-    problems.append('variational=True: torch.nn.LSTM dropout draws a new mask at every step')
-  if model.reverse:
-    problems.append('reverse=True: torch.nn.LSTM runs its forward direction forwards')
+  for option, value in model.deviations().items():
+    if option not in _TORCH_CARRIED:
+      problems.append(f'{option}={value!r}: torch.nn.LSTM '
+                      + _TORCH_REASONS.get(option, f'has no {option}'))
   return problems
 
 
@@ -204,7 +211,8 @@ def to_torch(model: StackedLSTM, variables: Mapping[str, Any]):
   torch.nn.LSTM cannot represent: activation (or candidate/output activation) other than tanh,
   recurrent_activation other than sigmoid, peephole, layer_norm, cell_clip, proj_clip, a gate
   variant (input_gate, forget_gate or output_gate False, coupled_gates), recurrent_dropout,
-  zoneout, weight_drop, between other than 'none', residual, variational dropout, reverse, and
+  zoneout, weight_drop, between other than 'none', a block other than 'plain' (and any other
+  option away from its default that torch.nn.LSTM does not carry), variational dropout, reverse, and
   per-layer cells that differ in size or bias (a per-layer option is named as given, e.g.
   `cells[1]['peephole']`); and naming the array (`params/layer_0/forward/kernel`) when `variables`
   do not fit `model`. TypeError when `model` is not a StackedLSTM or `variables` not a mapping.

@@ -1,9 +1,23 @@
-"""`StackedLSTM`: LSTM layers stacked, with a configurable op between them.
+"""`StackedLSTM`: LSTM layers stacked, with a configurable block between them.
 
-Layer k >= 1 reads `dropout(between(y_{k-1}))` and, with `residual`, adds that input to its output
-(ELMo, GNMT). The default between-op is 'none': h goes straight up, as in every canonical design.
-`scan_layers` runs layers 2..L under `nn.scan` over the layer axis (the first layer has its own
-input width); `scanned_to_looped` / `looped_to_scanned` convert parameters between the layouts.
+Layer 1 reads the input x and maps it to the stack's width: y_1 = LSTM_1(x). Each later layer
+l = 2..L is a block around its LSTM (`block`), with `op` the between-op (`between`; identity by
+default), `drop` the dropout between layers and `norm` a LayerNorm or RMSNorm (`norm`):
+
+  plain                 y_l = LSTM_l(drop(op(y_{l-1})))                  h straight up (default)
+  residual              y_l = y_{l-1} + LSTM_l(drop(op(y_{l-1})))        GNMT, Kim et al. 2017
+  residual_op_on_skip   u = drop(op(y_{l-1}));  y_l = u + LSTM_l(u)       op on the skip path too
+  prenorm               y_l = y_{l-1} + LSTM_l(drop(op(norm(y_{l-1}))))  and norm(y_L) at the end
+  postnorm              y_l = norm(y_{l-1} + LSTM_l(drop(op(y_{l-1}))))  the original Transformer
+
+With `ffn_factor` > 0 each block also has a position-wise feed-forward sublayer after its LSTM
+sublayer, in the same form, on z = the block's output above: F(z) for plain, z + F(z) for the
+residual forms, z + F(norm'(z)) for prenorm, norm'(z + F(z)) for postnorm (norm' its own norm),
+where F(u) = W_2 act(W_1 u + b_1) + b_2, or W_2 (act(W_g u + b_g) * (W_1 u + b_1)) + b_2 with
+`ffn_gated` (xLSTM's gated MLP), W_1 of width round(ffn_factor * d) for a stack of width d.
+The residual forms need every layer to output the same width. `scan_layers` runs layers 2..L
+under `nn.scan` over the layer axis (the first has its own input width); `scanned_to_looped` /
+`looped_to_scanned` convert parameters between the looped and scanned layouts.
 """
 from __future__ import annotations
 
@@ -14,50 +28,98 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from lstm import activations, checks
-from lstm.cell import Carry, LSTMCell
+from lstm import activations, checks, norms
+from lstm.cell import OPTIONS, CellOptions, LSTMCell
 from lstm.layer import run_sequence, time_mask, zero_carry
 
 Array = jax.Array
 Between = Union[str, Callable[[Array], Array]]
-CELL_FIELDS = tuple(f.name for f in dataclasses.fields(LSTMCell)
-                    if f.name not in ('parent', 'name'))
-BETWEEN_NAMES = ('none', 'layernorm')
+CELL_FIELDS = ('features',) + OPTIONS
+BLOCKS = ('plain', 'residual', 'residual_op_on_skip', 'prenorm', 'postnorm')
+RESIDUAL_BLOCKS = ('residual', 'residual_op_on_skip', 'prenorm', 'postnorm')
+NORMED_BLOCKS = ('prenorm', 'postnorm')
+# Stack options that change nothing unless the condition on the stack holds.
+NEEDS = {'norm': lambda m: m.block in NORMED_BLOCKS,
+         'ffn_activation': lambda m: bool(m.ffn_factor),
+         'ffn_gated': lambda m: bool(m.ffn_factor),
+         'variational': lambda m: bool(m.dropout)}
 
 
 def _check_between(between: Between) -> None:
-  if callable(between) or between in BETWEEN_NAMES:
+  if callable(between) or between == 'none':
     return
-  if isinstance(between, str) and between.lower() in activations.REGISTRY:
+  if isinstance(between, str) and (between.lower() in activations.REGISTRY
+                                   or between.lower() in norms.REGISTRY):
     return
   raise ValueError(f'between={between!r} is not known; use a callable or one of: '
-                   + ', '.join(BETWEEN_NAMES + tuple(activations.names())))
+                   + ', '.join(['none'] + norms.names() + activations.names()))
+
+
+def _check_block(block: str, norm: str, ffn_factor, ffn_activation) -> None:
+  if block not in BLOCKS:
+    raise ValueError(f'block={block!r} is not known; use one of: {", ".join(BLOCKS)}')
+  norms.get(norm, 'norm')
+  if isinstance(ffn_factor, bool) or not isinstance(ffn_factor, (int, float)) or ffn_factor < 0:
+    raise ValueError(f'ffn_factor must be a number >= 0 (0: no feed-forward sublayer), '
+                     f'got {ffn_factor!r}')
+  activations.get(ffn_activation, 'ffn_activation')
+
+
+class FeedForward(nn.Module):
+  """Position-wise feed-forward sublayer: W_2 act(W_1 u + b_1) + b_2, or with `gated`
+  W_2 (act(W_g u + b_g) * (W_1 u + b_1)) + b_2; the inner width is `hidden`, the output `u`'s."""
+  hidden: int
+  activation: activations.Activation = 'gelu'
+  gated: bool = False
+  dtype: Optional[Any] = None
+  param_dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, u: Array) -> Array:
+    dense = lambda features, name: nn.Dense(features, dtype=self.dtype,
+                                            param_dtype=self.param_dtype, name=name)
+    act = activations.get(self.activation, 'ffn_activation')
+    up = dense(self.hidden, 'up')(u)
+    inner = act(dense(self.hidden, 'gate')(u)) * up if self.gated else act(up)
+    return dense(u.shape[-1], 'down')(inner)
 
 
 class _Layer(nn.Module):
-  """One stacked layer: [between -> dropout] -> forward (and backward) cell -> [+ residual]."""
+  """One stacked layer: the first is its LSTM alone; a later one is the `block` around it."""
   cell: Mapping[str, Any]
   first: bool
   bidirectional: bool
   reverse: bool
   between: Between
+  block: str
+  norm: str
+  ffn_factor: float
+  ffn_activation: activations.Activation
+  ffn_gated: bool
   dropout: float
   variational: bool
-  residual: bool
   remat: bool
   deterministic: bool
 
+  def _norm(self, name: str):
+    return norms.make(self.norm, self.cell.get('dtype'), self.cell['param_dtype'], name)
+
+  def _branch_input(self, y):
+    """drop(op(y)), after the block's own norm for prenorm."""
+    x = self._norm('norm')(y) if self.block == 'prenorm' else y
+    if isinstance(self.between, str) and self.between.lower() in norms.REGISTRY:
+      x = norms.make(self.between, self.cell.get('dtype'), self.cell['param_dtype'],
+                     'between')(x)
+    elif self.between != 'none':
+      x = activations.get(self.between, 'between')(x)
+    if self.dropout > 0:
+      x = nn.Dropout(self.dropout, broadcast_dims=(0,) if self.variational else ())(
+          x, deterministic=self.deterministic)
+    return x
+
   @nn.compact
   def __call__(self, x, mask, seq_lengths, carry, starts):
-    if not self.first:
-      if self.between == 'layernorm':
-        x = nn.LayerNorm(dtype=self.cell.get('dtype'), param_dtype=self.cell['param_dtype'],
-                         name='between')(x)
-      elif self.between != 'none':
-        x = activations.get(self.between, 'between')(x)
-      if self.dropout > 0:
-        x = nn.Dropout(self.dropout, broadcast_dims=(0,) if self.variational else ())(
-            x, deterministic=self.deterministic)
+    u = x if self.first else self._branch_input(x)
     directions = [('forward', self.reverse)]
     if self.bidirectional:
       directions.append(('backward', not self.reverse))
@@ -65,24 +127,42 @@ class _Layer(nn.Module):
     for i, (name, reverse) in enumerate(directions):
       cell = LSTMCell(**self.cell, name=name)
       init = None if carry is None else (carry[i] if self.bidirectional else carry)
-      y, c = run_sequence(cell, x, mask, seq_lengths, init, reverse, self.remat, starts,
+      y, c = run_sequence(cell, u, mask, seq_lengths, init, reverse, self.remat, starts,
                           self.deterministic)
       outputs.append(y)
       carries.append(c)
     y = outputs[0] if len(outputs) == 1 else jnp.concatenate(outputs, axis=-1)
-    if self.residual and not self.first:
-      y = y + x
+    if not self.first:
+      y = self._combine(x, u, y, 'norm')
+      if self.ffn_factor:
+        z = self._norm('ffn_norm')(y) if self.block == 'prenorm' else y
+        ffn = FeedForward(max(1, round(self.ffn_factor * y.shape[-1])), self.ffn_activation,
+                          self.ffn_gated, self.cell.get('dtype'), self.cell['param_dtype'],
+                          name='ffn')
+        y = self._combine(y, z, ffn(z), 'ffn_norm')
     return y, (tuple(carries) if self.bidirectional else carries[0])
 
+  def _combine(self, skip: Array, branch_input: Array, out: Array, norm_name: str) -> Array:
+    """A sublayer's output from its input `skip`, its branch's input and the branch's `out`."""
+    if self.block == 'plain':
+      return out
+    if self.block == 'residual_op_on_skip':
+      return out + branch_input
+    if self.block == 'postnorm':
+      return self._norm(norm_name)(out + skip)
+    return out + skip
 
-class StackedLSTM(nn.Module):
-  """A stack of LSTM layers over batch-major input (B, T, F).
+
+class StackedLSTM(CellOptions):
+  """A stack of LSTM layers over batch-major input (B, T, F), with a block between layers.
 
   `outputs, carries = model.apply(variables, x, seq_lengths=None, initial_carry=None,
-  deterministic=True, segment_starts=None, rngs={'dropout': key})`. `carries` is a tuple with one
-  entry per layer: (h, c), or ((h, c) forward, (h, c) backward) when bidirectional. Outputs past a
-  sequence's length are zero. `deterministic=False` turns on dropout and the cells' training-time
-  options (recurrent_dropout, zoneout, weight_drop), which draw from the 'dropout' RNG stream.
+  deterministic=True, segment_starts=None, rngs={'dropout': key})`. The carry of a layer is
+  `(h, c)` (PyTorch's order; Flax's own cells use `(c, h)`: `h, c = carry` then `(c, h)`).
+  `carries` is a tuple with one entry per layer: (h, c), or ((h, c) forward, (h, c) backward)
+  when bidirectional. Outputs past a sequence's length are zero. `deterministic=False` turns on
+  dropout and the cells' training-time options (recurrent_dropout, zoneout, weight_drop), which
+  draw from the 'dropout' RNG stream.
 
   `segment_starts` (B, T) bool marks the steps where a new segment (document, episode) begins in a
   row: every layer resets its carry to zero before such a step, and a backward direction before
@@ -91,6 +171,9 @@ class StackedLSTM(nn.Module):
   the last for a direction that runs backwards. Marks past a sequence's length are ignored. Each
   segment then gives the outputs it gives alone.
 
+  The blocks (`block`, `between`, `norm`, `ffn_*`, `dropout`) are written out as equations in
+  this module's docstring (`help(lstm.stack)`).
+
   Attributes:
     num_layers: number of layers (taken from `cells` when that is given).
     hidden_size: features of every layer's cell (H).
@@ -98,17 +181,22 @@ class StackedLSTM(nn.Module):
       `({'features': 512}, {'features': 256, 'activation': 'relu'})`.
     bidirectional: each layer runs both directions and concatenates them (PyTorch's layout).
     reverse: the (forward) direction runs from the end of each sequence.
-    between: op applied to each layer's output before the next layer: 'none' (default), an
-      activation name, 'layernorm', or a callable.
-    dropout: dropout rate between layers (not after the last one, as PyTorch).
+    between: the op on a block's branch input: 'none' (default), an activation name, a norm name
+      ('layernorm', 'rmsnorm'), or a callable.
+    block: the form of layers 2..L: 'plain' (default), 'residual', 'residual_op_on_skip',
+      'prenorm' or 'postnorm' (see above). The residual forms need equal layer widths.
+    norm: the norm of 'prenorm' and 'postnorm' blocks: 'layernorm' (default) or 'rmsnorm'.
+    ffn_factor: > 0 adds a feed-forward sublayer of inner width ffn_factor * width to each block.
+    ffn_activation: the feed-forward sublayer's activation ('gelu' by default).
+    ffn_gated: the feed-forward sublayer is gated (xLSTM's gated MLP; GLU family).
+    dropout: dropout rate on a block's branch input (between layers; not after the last one).
     variational: one dropout mask per sequence, shared over time (locked dropout, AWD-LSTM).
-    residual: layer k >= 1 adds its input to its output (needs equal widths).
     scan_layers: run layers 2..L with `nn.scan` (they must be identical); compile time stays flat.
     remat: recompute activations in the backward pass (per layer and per step) to save memory.
-    The other attributes are `LSTMCell`'s, shared by every layer: activations, peepholes,
-    projection, clipping, layer norm, the gate variants (input_gate, forget_gate, output_gate,
-    coupled_gates, candidate_activation, output_activation) and the recurrent regularisers
-    (recurrent_dropout, zoneout_cell, zoneout_hidden, weight_drop).
+    The cell options are `lstm.CellOptions`' (keyword-only), shared by every layer: activations,
+    peepholes, projection, clipping, layer norm, the gate variants (input_gate, forget_gate,
+    output_gate, coupled_gates, candidate_activation, output_activation) and the recurrent
+    regularisers (recurrent_dropout, zoneout_cell, zoneout_hidden, weight_drop).
   """
   num_layers: int = 1
   hidden_size: Optional[int] = None
@@ -116,36 +204,15 @@ class StackedLSTM(nn.Module):
   bidirectional: bool = False
   reverse: bool = False
   between: Between = 'none'
+  block: str = 'plain'
+  norm: str = 'layernorm'
+  ffn_factor: float = 0.0
+  ffn_activation: activations.Activation = 'gelu'
+  ffn_gated: bool = False
   dropout: float = 0.0
   variational: bool = False
-  residual: bool = False
   scan_layers: bool = False
   remat: bool = False
-  activation: activations.Activation = 'tanh'
-  recurrent_activation: activations.Activation = 'sigmoid'
-  use_bias: bool = True
-  forget_bias: float = 1.0
-  peephole: bool = False
-  proj_size: Optional[int] = None
-  cell_clip: Optional[float] = None
-  proj_clip: Optional[float] = None
-  layer_norm: bool = False
-  layer_norm_epsilon: float = 1e-5
-  candidate_activation: Optional[activations.Activation] = None
-  output_activation: Optional[activations.Activation] = None
-  input_gate: bool = True
-  forget_gate: bool = True
-  output_gate: bool = True
-  coupled_gates: bool = False
-  recurrent_dropout: float = 0.0
-  zoneout_cell: float = 0.0
-  zoneout_hidden: float = 0.0
-  weight_drop: float = 0.0
-  kernel_init: Callable[..., Array] = LSTMCell.kernel_init
-  recurrent_kernel_init: Callable[..., Array] = LSTMCell.recurrent_kernel_init
-  bias_init: Callable[..., Array] = LSTMCell.bias_init
-  dtype: Optional[Any] = None
-  param_dtype: Any = jnp.float32
 
   def __post_init__(self):
     self._validate()
@@ -162,14 +229,15 @@ class StackedLSTM(nn.Module):
     else:
       self._validate_cells()
     _check_between(self.between)
+    _check_block(self.block, self.norm, self.ffn_factor, self.ffn_activation)
     checks.check_rate('dropout', self.dropout)
     configs = [self.cell_config(i) for i in range(self.depth)]
     for i, config in enumerate(configs):
       checks.check_cell_options(config, lambda option, i=i: self.option_name(i, option))
     widths = [self.output_width(c) for c in configs]
-    if self.residual and len(set(widths)) > 1:
+    if self.block in RESIDUAL_BLOCKS and len(set(widths)) > 1:
       k = next(k for k in range(1, len(widths)) if widths[k] != widths[0])
-      raise ValueError(f'residual=True needs every layer to output the same width, but cells[{k}] '
+      raise ValueError(f'block={self.block!r} needs every layer to output the same width, but cells[{k}] '
                        f'outputs {widths[k]} and cells[0] {widths[0]} (all: {widths}); give every '
                        'layer the same features and proj_size')
     if self.scan_layers:
@@ -201,6 +269,18 @@ class StackedLSTM(nn.Module):
         raise ValueError(f"cells[{i}] has no 'features' and hidden_size is not given: set "
                          f"cells[{i}]['features'] or hidden_size")
 
+  @classmethod
+  def stack_options(cls) -> tuple[str, ...]:
+    """The stack's own options (not the cells'), in declaration order."""
+    return tuple(f.name for f in dataclasses.fields(cls)
+                 if f.name not in OPTIONS and f.name not in ('parent', 'name'))
+
+  def deviations(self) -> dict[str, Any]:
+    """The stack options that differ from their declared defaults and are in effect."""
+    defaults = {f.name: f.default for f in dataclasses.fields(type(self))}
+    return {name: getattr(self, name) for name in self.stack_options()
+            if getattr(self, name) != defaults[name] and (name not in NEEDS or NEEDS[name](self))}
+
   def option_name(self, layer: int, option: str) -> str:
     """How the caller spelled LSTMCell option `option` of `layer`: `cells[1]['proj_size']` for a
     per-layer override, otherwise the stack's own attribute (`hidden_size` for `features`)."""
@@ -226,9 +306,10 @@ class StackedLSTM(nn.Module):
 
   def _layer(self, i: int, deterministic: bool, first: bool, module=_Layer, **kwargs):
     return module(cell=self.cell_config(i), first=first, bidirectional=self.bidirectional,
-                  reverse=self.reverse, between=self.between, dropout=self.dropout,
-                  variational=self.variational, residual=self.residual, remat=self.remat,
-                  deterministic=deterministic, **kwargs)
+                  reverse=self.reverse, between=self.between, block=self.block, norm=self.norm,
+                  ffn_factor=self.ffn_factor, ffn_activation=self.ffn_activation,
+                  ffn_gated=self.ffn_gated, dropout=self.dropout, variational=self.variational,
+                  remat=self.remat, deterministic=deterministic, **kwargs)
 
   @nn.compact
   def __call__(self, x: Array, seq_lengths: Optional[Array] = None,
@@ -255,6 +336,8 @@ class StackedLSTM(nn.Module):
         y, c = self._layer(i, deterministic, False, layer_cls, name=f'layer_{i}')(
             y, mask, seq_lengths, carry, starts)
         carries.append(c)
+    if self.block == 'prenorm':
+      y = norms.make(self.norm, self.dtype, self.param_dtype, 'final_norm')(y)
     if mask is not None:
       y = jnp.where(mask[..., None], y, jnp.zeros((), y.dtype))
     return jnp.swapaxes(y, 0, 1), tuple(carries)

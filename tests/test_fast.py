@@ -154,7 +154,7 @@ def test_arbitrary_mask_through_run_sequence(fast_calls, layout):
 
 @pytest.mark.parametrize('kwargs', [
     dict(num_layers=2, bidirectional=True),
-    dict(num_layers=3, residual=True, between='relu'),
+    dict(num_layers=3, block='residual_op_on_skip', between='relu'),
     dict(num_layers=3, scan_layers=True),
     dict(num_layers=2, remat=True, reverse=True),
     dict(cells=({'features': 6}, {'features': H, 'activation': 'relu'})),

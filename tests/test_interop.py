@@ -295,7 +295,7 @@ REFUSALS = [
     (dict(proj_size=3, proj_clip=3.0), 'proj_clip'),
     (dict(between='tanh'), 'between'),
     (dict(between='layernorm'), 'between'),
-    (dict(residual=True), 'residual'),
+    (dict(block='residual_op_on_skip'), 'block'),
     (dict(dropout=0.2, variational=True), 'variational'),
     (dict(reverse=True), 'reverse'),
     (dict(cells=({'features': H}, {'features': 4})),

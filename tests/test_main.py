@@ -86,7 +86,7 @@ def test_misspelt_field_is_refused(tmp_path):
     (['--config.model.num_layers=abc'],
      "error: --config.model.num_layers=abc: config.model.num_layers is an integer, not 'abc'"),
     (['--config.optimizer.b1=x'], "config.optimizer.b1 is a number, not 'x'"),
-    (['--config.model.residual=maybe'], "config.model.residual is true or false, not 'maybe'"),
+    (['--config.model.ffn_gated=maybe'], "config.model.ffn_gated is true or false, not 'maybe'"),
     (['--config.data.mnist1d=3'], 'config.data.mnist1d is a group of fields, not one'),
     (['--workdr=/tmp/x'], "Unknown command line flag 'workdr'. Did you mean: workdir"),
 ])

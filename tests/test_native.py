@@ -56,7 +56,7 @@ def test_layer_matches_reference(kernel_calls, batch, hidden, padded):
 @pytest.mark.parametrize('kwargs', [
     dict(num_layers=3),
     dict(num_layers=2, bidirectional=True),
-    dict(num_layers=2, between='layernorm', residual=True),
+    dict(num_layers=2, between='layernorm', block='residual_op_on_skip'),
     dict(num_layers=2, remat=True),
     dict(num_layers=2, bidirectional=True, scan_layers=True),
 ])

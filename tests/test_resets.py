@@ -95,7 +95,7 @@ MODELS = {
     'stack': dict(num_layers=3),
     'bidirectional': dict(num_layers=2, bidirectional=True),
     'bidirectional-reverse-residual': dict(num_layers=2, bidirectional=True, reverse=True,
-                                           residual=True),
+                                           block='residual_op_on_skip'),
     'bidirectional-scan_layers-cifg': dict(num_layers=3, bidirectional=True, scan_layers=True,
                                            coupled_gates=True),
     'bidirectional-peephole-zoneout': dict(num_layers=2, bidirectional=True, peephole=True,

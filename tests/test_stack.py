@@ -52,7 +52,7 @@ def test_layernorm_between_has_params_per_gap():
 
 
 def test_residual_adds_layer_input():
-  model = StackedLSTM(num_layers=2, hidden_size=H, residual=True)
+  model = StackedLSTM(num_layers=2, hidden_size=H, block='residual_op_on_skip')
   plain = StackedLSTM(num_layers=2, hidden_size=H)
   variables = model.init(jax.random.key(0), _x())
   y_res, c_res = model.apply(variables, _x())
@@ -101,7 +101,7 @@ def test_dropout_needs_rng_only_when_training():
 @pytest.mark.parametrize('bidirectional', [False, True])
 def test_scan_layers_matches_looped_after_conversion(bidirectional):
   kw = dict(num_layers=4, hidden_size=H, bidirectional=bidirectional, between='layernorm',
-            residual=True)
+            block='residual_op_on_skip')
   looped, scanned = StackedLSTM(**kw), StackedLSTM(**kw, scan_layers=True)
   x = _x()
   v_loop = looped.init(jax.random.key(0), x)
@@ -138,7 +138,7 @@ def test_scan_layers_initial_carry_and_dropout_rngs_differ_per_layer():
   assert not np.allclose(p[0], p[1])  # layers are initialised independently
 
 
-@pytest.mark.parametrize('kw', [dict(bidirectional=True), dict(bidirectional=True, residual=True,
+@pytest.mark.parametrize('kw', [dict(bidirectional=True), dict(bidirectional=True, block='residual_op_on_skip',
                                                                between='layernorm', peephole=True)])
 def test_bidirectional_padding_invariance(kw):
   model = StackedLSTM(num_layers=2, hidden_size=H, **kw)
@@ -192,9 +192,9 @@ def test_remat_and_bfloat16():
     (dict(num_layers=2, hidden_size=4, proj_size=4),
      r'^proj_size must be smaller than hidden_size \(4\), got 4$'),
     (dict(num_layers=2, hidden_size=4, dropout=1.0), r'^dropout must be in \[0, 1\), got 1.0$'),
-    (dict(cells=({'features': 4}, {'features': 5}), residual=True),
-     r'^residual=True needs every layer to output the same width, but cells\[1\] outputs 5 and '
-     r'cells\[0\] 4'),
+    (dict(cells=({'features': 4}, {'features': 5}), block='residual_op_on_skip'),
+     r"^block='residual_op_on_skip' needs every layer to output the same width, but cells\[1\] "
+     r'outputs 5 and cells\[0\] 4'),
     (dict(cells=({'features': 4}, {'features': 5}, {'features': 6}), scan_layers=True),
      r"^scan_layers=True runs cells\[1:\] as one scanned layer, .* cells\[2\] differs from "
      r"cells\[1\] in \['features'\]$"),

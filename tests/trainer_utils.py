@@ -105,7 +105,7 @@ RUNS = {
     'char': ('ptb_char', {}),
     'word': ('ptb_word', {'model.tie_embeddings': True, 'model.embed_size': 16}),
     'bilm': ('ptb_word', {'model.bilm': True, 'model.proj_size': 8, 'model.cell_clip': 3.0,
-                          'model.proj_clip': 3.0, 'model.residual': True}),
+                          'model.proj_clip': 3.0, 'model.block': 'residual_op_on_skip'}),
     'byte': ('text', {'data.level': 'byte'}),
     'classify': ('digits', {'batch_size': 32}),
     'per_step': ('copy', {'batch_size': 32, 'model.num_layers': 1}),

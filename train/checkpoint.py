@@ -55,7 +55,10 @@ def record_config(workdir: str, config_json: str) -> None:
     if old is None:
       raise ConfigError(f'{path} is not readable JSON, so the workdir\'s run is unknown; restore '
                         'it from a copy, or use a new --workdir')
-    a, b = files.flatten(old), files.flatten(new)
+    # Both on top of today's defaults, the saved one upgraded: fields added since it was
+    # written, and fields respelt, are not differences.
+    a = files.flatten(config_from_dict(old, path).to_dict())
+    b = files.flatten(config_from_dict(new, 'the config').to_dict())
     diffs = [f'{k}: {a.get(k)!r} -> {b.get(k)!r}' for k in sorted(set(a) | set(b))
              if not {k, k.split('.')[0]} & set(RESUMABLE_FIELDS) and a.get(k) != b.get(k)]
     if diffs:
@@ -79,6 +82,7 @@ def read_config(workdir: str) -> ml_collections.ConfigDict:
 def config_from_dict(saved: dict, where: str) -> ml_collections.ConfigDict:
   """A locked config: configs/common.py's defaults updated with `saved` (a config as JSON)."""
   config = common.base_config()
+  saved = files.unflatten(common.upgrade(files.flatten(saved)))
   unknown = sorted(set(files.flatten(saved)) - set(files.flatten(config.to_dict())))
   if unknown:
     raise ConfigError(f'{where} has fields that configs/common.py does not declare: '

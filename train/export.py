@@ -10,10 +10,11 @@ run directory (config.json, dataset.json, vocab.json and the parameters as check
 `load_run`, `train.evaluate` and `train.sample` read like a trained one. A file written with
 `--out` holds the module's state_dict, its sizes, the vocabulary and the run's config (so that
 an import evaluates on the same data), and is what `--from_torch` reads. Needs PyTorch (`pip install torch`). Whatever `torch.nn.LSTM` cannot represent (peepholes,
-clipping, layer norm, ops between layers, residuals) is refused with one line naming it.
+clipping, layer norm, ops between layers, blocks other than plain) is refused with one line naming it.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from typing import Any, Optional
@@ -25,7 +26,7 @@ import torch
 import lstm.interop
 from configs import common
 from lstm import StackedLSTM
-from train import checkpoint, cli, data, faults, files, tasks
+from train import checkpoint, cli, data, faults, files, models, tasks
 from train.run import Run, language_model, load_run
 from train.validation import ConfigError, check_config
 
@@ -106,11 +107,10 @@ def _params(embed, lstm_module, head) -> dict:
   return params
 
 
-# What torch.nn.LSTM computes, in config.model's terms (every other field is set from the modules
-# or does not change the function).
-_TORCH_CELL = {'between': 'none', 'activation': 'tanh', 'recurrent_activation': 'sigmoid',
-               'peephole': False, 'layer_norm': False, 'cell_clip': None, 'proj_clip': None,
-               'residual': False, 'bidirectional': False, 'bilm': False}
+# What torch.nn.LSTM computes, in config.model's terms: every stack option at its declared
+# default (the canonical LSTM), one direction, no ELMo pair; the sizes are set from the modules.
+_TORCH_CELL = {**{f.name: f.default for f in dataclasses.fields(StackedLSTM)
+                  if f.name in models.STACK_FIELDS}, 'bilm': False}
 
 
 def _config(embed, lstm_module, head, vocab: data.Vocabulary, config):

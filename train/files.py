@@ -79,3 +79,8 @@ def read_json(path: str) -> Optional[Any]:
 def flatten(config: dict) -> dict[str, Any]:
   """A nested config dict as {'model.num_layers': 2, ...}."""
   return traverse_util.flatten_dict(config, sep='.')
+
+
+def unflatten(flat: dict[str, Any]) -> dict:
+  """{'model.num_layers': 2, ...} as a nested dict."""
+  return traverse_util.unflatten_dict(flat, sep='.')

@@ -10,6 +10,7 @@
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Optional
 
 import flax.linen as nn
@@ -18,12 +19,12 @@ import jax.numpy as jnp
 
 from lstm import StackedLSTM
 
-STACK_FIELDS = ('num_layers', 'hidden_size', 'bidirectional', 'between', 'dropout', 'variational',
-                'residual', 'scan_layers', 'remat', 'activation', 'recurrent_activation',
-                'forget_bias', 'peephole', 'proj_size', 'cell_clip', 'proj_clip', 'layer_norm',
-                'candidate_activation', 'output_activation', 'input_gate', 'forget_gate',
-                'output_gate', 'coupled_gates', 'recurrent_dropout', 'zoneout_cell',
-                'zoneout_hidden', 'weight_drop')
+# Every StackedLSTM option is a field of `config.model` of the same name (configs/common.py), but
+# those that hold functions, per-layer mappings or dtypes, which the config spells otherwise.
+NOT_IN_CONFIG = ('cells', 'kernel_init', 'recurrent_kernel_init', 'bias_init', 'dtype',
+                 'param_dtype')
+STACK_FIELDS = tuple(f.name for f in dataclasses.fields(StackedLSTM)
+                     if f.name not in NOT_IN_CONFIG + ('parent', 'name'))
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16, 'float16': jnp.float16}
 POOLINGS = ('last', 'mean')
 

@@ -71,6 +71,7 @@ from typing import Any, Callable, Optional, Sequence
 import ml_collections
 
 from lstm import cache
+from configs import common
 from train import files, statistics
 
 FINISHED = ('completed', 'diverged')
@@ -111,7 +112,7 @@ def apply_overrides(config, overrides: dict[str, Any]):
   misspelt field or a value of the wrong type is an error."""
   new = copy.deepcopy(config)  # types and placeholders kept
   new.lock()
-  for key, value in overrides.items():
+  for key, value in common.upgrade(overrides).items():
     *path, last = key.split('.')
     node = new
     for part in path:
@@ -303,7 +304,7 @@ def override_flags(overrides: dict[str, Any], base=None) -> list[str]:
   """`--config.K=V` flags; a None value that the base config also holds is left out (a flag
   cannot say None)."""
   flags = []
-  for key, value in overrides.items():
+  for key, value in common.upgrade(overrides).items():
     if value is None:
       if base is not None and get_field(base, key) is None:
         continue
