@@ -12,6 +12,8 @@ import sys
 
 import pytest
 
+pytestmark = pytest.mark.slow  # the benchmarks' CPU forms as processes
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 IMPLS = ['project', 'project-ref', 'flax', 'pytorch', 'jax-cudnn']
 CASES = ['train, 2 layers, H=16, B=4, T=8', 'forward, 2 layers, H=16, B=4, T=8']

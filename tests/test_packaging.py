@@ -64,6 +64,7 @@ def test_the_extras_hold_the_trainer_and_the_tests():
   assert 'stacked-lstm[train]' in extras['test'] and 'torch==2.13.0' in extras['test']
 
 
+@pytest.mark.slow  # builds the wheel with pip
 def test_the_wheel_holds_lstm_its_kernel_source_and_the_license_only(tmp_path):
   source = tmp_path / 'source'
   source.mkdir()

@@ -303,6 +303,7 @@ def test_slurm_task_runs_its_line(tmp_path):
   assert '#SBATCH --array=0-2\n' in script.read_text()
 
 
+@pytest.mark.slow  # trains two points as processes
 def test_points_run_with_the_persistent_compilation_cache(tmp_path, monkeypatch):
   monkeypatch.delenv('JAX_COMPILATION_CACHE_DIR', raising=False)
   monkeypatch.setenv('STACKED_LSTM_CACHE', str(tmp_path / 'cache'))
