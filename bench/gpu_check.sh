@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# GPU check, ready for a session lent the device machine (one H100/H200), in one call:
+# GPU check for a machine with an NVIDIA GPU (sized for one H100/H200), in one run:
 #   (a) the fast-path equivalence tests on the GPU (pytest; pass/fail recorded),
 #   (b) bench/bench_gpu.py: a cross-check of the project, torch.nn.LSTM and jax.experimental.rnn
 #       on one set of weights, then step times, interleaved in one process, of StackedLSTM (fast
@@ -12,7 +12,7 @@
 # or no CUDA device for JAX) it runs the CPU form: a few of the tests, tiny sizes, and says what it
 # skipped (jax.experimental.rnn's cuDNN path, torch on cuda); well under a minute.
 #
-#   bash bench/gpu_check.sh                          # on the device machine ($OUT set there)
+#   bash bench/gpu_check.sh                          # on the GPU machine (files in $OUT)
 #   JAX_PLATFORMS=cpu OUT=/tmp/gc bash bench/gpu_check.sh   # CPU form, anywhere
 #
 # Environment: PYTHON (default python3), OUT, GPU_CHECK_TESTS (pytest arguments instead of the
@@ -52,7 +52,7 @@ fi
 echo "gpu_check: mode $mode, python $("$PY" -c 'import sys; print(sys.version.split()[0])'), out $OUT"
 
 # (a) Equivalence tests. The files that need only jax, flax, numpy and pytest (tests/test_interop.py
-# imports keras, which the device machine lacks). Deselected on the GPU:
+# imports keras, which a GPU machine may lack). Deselected on the GPU:
 # test_inference_layout_follows_the_size asserts the CPU-only dispatch rule of
 # lstm.fast.feature_major_pays (feature-major inference at batch >= 32, hidden >= 256 on CPU);
 # off the CPU every layer runs batch-major, and both layouts are still compared with the reference

@@ -1,5 +1,5 @@
 """bench/gpu_check.sh in its CPU form (JAX_PLATFORMS=cpu, tiny sizes), so that the GPU check is not
-broken on the day a session has the device; bench_lstm.py's per-CPU results folder and its cell
+broken where no GPU is at hand; bench_lstm.py's per-CPU results folder and its cell
 options part in its quick form.
 
 No timing is asserted: only that the script exits 0, says what it skipped, and writes its tables
@@ -11,6 +11,8 @@ import subprocess
 import sys
 
 import pytest
+
+pytestmark = pytest.mark.slow  # the benchmarks' CPU forms as processes
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 IMPLS = ['project', 'project-ref', 'flax', 'pytorch', 'jax-cudnn']

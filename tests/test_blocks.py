@@ -72,6 +72,7 @@ def _by_hand(params, x, block, norm, ffn, gated, op):
   return y
 
 
+@pytest.mark.slow  # every block form, looped and scanned, against its equations
 @pytest.mark.parametrize('scan', [False, True], ids=['looped', 'scanned'])
 @pytest.mark.parametrize('block,ffn,gated', BLOCK_CASES)
 def test_block_equals_its_equations(block, ffn, gated, scan):

@@ -53,6 +53,7 @@ def test_clipping_bounds_state():
   assert float(jnp.abs(h).max()) <= 0.1 + 1e-7
 
 
+@pytest.mark.slow  # numerical gradients of every option
 def test_gradients_numerically_with_every_option():
   cell = LSTMCell(4, peephole=True, proj_size=3, cell_clip=0.6, proj_clip=0.25, layer_norm=True,
                   bias_init=nn.initializers.normal(0.5))

@@ -157,6 +157,7 @@ def test_option_matches_numpy(case, training, reverse, padded_with_resets):
       np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow  # numerical gradients per option
 @pytest.mark.parametrize('options', [
     dict(zoneout_cell=0.3, zoneout_hidden=0.4),
     dict(input_gate=False, output_gate=False, output_activation='relu'),
@@ -225,6 +226,7 @@ def test_noise_masks():
     np.testing.assert_array_equal(getattr(alone, field), getattr(noise, field))
 
 
+@pytest.mark.slow  # compiles every training option
 def test_training_options_are_inert_when_deterministic_and_need_the_dropout_rng():
   x = jax.random.normal(jax.random.key(0), (B, T, F))
   plain = StackedLSTM(num_layers=2, hidden_size=H, bidirectional=True)

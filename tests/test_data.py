@@ -66,7 +66,8 @@ def ptb_char():
 
 
 def test_ptb_word_matches_reference_counts(ptb_word):
-  # REFERENCE.md: train 929,589 tokens with <eos>, valid 73,760, test 82,430; vocabulary 10,000.
+  # The standard word-level PTB's sizes: train 929,589 tokens with <eos>, valid 73,760,
+  # test 82,430; vocabulary 10,000.
   assert ptb_word.kind == 'lm'
   assert {k: v.tokens.size for k, v in ptb_word.splits.items()} == {
       'train': 929_589, 'valid': 73_760, 'test': 82_430}

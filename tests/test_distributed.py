@@ -13,6 +13,8 @@ import pytest
 
 from tests.trainer_utils import ROOT, load_params, read_metrics
 
+pytestmark = pytest.mark.slow  # several processes and simulated devices, each training
+
 FLAGS = ['--config.num_train_steps=16', '--config.checkpoint_every_steps=8',
          '--config.eval_every_steps=8', '--config.log_every_steps=2']
 

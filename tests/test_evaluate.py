@@ -13,6 +13,8 @@ from train.evaluate import evaluate_run
 from train.validation import ConfigError
 from tests.trainer_utils import ROOT, run_main, write_byte_corpus
 
+pytestmark = pytest.mark.slow  # trained runs and the command-line tools as processes
+
 
 def workdir_state(workdir):
   """{relative path: sha256} of every file of the run except eval/: what must not change."""

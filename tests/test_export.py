@@ -13,6 +13,8 @@ from train.sample import Sampler, sample
 from train.validation import ConfigError
 from tests.test_evaluate import run_tool
 
+pytestmark = pytest.mark.slow  # trained runs, PyTorch and the command-line tools as processes
+
 
 def _tokens(vocab_size, shape=(3, 23), seed=0):
   return np.random.default_rng(seed).integers(0, vocab_size, shape)

@@ -152,6 +152,7 @@ def test_arbitrary_mask_through_run_sequence(fast_calls, layout):
 # Stacks
 
 
+@pytest.mark.slow  # a stack on both paths for every option set
 @pytest.mark.parametrize('kwargs', [
     dict(num_layers=2, bidirectional=True),
     dict(num_layers=3, block='residual_op_on_skip', between='relu'),
@@ -271,6 +272,7 @@ def test_reference_path_context_nests_and_restores():
 # bfloat16 compute with float32 parameters
 
 
+@pytest.mark.slow  # a training step in two dtypes
 def test_bfloat16_runs_end_to_end_close_to_float32(fast_calls, layout):
   x = jax.random.normal(jax.random.key(0), (B, T, F))
   model32 = StackedLSTM(num_layers=1, hidden_size=8, bidirectional=True)
@@ -360,6 +362,7 @@ def test_cell_options_match_reference(fast_calls, layout, case, reverse, padded,
   assert fast_calls
 
 
+@pytest.mark.slow  # a stack on both paths for every option set
 @pytest.mark.parametrize('kwargs', [
     dict(num_layers=2, bidirectional=True),
     dict(num_layers=2, bidirectional=True, reverse=True, remat=True, recurrent_dropout=0.3),

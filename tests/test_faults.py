@@ -32,6 +32,8 @@ from tests.trainer_utils import ROOT, assert_same_params, run_main, tiny_config
 from train import checkpoint, checksums, faults, lock, trainer
 from train.checkpoint import saved_steps
 
+pytestmark = pytest.mark.slow  # processes killed, full disks, damaged checkpoints of trained runs
+
 STEPS = 30  # tests/tiny_config.py: checkpoints at 10, 20 and 30, evaluations at 15 and 30
 
 # Preludes: each makes one fault happen inside the run.

@@ -116,6 +116,7 @@ def test_a_bad_policy_names_the_variable(monkeypatch):
     layout.set_policy('auto')
 
 
+@pytest.mark.slow  # times both layouts for real
 def test_real_measurement_inside_a_jit_trace_matches_the_reference(fresh, monkeypatch):
   """The first trace of a 16 x 128 stack measures both layouts for real (outside the trace),
   keeps the faster, and computes what the reference path computes (XLA loops: the CPU kernel,

@@ -11,6 +11,8 @@ import pytest
 from tests.trainer_utils import ROOT, assert_same_params, run_main
 from train.checkpoint import saved_steps
 
+pytestmark = pytest.mark.slow  # main.py as a real process: kill -9, SIGTERM, flag errors
+
 LONG = ['--config.num_train_steps=60', '--config.checkpoint_every_steps=5',
         '--config.eval_every_steps=1000', '--config.model.hidden_size=48',
         '--config.num_steps=32', '--config.model.dropout=0.1']

@@ -6,6 +6,8 @@ import pytest
 
 from tests.trainer_utils import ROOT
 
+pytestmark = pytest.mark.slow  # real processes measuring page faults
+
 _PROGRAM = '''
 import resource, sys, threading
 from lstm import memory

@@ -247,6 +247,7 @@ print(native.available(), calls['forward'] > 0, calls['backward'] > 0, len(built
 '''
 
 
+@pytest.mark.slow  # builds the kernel in a process per target
 @pytest.mark.skipif(platform.machine() != 'x86_64', reason='x86-64 target flags')
 @pytest.mark.parametrize('target, used', [('-march=x86-64-v3', True), ('-march=x86-64', False)])
 def test_builds_for_avx2_are_used_and_for_older_targets_not(tmp_path, target, used):
@@ -278,6 +279,7 @@ print('ok')
 '''
 
 
+@pytest.mark.slow  # a process with several CPU devices
 def test_kernels_on_several_cpu_devices_match_the_reference():
   """Four CPU devices (pmap) run their kernel calls side by side on one machine's cores; the
   gradients equal the reference path's."""

@@ -104,6 +104,7 @@ MODELS = {
 }
 
 
+@pytest.mark.slow  # every segment as its own run, for every option set
 @pytest.mark.parametrize('path', ['fast', 'reference'])
 @pytest.mark.parametrize('with_carry', [False, True], ids=['zero-carry', 'initial-carry'])
 @pytest.mark.parametrize('case', list(MODELS))
@@ -118,6 +119,7 @@ def test_segments_give_what_they_give_alone(fast_calls, case, with_carry, path):
   assert not np.allclose(y[:2], y_plain[:2], atol=1e-3)
 
 
+@pytest.mark.slow  # gradients of bidirectional stacks per segment
 @pytest.mark.parametrize('path', ['fast', 'reference'])
 def test_gradients_are_the_sum_over_segments(path):
   """The gradient of a packed batch's loss is the sum of each segment's own gradient (the

@@ -12,6 +12,8 @@ from train.evaluate import evaluate_run
 from train.validation import ConfigError
 from tests.trainer_utils import RUNS, read_metrics, run_config
 
+pytestmark = pytest.mark.slow  # trains a run of every kind of task
+
 
 def _results(workdir):
   with open(os.path.join(workdir, 'results.json')) as f:

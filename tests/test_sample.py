@@ -10,6 +10,8 @@ from train.run import language_model
 from train.validation import ConfigError
 from tests.test_evaluate import run_tool, workdir_state
 
+pytestmark = pytest.mark.slow  # trained runs and the command-line tool as a process
+
 
 def _teacher_forced_argmax(model, params, prompt, generated):
   """The model's own most likely next token after the prompt and each generated token."""

@@ -62,6 +62,7 @@ def test_residual_adds_layer_input():
   np.testing.assert_allclose(y_res, y_plain + y_first, atol=1e-6)
 
 
+@pytest.mark.slow  # compiles training-mode stacks
 def test_dropout_standard_and_variational():
   x = _x()
   for variational in (False, True):
@@ -96,6 +97,7 @@ def test_dropout_needs_rng_only_when_training():
     model.apply(variables, _x(), deterministic=False)
 
 
+@pytest.mark.slow  # compiles deep looped and scanned stacks
 @pytest.mark.parametrize('bidirectional', [False, True])
 def test_scan_layers_matches_looped_after_conversion(bidirectional):
   kw = dict(num_layers=4, hidden_size=H, bidirectional=bidirectional, between='layernorm',
@@ -136,6 +138,7 @@ def test_scan_layers_initial_carry_and_dropout_rngs_differ_per_layer():
   assert not np.allclose(p[0], p[1])  # layers are initialised independently
 
 
+@pytest.mark.slow  # compiles bidirectional stacks per padding
 @pytest.mark.parametrize('kw', [dict(bidirectional=True), dict(bidirectional=True, block='residual_op_on_skip',
                                                                between='layernorm', peephole=True)])
 def test_bidirectional_padding_invariance(kw):
@@ -164,6 +167,7 @@ def test_per_layer_cells_and_projection():
   assert y.shape == (B, T, 6) and carries[0][0].shape == (B, 3) and carries[0][1].shape == (B, 8)
 
 
+@pytest.mark.slow  # compiles every remat and dtype form
 def test_remat_and_bfloat16():
   x = _x()
   model = StackedLSTM(num_layers=2, hidden_size=H, remat=True)
@@ -323,6 +327,7 @@ def test_bidirectional_initial_carry_names_the_direction():
   assert y.shape == (B, T, 2 * H) and len(carries) == 1
 
 
+@pytest.mark.slow  # compiles many stack forms
 def test_carry_checks_hold_for_projections_and_scanned_layers():
   model = StackedLSTM(num_layers=3, hidden_size=H, proj_size=2, scan_layers=True)
   variables = model.init(jax.random.key(0), _x())
@@ -341,6 +346,7 @@ def test_carry_checks_hold_for_projections_and_scanned_layers():
   bf16.apply(variables, _x(), initial_carry=carries)  # its own final carries, fed back
 
 
+@pytest.mark.slow  # compiles looped and scanned stacks
 def test_scan_layers_with_remat_and_variational_dropout_matches_looped():
   kw = dict(num_layers=3, hidden_size=H, dropout=0.3, variational=True, remat=True)
   looped, scanned = StackedLSTM(**kw), StackedLSTM(**kw, scan_layers=True)

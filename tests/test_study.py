@@ -11,6 +11,8 @@ from configs import study
 from train import checkpoint, sweep, trainer
 from tests.trainer_utils import ROOT, tiny_config
 
+pytestmark = pytest.mark.slow  # trains the study's tiny stacks per task
+
 ARMS = [{'model.between': 'none'}, {'model.between': 'relu'}, {'model.between': 'layernorm'},
         {'model.between': 'gelu', 'model.residual': True},
         {'model.between': 'none', 'optimizer.learning_rate': 0.1}]

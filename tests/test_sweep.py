@@ -364,6 +364,7 @@ def test_slurm_task_requeues_a_stopped_run_a_bounded_number_of_times(tmp_path):
   assert (tmp_path / 'scontrol').read_text() == 'requeue 6_0\n'
 
 
+@pytest.mark.slow  # trains two points as processes
 def test_points_run_with_the_persistent_compilation_cache(tmp_path, monkeypatch):
   monkeypatch.delenv('JAX_COMPILATION_CACHE_DIR', raising=False)
   monkeypatch.setenv('STACKED_LSTM_CACHE', str(tmp_path / 'cache'))

@@ -294,6 +294,7 @@ def test_without_the_cache_or_where_it_cannot_be_written(tmp_path):
 # Errors in files read in chunks
 
 
+@pytest.mark.slow  # trains a run
 def test_a_decoding_error_names_its_byte_and_a_blank_file_is_empty(tmp_path, small_pieces):
   path = tmp_path / 'corpus.txt'
   path.write_bytes(('caf\u00e9 ' * 500).encode('utf-8') + b'\xff' + b'more\n')
@@ -337,6 +338,7 @@ def _shuffled(path, seed):
   path.write_text(''.join(lines))
 
 
+@pytest.mark.slow  # trains a run
 def test_a_changed_file_is_refused_on_resume_with_one_line(tmp_path):
   path = tmp_path / 'corpus.txt'
   path.write_text(''.join(f'line {i} of the corpus, as it was\n' for i in range(300)))
@@ -359,6 +361,7 @@ def test_a_changed_file_is_refused_on_resume_with_one_line(tmp_path):
   assert json.loads((workdir / 'dataset.json').read_text())['data_files']['path'] == saved
 
 
+@pytest.mark.slow  # trains a run
 def test_the_override_accepts_a_changed_file_and_keeps_its_fingerprint(tmp_path):
   path = tmp_path / 'corpus.txt'
   path.write_text(''.join(f'line {i} of the corpus, as it was\n' for i in range(300)))
@@ -375,6 +378,7 @@ def test_the_override_accepts_a_changed_file_and_keeps_its_fingerprint(tmp_path)
   checkpoint.check_dataset(workdir, data.load_dataset(_text_run_config(path)))
 
 
+@pytest.mark.slow  # trains a run
 def test_a_workdir_from_before_fingerprints_resumes(tmp_path):
   """A workdir that an earlier version wrote (no fingerprint in dataset.json, none of the new
   data fields in config.json) resumes, even with an edited file, and is fingerprinted from

@@ -12,6 +12,8 @@ from train import data, optim, tasks, trainer
 from train.validation import ConfigError
 from tests.trainer_utils import read_metrics, tiny_config
 
+pytestmark = pytest.mark.slow  # every test trains a run
+
 
 @pytest.mark.parametrize('task, overrides, metric', [
     ('ptb_char', {}, 'bpc'),

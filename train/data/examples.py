@@ -15,7 +15,7 @@ import numpy as np
 
 from train.data.dataset import SPLITS, Dataset, Split, readonly
 
-# Copy task token ids (REFERENCE.md, Arjovsky et al. 2016): 0..7 data symbols, 8 blank, 9 delimiter.
+# Copy task token ids (Arjovsky et al. 2016): 0..7 data symbols, 8 blank, 9 delimiter.
 COPY_DATA_SYMBOLS = 8
 COPY_LENGTH = 10
 COPY_BLANK = 8
