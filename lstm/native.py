@@ -250,10 +250,19 @@ def _register(path: str) -> None:
 # The primitives
 
 
+# The XLA loops that compute what the kernel's calls compute, by call name: `lstm.fast` (which
+# imports this module) registers them with `register_xla_loops` when it is imported.
+_XLA_LOOPS: dict = {}
+
+
+def register_xla_loops(forward, backward) -> None:
+  """Names the XLA functions that stand in for the kernel's forward and backward calls."""
+  _XLA_LOOPS.update(forward=forward, backward=backward)
+
+
 def _xla(name: str):
   """The XLA loop that computes what the kernel's `name` computes."""
-  from lstm import fast  # pylint: disable=import-outside-toplevel
-  return fast.kernel_forward_xla if name == 'forward' else fast.kernel_backward_xla
+  return _XLA_LOOPS[name]
 
 
 def _primitive(name: str):

@@ -2,6 +2,7 @@
 
 Every comparison runs the real library on the same weights and inputs (float32, tolerance 1e-5).
 """
+import functools
 import os
 import warnings
 
@@ -51,7 +52,8 @@ def random_variables(model, seed=0):
 def apply(model, variables, x, lengths=None):
   """`model.apply` under jit (one compile is faster than eager op-by-op dispatch)."""
   lengths = None if lengths is None else jnp.asarray(lengths)
-  return jax.jit(model.apply)(variables, jnp.asarray(x), seq_lengths=lengths)
+  return jax.jit(functools.partial(model.apply, deterministic=True))(
+      variables, jnp.asarray(x), seq_lengths=lengths)
 
 
 # ------------------------------------------------------------------------------------- PyTorch
