@@ -21,7 +21,7 @@ import warnings
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PACKAGES = ('lstm', 'train')
 LET_THROUGH = (
-    r'Error parsing type annotation .* for lstm(\.stack|\.cell)?\.(LSTMCell|StackedLSTM)\.bias_init\.',
+    r'Error parsing type annotation .* for lstm(\.stack|\.cell)?\.(LSTMCell|StackedLSTM|CellOptions)\.bias_init\.',
     r'Error parsing type annotation .* for lstm(\.cell)?\.(CellWeights|Noise)\.__init__\.',
 )
 

@@ -29,7 +29,7 @@ import jax
 import jax.numpy as jnp
 
 from lstm import activations, checks, norms
-from lstm.cell import OPTIONS, CellOptions, LSTMCell
+from lstm.cell import OPTIONS, CellOptions, Initializer, LSTMCell  # noqa: F401 (Initializer: the inherited fields)
 from lstm.layer import (resolve_deterministic, run_sequence, time_mask, training_options,
                         zero_carry)
 
