@@ -19,9 +19,10 @@ LENGTHS = jnp.array([7, 4, 0])
 _jit = functools.partial(jax.jit, compiler_options={'xla_backend_optimization_level': 0})
 
 
-@pytest.fixture(params=['batch_major', 'feature_major'])
+@pytest.fixture(params=['batch_major', pytest.param('feature_major', marks=pytest.mark.slow)])
 def layout(request, monkeypatch):
-  """Runs the test once per inference loop layout (`fast.feature_major_pays` decides otherwise)."""
+  """Runs the test once per inference loop layout (`fast.feature_major_pays` decides otherwise);
+  the feature-major runs are in the slow set."""
   monkeypatch.setattr(fast, 'feature_major_pays',
                       lambda *shape: request.param == 'feature_major')
   return request.param

@@ -49,8 +49,9 @@ def test_the_kernel_builds_here():
   assert native.available(), native._status
 
 
-@pytest.mark.parametrize('batch, hidden, padded', [(5, 32, True), (8, 48, False), (1, 16, True),
-                                                  (13, 80, True)])
+@pytest.mark.parametrize('batch, hidden, padded', [
+    (5, 32, True), (8, 48, False), pytest.param(1, 16, True, marks=pytest.mark.slow),
+    pytest.param(13, 80, True, marks=pytest.mark.slow)])
 def test_layer_matches_reference(kernel_calls, batch, hidden, padded):
   lengths = jax.random.randint(jax.random.key(4), (batch,), 0, T + 1) if padded else None
   model = StackedLSTM(hidden_size=hidden, num_layers=1)
@@ -61,9 +62,10 @@ def test_layer_matches_reference(kernel_calls, batch, hidden, padded):
 @pytest.mark.parametrize('kwargs', [
     dict(num_layers=3),
     dict(num_layers=2, bidirectional=True),
-    dict(num_layers=2, between='layernorm', block='residual_op_on_skip'),
-    dict(num_layers=2, remat=True),
-    dict(num_layers=2, bidirectional=True, scan_layers=True),
+    pytest.param(dict(num_layers=2, between='layernorm', block='residual_op_on_skip'),
+                 marks=pytest.mark.slow),
+    pytest.param(dict(num_layers=2, remat=True), marks=pytest.mark.slow),
+    pytest.param(dict(num_layers=2, bidirectional=True, scan_layers=True), marks=pytest.mark.slow),
 ])
 def test_stack_matches_reference(kernel_calls, kwargs):
   lengths = jnp.array([T, 4, 0, 7])

@@ -99,11 +99,17 @@ def _check(kind, path, transform, independent=None, tol=1e-5):
   return got
 
 
+def _on_path(*values, path: str, id: str):
+  """A parameter set for `path`: the kernel's path is in the default set; the XLA loops' and the
+  reference path's are in the slow set."""
+  return pytest.param(*values, id=id, marks=() if path == 'kernel' else pytest.mark.slow)
+
+
 def _matrix():
   """(module, path): the cell has one path (one step runs no fast path)."""
   return ([pytest.param('cell', 'reference', id='cell')]
-          + [pytest.param(kind, path, id=f'{kind}-{path}') for kind in MODULES[1:]
-             for path in PATHS])
+          + [_on_path(kind, path, path=path, id=f'{kind}-{path}')
+             for kind in MODULES[1:] for path in PATHS])
 
 
 matrix = pytest.mark.parametrize('kind, path', _matrix())
@@ -352,7 +358,7 @@ def test_export_with_symbolic_batch_and_time(kind, path):
   _check(kind, path, run, independent=direct)
 
 
-@pytest.mark.parametrize('path', PATHS)
+@pytest.mark.parametrize('path', [_on_path(path, path=path, id=path) for path in PATHS])
 @pytest.mark.parametrize('platform', ['cpu', 'cuda', 'tpu'])
 def test_training_step_lowers_for_each_platform(path, platform):
   """A StackedLSTM training step traced on this CPU host lowers for every platform; only the CPU
