@@ -20,7 +20,7 @@ import pytest
 
 from tests.trainer_utils import ROOT, load_params
 
-pytestmark = pytest.mark.slurm
+pytestmark = [pytest.mark.slurm, pytest.mark.slow]  # every test trains runs in SLURM jobs
 
 SCRIPT = os.path.join(ROOT, 'scripts', 'slurm', 'train.sbatch')
 CONFIG = '--config=tests/tiny_config.py'  # relative: the job script runs in the clone
