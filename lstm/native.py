@@ -2,8 +2,8 @@
 JAX primitives whose CPU lowering is an XLA FFI call.
 
 `lstm.fast` runs a layer's recurrence here, forward and backward, when `usable(...)` holds: a
-float32 layer (or a bfloat16 one, see below) traced on a CPU host, tanh/sigmoid gates and H a
-multiple of 16, without resets, recurrent dropout or coupled gates. The kernel is built when first needed (on the first trace of
+float32 layer traced on a CPU host, tanh/sigmoid gates and H a multiple of 16, without resets,
+recurrent dropout or coupled gates. The kernel is built when first needed (on the first trace of
 such a layer), not when the package is installed: it is compiled for the CPU it runs on
 (`-march=native`), with the machine's C++ compiler (`$CXX`, else g++) against the XLA FFI headers
 of the jaxlib in use, so one build fits whatever jax the user installs later and whatever CPU a
@@ -18,14 +18,15 @@ no compiler works, where the CPU has neither AVX-512 nor AVX2 with FMA, with
 `STACKED_LSTM_NATIVE=0`, or inside `disabled()`, `lstm.fast` keeps its XLA loops (a warning says
 why, once, through the `lstm.native` logger).
 
-bfloat16 layers (`model.dtype=bfloat16`, `StackedLSTM(dtype=jnp.bfloat16)`) run in the kernel where
-the CPU has AVX512-BF16 (`bf16_available()`: the build targets it, which `-march=native` does on
-such a CPU, and /proc/cpuinfo's flags name `avx512_bf16`): weights and inputs in bfloat16, their
-products by vdpbf16ps accumulating in float32, the gates, the cell and every elementwise step in
-float32, stored in bfloat16 where the XLA loops store them (gates, h, c, dz). CPUs with AMX-BF16
-(Intel Xeon from Sapphire Rapids on) have AVX512-BF16 too and run the same instructions; the AMX
-tiles are not used. Where the CPU lacks AVX512-BF16 (AVX2 CPUs, and AVX-512 ones such as the Intel
-Xeons from Skylake to Ice Lake), bfloat16 layers keep `lstm.fast`'s XLA loops.
+bfloat16 layers, with the same options (`model.dtype=bfloat16`, `StackedLSTM(dtype=jnp.bfloat16)`),
+run in the kernel where the CPU has AVX512-BF16 (`bf16_available()`: the build targets it, which
+`-march=native` does on such a CPU, and /proc/cpuinfo's flags name `avx512_bf16`): weights and
+inputs in bfloat16, their products by vdpbf16ps accumulating in float32, the gates, the cell and
+every elementwise step in float32, stored in bfloat16 where the XLA loops store them (gates, h, c,
+dz). CPUs with AMX-BF16 (Intel Xeon from Sapphire Rapids on) have AVX512-BF16 too and run the same
+instructions; the AMX tiles are not used. Where the CPU lacks AVX512-BF16 (AVX2 CPUs, and AVX-512
+ones such as the Intel Xeons from Skylake to Ice Lake), bfloat16 layers keep `lstm.fast`'s XLA
+loops.
 
 The kernel is chosen per platform when a program is lowered, not when it is traced: each
 primitive lowers to the FFI call for `cpu` and to an XLA loop computing the same function

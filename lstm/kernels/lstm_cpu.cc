@@ -10,7 +10,7 @@
 // library matmul right before the loop: XLA:CPU's matmul threads spin for a while after each
 // call and took half the cores from the loop that followed.
 //
-// Layouts (row-major, float32, or bfloat16 below): x (T, B, F); gates and dz (T, B, 4H) with the gates (i, f, g, o)
+// Layouts (row-major, float32): x (T, B, F); gates and dz (T, B, 4H) with the gates (i, f, g, o)
 // in blocks of H columns; kernel (F, 4H), w (H, 4H); h and c (B, H); mask (T, B) as 0/1, or (0,)
 // when there is none. Forward: the activations of x_t kernel + h_{t-1} w + b (kept for the
 // backward unless gates is (0,)), and hs, cs (T, B, H), the carries after every step (frozen
@@ -348,8 +348,8 @@ inline void accumulate(vf (&acc)[R][4], const bf16* const (&a)[R], int64_t n, co
 }
 #endif
 
-// Packs unit block u of the input kernel (F, 4H) and the recurrent one (H, 4H) into wp: rows of
-// the input kernel, then of the recurrent one, each (4, kLanes): gate g's columns g H + u kLanes ...
+// Packs unit block u of the input kernel (F, 4H) and the recurrent one (H, 4H) into wp: rows of the
+// input kernel, then of the recurrent one, each (4, kLanes): gate g's columns g H + u kLanes ...
 void pack_block(float* wp, const float* kernel, const float* wd, int64_t F, int64_t H, int u) {
   for (int64_t r = 0; r < F + H; ++r) {
     const float* row = r < F ? kernel + r * 4 * H : wd + (r - F) * 4 * H;
