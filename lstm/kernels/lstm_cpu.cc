@@ -560,8 +560,8 @@ void pack_transposed(bf16* wtp, const bf16* wd, int64_t unit0, int lanes, int64_
   for (int j = 0; j < lanes; ++j) {
     const bf16* row = wd + (unit0 + j) * K;
     for (int64_t r = 0; r < K; r += 2) {
-      wtp[(r * lanes + 2 * j)] = row[r];
-      wtp[(r * lanes + 2 * j) + 1] = row[r + 1];
+      wtp[r * lanes + 2 * j] = row[r];
+      wtp[r * lanes + 2 * j + 1] = row[r + 1];
     }
   }
 }
