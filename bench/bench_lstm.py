@@ -40,7 +40,9 @@ at a time (recurrent dropout, weight drop, CIFG, segment resets, Greff's variant
 zoneout), interleaved with the canonical step on both paths, and records which path each took.
 
 Part `bf16` runs the 2-layer training and forward-only cases in float32 and with bfloat16
-compute, this project (`StackedLSTM(dtype=bfloat16)`) against PyTorch under `torch.autocast`.
+compute, this project (`StackedLSTM(dtype=bfloat16)`: the CPU kernel's bfloat16 calls where the CPU
+has AVX512-BF16, `project-bf16-xla` the XLA loops it runs elsewhere) against PyTorch under
+`torch.autocast`.
 
 Part `loop` times a loop whose steps multiply (B, H) by (H, 4H) and then run a number of
 elementwise passes, in JAX and in PyTorch, to show what a step's matmul costs against the work
@@ -347,6 +349,8 @@ BUILDERS = {
     'flax': build_flax,
     'keras': build_keras,
     'project-bf16': lambda c, x, y: build_project(c, x, y, dtype=jnp.bfloat16),
+    'project-bf16-xla': lambda c, x, y: build_project(c, x, y, context=_xla_loop_context,
+                                                      dtype=jnp.bfloat16),
     'pytorch-bf16': lambda c, x, y: TorchRunner(c, x, y, autocast=True),
 }
 
@@ -444,17 +448,20 @@ def run_case(case, impls, reps, peak, log, cpu=None):
 # bf16 part: bfloat16 compute against PyTorch's bfloat16 autocast
 
 
-BF16_IMPLS = ('project', 'project-bf16', 'pytorch', 'pytorch-bf16')
+BF16_IMPLS = ('project', 'project-bf16', 'project-bf16-xla', 'pytorch', 'pytorch-bf16')
 
 
 def bf16_part(quick, log, reps, cpu=None):
   """The speed part's 2-layer training and forward-only cases in float32 and in bfloat16 compute
-  (this project: `StackedLSTM(dtype=bfloat16)`, float32 parameters and float32 elementwise math;
-  PyTorch: `torch.autocast('cpu', bfloat16)`, which runs `nn.LSTM` through oneDNN in bfloat16),
-  all four interleaved per case."""
+  (this project: `StackedLSTM(dtype=bfloat16)`, float32 parameters and float32 elementwise math,
+  on the CPU kernel where `lstm.native.bf16_available()`, and on the XLA loops; PyTorch:
+  `torch.autocast('cpu', bfloat16)`, which runs `nn.LSTM` through oneDNN in bfloat16), all five
+  interleaved per case."""
+  from lstm import native
   cases = [c for c in speed_cases(quick) if c['layers'] == 2 and not c.get('bidirectional')][:2]
   peak = measure_peak(1024 if quick else 2048)
-  return dict(cases=[run_case(c, BF16_IMPLS, reps, peak, log, cpu) for c in cases])
+  return dict(bf16_kernel=native.bf16_available(),
+              cases=[run_case(c, BF16_IMPLS, reps, peak, log, cpu) for c in cases])
 
 
 def bf16_markdown(result):
@@ -468,8 +475,13 @@ def bf16_markdown(result):
       f'Batch {BATCH}, input {F_IN}, hidden {HIDDEN}, T={result["cases"][0]["case"]["steps"]}, '
       f'head to {CLASSES} classes, Adam on '
       'float32 parameters. project-bf16 = `StackedLSTM(dtype=jnp.bfloat16)` (bfloat16 matmuls '
-      'accumulating in float32, float32 elementwise math); pytorch-bf16 = the forward under '
-      '`torch.autocast("cpu", dtype=torch.bfloat16)`. All four interleaved; ratios of medians.',
+      'accumulating in float32, float32 elementwise math), '
+      + ('on the CPU kernel (this CPU has AVX512-BF16)' if result.get('bf16_kernel')
+         else "on the XLA loops (this CPU lacks AVX512-BF16, or the kernel's bfloat16 calls did "
+              'not build)')
+      + '; project-bf16-xla = the same on the XLA loops (`lstm.native.disabled()`); '
+      'pytorch-bf16 = the forward under `torch.autocast("cpu", dtype=torch.bfloat16)`. All '
+      'interleaved; ratios of medians.',
       f'Command: `{result["command"]}`',
       '',
       '| case | implementation | median ms | min ms | vs PyTorch float32 | vs PyTorch bfloat16 |',

@@ -7,8 +7,10 @@ is the same; what differs is the work and memory around it (each point measured,
 * On the CPU, a float32 layer with tanh/sigmoid gates, H a multiple of 16 and no segment resets,
   recurrent dropout or coupled gates runs its time loops in `lstm.native`'s compiled kernel
   (inputs projected inside the forward loop; the backward loop yields dz, from which the weight
-  and input gradients are formed here as below). The rest of this list is about the XLA loops
-  that run every other layer, and every layer where the kernel cannot be built.
+  and input gradients are formed here as below); so does such a bfloat16 layer where the CPU has
+  AVX512-BF16 (`lstm.native.bf16_available()`), storing what the XLA loops store in the dtypes
+  they store it. The rest of this list is about the XLA loops that run every other layer (bfloat16
+  ones on CPUs without AVX512-BF16 included), and every layer where the kernel cannot be built.
 * Inference (nothing differentiated: the custom VJP's primal) on CPU, for the shapes where it
   was measured faster on this machine (`feature_major_pays`, `lstm.layout`: measured once per
   CPU and shape, cached), runs one feature-major loop: carries (H, B), inputs
@@ -582,8 +584,9 @@ _KERNEL_SPEC = _Spec(jnp.tanh, jnp.tanh, _sigmoid, True, False, False, False)
 
 
 def kernel_forward_xla(x, kernel, w, b, h0, c0, mask, keep_gates: bool = True):
-  """`lstm.native.forward`'s function: x (T, B, F) float32, mask (T, B) as 0/1 or (0,) ->
-  (gates (T, B, 4H) or (0,) unless `keep_gates`, hs, cs), the carries after every step."""
+  """`lstm.native.forward`'s function: x (T, B, F) float32 or bfloat16 (every other array in
+  its dtype), mask (T, B) as 0/1 or (0,) -> (gates (T, B, 4H) or (0,) unless `keep_gates`, hs,
+  cs), the carries after every step."""
   spec = _KERNEL_SPEC._replace(masked=mask.ndim == 2)
   m = mask > 0 if spec.masked else jnp.zeros((0,), jnp.bool_)
   if keep_gates:

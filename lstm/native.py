@@ -18,6 +18,16 @@ no compiler works, where the CPU has neither AVX-512 nor AVX2 with FMA, with
 `STACKED_LSTM_NATIVE=0`, or inside `disabled()`, `lstm.fast` keeps its XLA loops (a warning says
 why, once, through the `lstm.native` logger).
 
+bfloat16 layers, with the same options (`model.dtype=bfloat16`, `StackedLSTM(dtype=jnp.bfloat16)`),
+run in the kernel where the CPU has AVX512-BF16 (`bf16_available()`: the build targets it, which
+`-march=native` does on such a CPU, and /proc/cpuinfo's flags name `avx512_bf16`): weights and
+inputs in bfloat16, their products by vdpbf16ps accumulating in float32, the gates, the cell and
+every elementwise step in float32, stored in bfloat16 where the XLA loops store them (gates, h, c,
+dz). CPUs with AMX-BF16 (Intel Xeon from Sapphire Rapids on) have AVX512-BF16 too and run the same
+instructions; the AMX tiles are not used. Where the CPU lacks AVX512-BF16 (AVX2 CPUs, and AVX-512
+ones such as the Intel Xeons from Skylake to Ice Lake), bfloat16 layers keep `lstm.fast`'s XLA
+loops.
+
 The kernel is chosen per platform when a program is lowered, not when it is traced: each
 primitive lowers to the FFI call for `cpu` and to an XLA loop computing the same function
 (`lstm.fast.kernel_forward_xla` / `kernel_backward_xla`) for every other platform, for a CPU host
@@ -25,7 +35,7 @@ without the kernel, and for `jax.export` (an exported program must not depend on
 for this machine). Both primitives are differentiable to any order (their derivatives are those
 of the XLA loops), batch under `vmap` one member at a time, and follow `shard_map`'s varying axes.
 
-    forward(x, kernel, w, b, h0, c0, mask)  -> gates, hs, cs
+    forward(x, kernel, w, b, h0, c0, mask)  -> gates, hs, cs  (float32 or bfloat16; mask float32)
     backward(gates, cs, c0, w, dy, dh_last, dc_last, mask) -> dz, dh0, dc0
 """
 from __future__ import annotations
@@ -60,6 +70,8 @@ TARGET = '-march=native'  # the compiler's target CPU
 LANES = 16  # H must be a multiple of the kernel's widest vector, in floats
 SOURCE = os.path.join(os.path.dirname(__file__), 'kernels', 'lstm_cpu.cc')
 _TARGETS = {'forward': 'stacked_lstm_forward', 'backward': 'stacked_lstm_backward'}
+BF16_FLAG = 'avx512_bf16'  # the CPU flag (/proc/cpuinfo) of the bfloat16 calls' instructions
+_BF16_TARGETS = {name: target + '_bf16' for name, target in _TARGETS.items()}
 
 log = logging.getLogger(__name__)
 _lock = threading.Lock()
@@ -75,16 +87,18 @@ def disabled(off: bool = True):
 
 
 def usable(dtype, hidden: int, closed_form: bool, plain: bool) -> bool:
-  """Whether `lstm.fast` may run a layer's loop here: float32 traced on a CPU host, tanh/sigmoid
-  gates (`closed_form`), H a multiple of LANES, and `plain` (no resets, recurrent dropout or
-  CIFG). Builds the kernel on the first call that needs it."""
+  """Whether `lstm.fast` may run a layer's loop here: float32 (or bfloat16 where
+  `bf16_available()`) traced on a CPU host, tanh/sigmoid gates (`closed_form`), H a multiple of
+  LANES, and `plain` (no resets, recurrent dropout or CIFG). Builds the kernel on the first call
+  that needs it."""
   if _off.on() or os.environ.get(ENV, '1') == '0':
     return False
-  if not (closed_form and plain and jnp.dtype(dtype) == jnp.float32 and hidden % LANES == 0):
+  dtype = jnp.dtype(dtype)
+  if not (closed_form and plain and dtype in (jnp.float32, jnp.bfloat16) and hidden % LANES == 0):
     return False
   if jax.default_backend() != 'cpu':
     return False  # accelerators keep the XLA loops; a CPU lowering of such a program has them too
-  return available()
+  return bf16_available() if dtype == jnp.bfloat16 else available()
 
 
 def available() -> bool:
@@ -92,14 +106,27 @@ def available() -> bool:
   with _lock:
     if 'ok' not in _status:
       try:
-        _register(_build())
+        _status['bf16'] = _register(_build())
         _status['ok'] = True
       except (OSError, subprocess.SubprocessError, AttributeError) as e:
         lines = str(e).strip().splitlines()
-        _status['ok'], _status['why'] = False, lines[-1] if lines else type(e).__name__
+        _status['ok'], _status['bf16'] = False, False
+        _status['why'] = lines[-1] if lines else type(e).__name__
         log.warning('the CPU kernel is not available (%s); the XLA loops run instead',
                     _status['why'])
     return _status['ok']
+
+
+def bf16_available() -> bool:
+  """Whether bfloat16 layers run in the kernel here: the CPU has AVX512-BF16 (`cpu_has_bf16()`)
+  and the kernel, built for it, has its bfloat16 calls (builds it on the first call)."""
+  return cpu_has_bf16() and available() and _status.get('bf16', False)
+
+
+def cpu_has_bf16() -> bool:
+  """Whether this CPU has AVX512-BF16: `BF16_FLAG` among the flags in /proc/cpuinfo."""
+  return any(line.startswith('flags') and BF16_FLAG in line.split()
+             for line in _cpu_name().splitlines())
 
 
 def build_timeout() -> float:
@@ -235,7 +262,9 @@ def _write_record(record: str, digest: dict) -> None:
   os.replace(tmp, record)
 
 
-def _register(path: str) -> None:
+def _register(path: str) -> bool:
+  """Registers the kernel's calls; returns whether its bfloat16 calls were registered too (a
+  build for AVX512-BF16 on a CPU that has it)."""
   library = ctypes.cdll.LoadLibrary(path)
   if library.StackedLstmVectorBits() not in (512, 256):
     raise OSError('this CPU has neither AVX-512 nor AVX2 with FMA, the targets the kernel is '
@@ -244,6 +273,13 @@ def _register(path: str) -> None:
                               platform='cpu')
   jax.ffi.register_ffi_target(_TARGETS['backward'],
                               jax.ffi.pycapsule(library.StackedLstmBackward), platform='cpu')
+  if not (library.StackedLstmBf16() and cpu_has_bf16()):
+    return False
+  jax.ffi.register_ffi_target(_BF16_TARGETS['forward'],
+                              jax.ffi.pycapsule(library.StackedLstmForwardBf16), platform='cpu')
+  jax.ffi.register_ffi_target(_BF16_TARGETS['backward'],
+                              jax.ffi.pycapsule(library.StackedLstmBackwardBf16), platform='cpu')
+  return True
 
 
 # ----------------------------------------------------------------------------------------------
@@ -265,6 +301,16 @@ def _xla(name: str):
   return _XLA_LOOPS[name]
 
 
+def _target(name: str, dtype) -> Optional[str]:
+  """The FFI target of the kernel's call `name` on `dtype` arrays; None where it has none here."""
+  dtype = jnp.dtype(dtype)
+  if dtype == jnp.float32 and available():
+    return _TARGETS[name]
+  if dtype == jnp.bfloat16 and bf16_available():
+    return _BF16_TARGETS[name]
+  return None
+
+
 def _primitive(name: str):
   prim = jex_core.Primitive(_TARGETS[name])
   prim.multiple_results = True
@@ -279,9 +325,10 @@ def _primitive(name: str):
 
   def lower_cpu(ctx, *args, **params):
     parameters = getattr(ctx.module_context, 'lowering_parameters', None)
-    if getattr(parameters, 'for_export', False) or not available():
+    target = _target(name, ctx.avals_in[0].dtype)
+    if getattr(parameters, 'for_export', False) or target is None:
       return lower_xla(ctx, *args, **params)
-    return jax.ffi.ffi_lowering(_TARGETS[name])(ctx, *args)
+    return jax.ffi.ffi_lowering(target)(ctx, *args)
 
   mlir.register_lowering(prim, lower_xla)  # cached per module lowered: one export flag in each
   mlir.register_lowering(prim, lower_cpu, platform='cpu')
@@ -317,8 +364,9 @@ def _mask(mask: Optional[jax.Array]) -> jax.Array:
 
 
 def forward(x, kernel, w, b, h0, c0, mask: Optional[jax.Array], keep_gates: bool = True):
-  """The loop over x (T, B, F, float32): (gates, hs, cs); gates (T, B, 4H) are the activations
-  the backward reads, (0,) unless `keep_gates`."""
+  """The loop over x (T, B, F; float32, or bfloat16 with every other array bfloat16 too): (gates,
+  hs, cs) in x's dtype; gates (T, B, 4H) are the activations the backward reads, (0,) unless
+  `keep_gates`."""
   args = manual_axes.vary_together(x, kernel, w, b, h0, c0, _mask(mask))
   return tuple(_forward_p.bind(*args, keep_gates=keep_gates))
 

@@ -145,7 +145,6 @@ def test_inference_does_not_keep_the_gates(kernel_calls):
     ({'coupled_gates': True}, False),
     ({'activation': 'relu'}, False),
     ({'recurrent_activation': 'hard_sigmoid'}, False),
-    ({'dtype': jnp.bfloat16, 'param_dtype': jnp.bfloat16}, False),
 ])
 def test_which_layers_take_the_kernel(kernel_calls, fast_calls, cell_kwargs, uses_kernel):
   kwargs = {'hidden_size': 32, **cell_kwargs}

@@ -16,6 +16,13 @@
 // backward unless gates is (0,)), and hs, cs (T, B, H), the carries after every step (frozen
 // where the mask is 0). Backward: the gradients of the pre-activations dz and of the initial
 // carries; lstm/fast.py forms the weight and input gradients from dz.
+//
+// bfloat16 (built where the compiler targets AVX512-BF16): the same loops on bfloat16 arrays,
+// with the same layouts and the mask in float32. The weights are packed once per call in pairs of
+// rows, as vdpbf16ps multiplies them, each product accumulating in float32; the gates, the cell
+// and every elementwise step run in float32 and are rounded to bfloat16 where they are stored
+// (gates, hs, cs, dz), as lstm/fast.py's XLA loops compute a bfloat16 layer. The backward's carry
+// gradients stay float32 from step to step and are rounded once, into dh0 and dc0.
 
 #include <sched.h>
 
@@ -27,7 +34,12 @@
 #include <cstring>
 #include <memory>
 #include <thread>
+#include <type_traits>
 #include <vector>
+
+#if defined(__AVX512BF16__)
+#include <immintrin.h>
+#endif
 
 #include "xla/ffi/api/ffi.h"
 
@@ -101,6 +113,44 @@ inline vf vtanh(vf x) {
   vf big = 1.0f - 2.0f / (vexp(ax + ax) + 1.0f);
   big = x < 0.0f ? -big : big;
   return ax > 0.625f ? big : small;
+}
+
+// bfloat16 as XLA's BF16 buffers hold it: the upper 16 bits of a float.
+typedef uint16_t bf16;
+
+// Elements of n rows (4 gates x kLanes each) of a kernel once packed: floats row by row, bfloat16
+// in pairs of rows as vdpbf16ps takes them (an odd n padded with a row of zeros).
+template <typename E>
+constexpr int64_t packed_rows(int64_t n) {
+  return (std::is_same<E, bf16>::value ? (n + 1) / 2 * 2 : n) * 4 * kLanes;
+}
+
+#if defined(__AVX512BF16__)
+// kLanes bfloat16 as floats, and kLanes floats rounded to bfloat16 (to nearest, ties to even).
+inline vf load(const bf16* p) {
+  const __m256i bits = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+  return (vf)_mm512_slli_epi32(_mm512_cvtepu16_epi32(bits), 16);
+}
+inline void store(bf16* p, vf v) {
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), (__m256i)_mm512_cvtneps_pbh(v));
+}
+
+// kLanes pairs of bfloat16 (one pair per float lane).
+inline __m512bh load_pairs(const bf16* p) { return (__m512bh)_mm512_loadu_si512(p); }
+inline void in_registers(__m512bh& v) { asm("" : "+v"(v)); }
+
+// The pair (a[0], a[1]) in every lane; (a[0], 0) unless `whole` (the last of an odd count).
+inline __m512bh broadcast_pair(const bf16* a, bool whole) {
+  uint32_t v = a[0];
+  if (whole) std::memcpy(&v, a, sizeof(v));
+  return (__m512bh)_mm512_set1_epi32(static_cast<int>(v));
+}
+#endif
+
+// n elements (a multiple of kLanes) of one type as another: bfloat16 widened or rounded.
+template <typename From, typename To>
+void convert(const From* in, To* out, int64_t n) {
+  for (int64_t i = 0; i < n; i += kLanes) store(out + i, load(in + i));
 }
 
 inline void cpu_pause() {
@@ -277,23 +327,70 @@ inline void accumulate(vf (&acc)[R][4], const float* const (&a)[R], int64_t n, c
   }
 }
 
+#if defined(__AVX512BF16__)
+// acc[r] += a[r][0:n] times the packed row pairs wk (n / 2 rounded up, 4 gates x kLanes pairs).
+template <int R>
+inline void accumulate(vf (&acc)[R][4], const bf16* const (&a)[R], int64_t n, const bf16* wk) {
+  for (int64_t k = 0; k < n; k += 2, wk += 8 * kLanes) {
+    __m512bh w0 = load_pairs(wk), w1 = load_pairs(wk + 2 * kLanes),
+             w2 = load_pairs(wk + 4 * kLanes), w3 = load_pairs(wk + 6 * kLanes);
+    in_registers(w0), in_registers(w1), in_registers(w2), in_registers(w3);
+    const bool whole = k + 1 < n;
+#pragma GCC unroll 16
+    for (int r = 0; r < R; ++r) {
+      const __m512bh x = broadcast_pair(a[r] + k, whole);
+      acc[r][0] = _mm512_dpbf16_ps(acc[r][0], x, w0);
+      acc[r][1] = _mm512_dpbf16_ps(acc[r][1], x, w1);
+      acc[r][2] = _mm512_dpbf16_ps(acc[r][2], x, w2);
+      acc[r][3] = _mm512_dpbf16_ps(acc[r][3], x, w3);
+    }
+  }
+}
+#endif
+
+// Packs unit block u of the input kernel (F, 4H) and the recurrent one (H, 4H) into wp: rows of the
+// input kernel, then of the recurrent one, each (4, kLanes): gate g's columns g H + u kLanes ...
+void pack_block(float* wp, const float* kernel, const float* wd, int64_t F, int64_t H, int u) {
+  for (int64_t r = 0; r < F + H; ++r) {
+    const float* row = r < F ? kernel + r * 4 * H : wd + (r - F) * 4 * H;
+    for (int g = 0; g < 4; ++g)
+      std::memcpy(wp + (r * 4 + g) * kLanes, row + g * H + u * kLanes, kLanes * sizeof(float));
+  }
+}
+
+// The same in pairs of rows: per pair and gate, lane j's two elements side by side; each kernel
+// starts a pair of its own, an odd row count ending in a pair with zero.
+void pack_block(bf16* wp, const bf16* kernel, const bf16* wd, int64_t F, int64_t H, int u) {
+  for (int part = 0; part < 2; ++part) {
+    const bf16* m = part == 0 ? kernel : wd;
+    const int64_t n = part == 0 ? F : H;
+    for (int64_t r = 0; r < n; r += 2)
+      for (int g = 0; g < 4; ++g)
+        for (int j = 0; j < kLanes; ++j, wp += 2) {
+          const int64_t col = g * H + u * kLanes + j;
+          wp[0] = m[r * 4 * H + col];
+          wp[1] = r + 1 < n ? m[(r + 1) * 4 * H + col] : bf16{0};
+        }
+  }
+}
+
 // Gates of `rows` batch rows (from row0) for unit block u at step t, fused with the cell: the
 // packed block wp holds the input kernel's F rows, then the recurrent kernel's H, each
 // (4 gates x kLanes). x: (T, B, F); h_prev: (B, H). gates: where the activations are kept for
 // the backward, or null.
-template <int R>
-void forward_tile(const Shape& s, int64_t t, int64_t row0, int u, const float* wp,
-                  const float* x, const float* h_prev, const float* b, const float* mask,
-                  float* gates, float* hs, float* cs, const float* c_prev_all) {
+template <int R, typename E>
+void forward_tile(const Shape& s, int64_t t, int64_t row0, int u, const E* wp, const E* x,
+                  const E* h_prev, const E* b, const float* mask, E* gates, E* hs, E* cs,
+                  const E* c_prev_all) {
   const int64_t H = s.H, B = s.B, F = s.F;
   vf acc[R][4];
   for (int r = 0; r < R; ++r)
     for (int g = 0; g < 4; ++g) acc[r][g] = vf{};
-  const float* a[R];
+  const E* a[R];
   for (int r = 0; r < R; ++r) a[r] = x + (t * B + row0 + r) * F;
   accumulate<R>(acc, a, F, wp);
   for (int r = 0; r < R; ++r) a[r] = h_prev + (row0 + r) * H;
-  accumulate<R>(acc, a, H, wp + F * 4 * kLanes);
+  accumulate<R>(acc, a, H, wp + packed_rows<E>(F));
   const int64_t col = static_cast<int64_t>(u) * kLanes;
   for (int r = 0; r < R; ++r) {
     const int64_t row = row0 + r;
@@ -320,37 +417,30 @@ void forward_tile(const Shape& s, int64_t t, int64_t row0, int u, const float* w
 }
 
 // The forward loop over x (T, B, F); gates ((T, B, 4H), or null) receives the activations.
-void forward_loop(ffi::ThreadPool* pool, const Shape& s, const float* x, const float* kernel,
-                  const float* wd, const float* b, const float* h0, const float* c0,
-                  const float* mask, float* gates, float* hs, float* cs) {
+template <typename E>
+void forward_loop(ffi::ThreadPool* pool, const Shape& s, const E* x, const E* kernel, const E* wd,
+                  const E* b, const E* h0, const E* c0, const float* mask, E* gates, E* hs,
+                  E* cs) {
   const int64_t T = s.T, B = s.B, H = s.H, F = s.F;
   const int blocks = static_cast<int>(H / kLanes);
   const int workers = workers_for(pool, blocks);
-  const int64_t block_size = (F + H) * 4 * kLanes;
-  std::vector<float> packed(static_cast<size_t>(blocks * block_size));
+  const int64_t block_size = packed_rows<E>(F) + packed_rows<E>(H);
+  std::vector<E> packed(static_cast<size_t>(blocks * block_size));
   // Pass 0 packs the weights, pass t + 1 runs step t; both over the unit blocks.
   Passes passes(blocks, {blocks}, T + 1, workers);
   run_workers(pool, workers, [&](int p) {
     for (int64_t k = passes.current(); k < passes.count(); ++k) {
       if (k == 0) {
-        // Block u: rows of the input kernel, then of the recurrent one, each (4, kLanes): gate
-        // g's columns g H + u kLanes ...
         passes.run(p, k, [&](int u) {
-          float* wp = packed.data() + u * block_size;
-          for (int64_t r = 0; r < F + H; ++r) {
-            const float* row = r < F ? kernel + r * 4 * H : wd + (r - F) * 4 * H;
-            for (int g = 0; g < 4; ++g)
-              std::memcpy(wp + (r * 4 + g) * kLanes, row + g * H + u * kLanes,
-                          kLanes * sizeof(float));
-          }
+          pack_block(packed.data() + u * block_size, kernel, wd, F, H, u);
         });
         continue;
       }
       const int64_t t = k - 1;
-      const float* h_prev = t == 0 ? h0 : hs + (t - 1) * B * H;
-      const float* c_prev = t == 0 ? c0 : cs + (t - 1) * B * H;
+      const E* h_prev = t == 0 ? h0 : hs + (t - 1) * B * H;
+      const E* c_prev = t == 0 ? c0 : cs + (t - 1) * B * H;
       passes.run(p, k, [&](int u) {
-        const float* wp = packed.data() + u * block_size;
+        const E* wp = packed.data() + u * block_size;
         int64_t row = 0;
         for (; row + kRows <= B; row += kRows)
           forward_tile<kRows>(s, t, row, u, wp, x, h_prev, b, mask, gates, hs, cs, c_prev);
@@ -361,10 +451,11 @@ void forward_loop(ffi::ThreadPool* pool, const Shape& s, const float* x, const f
   });
 }
 
-ffi::Error Forward(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> kernel, ffi::Buffer<ffi::F32> w,
-                   ffi::Buffer<ffi::F32> b, ffi::Buffer<ffi::F32> h0, ffi::Buffer<ffi::F32> c0,
-                   ffi::Buffer<ffi::F32> mask, ffi::ResultBuffer<ffi::F32> gates,
-                   ffi::ResultBuffer<ffi::F32> hs, ffi::ResultBuffer<ffi::F32> cs,
+// The forward call on D (F32 or BF16) arrays; the mask is float32 either way.
+template <ffi::DataType D>
+ffi::Error Forward(ffi::Buffer<D> x, ffi::Buffer<D> kernel, ffi::Buffer<D> w, ffi::Buffer<D> b,
+                   ffi::Buffer<D> h0, ffi::Buffer<D> c0, ffi::Buffer<ffi::F32> mask,
+                   ffi::ResultBuffer<D> gates, ffi::ResultBuffer<D> hs, ffi::ResultBuffer<D> cs,
                    ffi::ThreadPool pool) {
   auto dims = x.dimensions();
   auto w_dims = w.dimensions();
@@ -390,13 +481,14 @@ ffi::Error Forward(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> kernel, ffi::B
 
 // dz of step t for the rows and unit block u (from the gates, which dz may be), and the new dc
 // carry; dh holds dh_{t+1}; where the mask is 0 the carries' gradients pass through.
-void backward_cell(const Shape& s, int64_t t, int u, const float* gates, const float* cs,
-                   const float* c0, const float* dy, const float* mask, float* dz, float* dh,
-                   float* dc, float* pass_h) {
+// (dh, dc and pass_h are float32 whatever E is.)
+template <typename E>
+void backward_cell(const Shape& s, int64_t t, int u, const E* gates, const E* cs, const E* c0,
+                   const E* dy, const float* mask, E* dz, float* dh, float* dc, float* pass_h) {
   const int64_t B = s.B, H = s.H, col = static_cast<int64_t>(u) * kLanes;
   for (int64_t row = 0; row < B; ++row) {
-    const float* a = gates + (t * B + row) * 4 * H;
-    float* at = dz + (t * B + row) * 4 * H;
+    const E* a = gates + (t * B + row) * 4 * H;
+    E* at = dz + (t * B + row) * 4 * H;
     vf dh_next = load(dh + row * H + col);
     vf dc_next = load(dc + row * H + col);
     if (mask != nullptr && mask[t * B + row] == 0.0f) {
@@ -420,17 +512,9 @@ void backward_cell(const Shape& s, int64_t t, int u, const float* gates, const f
   }
 }
 
-// dh_{t-1} for `rows` rows and N unit blocks from ub: dz[t] (B, 4H) times the packed w^T of
-// those blocks, (4H, N kLanes), plus what passed through masked steps.
+// acc[r] += a[r][0:K] times the packed w^T of N unit blocks, (K, N kLanes).
 template <int R, int N>
-void backward_tile(const Shape& s, int64_t t, int64_t row0, int ub, const float* wtp,
-                   const float* dz, const float* pass_h, float* dh) {
-  const int64_t H = s.H, B = s.B, K = 4 * s.H;
-  vf acc[R][N];
-  for (int r = 0; r < R; ++r)
-    for (int n = 0; n < N; ++n) acc[r][n] = vf{};
-  const float* a[R];
-  for (int r = 0; r < R; ++r) a[r] = dz + (t * B + row0 + r) * K;
+inline void product(vf (&acc)[R][N], const float* const (&a)[R], int64_t K, const float* wtp) {
   for (int64_t k = 0; k < K; ++k) {
     static_assert(N == 1 || N == 2, "one or two unit blocks");
     vf w0 = load(wtp + k * N * kLanes), w1 = N == 2 ? load(wtp + (k * N + 1) * kLanes) : vf{};
@@ -442,6 +526,58 @@ void backward_tile(const Shape& s, int64_t t, int64_t row0, int ub, const float*
       if (N == 2) acc[r][N - 1] += x * w1;
     }
   }
+}
+
+#if defined(__AVX512BF16__)
+// The same with w^T packed in pairs of rows (K / 2, N kLanes pairs); K is even (4H).
+template <int R, int N>
+inline void product(vf (&acc)[R][N], const bf16* const (&a)[R], int64_t K, const bf16* wtp) {
+  for (int64_t k = 0; k < K; k += 2) {
+    static_assert(N == 1 || N == 2, "one or two unit blocks");
+    __m512bh w0 = load_pairs(wtp + k * N * kLanes),
+             w1 = N == 2 ? load_pairs(wtp + (k * N + 2) * kLanes) : __m512bh{};
+    in_registers(w0), in_registers(w1);
+#pragma GCC unroll 16
+    for (int r = 0; r < R; ++r) {
+      const __m512bh x = broadcast_pair(a[r] + k, true);
+      acc[r][0] = _mm512_dpbf16_ps(acc[r][0], x, w0);
+      if (N == 2) acc[r][N - 1] = _mm512_dpbf16_ps(acc[r][N - 1], x, w1);
+    }
+  }
+}
+#endif
+
+// Packs w^T (4H, H) of the `lanes` units from unit0 into wtp (K = 4H rows of `lanes`).
+void pack_transposed(float* wtp, const float* wd, int64_t unit0, int lanes, int64_t K) {
+  for (int j = 0; j < lanes; ++j) {
+    const float* row = wd + (unit0 + j) * K;
+    for (int64_t r = 0; r < K; ++r) wtp[r * lanes + j] = row[r];
+  }
+}
+
+// The same in pairs of rows: unit j's (w[j][r], w[j][r + 1]) side by side, r even.
+void pack_transposed(bf16* wtp, const bf16* wd, int64_t unit0, int lanes, int64_t K) {
+  for (int j = 0; j < lanes; ++j) {
+    const bf16* row = wd + (unit0 + j) * K;
+    for (int64_t r = 0; r < K; r += 2) {
+      wtp[r * lanes + 2 * j] = row[r];
+      wtp[r * lanes + 2 * j + 1] = row[r + 1];
+    }
+  }
+}
+
+// dh_{t-1} for `rows` rows and N unit blocks from ub: dz[t] (B, 4H) times the packed w^T of
+// those blocks, (4H, N kLanes), plus what passed through masked steps.
+template <int R, int N, typename E>
+void backward_tile(const Shape& s, int64_t t, int64_t row0, int ub, const E* wtp, const E* dz,
+                   const float* pass_h, float* dh) {
+  const int64_t H = s.H, B = s.B, K = 4 * s.H;
+  vf acc[R][N];
+  for (int r = 0; r < R; ++r)
+    for (int n = 0; n < N; ++n) acc[r][n] = vf{};
+  const E* a[R];
+  for (int r = 0; r < R; ++r) a[r] = dz + (t * B + row0 + r) * K;
+  product<R, N>(acc, a, K, wtp);
   for (int r = 0; r < R; ++r)
     for (int n = 0; n < N; ++n) {
       const int64_t at = (row0 + r) * H + static_cast<int64_t>(ub + n) * kLanes;
@@ -452,8 +588,8 @@ void backward_tile(const Shape& s, int64_t t, int64_t row0, int ub, const float*
 constexpr int kGroup = 2;  // unit blocks per backward work item
 
 // dh_{t-1} of the N (<= kGroup) unit blocks from ub, for all rows.
-template <int N>
-void backward_group(const Shape& s, int64_t t, int ub, const float* wtp, const float* dz,
+template <int N, typename E>
+void backward_group(const Shape& s, int64_t t, int ub, const E* wtp, const E* dz,
                     const float* pass_h, float* dh) {
   int64_t row = 0;
   for (; row + 2 * kRows <= s.B; row += 2 * kRows)
@@ -465,15 +601,15 @@ void backward_group(const Shape& s, int64_t t, int ub, const float* wtp, const f
 
 // The backward loop from the saved gates to dz (T, B, 4H); dh and dc hold the last carries'
 // gradients on entry and the initial ones on return.
-void backward_loop(ffi::ThreadPool* pool, const Shape& s, const float* gates, const float* wd,
-                   const float* cs, const float* c0, const float* dy, const float* mask,
-                   float* dz, float* dh, float* dc) {
+template <typename E>
+void backward_loop(ffi::ThreadPool* pool, const Shape& s, const E* gates, const E* wd, const E* cs,
+                   const E* c0, const E* dy, const float* mask, E* dz, float* dh, float* dc) {
   const int64_t T = s.T, B = s.B, H = s.H, K = 4 * H;
   const int blocks = static_cast<int>(H / kLanes);
   const int groups = (blocks + kGroup - 1) / kGroup;
   const int workers = workers_for(pool, blocks);
   std::vector<float> pass_h(static_cast<size_t>(B * H));
-  std::vector<float> packed(static_cast<size_t>(H * K));
+  std::vector<E> packed(static_cast<size_t>(H * K));
   auto group_blocks = [&](int gi) { return std::min(kGroup, blocks - gi * kGroup); };
   // Pass 0 packs w^T by groups; then per step t, from the last: the cells' pass over the unit
   // blocks (dz[t], which every unit's dh_{t-1} needs whole), and the products' pass over the
@@ -483,13 +619,8 @@ void backward_loop(ffi::ThreadPool* pool, const Shape& s, const float* gates, co
     for (int64_t k = passes.current(); k < passes.count(); ++k) {
       if (k == 0) {
         passes.run(p, k, [&](int gi) {  // w^T of the group: (K, n kLanes)
-          const int n = group_blocks(gi);
           const int64_t unit0 = static_cast<int64_t>(gi) * kGroup * kLanes;
-          float* wtp = packed.data() + unit0 * K;
-          for (int j = 0; j < n * kLanes; ++j) {
-            const float* row = wd + (unit0 + j) * K;
-            for (int64_t r = 0; r < K; ++r) wtp[r * n * kLanes + j] = row[r];
-          }
+          pack_transposed(packed.data() + unit0 * K, wd, unit0, group_blocks(gi) * kLanes, K);
         });
         continue;
       }
@@ -501,7 +632,7 @@ void backward_loop(ffi::ThreadPool* pool, const Shape& s, const float* gates, co
       } else {
         passes.run(p, k, [&](int gi) {
           const int ub = gi * kGroup;
-          const float* wtp = packed.data() + static_cast<int64_t>(ub) * kLanes * K;
+          const E* wtp = packed.data() + static_cast<int64_t>(ub) * kLanes * K;
           if (group_blocks(gi) == 2)
             backward_group<2>(s, t, ub, wtp, dz, pass_h.data(), dh);
           else
@@ -512,22 +643,67 @@ void backward_loop(ffi::ThreadPool* pool, const Shape& s, const float* gates, co
   });
 }
 
-ffi::Error Backward(ffi::Buffer<ffi::F32> gates, ffi::Buffer<ffi::F32> cs,
-                    ffi::Buffer<ffi::F32> c0, ffi::Buffer<ffi::F32> w, ffi::Buffer<ffi::F32> dy,
-                    ffi::Buffer<ffi::F32> dh_last, ffi::Buffer<ffi::F32> dc_last,
-                    ffi::Buffer<ffi::F32> mask, ffi::ResultBuffer<ffi::F32> dz,
-                    ffi::ResultBuffer<ffi::F32> dh0, ffi::ResultBuffer<ffi::F32> dc0,
-                    ffi::ThreadPool pool) {
+// The backward call on D (F32 or BF16) arrays; the mask is float32 either way.
+template <ffi::DataType D>
+ffi::Error Backward(ffi::Buffer<D> gates, ffi::Buffer<D> cs, ffi::Buffer<D> c0, ffi::Buffer<D> w,
+                    ffi::Buffer<D> dy, ffi::Buffer<D> dh_last, ffi::Buffer<D> dc_last,
+                    ffi::Buffer<ffi::F32> mask, ffi::ResultBuffer<D> dz, ffi::ResultBuffer<D> dh0,
+                    ffi::ResultBuffer<D> dc0, ffi::ThreadPool pool) {
   auto dims = gates.dimensions();
   if (dims.size() != 3 || dims[2] % (4 * kLanes) != 0)
     return ffi::Error::InvalidArgument("lstm backward: gates must be (T, B, 4H), H a multiple of 16");
-  std::memcpy(dh0->typed_data(), dh_last.typed_data(), dh_last.size_bytes());
-  std::memcpy(dc0->typed_data(), dc_last.typed_data(), dc_last.size_bytes());
-  backward_loop(&pool, Shape{dims[0], dims[1], dims[2] / 4, 0}, gates.typed_data(), w.typed_data(),
-                cs.typed_data(), c0.typed_data(), dy.typed_data(),
-                mask.element_count() == 0 ? nullptr : mask.typed_data(), dz->typed_data(),
-                dh0->typed_data(), dc0->typed_data());
+  const Shape s{dims[0], dims[1], dims[2] / 4, 0};
+  const float* m = mask.element_count() == 0 ? nullptr : mask.typed_data();
+  if constexpr (D == ffi::F32) {
+    std::memcpy(dh0->typed_data(), dh_last.typed_data(), dh_last.size_bytes());
+    std::memcpy(dc0->typed_data(), dc_last.typed_data(), dc_last.size_bytes());
+    backward_loop(&pool, s, gates.typed_data(), w.typed_data(), cs.typed_data(), c0.typed_data(),
+                  dy.typed_data(), m, dz->typed_data(), dh0->typed_data(), dc0->typed_data());
+  } else {
+    const int64_t n = s.B * s.H;
+    std::vector<float> dh(static_cast<size_t>(n)), dc(static_cast<size_t>(n));
+    convert(dh_last.typed_data(), dh.data(), n);
+    convert(dc_last.typed_data(), dc.data(), n);
+    backward_loop(&pool, s, gates.typed_data(), w.typed_data(), cs.typed_data(), c0.typed_data(),
+                  dy.typed_data(), m, dz->typed_data(), dh.data(), dc.data());
+    convert(dh.data(), dh0->typed_data(), n);
+    convert(dc.data(), dc0->typed_data(), n);
+  }
   return ffi::Error::Success();
+}
+
+// The argument and result types of the calls on D (F32 or BF16) arrays.
+template <ffi::DataType D>
+auto forward_binding() {
+  return ffi::Ffi::Bind()
+      .template Arg<ffi::Buffer<D>>()         // x (T, B, F)
+      .template Arg<ffi::Buffer<D>>()         // kernel (F, 4H)
+      .template Arg<ffi::Buffer<D>>()         // w (H, 4H)
+      .template Arg<ffi::Buffer<D>>()         // b (4H)
+      .template Arg<ffi::Buffer<D>>()         // h0 (B, H)
+      .template Arg<ffi::Buffer<D>>()         // c0 (B, H)
+      .template Arg<ffi::Buffer<ffi::F32>>()  // mask (T, B) or (0,)
+      .template Ret<ffi::Buffer<D>>()         // gates (T, B, 4H)
+      .template Ret<ffi::Buffer<D>>()         // hs (T, B, H)
+      .template Ret<ffi::Buffer<D>>()         // cs (T, B, H)
+      .template Ctx<ffi::ThreadPool>();
+}
+
+template <ffi::DataType D>
+auto backward_binding() {
+  return ffi::Ffi::Bind()
+      .template Arg<ffi::Buffer<D>>()         // gates (T, B, 4H)
+      .template Arg<ffi::Buffer<D>>()         // cs (T, B, H)
+      .template Arg<ffi::Buffer<D>>()         // c0 (B, H)
+      .template Arg<ffi::Buffer<D>>()         // w (H, 4H)
+      .template Arg<ffi::Buffer<D>>()         // dy (T, B, H)
+      .template Arg<ffi::Buffer<D>>()         // dh_last (B, H)
+      .template Arg<ffi::Buffer<D>>()         // dc_last (B, H)
+      .template Arg<ffi::Buffer<ffi::F32>>()  // mask (T, B) or (0,)
+      .template Ret<ffi::Buffer<D>>()         // dz (T, B, 4H)
+      .template Ret<ffi::Buffer<D>>()         // dh0 (B, H)
+      .template Ret<ffi::Buffer<D>>()         // dc0 (B, H)
+      .template Ctx<ffi::ThreadPool>();
 }
 
 }  // namespace
@@ -544,31 +720,23 @@ extern "C" int StackedLstmVectorBits() {
 #endif
 }
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(StackedLstmForward, Forward,
-                              ffi::Ffi::Bind()
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // x (T, B, F)
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // kernel (F, 4H)
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // w (H, 4H)
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // b (4H)
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // h0 (B, H)
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // c0 (B, H)
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // mask (T, B) or (0,)
-                                  .Ret<ffi::Buffer<ffi::F32>>()  // gates (T, B, 4H)
-                                  .Ret<ffi::Buffer<ffi::F32>>()  // hs (T, B, H)
-                                  .Ret<ffi::Buffer<ffi::F32>>()  // cs (T, B, H)
-                                  .Ctx<ffi::ThreadPool>());
+// 1 where this build has the bfloat16 calls (StackedLstmForwardBf16, StackedLstmBackwardBf16):
+// built for a CPU with AVX512-BF16.
+extern "C" int StackedLstmBf16() {
+#if defined(__AVX512BF16__)
+  return 1;
+#else
+  return 0;
+#endif
+}
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(StackedLstmBackward, Backward,
-                              ffi::Ffi::Bind()
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // gates (T, B, 4H)
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // cs (T, B, H)
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // c0 (B, H)
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // w (H, 4H)
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // dy (T, B, H)
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // dh_last (B, H)
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // dc_last (B, H)
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // mask (T, B) or (0,)
-                                  .Ret<ffi::Buffer<ffi::F32>>()  // dz (T, B, 4H)
-                                  .Ret<ffi::Buffer<ffi::F32>>()  // dh0 (B, H)
-                                  .Ret<ffi::Buffer<ffi::F32>>()  // dc0 (B, H)
-                                  .Ctx<ffi::ThreadPool>());
+XLA_FFI_DEFINE_HANDLER_SYMBOL(StackedLstmForward, Forward<ffi::F32>, forward_binding<ffi::F32>());
+XLA_FFI_DEFINE_HANDLER_SYMBOL(StackedLstmBackward, Backward<ffi::F32>,
+                              backward_binding<ffi::F32>());
+
+#if defined(__AVX512BF16__)
+XLA_FFI_DEFINE_HANDLER_SYMBOL(StackedLstmForwardBf16, Forward<ffi::BF16>,
+                              forward_binding<ffi::BF16>());
+XLA_FFI_DEFINE_HANDLER_SYMBOL(StackedLstmBackwardBf16, Backward<ffi::BF16>,
+                              backward_binding<ffi::BF16>());
+#endif
