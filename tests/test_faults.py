@@ -29,8 +29,8 @@ import jax.numpy as jnp
 import pytest
 
 from tests.trainer_utils import ROOT, assert_same_params, run_main, tiny_config
-from train import checkpoint, checksums, faults, lock, trainer
-from train.checkpoint import saved_steps
+from train import checksums, faults, lock, trainer, workdir as workdir_lib
+from train.workdir import saved_steps
 
 pytestmark = pytest.mark.slow  # processes killed, full disks, damaged checkpoints of trained runs
 
@@ -62,13 +62,13 @@ deleter.StandardCheckpointDeleter.delete = delete
 """
 DISK_FULL_AT_SAVE_20 = """
 import os
-from train import checkpoint
-_save = checkpoint.Checkpoints.save
+from train import workdir as workdir_lib
+_save = workdir_lib.Checkpoints.save
 def save(self, step, state, meta):
   if step == 20:
     fill({directory!r})
   return _save(self, step, state, meta)
-checkpoint.Checkpoints.save = save
+workdir_lib.Checkpoints.save = save
 """
 FILL_DISK = """
 def fill(directory):  # a file that takes every free block of the filesystem
@@ -418,7 +418,7 @@ def _abstract(state):
 
 
 def _saved(workdir, steps, keep=3):
-  ckpts = checkpoint.Checkpoints(workdir, keep)
+  ckpts = workdir_lib.Checkpoints(workdir, keep)
   for step in steps:
     ckpts.save(step, _state(step), {'step': step})
   ckpts.close()
@@ -439,7 +439,7 @@ DAMAGES = {
 def test_each_kind_of_damage_is_set_aside(tmp_path, damage):
   _saved(str(tmp_path), [10, 20])
   DAMAGES[damage](str(tmp_path / 'checkpoints' / '20'))
-  ckpts = checkpoint.Checkpoints(str(tmp_path), 3)
+  ckpts = workdir_lib.Checkpoints(str(tmp_path), 3)
   state, meta = ckpts.restore(_abstract(_state(0)))
   assert meta == {'step': 10} and float(state['w'][0, 0]) == 10
   assert ckpts.manager.all_steps() == [10]
@@ -454,11 +454,11 @@ def test_set_aside_names_are_numbered_and_collection_keeps_the_last_good_one(tmp
   root = str(tmp_path / 'checkpoints')
   for _ in range(2):
     truncate(data_files(root, '.', 30))
-    ckpts = checkpoint.Checkpoints(str(tmp_path), 2)
+    ckpts = workdir_lib.Checkpoints(str(tmp_path), 2)
     assert ckpts.restore(_abstract(_state(0)))[1] == {'step': 20}
     ckpts.save(30, _state(30), {'step': 30})
     ckpts.close()
-  ckpts = checkpoint.Checkpoints(str(tmp_path), 2)
+  ckpts = workdir_lib.Checkpoints(str(tmp_path), 2)
   ckpts.save(40, _state(40), {'step': 40})
   assert ckpts.manager.all_steps() == [30, 40]
   assert ckpts.restore(_abstract(_state(0)))[1] == {'step': 40}
@@ -467,12 +467,12 @@ def test_set_aside_names_are_numbered_and_collection_keeps_the_last_good_one(tmp
 
 
 def test_a_damaged_best_checkpoint_is_set_aside(tmp_path):
-  ckpts = checkpoint.Checkpoints(str(tmp_path), 2)
+  ckpts = workdir_lib.Checkpoints(str(tmp_path), 2)
   ckpts.save_best(15, _state(15), {'loss': 1.5})
   assert ckpts.best_valid(_abstract(_state(0))) == {'loss': 1.5}
   ckpts.close()
   truncate(data_files(str(tmp_path), 'best', 15))
-  ckpts = checkpoint.Checkpoints(str(tmp_path), 2)
+  ckpts = workdir_lib.Checkpoints(str(tmp_path), 2)
   assert ckpts.best_valid(_abstract(_state(0))) is None
   ckpts.close()
   assert os.listdir(tmp_path / 'best') == ['15.damaged']
@@ -614,10 +614,10 @@ def test_an_import_into_a_held_directory_is_refused_and_leftovers_wait_for_the_l
   assert sorted(os.listdir(target)) == [lock.LOCK_FILE]
   leftover = tmp_path / 'run' / 'checkpoints' / '5.orbax-checkpoint-tmp-1'
   leftover.mkdir(parents=True)
-  checkpoint.Checkpoints(str(tmp_path / 'run'), 2).close()  # no lock held: left alone
+  workdir_lib.Checkpoints(str(tmp_path / 'run'), 2).close()  # no lock held: left alone
   assert leftover.exists()
   with lock.holding(str(tmp_path / 'run'), 'training'):
-    checkpoint.Checkpoints(str(tmp_path / 'run'), 2).close()
+    workdir_lib.Checkpoints(str(tmp_path / 'run'), 2).close()
   assert not leftover.exists()
 
 
@@ -705,7 +705,7 @@ def test_runs_written_before_checksums_still_load(copy_of):
   assert len(committed) > 100
   for path in committed:
     checksums.verify(os.path.dirname(path), ['config.json', 'dataset.json', 'vocab.json'])
-  assert checkpoint.read_config(os.path.dirname(committed[-1])).model.hidden_size > 0
+  assert workdir_lib.read_config(os.path.dirname(committed[-1])).model.hidden_size > 0
   os.remove(os.path.join(copy_of, 'config.json'))
   with pytest.raises(trainer.ConfigError, match=f'^{copy_of} holds checkpoints but no '
                                                 'config.json, so the run they belong to is'):
@@ -795,14 +795,14 @@ trainer._log_train = _log_train
 """
 SIGINT_TWICE_AT_SAVE_20 = """
 import os, signal
-from train import checkpoint
-_save = checkpoint.Checkpoints.save
+from train import workdir as workdir_lib
+_save = workdir_lib.Checkpoints.save
 def save(self, step, state, meta):
   if step == 20:
     os.kill(os.getpid(), signal.SIGINT)
     os.kill(os.getpid(), signal.SIGINT)
   return _save(self, step, state, meta)
-checkpoint.Checkpoints.save = save
+workdir_lib.Checkpoints.save = save
 """
 
 

@@ -9,7 +9,7 @@ import time
 import pytest
 
 from tests.trainer_utils import ROOT, assert_same_params, run_main
-from train.checkpoint import saved_steps
+from train.workdir import saved_steps
 
 pytestmark = pytest.mark.slow  # main.py as a real process: kill -9, SIGTERM, flag errors
 

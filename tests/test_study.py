@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from configs import study
-from train import checkpoint, sweep, trainer
+from train import sweep, trainer, workdir as workdir_lib
 from tests.trainer_utils import ROOT, tiny_config
 
 pytestmark = pytest.mark.slow  # trains the study's tiny stacks per task
@@ -116,7 +116,7 @@ def test_speech_common_rate_check_links_the_studys_own_runs_of_the_same_points()
         os.path.join(ROOT, 'results', 'study_speech', 'runs'))
     assert os.path.basename(target) == p.name
     with open(os.path.join(target, 'config.json')) as f:  # saved before the blocks: upgraded
-      saved = checkpoint.config_from_dict(json.load(f), 'config.json')
+      saved = workdir_lib.config_from_dict(json.load(f), 'config.json')
     assert json.loads(saved.to_json()) == json.loads(p.config.to_json())
     assert sweep.point_status(workdir) == 'completed'
   assert linked == 21  # none's seed 0 (its tuning run) and every seed of the other four arms

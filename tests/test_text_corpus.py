@@ -11,7 +11,7 @@ import pytest
 
 from configs import common
 from tests.trainer_utils import run_main, tiny_config
-from train import checkpoint, data, trainer
+from train import data, trainer, workdir as workdir_lib
 from train.data import corpus, text, token_cache
 from train.data.vocab import EOS, UNK, codepoints, joined_lines
 from train.validation import ConfigError
@@ -375,7 +375,7 @@ def test_the_override_accepts_a_changed_file_and_keeps_its_fingerprint(tmp_path)
   assert resumed['status'] == 'completed' and resumed['steps_this_run'] == 2
   saved = json.loads(open(os.path.join(workdir, 'dataset.json')).read())['data_files']['path']
   assert saved['size'] == path.stat().st_size  # the file as it is now is the run's data
-  checkpoint.check_dataset(workdir, data.load_dataset(_text_run_config(path)))
+  workdir_lib.check_dataset(workdir, data.load_dataset(_text_run_config(path)))
 
 
 @pytest.mark.slow  # trains a run

@@ -193,12 +193,12 @@ def test_divergence_found_at_a_logging_step_reports_the_first_non_finite_step(tm
     workdir = str(tmp_path / f'every{every}')
     files_at_step_3 = {}
 
-    def save(*args, original=trainer.checkpoint.Checkpoints.save, **kwargs):
+    def save(*args, original=trainer.workdir_lib.Checkpoints.save, **kwargs):
       original(*args, **kwargs)
       files_at_step_3.update(_checkpoint_files(workdir))
 
     with pytest.MonkeyPatch.context() as patch:
-      patch.setattr(trainer.checkpoint.Checkpoints, 'save', save)
+      patch.setattr(trainer.workdir_lib.Checkpoints, 'save', save)
       # The loss grows past DIVERGENCE_FACTOR times its start at step 3 (tests/test_faults.py
       # tests that rule); here the non-finite rule alone is tested.
       patch.setattr(trainer, 'DIVERGENCE_FACTOR', math.inf)

@@ -81,8 +81,8 @@ def run_main(workdir, *flags, timeout=300, wait=True, prelude=None):
 def load_params(workdir):
   """The parameters of the latest checkpoint in `workdir`, as a flat {path: numpy array}."""
   import jax
-  from train import checkpoint
-  _, step, params = checkpoint.restore_params(str(workdir))
+  from train import workdir as workdir_lib
+  _, step, params = workdir_lib.restore_params(str(workdir))
   flat = jax.tree_util.tree_flatten_with_path(params)[0]
   return step, {jax.tree_util.keystr(k): np.asarray(v) for k, v in flat}
 

@@ -22,7 +22,7 @@ from typing import Any, Optional
 import jax
 import numpy as np
 
-from train import checkpoint, cli, data, distributed, faults, files, lock, trainer
+from train import cli, data, distributed, faults, files, lock, trainer, workdir as workdir_lib
 from train.run import Run, load_run
 from train.validation import ConfigError
 
@@ -34,7 +34,7 @@ def _split_batcher(run: Run, split: str) -> tuple[data.Batcher, dict]:
     dataset = data.load_dataset(run.config)
   except ValueError as e:
     raise ConfigError(str(e)) from None
-  checkpoint.check_dataset(run.workdir, dataset)
+  workdir_lib.check_dataset(run.workdir, dataset)
   return trainer.eval_batcher(run.config, dataset, run.task, split), {'split': split}
 
 

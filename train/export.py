@@ -27,7 +27,7 @@ import torch
 import lstm.interop
 from configs import common
 from lstm import StackedLSTM
-from train import checkpoint, cli, data, faults, files, lock, models, tasks
+from train import cli, data, faults, files, lock, models, tasks, workdir as workdir_lib
 from train.run import Run, language_model, load_run
 from train.validation import ConfigError, check_config
 
@@ -154,9 +154,9 @@ def from_torch(embed: torch.nn.Embedding, lstm_module: torch.nn.LSTM,
   with lock.holding(workdir, 'import'):
     if os.path.exists(os.path.join(workdir, 'config.json')):
       raise ConfigError(f'{workdir} holds a run already; import into a new directory')
-    checkpoint.record_config(workdir, config.to_json_best_effort())
-    checkpoint.record_dataset(workdir, dataset)
-    checkpoint.save_params(workdir, 0, params, {'step': 0, 'imported_from': 'torch'})
+    workdir_lib.record_config(workdir, config.to_json_best_effort())
+    workdir_lib.record_dataset(workdir, dataset)
+    workdir_lib.save_params(workdir, 0, params, {'step': 0, 'imported_from': 'torch'})
   return load_run(workdir)
 
 
@@ -181,7 +181,7 @@ def load(path: str) -> tuple[TorchLanguageModel, data.Vocabulary, Any]:
     raise ConfigError(f'{path} is not a language model written by train.export --out')
   module = TorchLanguageModel.from_sizes(**saved['sizes'])
   module.load_state_dict(saved['state_dict'])
-  config = None if saved['config'] is None else checkpoint.config_from_dict(saved['config'], path)
+  config = None if saved['config'] is None else workdir_lib.config_from_dict(saved['config'], path)
   return module.eval(), data.Vocabulary.from_json(saved['vocab']), config
 
 

@@ -132,9 +132,9 @@ def count_params(workdir: str) -> Optional[int]:
   the input shapes; nothing compiled or trained); None when the workdir's config cannot build a
   model here."""
   import jax
-  from train import checkpoint, trainer, validation
+  from train import trainer, validation, workdir as workdir_lib
   try:
-    setup = trainer.setup(checkpoint.read_config(workdir))
+    setup = trainer.setup(workdir_lib.read_config(workdir))
   except (validation.ConfigError, ValueError, KeyError, OSError):
     return None
   sample = trainer.first_rows(setup.train_batches)

@@ -1,7 +1,7 @@
 """`load_run(workdir, step)`: a trained run as other code uses it, without its training data.
 
 The workdir's `config.json`, `dataset.json` and `vocab.json` rebuild the model (see
-train/checkpoint.py); the parameters come from the checkpoint `step` names: None or 'latest' the
+train/workdir.py); the parameters come from the checkpoint `step` names: None or 'latest' the
 newest, 'best' the best by validation loss, an int that step. Nothing in the workdir is written.
 
   run = train.load_run('runs/stack', step='best')
@@ -19,7 +19,7 @@ from typing import Any, Optional
 import flax.linen as nn
 import ml_collections
 
-from train import checkpoint, data, models, tasks, validation
+from train import data, models, tasks, validation, workdir as workdir_lib
 
 DIRECTIONS = ('forward', 'backward')
 
@@ -41,13 +41,13 @@ class Run:
     return self.dataset.vocab
 
 
-def load_run(workdir: str, step: checkpoint.Step = None) -> Run:
+def load_run(workdir: str, step: workdir_lib.Step = None) -> Run:
   """The run in `workdir` with the parameters of checkpoint `step`; raises ConfigError (one line)
   when the workdir holds no run or no such checkpoint. A workdir written before `dataset.json`
   existed is rebuilt from its data."""
-  config = checkpoint.read_config(workdir)
+  config = workdir_lib.read_config(workdir)
   validation.check_config(config)
-  dataset = checkpoint.read_dataset(workdir)
+  dataset = workdir_lib.read_dataset(workdir)
   if dataset is None:
     try:
       dataset = data.load_dataset(config)
@@ -55,7 +55,7 @@ def load_run(workdir: str, step: checkpoint.Step = None) -> Run:
       raise validation.ConfigError(str(e)) from None
     dataset = dataclasses.replace(dataset, splits={})
   task = tasks.for_dataset(dataset)
-  kind, number, params = checkpoint.restore_params(workdir, step)
+  kind, number, params = workdir_lib.restore_params(workdir, step)
   return Run(workdir, config, dataset, task, task.build_model(config), params, number, kind)
 
 

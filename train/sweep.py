@@ -361,16 +361,16 @@ def point_status(workdir: str) -> Optional[str]:
 
 
 def config_difference(workdir: str, config) -> Optional[str]:
-  """How the config saved in `workdir` (read as train/checkpoint.py reads it, old fields upgraded)
+  """How the config saved in `workdir` (read as train/workdir.py reads it, old fields upgraded)
   differs from `config`, the config the sweep would run there now: 'config.F: the run has A, the
   sweep now B' for the first field that differs (fields of NOT_COMPARED aside), a line saying
   why the saved one cannot be read, or None when they are equal or the workdir has no
   config.json (results written by other means than main.py)."""
-  from train import checkpoint, validation
+  from train import validation, workdir as workdir_lib
   if not os.path.exists(os.path.join(workdir, 'config.json')):
     return None  # not a run of main.py (which writes config.json first): nothing to compare
   try:
-    saved = checkpoint.read_config(workdir)
+    saved = workdir_lib.read_config(workdir)
   except (validation.ConfigError, faults.RunFault) as e:
     return f'its config cannot be read: {e}'
   a = files.flatten(json.loads(saved.to_json_best_effort()))

@@ -23,7 +23,7 @@ evaluating and checkpointing.
 A stopping signal during an evaluation stops the run right after it (with a checkpoint); during
 the final checkpoint and evaluation, they finish; while the run starts (compiling, restoring), it
 stops before the first step. A run resumes from the newest checkpoint that restores
-(see `checkpoint.Checkpoints`); a fault of its environment (a write that fails, device memory
+(see `workdir.Checkpoints`); a fault of its environment (a write that fails, device memory
 that runs out) ends it with `faults.RunFault`, whose message is one line, and `results.json`
 says `failed` where it can be written.
 """
@@ -45,8 +45,8 @@ from absl import logging
 from jax.experimental import multihost_utils
 
 from lstm import memory
-from train import checkpoint, data, distributed, faults, files, metrics as metrics_lib, optim
-from train import lock, tasks, validation
+from train import data, distributed, faults, files, metrics as metrics_lib, optim
+from train import lock, tasks, validation, workdir as workdir_lib
 
 ConfigError = validation.ConfigError
 
@@ -263,13 +263,13 @@ def train_and_evaluate(config, workdir: str) -> dict:
     os.makedirs(workdir, exist_ok=True)
   with _holding(workdir), distributed.Preemption() as preemption:
     config_json = config.to_json_best_effort()
-    checkpoint.compare_config(workdir, config_json)  # every saved file checked before any write
-    checkpoint.check_dataset(workdir, s.dataset, config.data.allow_changed_data)
-    checkpoint.record_config(workdir, config_json)  # files that would not change are not written
-    checkpoint.record_dataset(workdir, s.dataset, config.data.allow_changed_data)
+    workdir_lib.compare_config(workdir, config_json)  # every saved file checked before any write
+    workdir_lib.check_dataset(workdir, s.dataset, config.data.allow_changed_data)
+    workdir_lib.record_config(workdir, config_json)  # files that would not change are not written
+    workdir_lib.record_dataset(workdir, s.dataset, config.data.allow_changed_data)
     with _out_of_memory_reported(s):
       state, zero_carry = initial_state(s)
-    ckpts = checkpoint.Checkpoints(workdir, config.keep_checkpoints)
+    ckpts = workdir_lib.Checkpoints(workdir, config.keep_checkpoints)
     restored = ckpts.restore(_abstract(state))
     first_loss = None
     if restored is not None:
@@ -436,7 +436,7 @@ def _run(s: Setup, state: TrainState, zero_carry, ckpts, writer, results: dict,
 class _Best:
   """The best validation so far (kept over resumption in `best/`) and its parameters."""
 
-  def __init__(self, ckpts: checkpoint.Checkpoints, abstract_params):
+  def __init__(self, ckpts: workdir_lib.Checkpoints, abstract_params):
     self.ckpts, self.valid = ckpts, ckpts.best_valid(abstract_params)
 
   def offer(self, step: int, params, valid: dict) -> None:

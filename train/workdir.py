@@ -1,16 +1,17 @@
-"""The workdir's checkpoints (orbax) and the files that describe its run.
+"""The workdir of a run: the files that describe it and its checkpoints.
+
+`config.json` (the config), `dataset.json` (the data's shape: its name, kind, vocabulary size,
+classes, input features) and, for language models, `vocab.json` are what rebuilds the model
+without the data; `record_config` and `record_dataset` refuse a workdir whose files describe a
+different run, and `read_config` / `config_from_dict` read a config.json of any version (fields
+renamed since are read through configs/common.py's `LEGACY`). `dataset.json` also keeps the
+fingerprint of every data file the run reads (dataset 'text'), so that a resumed run refuses a
+file whose contents changed (unless config.data.allow_changed_data).
 
 `checkpoints/<step>/`: the train state plus JSON metadata (data position), the newest
 `keep_checkpoints` kept; `best/<step>/`: the parameters with the lowest validation loss so far and
 that validation's metrics. Orbax writes each step to a temporary directory and renames it when
 complete, so a run killed mid-save leaves the previous checkpoint as the latest.
-
-`config.json` (the config), `dataset.json` (the data's shape: kind, vocabulary size, classes,
-input features) and, for language models, `vocab.json` are what rebuilds the model without the
-data; `record_config` and `record_dataset` refuse a workdir whose files describe a different run.
-`dataset.json` also keeps the fingerprint of every data file the run reads (task 'text'), so
-that a resumed run refuses a file whose contents changed (unless
-config.data.allow_changed_data).
 `restore_params` reads the parameters of any saved step without writing anything, and refuses a
 damaged one in one line (`faults.RunFault`) where a training run sets it aside (`Checkpoints`).
 """
