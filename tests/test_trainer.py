@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from train import data, optim, tasks, trainer
+from train import data, objectives, optim, trainer
 from train.validation import ConfigError
 from tests.trainer_utils import read_metrics, tiny_config
 
@@ -70,7 +70,7 @@ def test_text_file_task(tmp_path):
 def _one_step_setup(config):
   """(model, batch, schedule, tx, state) for one training step of a language model config."""
   dataset = data.load_dataset(config)
-  model = tasks.for_dataset(dataset).build_model(config)
+  model = objectives.for_dataset(dataset).build_model(config)
   batch = next(data.Batcher(dataset, 'train', config.batch_size, config.num_steps, 0, False))
   batch = jax.tree.map(jnp.asarray, batch)
   params = model.init(jax.random.key(0), batch['inputs'])['params']
@@ -88,8 +88,8 @@ def test_one_step_changes_every_parameter():
                                       'model.peephole': True})
   model, batch, schedule, tx, state = _one_step_setup(config)
   params = state.params
-  task = tasks.for_dataset(data.load_dataset(config))
-  step = jax.jit(trainer.make_train_step(model, task, tx, schedule))
+  objective = objectives.for_dataset(data.load_dataset(config))
+  step = jax.jit(trainer.make_train_step(model, objective, tx, schedule))
   new_state, metrics = step(state, batch, jnp.asarray(True))
   unchanged = [jax.tree_util.keystr(path) for path, a in jax.tree_util.tree_flatten_with_path(
       jax.tree.map(lambda a, b: bool(jnp.all(a == b)), params, new_state.params))[0] if a]
@@ -124,8 +124,8 @@ def test_sequence_loss_reduction_scales_the_gradient_by_num_steps():
   results = {}
   for config in (token_config, sequence_config):
     model, batch, schedule, tx, state = _one_step_setup(config)
-    task = tasks.for_dataset(data.load_dataset(config))
-    step = jax.jit(trainer.make_train_step(model, task, tx, schedule,
+    objective = objectives.for_dataset(data.load_dataset(config))
+    step = jax.jit(trainer.make_train_step(model, objective, tx, schedule,
                                            config.optimizer.loss_reduction))
     results[config.optimizer.loss_reduction] = step(state, batch, jnp.asarray(True))
   (token_state, token), (sequence_state, sequence) = results['token'], results['sequence']
@@ -259,19 +259,19 @@ def test_language_model_never_carries_state_across_documents(tmp_path):
                                  'birds sing at dawn'] * 60) + '\n')
   config = tiny_config('text', **{'data.path': str(corpus), 'data.document_separator': '\n\n'})
   dataset = data.load_dataset(config)
-  task = tasks.for_dataset(dataset)
-  model = task.build_model(config)
+  objective = objectives.for_dataset(dataset)
+  model = objective.build_model(config)
   batch = jax.tree.map(jnp.asarray, next(data.Batcher(dataset, 'train', 8, 30, 0, False)))
   row, start = next((r, int(c)) for r in range(8)
                     for c in np.flatnonzero(np.asarray(batch['segment_starts'][r])) if c > 0)
-  params = model.init(jax.random.key(0), **task.model_inputs(batch))['params']
-  carry_shape = jax.eval_shape(lambda: task.apply(model, params, batch, None, None, False)[1])
+  params = model.init(jax.random.key(0), **objective.model_inputs(batch))['params']
+  carry_shape = jax.eval_shape(lambda: objective.apply(model, params, batch, None, None, False)[1])
   noisy = jax.tree.map(lambda s: jax.random.normal(jax.random.key(1), s.shape, s.dtype),
                        carry_shape)
-  logits, _ = task.apply(model, params, batch, noisy, None, False)
+  logits, _ = objective.apply(model, params, batch, noisy, None, False)
   changed = dict(batch, inputs=batch['inputs'].at[row, :start].set(
       (batch['inputs'][row, :start] + 1) % dataset.vocab_size))
-  other, _ = task.apply(model, params, changed, None, None, False)
+  other, _ = objective.apply(model, params, changed, None, None, False)
   np.testing.assert_allclose(other[row, start:], logits[row, start:], rtol=1e-5, atol=1e-6)
   assert not np.allclose(other[row, :start], logits[row, :start])  # before it, it does
   results = trainer.train_and_evaluate(config, str(tmp_path / 'run'))

@@ -27,7 +27,7 @@ import torch
 import lstm.interop
 from configs import common
 from lstm import StackedLSTM
-from train import cli, data, faults, files, lock, models, tasks, workdir as workdir_lib
+from train import cli, data, faults, files, lock, models, objectives, workdir as workdir_lib
 from train.run import Run, language_model, load_run
 from train.validation import ConfigError, check_config
 
@@ -145,7 +145,7 @@ def from_torch(embed: torch.nn.Embedding, lstm_module: torch.nn.LSTM,
   dataset = data.Dataset(task=config.task, kind='lm', splits={}, vocab_size=len(vocab),
                          num_classes=len(vocab), input_features=None, itos=list(vocab.itos),
                          level=vocab.level, vocab=vocab)
-  expected = jax.eval_shape(lambda: tasks.for_dataset(dataset).build_model(config).init(
+  expected = jax.eval_shape(lambda: objectives.for_dataset(dataset).build_model(config).init(
       jax.random.key(0), np.zeros((1, 1), np.int32))['params'])
   if jax.tree.map(lambda a: a.shape, expected) != jax.tree.map(np.shape, params):
     raise ConfigError('the modules do not form the language model the config describes')

@@ -139,7 +139,7 @@ def count_params(workdir: str) -> Optional[int]:
     return None
   sample = trainer.first_rows(setup.train_batches)
   shapes = jax.eval_shape(lambda: setup.model.init(jax.random.PRNGKey(0),
-                                                   **setup.task.model_inputs(sample)))
+                                                   **setup.objective.model_inputs(sample)))
   return int(sum(math.prod(x.shape) for x in jax.tree.leaves(shapes['params'])))
 
 

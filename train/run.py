@@ -19,7 +19,7 @@ from typing import Any, Optional
 import flax.linen as nn
 import ml_collections
 
-from train import data, models, tasks, validation, workdir as workdir_lib
+from train import data, models, objectives, validation, workdir as workdir_lib
 
 DIRECTIONS = ('forward', 'backward')
 
@@ -29,7 +29,7 @@ class Run:
   workdir: str
   config: ml_collections.ConfigDict
   dataset: data.Dataset  # the data's shapes and vocabulary; no splits
-  task: tasks.Task
+  objective: objectives.Objective
   model: nn.Module
   params: Any
   step: int
@@ -37,7 +37,7 @@ class Run:
 
   @property
   def vocab(self) -> Optional[data.Vocabulary]:
-    """Language models: the vocabulary (`encode` / `decode`); None for other tasks."""
+    """Language models: the vocabulary (`encode` / `decode`); None for other kinds of dataset."""
     return self.dataset.vocab
 
 
@@ -54,17 +54,18 @@ def load_run(workdir: str, step: workdir_lib.Step = None) -> Run:
     except ValueError as e:
       raise validation.ConfigError(str(e)) from None
     dataset = dataclasses.replace(dataset, splits={})
-  task = tasks.for_dataset(dataset)
+  objective = objectives.for_dataset(dataset)
   kind, number, params = workdir_lib.restore_params(workdir, step)
-  return Run(workdir, config, dataset, task, task.build_model(config), params, number, kind)
+  return Run(workdir, config, dataset, objective, objective.build_model(config), params, number,
+             kind)
 
 
 def language_model(run: Run, direction: str = 'forward') -> tuple[models.LanguageModel, Any]:
   """(model, params) of the run's language model reading text in `direction`: the model itself,
   or one direction of a biLM (its stack with the shared embedding and softmax)."""
   if run.vocab is None:
-    raise validation.ConfigError(f'the run in {run.workdir} is a {run.dataset.kind} task '
-                                 f'({run.config.task}), not a language model')
+    raise validation.ConfigError(f'the run in {run.workdir} is a {run.dataset.kind} model of '
+                                 f'dataset {run.config.task}, not a language model')
   if direction not in DIRECTIONS:
     raise validation.ConfigError(f'direction={direction!r} is not one of {", ".join(DIRECTIONS)}')
   if not isinstance(run.model, models.BiLanguageModel):

@@ -9,7 +9,7 @@ from typing import Any, Dict, Iterator, Mapping, Optional
 
 import numpy as np
 
-from train import tasks
+from train import objectives
 from train.data.dataset import Dataset
 
 
@@ -23,7 +23,7 @@ class Batcher:
   len % batch_size tokens are not used.
   `with_reverse` adds 'inputs_rev' / 'targets_rev', the same cut of the reversed stream, for a
   backward language model that carries its own state (ELMo's biLM).
-  Example datasets: the batch holds `fields` (batch key -> Split field; by default the task's
+  Example datasets: the batch holds `fields` (batch key -> Split field; by default the objective's
   `batch_fields`), in the order of a permutation seeded by (seed, epoch) when `shuffle`, else
   in order. Every batch has 'valid' (B,) float32: 1 for real examples, 0 for padding; with
   drop_remainder=False the last batch is padded (with copies of the split's first example) to
@@ -72,7 +72,7 @@ class Batcher:
       self._size = data.size
       self._fields = {}
       if fields is None:
-        fields = tasks.TASKS[dataset.kind].batch_fields
+        fields = objectives.OBJECTIVES[dataset.kind].batch_fields
       for key, attr in fields.items():
         value = getattr(data, attr)
         if key == 'lengths' and value is None:  # all sequences full length
