@@ -68,7 +68,7 @@ def get_config(arg='ptb'):
   c.keep_checkpoints = 1
   c.log_every_steps = 50
   if dataset == 'ptb':
-    c.task = 'ptb_char'
+    c.dataset = 'ptb_char'
     c.model.hidden_size = 128
     c.model.embed_size = 32
     c.batch_size = 32
@@ -79,7 +79,7 @@ def get_config(arg='ptb'):
     c.data.max_train_tokens = 1_000_000
     c.data.max_eval_tokens = 50_000
   else:
-    c.task = 'mnist1d'
+    c.dataset = 'mnist1d'
     c.model.hidden_size = 64
     c.batch_size = 64
     c.num_train_steps = 1000

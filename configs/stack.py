@@ -12,7 +12,7 @@ from configs import common
 def get_config(arg=None):
   args = common.parse_arg(arg, layers=2, hidden=256, between='none', full=False)
   c = common.base_config()
-  c.task = 'ptb_char'
+  c.dataset = 'ptb_char'
   c.model.num_layers = args.layers
   c.model.hidden_size = args.hidden
   c.model.between = args.between

@@ -27,7 +27,7 @@ def get_config(arg='small'):
     raise ValueError(f'configs/zaremba.py:{size} is not known; use one of {", ".join(SIZES)}')
   hidden, steps, dropout, init, clip, decay, start, epochs = SIZES[size]
   c = common.base_config()
-  c.task = 'ptb_word'
+  c.dataset = 'ptb_word'
   c.batch_size = 20
   c.num_steps = steps
   c.num_train_steps = 0

@@ -9,12 +9,12 @@ from configs import common
 from train import data
 
 
-def config(task, **fields):
-  """The default config for `task` with `fields` set in config.data (in the task's own
+def config(dataset, **fields):
+  """The default config for `dataset` with `fields` set in config.data (in the dataset's own
   sub-dict for generated datasets)."""
   c = common.base_config()
-  c.task = task
-  section = c.data[task] if task in c.data else c.data
+  c.dataset = dataset
+  section = c.data[dataset] if dataset in c.data else c.data
   for key, value in fields.items():
     section[key] = value
   return c
@@ -35,7 +35,7 @@ def assert_batches_equal(a, b):
 def lm_dataset(n=1000):
   """A token stream whose ids are their own positions: contiguity is easy to check."""
   splits = {name: data.Split(tokens=np.arange(n, dtype=np.int32)) for name in data.SPLITS}
-  return data.Dataset(task='toy', kind='lm', splits=splits, vocab_size=n, num_classes=n,
+  return data.Dataset(name='toy', kind='lm', splits=splits, vocab_size=n, num_classes=n,
                       input_features=None, itos=[str(i) for i in range(n)])
 
 
@@ -43,7 +43,7 @@ def classify_dataset(n=103, steps=3):
   """Each example's features hold its index, so batches reveal which examples they contain."""
   inputs = np.repeat(np.arange(n, dtype=np.float32)[:, None, None], steps, axis=1)
   split = data.Split(inputs=inputs, targets=(np.arange(n) % 7).astype(np.int32))
-  return data.Dataset(task='toy', kind='classify', splits={s: split for s in data.SPLITS},
+  return data.Dataset(name='toy', kind='classify', splits={s: split for s in data.SPLITS},
                       vocab_size=None, num_classes=7, input_features=1, itos=None)
 
 
@@ -232,7 +232,7 @@ def test_eval_pass_covers_every_example_once():
 
 
 # ------------------------------------------------------------------------------------------------
-# Synthetic tasks
+# Synthetic datasets
 
 
 def test_copy_task_structure_and_baseline():
@@ -331,7 +331,7 @@ def test_text_char_level_with_fractions(tmp_path):
   text = ''.join(f'line {i} of the corpus\n' for i in range(100))
   path.write_text(text)
   ds = data.load_dataset(config('text', path=str(path)))
-  assert ds.task == 'text' and ds.kind == 'lm'
+  assert ds.name == 'text' and ds.kind == 'lm'
   n = len(text)
   sizes = {k: v.tokens.size for k, v in ds.splits.items()}
   assert sizes['test'] == sizes['valid'] == round(0.05 * n)  # fractions of the whole file
@@ -388,7 +388,7 @@ def test_text_errors_name_the_path(tmp_path, case, problem):
 
 
 def test_text_without_path_or_with_bad_separate_file(tmp_path):
-  with pytest.raises(ValueError, match=r"config.task='text' needs config.data.path"):
+  with pytest.raises(ValueError, match=r"config.dataset='text' needs config.data.path"):
     data.load_dataset(config('text'))
   good = tmp_path / 'train.txt'
   good.write_text('some text here\n' * 10)
@@ -400,15 +400,15 @@ def test_text_without_path_or_with_bad_separate_file(tmp_path):
 # Errors
 
 
-def test_unknown_task_lists_valid_names():
+def test_unknown_dataset_lists_valid_names():
   with pytest.raises(ValueError) as info:
     data.load_dataset(config('imagenet'))
   message = str(info.value)
-  assert "config.task='imagenet'" in message and '\n' not in message
-  for name in data.TASKS:
+  assert "config.dataset='imagenet'" in message and '\n' not in message
+  for name in data.DATASETS:
     assert name in message
-  assert set(data.TASKS) == {'ptb_char', 'ptb_word', 'text', 'mnist1d', 'digits', 'copy', 'adding',
-                             'speech_digits'}
+  assert set(data.DATASETS) == {'ptb_char', 'ptb_word', 'text', 'mnist1d', 'digits', 'copy',
+                                'adding', 'speech_digits'}
 
 
 def test_oversize_batch_errors_name_batch_size_and_split_size():
@@ -437,7 +437,7 @@ def test_describe_is_one_line(ptb_word):
 
 def test_lm_with_reverse_cuts_the_reversed_stream_the_same_way():
   stream = np.arange(1000, dtype=np.int32)
-  ds = data.Dataset(task='t', kind='lm', splits={'train': data.Split(tokens=stream)},
+  ds = data.Dataset(name='t', kind='lm', splits={'train': data.Split(tokens=stream)},
                     vocab_size=1000, num_classes=1000, input_features=None, itos=None)
   b = data.Batcher(ds, 'train', 4, 10, 0, shuffle=False, with_reverse=True)
   first, second = next(b), next(b)

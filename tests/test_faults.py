@@ -319,7 +319,7 @@ def test_a_workdir_of_another_run_is_refused(copy_of):
 
 
 def test_an_unreadable_config_json_is_refused(tmp_path):
-  (tmp_path / 'config.json').write_text('{"task": "ptb_ch')
+  (tmp_path / 'config.json').write_text('{"dataset": "ptb_ch')
   with pytest.raises(trainer.ConfigError, match=f'^{tmp_path}/config.json is not readable JSON'):
     trainer.train_and_evaluate(tiny_config(), str(tmp_path))
   assert sorted(os.listdir(tmp_path)) == [lock.LOCK_FILE, 'config.json']
@@ -360,7 +360,7 @@ def test_kills_inside_saves_and_sigterm_in_evaluation_resume_to_the_same_paramet
   stopped = run_main(workdir, prelude=SIGTERM_IN_EVALUATION)  # the evaluation at step 15
   assert_reported(stopped, status=0)
   results = json.loads(open(os.path.join(workdir, 'results.json')).read())
-  assert results == {'task': 'ptb_char', 'status': 'preempted', 'step': 15}
+  assert results == {'dataset': 'ptb_char', 'status': 'preempted', 'step': 15}
   assert saved_steps(workdir) == [10, 15]
   records = [json.loads(line) for line in open(os.path.join(workdir, 'metrics.jsonl'))]
   assert {'step': 15, 'split': 'valid'}.items() <= records[-1].items()  # it ended first
@@ -398,7 +398,7 @@ def test_out_of_device_memory_names_the_sizes(tmp_path, reference):
       r'parameters; use a smaller config.batch_size or config.num_steps, '
       r'config.model.remat=True, or config.model.scan_layers=True for a deep stack', error), error
   results = json.loads(open(os.path.join(tmp_path, 'run', 'results.json')).read())
-  assert results == {'task': 'ptb_char', 'status': 'failed', 'message': error}
+  assert results == {'dataset': 'ptb_char', 'status': 'failed', 'message': error}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -814,13 +814,13 @@ def test_ctrl_c_and_sighup_stop_with_a_checkpoint_and_a_second_ctrl_c_at_once(tm
   compiling = run_main(workdir, prelude=SIGINT_IN_FIRST_COMPILE)
   assert_reported(compiling, status=0)
   assert 'SIGINT received: saving a checkpoint and stopping' in compiling.stderr
-  assert results() == {'task': 'ptb_char', 'status': 'preempted', 'step': 1}
+  assert results() == {'dataset': 'ptb_char', 'status': 'preempted', 'step': 1}
   assert saved_steps(workdir) == [1] and leftovers() == []
 
   hung_up = run_main(workdir, prelude=SIGHUP_AT_STEP_15)
   assert_reported(hung_up, status=0)
   assert 'SIGHUP received: saving a checkpoint and stopping' in hung_up.stderr
-  assert results() == {'task': 'ptb_char', 'status': 'preempted', 'step': 15}
+  assert results() == {'dataset': 'ptb_char', 'status': 'preempted', 'step': 15}
   assert saved_steps(workdir) == [10, 15] and leftovers() == []  # keep_checkpoints=2
 
   interrupted = run_main(workdir, prelude=SIGINT_TWICE_AT_SAVE_20)
@@ -948,7 +948,7 @@ def test_a_killed_sweep_stops_its_points_and_a_rerun_never_runs_one_twice(tmp_pa
     assert time.time() - start < 120, 'the point outlived its sweep'
     time.sleep(0.1)
   assert json.load(open(os.path.join(point, 'results.json'))) == {
-      'task': 'ptb_char', 'status': 'preempted', 'step': 15}
+      'dataset': 'ptb_char', 'status': 'preempted', 'step': 15}
   assert 'SIGTERM received: saving a checkpoint' in open(os.path.join(point, 'log.txt')).read()
 
   # A second sweep while one holds the sweep directory: refused before it writes sweep.json.

@@ -28,7 +28,7 @@ from configs import common
 
 def get_config(arg=None):
   c = common.base_config()
-  c.task = 'ptb_char'
+  c.dataset = 'ptb_char'
   c.model.hidden_size = 16
   c.num_train_steps = 20
   c.data.max_train_tokens = 5000
@@ -160,7 +160,7 @@ def test_commands_reproduce_each_point_config(config_path):
 def _write_results(workdir, status, **extra):
   os.makedirs(workdir, exist_ok=True)
   with open(os.path.join(workdir, 'results.json'), 'w') as f:
-    json.dump({'status': status, 'task': 'ptb_char', **extra}, f)
+    json.dump({'status': status, 'dataset': 'ptb_char', **extra}, f)
 
 
 class FakeRunner:
@@ -496,7 +496,7 @@ def test_tuning_stage_cli_runs_both_stages_and_the_report_pairs_them(config_path
 workdir = [a for a in sys.argv if a.startswith('--workdir=')][0].split('=', 1)[1]
 os.makedirs(workdir, exist_ok=True)
 bpc = _tuned_bpc(os.path.basename(workdir))
-json.dump({'status': 'completed', 'task': 'ptb_char', 'valid': {'bpc': bpc},
+json.dump({'status': 'completed', 'dataset': 'ptb_char', 'valid': {'bpc': bpc},
            'test': {'bpc': bpc}}, open(os.path.join(workdir, 'results.json'), 'w'))
 ''')
   code = (f'import sys; sys.path.insert(0, {ROOT!r}); from train import sweep; '

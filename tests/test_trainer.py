@@ -15,7 +15,7 @@ from tests.trainer_utils import read_metrics, tiny_config
 pytestmark = pytest.mark.slow  # every test trains a run
 
 
-@pytest.mark.parametrize('task, overrides, metric', [
+@pytest.mark.parametrize('dataset, overrides, metric', [
     ('ptb_char', {}, 'bpc'),
     ('ptb_word', {'model.tie_embeddings': True, 'model.embed_size': 16}, 'perplexity'),
     ('ptb_word', {'model.bilm': True, 'model.proj_size': 8, 'model.cell_clip': 3.0,
@@ -29,9 +29,9 @@ pytestmark = pytest.mark.slow  # every test trains a run
     ('speech_digits', {'batch_size': 16, 'model.bidirectional': True, 'model.peephole': True,
                        'optimizer.learning_rate': 3e-3}, 'label_error_rate'),
 ])
-def test_every_task_trains_and_writes_results(tmp_path, monkeypatch, task, overrides, metric):
+def test_every_dataset_trains_and_writes_results(tmp_path, monkeypatch, dataset, overrides, metric):
   monkeypatch.setenv('STACKED_LSTM_CACHE', str(tmp_path / 'cache'))
-  config = tiny_config(task, **overrides)
+  config = tiny_config(dataset, **overrides)
   results = trainer.train_and_evaluate(config, str(tmp_path))
   assert results['status'] == 'completed' and results['step'] == 30
   records = read_metrics(tmp_path)
@@ -140,7 +140,8 @@ def test_sequence_loss_reduction_scales_the_gradient_by_num_steps():
 
 
 @pytest.mark.parametrize('overrides, match', [
-    ({'task': 'imagenet'}, "config.task='imagenet' is not a known task; choose one of ptb_char"),
+    ({'dataset': 'imagenet'}, "config.dataset='imagenet' is not a known dataset; choose one of "
+     'ptb_char'),
     ({'optimizer.name': 'adamax'}, "config.optimizer.name='adamax' is not known; use one of sgd"),
     ({'model.activation': 'rleu'}, "config.model: activation='rleu' is not a known"),
     ({'model.between': 'softmax'}, "config.model: between='softmax' is not known"),
@@ -148,7 +149,7 @@ def test_sequence_loss_reduction_scales_the_gradient_by_num_steps():
     ({'model.num_layers': -1}, r'config.model.num_layers=-1 must be a positive integer'),
     ({'num_train_steps': 0}, r'config.num_train_steps=0 must be a positive integer'),
     ({'batch_size': 0}, r'config.batch_size=0 must be a positive integer'),
-    ({'task': 'digits', 'batch_size': 5000}, r'config.batch_size=5000 is larger than'),
+    ({'dataset': 'digits', 'batch_size': 5000}, r'config.batch_size=5000 is larger than'),
     ({'batch_size': 6000}, r'config.batch_size=6000 is too large'),
     ({'optimizer.schedule': 'linear'}, "config.optimizer.schedule='linear' is not known"),
     ({'optimizer.loss_reduction': 'batch'}, "config.optimizer.loss_reduction='batch' is not known"),
@@ -159,7 +160,7 @@ def test_bad_config_fails_before_compiling(tmp_path, monkeypatch, overrides, mat
   monkeypatch.setattr(trainer.jax, 'jit', no_jit)
   with pytest.raises(ConfigError, match=match) as info:
     overrides = dict(overrides)
-    trainer.train_and_evaluate(tiny_config(overrides.pop('task', 'ptb_char'), **overrides),
+    trainer.train_and_evaluate(tiny_config(overrides.pop('dataset', 'ptb_char'), **overrides),
                                str(tmp_path))
   assert '\n' not in str(info.value)
   assert not os.path.exists(tmp_path / 'checkpoints')

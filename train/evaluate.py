@@ -57,7 +57,7 @@ def read_text(path: str, vocab: data.Vocabulary, encoding: str):
 def _file_batcher(run: Run, path: str) -> tuple[data.Batcher, dict]:
   if run.vocab is None:
     raise ConfigError(f'--data_path is for language models; the run in {run.workdir} is a '
-                      f'{run.dataset.kind} model of dataset {run.config.task}: use --split')
+                      f'{run.dataset.kind} model of dataset {run.config.dataset}: use --split')
   ids, unknown = run.vocab.encode_counted(read_text(path, run.vocab, run.config.data.encoding))
   dataset = dataclasses.replace(run.dataset, splits={'train': data.Split(tokens=ids)})
   try:

@@ -116,8 +116,8 @@ _TORCH_CELL = {**{f.name: f.default for f in dataclasses.fields(StackedLSTM)
 
 def _config(embed, lstm_module, head, vocab: data.Vocabulary, config):
   config = common.base_config() if config is None else config.copy_and_resolve_references()
-  if config.task == 'ptb_char' and vocab.level != 'char':
-    config.task = 'text'  # the default task reads characters; a 'text' task reads any level
+  if config.dataset == 'ptb_char' and vocab.level != 'char':
+    config.dataset = 'text'  # the default dataset reads characters; 'text' reads any level
   config.data.level = vocab.level
   m = config.model
   m.update(_TORCH_CELL)
@@ -134,7 +134,7 @@ def from_torch(embed: torch.nn.Embedding, lstm_module: torch.nn.LSTM,
                config=None) -> Run:
   """Writes a run directory in `workdir` (which must hold no run) for the PyTorch language model
   `embed` -> `lstm_module` -> `head` (None: tied to the embedding) over `vocab`; returns it
-  loaded. `config` (default: configs/common.py's, task 'text' at the vocabulary's level) says
+  loaded. `config` (default: configs/common.py's, dataset 'text' at the vocabulary's level) says
   which data the model is for (evaluation on a split reads it); its model fields are set from
   the modules."""
   if embed.num_embeddings != len(vocab):
@@ -142,7 +142,7 @@ def from_torch(embed: torch.nn.Embedding, lstm_module: torch.nn.LSTM,
                       f'{len(vocab)} tokens: they must be equal')
   config = _config(embed, lstm_module, head, vocab, config)
   params = _params(embed, lstm_module, head)
-  dataset = data.Dataset(task=config.task, kind='lm', splits={}, vocab_size=len(vocab),
+  dataset = data.Dataset(name=config.dataset, kind='lm', splits={}, vocab_size=len(vocab),
                          num_classes=len(vocab), input_features=None, itos=list(vocab.itos),
                          level=vocab.level, vocab=vocab)
   expected = jax.eval_shape(lambda: objectives.for_dataset(dataset).build_model(config).init(

@@ -65,7 +65,7 @@ def language_model(run: Run, direction: str = 'forward') -> tuple[models.Languag
   or one direction of a biLM (its stack with the shared embedding and softmax)."""
   if run.vocab is None:
     raise validation.ConfigError(f'the run in {run.workdir} is a {run.dataset.kind} model of '
-                                 f'dataset {run.config.task}, not a language model')
+                                 f'dataset {run.config.dataset}, not a language model')
   if direction not in DIRECTIONS:
     raise validation.ConfigError(f'direction={direction!r} is not one of {", ".join(DIRECTIONS)}')
   if not isinstance(run.model, models.BiLanguageModel):

@@ -126,7 +126,7 @@ def make_eval_step(model, objective: objectives.Objective) -> Callable:
 
 def evaluate(eval_step, params, batcher: data.Batcher, dist: distributed.Distribution,
              objective: objectives.Objective, zero_carry: Callable) -> dict[str, float]:
-  """Sums over one pass of `batcher` (device sums and the task's host sums)."""
+  """Sums over one pass of `batcher` (device sums and the objective's host sums)."""
   totals: dict[str, float] = {}
 
   def add(sums):
@@ -286,7 +286,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
       first_loss = meta.get('first_loss')
       logging.info('resumed from step %d in %s', int(state.step), workdir)
     writer = metrics_lib.MetricWriter(workdir, int(state.step))
-    results = {'task': config.task, 'status': 'running'}
+    results = {'dataset': config.dataset, 'status': 'running'}
     try:
       with _out_of_memory_reported(s):
         return _run(s, state, zero_carry, ckpts, writer, results, workdir, preemption, first_loss)
@@ -326,7 +326,7 @@ def _holding(workdir: str):
 def _finished(workdir: str, restored_step: int, num_train_steps: int):
   """The results of the workdir's run when it completed at `num_train_steps` and its newest
   checkpoint that restores (`restored_step`) is that step's, else None."""
-  results = files.read_json(os.path.join(workdir, 'results.json'))
+  results = files.read_results(workdir)
   if (isinstance(results, dict) and results.get('status') == 'completed'
       and results.get('step') == num_train_steps == restored_step):
     return results

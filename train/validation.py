@@ -28,9 +28,9 @@ def _one_of(value, path: str, choices) -> None:
 
 def check_config(config) -> None:
   """Raises ConfigError for the first problem found in `config`."""
-  if config.task not in data.TASKS:
-    raise ConfigError(f'config.task={config.task!r} is not a known task; '
-                      f'choose one of {", ".join(data.TASKS)}')
+  if config.dataset not in data.DATASETS:
+    raise ConfigError(f'config.dataset={config.dataset!r} is not a known dataset; '
+                      f'choose one of {", ".join(data.DATASETS)}')
   for path in ('batch_size', 'eval_every_steps', 'checkpoint_every_steps', 'keep_checkpoints',
                'log_every_steps', 'model.num_layers', 'model.hidden_size'):
     _positive_int(config, path)

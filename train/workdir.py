@@ -112,8 +112,9 @@ def config_from_dict(saved: dict, where: str) -> ml_collections.ConfigDict:
   return config
 
 
-_SHAPE_FIELDS = ('task', 'kind', 'vocab_size', 'num_classes', 'input_features', 'level')
-_DATA_FILES = 'data_files'  # dataset.json's fingerprints of the files read (task 'text')
+_SHAPE_FIELDS = ('name', 'kind', 'vocab_size', 'num_classes', 'input_features', 'level')
+_DATA_FILES = 'data_files'  # dataset.json's fingerprints of the files read (dataset 'text')
+_SHAPE_RENAMED = {'task': 'name'}  # dataset.json's keys that earlier versions wrote: old -> today's
 
 
 def _describe(dataset: data.Dataset) -> dict[str, Any]:
@@ -130,13 +131,20 @@ def _dataset_files(dataset: data.Dataset) -> dict[str, Any]:
   return written
 
 
+def _read_saved(workdir: str, name: str) -> Any:
+  """The JSON value of the workdir's file `name` (None when missing or unreadable); dataset.json
+  in today's keys."""
+  value = files.read_json(os.path.join(workdir, name))
+  return files.respelt(value, _SHAPE_RENAMED) if name == 'dataset.json' else value
+
+
 def check_dataset(workdir: str, dataset: data.Dataset, allow_changed_data: bool = False) -> None:
   """Refuses data that no longer gives the shapes or vocabulary saved in `workdir`, and a data
   file whose contents changed since its fingerprint was saved there, unless `allow_changed_data`
   (a workdir saved before fingerprints were has none to compare)."""
   described = _dataset_files(dataset)
   checksums.verify(workdir, list(described))
-  saved = {name: files.read_json(os.path.join(workdir, name)) for name in described}
+  saved = {name: _read_saved(workdir, name) for name in described}
   saved_files = (saved['dataset.json'] or {}).pop(_DATA_FILES, None) or {}
   described['dataset.json'].pop(_DATA_FILES, None)
   for name, value in described.items():
@@ -170,7 +178,7 @@ def read_dataset(workdir: str) -> Optional[data.Dataset]:
   predates `dataset.json`. RunFault (one line naming the file) for a file that was changed,
   damaged or deleted after the run wrote it."""
   checksums.verify(workdir, ['dataset.json', 'vocab.json'])
-  shape = files.read_json(os.path.join(workdir, 'dataset.json'))
+  shape = _read_saved(workdir, 'dataset.json')
   if shape is None:
     if os.path.exists(os.path.join(workdir, 'dataset.json')):
       raise faults.RunFault(f'{workdir}/dataset.json is not readable JSON; restore it from a '

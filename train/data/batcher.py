@@ -37,7 +37,7 @@ class Batcher:
                seed: int, shuffle: bool, drop_remainder: bool = True,
                with_reverse: bool = False, fields: Optional[Mapping[str, str]] = None):
     if split not in dataset.splits:
-      raise ValueError(f'split {split!r} is not one of {sorted(dataset.splits)} of {dataset.task}')
+      raise ValueError(f'split {split!r} is not one of {sorted(dataset.splits)} of {dataset.name}')
     if not isinstance(batch_size, (int, np.integer)) or batch_size <= 0:
       raise ValueError(f'config.batch_size={batch_size!r} must be a positive integer')
     if num_steps is not None and (not isinstance(num_steps, (int, np.integer)) or num_steps <= 0):
@@ -48,10 +48,10 @@ class Batcher:
     self._epoch, self._position = 0, 0
     self._perm_cache = (None, None)
     data = dataset.splits[split]
-    where = f'the {split!r} split of {dataset.task}'
+    where = f'the {split!r} split of {dataset.name}'
     if self.stream:
       if num_steps is None:
-        raise ValueError(f'{dataset.task} is a language-model task: config.num_steps is required')
+        raise ValueError(f'{dataset.name} is a language-model dataset: config.num_steps is required')
       tokens = data.tokens  # in its own dtype (uint8 / uint16...); batches are int32
       row_len = len(tokens) // self.batch_size
       need = self.num_steps + 1 if drop_remainder else 2

@@ -25,7 +25,7 @@ from train.data.vocab import UNK, Vocabulary, joined_lines
 CHUNK_BYTES = 1 << 20  # of a file read and decoded at a time
 
 
-def _lm_dataset(task: str, data_config: Any, streams: Dict[str, np.ndarray],
+def _lm_dataset(dataset: str, data_config: Any, streams: Dict[str, np.ndarray],
                 vocab: Vocabulary, data_files: Optional[Dict[str, dict]] = None) -> Dataset:
   """An lm Dataset from encoded streams, cut to the optional max_train_tokens / max_eval_tokens."""
   caps = {'train': data_config.max_train_tokens, 'valid': data_config.max_eval_tokens,
@@ -38,7 +38,7 @@ def _lm_dataset(task: str, data_config: Any, streams: Dict[str, np.ndarray],
     starts = document_starts(tokens, vocab, data_config.document_separator)
     splits[name] = Split(tokens=tokens, starts=None if starts is None else starts[0],
                          starts_rev=None if starts is None else starts[1])
-  return Dataset(task=task, kind='lm', splits=splits, vocab_size=len(vocab),
+  return Dataset(name=dataset, kind='lm', splits=splits, vocab_size=len(vocab),
                  num_classes=len(vocab), input_features=None, itos=list(vocab.itos),
                  level=vocab.level, vocab=vocab, data_files=data_files)
 
@@ -226,7 +226,7 @@ def load_text(data_config: Any) -> Dataset:
   """
   path = data_config.path
   if path is None or str(path) == '':
-    raise ValueError("config.task='text' needs config.data.path: a plain-text file "
+    raise ValueError("config.dataset='text' needs config.data.path: a plain-text file "
                      "(e.g. enwik8, text8, wiki.train.tokens)")
   level = data_config.level
   if level not in ('char', 'word', 'byte'):
