@@ -64,6 +64,7 @@ LEGACY = {
     'model.residual': (lambda on, _: {'model.block': 'residual_op_on_skip'} if on else {},
                        lambda config: config.model.block == 'residual_op_on_skip'),
     'task': _renamed('dataset'),
+    'num_steps': _renamed('bptt_length'),
     'data.num_train': _split_size('train'),
     'data.num_valid': _split_size('valid'),
     'data.num_test': _split_size('test'),
@@ -102,7 +103,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.num_epochs = 0.0            # > 0: train this many epochs instead of num_train_steps
   c.batch_size = 32             # rows per training batch, over all devices
   c.eval_batch_size = config_dict.placeholder(int)  # None: batch_size
-  c.num_steps = 64              # time steps per batch (truncated BPTT length for language models)
+  c.bptt_length = 64            # time steps per training row of a language model: the truncated
+                                # BPTT length
   c.eval_every_steps = 500      # validation every this many steps
   c.checkpoint_every_steps = 500  # a checkpoint every this many steps
   c.keep_checkpoints = 2        # the newest checkpoints kept

@@ -145,7 +145,7 @@ def get_config(arg='ptb'):
     c.model.hidden_size = 128
     c.model.embed_size = 32
     c.batch_size = 32
-    c.num_steps = 64
+    c.bptt_length = 64
     c.data.max_eval_tokens = 100_000
   else:
     c.dataset = 'speech_digits'

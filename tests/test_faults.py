@@ -395,7 +395,7 @@ def test_out_of_device_memory_names_the_sizes(tmp_path, reference):
   assert re.fullmatch(
       r'out of memory on the device \(RESOURCE_EXHAUSTED: Out of memory allocating 2748\d{8} '
       rf'bytes.\) for batches of 8 x 10 \(config.batch_size x time steps\) and {num_params:,} '
-      r'parameters; use a smaller config.batch_size or config.num_steps, '
+      r'parameters; use a smaller config.batch_size or config.bptt_length, '
       r'config.model.remat=True, or config.model.scan_layers=True for a deep stack', error), error
   results = json.loads(open(os.path.join(tmp_path, 'run', 'results.json')).read())
   assert results == {'dataset': 'ptb_char', 'status': 'failed', 'message': error}

@@ -15,7 +15,7 @@ pytestmark = pytest.mark.slow  # main.py as a real process: kill -9, SIGTERM, fl
 
 LONG = ['--config.num_train_steps=60', '--config.checkpoint_every_steps=5',
         '--config.eval_every_steps=1000', '--config.model.hidden_size=48',
-        '--config.num_steps=32', '--config.model.dropout=0.1']
+        '--config.bptt_length=32', '--config.model.dropout=0.1']
 
 
 def _wait_for(predicate, proc, timeout=120):
@@ -54,7 +54,7 @@ def test_sigterm_writes_checkpoint_and_exits_cleanly(tmp_path):
   workdir = str(tmp_path)
   proc = run_main(workdir, *LONG[:1], '--config.checkpoint_every_steps=1000',
                   '--config.log_every_steps=1', '--config.model.hidden_size=48',
-                  '--config.num_steps=32', wait=False)
+                  '--config.bptt_length=32', wait=False)
   try:
     assert _wait_for(lambda: os.path.exists(os.path.join(workdir, 'metrics.jsonl')), proc)
     proc.send_signal(signal.SIGTERM)

@@ -71,7 +71,7 @@ def _one_step_setup(config):
   """(model, batch, schedule, tx, state) for one training step of a language model config."""
   dataset = data.load_dataset(config)
   model = objectives.for_dataset(dataset).build_model(config)
-  batch = next(data.Batcher(dataset, 'train', config.batch_size, config.num_steps, 0, False))
+  batch = next(data.Batcher(dataset, 'train', config.batch_size, config.bptt_length, 0, False))
   batch = jax.tree.map(jnp.asarray, batch)
   params = model.init(jax.random.key(0), batch['inputs'])['params']
   schedule = optim.make_schedule(config.optimizer, 10, 30)
@@ -113,14 +113,15 @@ def test_bfloat16_compute_trains_float32_parameters(tmp_path, fast_calls):
   assert np.mean(train_losses[-2:]) < np.mean(train_losses[:2])
 
 
-def test_sequence_loss_reduction_scales_the_gradient_by_num_steps():
-  """Zaremba's loss (sum over the unrolled steps, mean over rows) has num_steps times the per-token
-  gradient: SGD at rate r/num_steps on it takes the step SGD at rate r takes on the per-token mean.
+def test_sequence_loss_reduction_scales_the_gradient_by_bptt_length():
+  """Zaremba's loss (sum over the unrolled steps, mean over rows) has bptt_length times the
+  per-token gradient: SGD at rate r/bptt_length on it takes the step SGD at rate r takes on the
+  per-token mean.
   The logged loss is the per-token mean either way."""
   overrides = {'optimizer.name': 'sgd', 'optimizer.grad_clip_norm': 0.0}
   token_config = tiny_config('ptb_word', **overrides, **{'optimizer.learning_rate': 1.0})
   sequence_config = tiny_config('ptb_word', **overrides, **{
-      'optimizer.learning_rate': 1.0 / token_config.num_steps, 'optimizer.loss_reduction': 'sequence'})
+      'optimizer.learning_rate': 1.0 / token_config.bptt_length, 'optimizer.loss_reduction': 'sequence'})
   results = {}
   for config in (token_config, sequence_config):
     model, batch, schedule, tx, state = _one_step_setup(config)
@@ -131,7 +132,7 @@ def test_sequence_loss_reduction_scales_the_gradient_by_num_steps():
   (token_state, token), (sequence_state, sequence) = results['token'], results['sequence']
   assert float(token['loss']) == pytest.approx(float(sequence['loss']), rel=1e-6)
   assert float(sequence['grad_norm']) == pytest.approx(
-      token_config.num_steps * float(token['grad_norm']), rel=1e-5)
+      token_config.bptt_length * float(token['grad_norm']), rel=1e-5)
   moved = jax.tree.map(lambda a, b: float(jnp.max(jnp.abs(a - b))), token_state.params,
                        state.params)
   assert min(jax.tree.leaves(moved)) > 1e-4  # every parameter moved, by more than rounding

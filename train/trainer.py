@@ -82,7 +82,7 @@ def make_train_step(model, objective: objectives.Objective, tx, schedule,
                     loss_reduction: str = 'token') -> Callable:
   """The jitted-to-be training step. The loss it differentiates is the mean over tokens
   (`loss_reduction='token'`) or the sum over time steps of the mean over sequences ('sequence',
-  Zaremba's and TensorFlow's PTB code: num_steps times larger, which their learning rates and
+  Zaremba's and TensorFlow's PTB code: bptt_length times larger, which their learning rates and
   clipping thresholds assume). The logged loss is the per-token mean either way."""
   if loss_reduction not in optim.LOSS_REDUCTIONS:
     raise ValueError(f'loss_reduction={loss_reduction!r}; use one of '
@@ -173,8 +173,8 @@ def total_steps(config, steps_per_epoch: int) -> int:
 def eval_batcher(config, dataset: data.Dataset, objective: objectives.Objective,
                  split: str) -> data.Batcher:
   """One pass over `split` as the run evaluates it (the same rows, steps and order)."""
-  num_steps = config.num_steps if objective.stream else None
-  return data.Batcher(dataset, split, config.eval_batch_size or config.batch_size, num_steps,
+  bptt_length = config.bptt_length if objective.stream else None
+  return data.Batcher(dataset, split, config.eval_batch_size or config.batch_size, bptt_length,
                       config.seed, shuffle=False, drop_remainder=False,
                       with_reverse=objective.stream and config.model.bilm)
 
@@ -185,9 +185,9 @@ def setup(config) -> Setup:
   try:
     dataset = data.load_dataset(config)
     objective = objectives.for_dataset(dataset)
-    num_steps = config.num_steps if objective.stream else None
+    bptt_length = config.bptt_length if objective.stream else None
     with_reverse = objective.stream and config.model.bilm
-    train = data.Batcher(dataset, 'train', config.batch_size, num_steps, config.seed,
+    train = data.Batcher(dataset, 'train', config.batch_size, bptt_length, config.seed,
                          shuffle=not objective.stream, with_reverse=with_reverse)
     evals = {split: eval_batcher(config, dataset, objective, split) for split in ('valid', 'test')}
   except ValueError as e:
@@ -363,7 +363,7 @@ def _out_of_memory_reported(s: Setup):
     return (f'batches of {rows} x {steps} (config.batch_size x time steps) and {num_params:,} '
             'parameters')
   return faults.out_of_memory_reported(
-      sizes, 'use a smaller config.batch_size or config.num_steps, config.model.remat=True, or '
+      sizes, 'use a smaller config.batch_size or config.bptt_length, config.model.remat=True, or '
       'config.model.scan_layers=True for a deep stack')
 
 

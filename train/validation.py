@@ -36,8 +36,8 @@ def check_config(config) -> None:
     _positive_int(config, path)
   if not config.num_epochs > 0:  # without epochs, the run is num_train_steps long
     _positive_int(config, 'num_train_steps')
-  if config.num_steps is not None:
-    _positive_int(config, 'num_steps')
+  if config.bptt_length is not None:
+    _positive_int(config, 'bptt_length')
   if config.eval_batch_size is not None:
     _positive_int(config, 'eval_batch_size')
   opt = config.optimizer
