@@ -65,6 +65,7 @@ LEGACY = {
                        lambda config: config.model.block == 'residual_op_on_skip'),
     'task': _renamed('dataset'),
     'num_steps': _renamed('bptt_length'),
+    'optimizer.loss_reduction': _renamed('loss_reduction'),
     'data.num_train': _split_size('train'),
     'data.num_valid': _split_size('valid'),
     'data.num_test': _split_size('test'),
@@ -101,6 +102,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.seed = 0                    # parameters, dropout and data order
   c.num_train_steps = 1000      # the run's length (unless num_epochs > 0)
   c.num_epochs = 0.0            # > 0: train this many epochs instead of num_train_steps
+  c.loss_reduction = 'token'    # token: mean over tokens | sequence: sum over time, mean over rows
   c.batch_size = 32             # rows per training batch, over all devices
   c.eval_batch_size = config_dict.placeholder(int)  # None: batch_size
   c.bptt_length = 64            # time steps per training row of a language model: the truncated
@@ -227,5 +229,4 @@ def base_config() -> ml_collections.ConfigDict:
   o.weight_decay = 1e-4         # adamw
   o.initial_accumulator = 0.1   # adagrad
   o.grad_clip_norm = 1.0        # clip the global gradient norm (0: no clipping)
-  o.loss_reduction = 'token'    # token: mean over tokens | sequence: sum over time, mean over rows
   return c

@@ -30,6 +30,7 @@ def get_config(arg='small'):
   c.dataset = 'ptb_word'
   c.batch_size = 20
   c.bptt_length = steps
+  c.loss_reduction = 'sequence'  # their loss sums over the bptt_length steps: lr 1 assumes it
   c.num_train_steps = 0
   c.num_epochs = float(epochs)
   c.eval_every_steps = 2000
@@ -49,5 +50,4 @@ def get_config(arg='small'):
   o.decay_start_epoch = start
   o.decay_factor = decay
   o.grad_clip_norm = clip
-  o.loss_reduction = 'sequence'  # their loss sums over the bptt_length steps: lr 1 assumes it
   return c

@@ -121,14 +121,14 @@ def test_sequence_loss_reduction_scales_the_gradient_by_bptt_length():
   overrides = {'optimizer.name': 'sgd', 'optimizer.grad_clip_norm': 0.0}
   token_config = tiny_config('ptb_word', **overrides, **{'optimizer.learning_rate': 1.0})
   sequence_config = tiny_config('ptb_word', **overrides, **{
-      'optimizer.learning_rate': 1.0 / token_config.bptt_length, 'optimizer.loss_reduction': 'sequence'})
+      'optimizer.learning_rate': 1.0 / token_config.bptt_length, 'loss_reduction': 'sequence'})
   results = {}
   for config in (token_config, sequence_config):
     model, batch, schedule, tx, state = _one_step_setup(config)
     objective = objectives.for_dataset(data.load_dataset(config))
     step = jax.jit(trainer.make_train_step(model, objective, tx, schedule,
-                                           config.optimizer.loss_reduction))
-    results[config.optimizer.loss_reduction] = step(state, batch, jnp.asarray(True))
+                                           config.loss_reduction))
+    results[config.loss_reduction] = step(state, batch, jnp.asarray(True))
   (token_state, token), (sequence_state, sequence) = results['token'], results['sequence']
   assert float(token['loss']) == pytest.approx(float(sequence['loss']), rel=1e-6)
   assert float(sequence['grad_norm']) == pytest.approx(
@@ -153,7 +153,7 @@ def test_sequence_loss_reduction_scales_the_gradient_by_bptt_length():
     ({'dataset': 'digits', 'batch_size': 5000}, r'config.batch_size=5000 is larger than'),
     ({'batch_size': 6000}, r'config.batch_size=6000 is too large'),
     ({'optimizer.schedule': 'linear'}, "config.optimizer.schedule='linear' is not known"),
-    ({'optimizer.loss_reduction': 'batch'}, "config.optimizer.loss_reduction='batch' is not known"),
+    ({'loss_reduction': 'batch'}, "config.loss_reduction='batch' is not known"),
 ])
 def test_bad_config_fails_before_compiling(tmp_path, monkeypatch, overrides, match):
   def no_jit(*a, **k):

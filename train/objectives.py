@@ -27,6 +27,12 @@ import optax
 from train import metrics, models
 
 
+# config.loss_reduction, what the training step differentiates: the mean over tokens, or the sum
+# over time steps of the mean over sequences (Zaremba's and TensorFlow's PTB code; their learning
+# rates assume it)
+LOSS_REDUCTIONS = ('token', 'sequence')
+
+
 def _xent(logits, labels):
   return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
 

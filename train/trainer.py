@@ -84,9 +84,9 @@ def make_train_step(model, objective: objectives.Objective, tx, schedule,
   (`loss_reduction='token'`) or the sum over time steps of the mean over sequences ('sequence',
   Zaremba's and TensorFlow's PTB code: bptt_length times larger, which their learning rates and
   clipping thresholds assume). The logged loss is the per-token mean either way."""
-  if loss_reduction not in optim.LOSS_REDUCTIONS:
+  if loss_reduction not in objectives.LOSS_REDUCTIONS:
     raise ValueError(f'loss_reduction={loss_reduction!r}; use one of '
-                     + ', '.join(optim.LOSS_REDUCTIONS))
+                     + ', '.join(objectives.LOSS_REDUCTIONS))
 
   def train_step(state: TrainState, batch, reset):
     rng = jax.random.fold_in(state.rng, state.step)
@@ -377,7 +377,7 @@ def _run(s: Setup, state: TrainState, zero_carry, ckpts, writer, results: dict,
   tokens_per_step = int(np.prod(s.train_batches.batch_shape()))
   progress = metrics_lib.Progress(start_step, s.num_train_steps, tokens_per_step)
   train_step = jax.jit(make_train_step(s.model, objective, s.tx, s.schedule,
-                                       config.optimizer.loss_reduction), donate_argnums=0)
+                                       config.loss_reduction), donate_argnums=0)
   eval_step = jax.jit(make_eval_step(s.model, objective))
   run_eval = lambda split: objective.summarize(evaluate(
       eval_step, state.params, s.eval_batches[split], dist, objective, zero_carry))

@@ -4,7 +4,7 @@ Each problem raises `ConfigError` with one line naming the field and what would 
 """
 from __future__ import annotations
 
-from train import data, models, optim
+from train import data, models, objectives, optim
 
 
 class ConfigError(ValueError):
@@ -40,11 +40,11 @@ def check_config(config) -> None:
     _positive_int(config, 'bptt_length')
   if config.eval_batch_size is not None:
     _positive_int(config, 'eval_batch_size')
+  _one_of(config.loss_reduction, 'loss_reduction', objectives.LOSS_REDUCTIONS)
   opt = config.optimizer
   m = config.model
   _one_of(opt.name, 'optimizer.name', optim.OPTIMIZERS)
   _one_of(opt.schedule, 'optimizer.schedule', optim.SCHEDULES)
-  _one_of(opt.loss_reduction, 'optimizer.loss_reduction', optim.LOSS_REDUCTIONS)
   if not opt.learning_rate > 0:
     raise ConfigError(f'config.optimizer.learning_rate={opt.learning_rate!r} must be positive')
   _one_of(m.dtype, 'model.dtype', models.DTYPES)
