@@ -51,15 +51,15 @@ def _split_size(split: str) -> tuple[Callable, Callable]:
   dataset; nothing for a dataset that never read it (a language model's, where it had no
   effect)."""
   def upgrade(size, fields):  # a config that names no dataset has the default one
-    dataset = fields.get('dataset', fields.get('task', base_config().dataset))
+    dataset = fields.get('dataset', base_config().dataset)
     return {f'data.{dataset}.num_{split}': size} if dataset in _SIZED else {}
   return upgrade, lambda config: (config.data[config.dataset][f'num_{split}']
                                   if config.dataset in _SIZED else None)
 
 
 # Fields that older configs, run directories and command lines spell differently: each with (a
-# function giving today's fields for a value of it and the other fields of the same config as
-# written, dotted; a function reading its value back from today's config).
+# function giving today's fields for a value of it and the config's fields by today's names,
+# dotted; a function reading its value back from today's config).
 LEGACY = {
     'model.residual': (lambda on, _: {'model.block': 'residual_op_on_skip'} if on else {},
                        lambda config: config.model.block == 'residual_op_on_skip'),
@@ -78,14 +78,16 @@ def upgrade(flat: dict[str, Any], within: Optional[dict[str, Any]] = None) -> di
   that `flat` overrides, where a legacy field's meaning depends on another field (data.num_train
   on the dataset)."""
   context = {**(within or {}), **flat}
-  result = {}
-  for key, value in flat.items():
-    if key not in LEGACY:
-      result[key] = value
-      continue
-    for new_key, new_value in LEGACY[key][0](value, context).items():
-      if new_key not in flat:
-        result[new_key] = new_value
+  for _ in range(2):  # the second pass reads the other fields by today's names
+    result = {}
+    for key, value in flat.items():
+      if key not in LEGACY:
+        result[key] = value
+        continue
+      for new_key, new_value in LEGACY[key][0](value, context).items():
+        if new_key not in flat:
+          result[new_key] = new_value
+    context = {**(within or {}), **result}
   return result
 
 

@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from tests.trainer_utils import ROOT, assert_same_params, run_main, tiny_config
+from tests.trainer_utils import ROOT, assert_same_params, run_main, tiny_config, write_old_names
 from train import checksums, faults, lock, trainer, workdir as workdir_lib
 from train.workdir import saved_steps
 
@@ -696,10 +696,24 @@ def test_the_tools_refuse_a_changed_vocabulary_in_one_line(copy_of):
 
 def test_runs_written_before_checksums_still_load(copy_of):
   """No checksums.json (every committed run under results/, and workdirs of earlier versions):
-  nothing to check against, and a deleted config.json beside checkpoints is still not replaced."""
+  nothing to check against, and a deleted config.json beside checkpoints is still not replaced.
+  Files that name fields as versions before the renames did (config.json's task, num_steps and
+  optimizer.loss_reduction; dataset.json's and results.json's task): the run loads, evaluates to
+  the figure it reported and resumes, and its config.json is then written with today's names."""
   import train
+  from train import evaluate
   os.remove(os.path.join(copy_of, 'checksums.json'))
-  assert train.load_run(copy_of).step == STEPS
+  write_old_names(copy_of)
+  reported = json.load(open(os.path.join(copy_of, 'results.json')))
+  run = train.load_run(copy_of)
+  assert run.step == STEPS and run.dataset.name == run.config.dataset == 'ptb_char'
+  assert evaluate.evaluate_run(run, 'valid')['metrics'] == reported['valid']
+  resumed = trainer.train_and_evaluate(tiny_config(num_train_steps=STEPS + 10), copy_of)
+  assert (resumed['status'], resumed['step'], resumed['dataset']) == ('completed', STEPS + 10,
+                                                                      'ptb_char')
+  saved = json.load(open(os.path.join(copy_of, 'config.json')))
+  assert saved['dataset'] == 'ptb_char' and saved['bptt_length'] == 10 and 'task' not in saved
+  os.remove(os.path.join(copy_of, 'checksums.json'))  # written by the resumed run
   committed = sorted(glob.glob(os.path.join(ROOT, 'results', '**', 'config.json'),
                               recursive=True))
   assert len(committed) > 100

@@ -67,6 +67,20 @@ def test_sigterm_writes_checkpoint_and_exits_cleanly(tmp_path):
   assert saved_steps(workdir) == [results['step']] and 0 < results['step'] < 60
 
 
+def test_flags_of_old_fields_set_todays(tmp_path):
+  """--config.task, --config.num_steps and --config.optimizer.loss_reduction, as commands
+  written before the renames give them: the run trains with today's fields set to their values."""
+  result = run_main(str(tmp_path), '--config.task=ptb_char', '--config.num_steps=12',
+                    '--config.optimizer.loss_reduction=sequence', '--config.num_train_steps=2',
+                    '--config.eval_every_steps=2')
+  assert result.returncode == 0, result.stderr
+  saved = json.loads((tmp_path / 'config.json').read_text())
+  assert (saved['dataset'], saved['bptt_length'], saved['loss_reduction']) == \
+      ('ptb_char', 12, 'sequence')
+  assert not {'task', 'num_steps'} & set(saved) and 'loss_reduction' not in saved['optimizer']
+  assert json.loads((tmp_path / 'results.json').read_text())['status'] == 'completed'
+
+
 def test_bad_override_is_one_line(tmp_path):
   result = run_main(str(tmp_path), '--config.model.between=sofmax')
   assert result.returncode != 0
@@ -91,6 +105,8 @@ def test_misspelt_field_is_refused(tmp_path):
     (['--config.model.ffn_gated=maybe'], "config.model.ffn_gated is true or false, not 'maybe'"),
     (['--config.data.mnist1d=3'], 'config.data.mnist1d is a group of fields, not one'),
     (['--workdr=/tmp/x'], "Unknown command line flag 'workdr'. Did you mean: workdir"),
+    (['--config.num_steps=abc'],
+     "error: --config.num_steps=abc: config.num_steps (an old field) is an integer, not 'abc'"),
 ])
 def test_flag_errors_are_one_line_with_status_2(tmp_path, flags, expected):
   result = run_main(str(tmp_path), *flags)

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import scipy.stats
 
+from tests.trainer_utils import write_old_names
 from train import report, statistics
 
 # Two-sided 95% Student t critical values t(0.975, df), df = 1..30, from the printed tables.
@@ -67,9 +68,10 @@ def _make_run(sweep_dir, name, status, values, seed, valid=None, steps=(100, 200
               dataset='ptb_char', key='bpc'):
   workdir = os.path.join(sweep_dir, name)
   os.makedirs(workdir)
-  config = {'dataset': dataset, 'seed': seed, 'model': {'between': values['model.between'],
-                                                        'num_layers': values['model.num_layers'],
-                                                        'residual': values['model.residual']}}
+  config = {'dataset': dataset, 'bptt_length': 64, 'loss_reduction': 'token', 'seed': seed,
+            'model': {'between': values['model.between'],
+                      'num_layers': values['model.num_layers'],
+                      'residual': values['model.residual']}}
   _write(os.path.join(workdir, 'config.json'), config)
   results = {'status': status, 'dataset': dataset, 'step': steps[-1]}
   if status == 'completed':
@@ -127,7 +129,8 @@ def test_report_statistics_diverged_and_plots(tmp_path):
   path = report.write_report(sweep_dir, out)
   assert path == os.path.join(out, 'report.md')
   text = open(path).read()
-  assert '- 15 runs of dataset `ptb_char`: 11 completed, 2 diverged, 1 missing, 1 preempted.' in text
+  assert ('- 15 runs of dataset `ptb_char`: 11 completed, 2 diverged, 1 missing, 1 preempted.'
+          in text)
 
   description, runs = report.read_sweep(sweep_dir)
   metric = report.choose_metric(runs)
@@ -207,19 +210,6 @@ def test_report_without_sweep_json_infers_the_fields(tmp_path):
   assert '| between | block | num_layers | seeds |' in text
 
 
-def _to_old_names(workdir):
-  """Rewrites a run's config.json and results.json with the names of earlier versions (`task`,
-  `num_steps`, `optimizer.loss_reduction`)."""
-  config = json.load(open(os.path.join(workdir, 'config.json')))
-  config['task'] = config.pop('dataset')
-  config['num_steps'] = 64
-  config['optimizer'] = {'loss_reduction': 'token'}
-  _write(os.path.join(workdir, 'config.json'), config)
-  results = json.load(open(os.path.join(workdir, 'results.json')))
-  results['task'] = results.pop('dataset')
-  _write(os.path.join(workdir, 'results.json'), results)
-
-
 @pytest.mark.parametrize('with_description', [True, False])
 def test_a_sweep_of_old_and_new_names_reports_as_one(tmp_path, with_description):
   """Half the runs written with today's names, half with earlier ones: the same fields, groups,
@@ -232,7 +222,7 @@ def test_a_sweep_of_old_and_new_names_reports_as_one(tmp_path, with_description)
     if mixed:
       for name in sorted(os.listdir(sweep_dir))[::2]:
         if os.path.isdir(os.path.join(sweep_dir, name)):
-          _to_old_names(os.path.join(sweep_dir, name))
+          write_old_names(os.path.join(sweep_dir, name))
     description, runs = report.read_sweep(sweep_dir)
     assert {r.results.get('dataset') for r in runs if r.results} == {'ptb_char'}
     text = open(report.write_report(sweep_dir)).read()

@@ -51,6 +51,26 @@ def tiny_config(dataset='ptb_char', **overrides):
   return c
 
 
+# The names that runs written before the renames gave today's fields and keys, per file of the
+# workdir (dotted): what the tests of old runs write.
+OLD_NAMES = {'config.json': {'dataset': 'task', 'bptt_length': 'num_steps',
+                             'loss_reduction': 'optimizer.loss_reduction'},
+             'dataset.json': {'name': 'task'},
+             'results.json': {'dataset': 'task'}}
+
+
+def write_old_names(workdir):
+  """Rewrites the workdir's config.json, dataset.json and results.json (those it holds) as
+  versions before the renames wrote them."""
+  from train import files
+  for name, renamed in OLD_NAMES.items():
+    path = os.path.join(workdir, name)
+    if os.path.exists(path):
+      flat = files.flatten(files.read_json(path))
+      files.write_json(path, files.unflatten({renamed.get(k, k): v for k, v in flat.items()}),
+                       sort_keys=True)
+
+
 def flag_args(config_overrides):
   return [f'--config.{k}={v}' for k, v in config_overrides.items()]
 

@@ -89,10 +89,12 @@ def output(text: str, newline: bool = True) -> None:
 def parse_flags(argv: list[str]) -> list[str]:
   """absl's flags_parser: the parsed FLAGS (old config fields' flags read as `upgrade_flags`
   reads them), or one error line and exit status 2."""
-  argv, problem = upgrade_flags(argv)
+  upgraded, problem = upgrade_flags(argv)
   if problem:
     sys.stderr.write(f'error: {problem}\n')
     sys.exit(USAGE_ERROR)
+  if upgraded != argv:
+    argv = sys.argv = upgraded  # ml_collections' config flag reads its overrides from sys.argv
   try:
     rest = flags.FLAGS(argv)
     if 'config' in flags.FLAGS and flags.FLAGS['config'].value is not None:
@@ -139,16 +141,17 @@ def upgrade_flags(argv: list[str], name: str = 'config') -> tuple[list[str], Opt
   config = None if not old or spec is None else load_config(spec, name)[0]
   if config is None:
     return argv, None  # the parser reports what is wrong with the config flag
-  given = {path for path, _ in _overrides(argv, name)}
-  within = dict(_leaves(config))
-  replaced = {}
+  values = {}
   for i, path, text in old:
-    value, problem = _old_value(text, common.read_legacy(config, path))
+    values[i], problem = _old_value(text, common.read_legacy(config, path))
     if problem:
       return argv, f'{argv[i]}: {name}.{path} (an old field) is {problem}'
-    replaced[i] = [f'--{name}.{key}={format_value(new)}'
-                   for key, new in common.upgrade({path: value}, within).items()
-                   if key not in given]
+  within = dict(_leaves(config))
+  within.update(common.upgrade({path: values[i] for i, path, _ in old}, within))
+  given = {path for path, _ in _overrides(argv, name)}
+  replaced = {i: [f'--{name}.{key}={format_value(new)}'
+                  for key, new in common.upgrade({path: values[i]}, within).items()
+                  if key not in given] for i, path, _ in old}
   return [arg for i, arg in enumerate(argv) for arg in replaced.get(i, [arg])], None
 
 

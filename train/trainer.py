@@ -96,10 +96,10 @@ def make_train_step(model, objective: objectives.Objective, tx, schedule,
       outputs, new_carry = objective.apply(model, params, batch, carry or None, rng, True)
       sums = objective.loss_sums(outputs, batch)
       if loss_reduction == 'sequence':
-        objective = sums['loss'] / batch['inputs'].shape[0]  # rows of the global batch
+        loss = sums['loss'] / batch['inputs'].shape[0]  # rows of the global batch
       else:
-        objective = sums['loss'] / jnp.maximum(sums['count'], 1e-12)
-      return objective, (sums, new_carry)
+        loss = sums['loss'] / jnp.maximum(sums['count'], 1e-12)
+      return loss, (sums, new_carry)
 
     (_, (sums, new_carry)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     loss = sums['loss'] / jnp.maximum(sums['count'], 1e-12)
