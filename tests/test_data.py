@@ -1,4 +1,4 @@
-"""Tests for train/data.py: contents against the reference numbers, batch layout, resumption."""
+"""Tests for train/data.py: contents against the reference numbers, batch contents, resumption."""
 import json
 import math
 
@@ -180,7 +180,7 @@ def test_classify_shuffle_is_seeded_and_differs_between_epochs():
   np.testing.assert_array_equal(example_ids(next(plain)), np.arange(10))
 
 
-def test_classify_batch_layout():
+def test_classify_batch_fields():
   ds = data.load_dataset(config('digits'))
   batch = next(data.Batcher(ds, 'train', batch_size=16, bptt_length=None, seed=0, shuffle=True))
   assert sorted(batch) == ['inputs', 'labels', 'lengths', 'valid']

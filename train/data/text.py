@@ -161,10 +161,10 @@ def _cut(data_config: Any, level: str, lengths: Dict[str, int]) -> Dict[str, cor
   valid just before it); train is the rest."""
   fractions = {'valid': data_config.valid_fraction, 'test': data_config.test_fraction}
   n = end = lengths['path']
-  layout = {}
+  splits = {}
   for name in ('test', 'valid'):
     if f'{name}_path' in lengths:
-      layout[name] = (f'{name}_path', 0, lengths[f'{name}_path'])
+      splits[name] = (f'{name}_path', 0, lengths[f'{name}_path'])
       continue
     fraction = float(fractions[name])
     if not 0.0 < fraction < 1.0:
@@ -173,8 +173,8 @@ def _cut(data_config: Any, level: str, lengths: Dict[str, int]) -> Dict[str, cor
     if k < 1 or k >= end:
       raise ValueError(f'config.data.path={str(data_config.path)!r} is too short ({n} {level} '
                        f'tokens) to cut a {name} split of config.data.{name}_fraction={fraction}')
-    layout[name], end = ('path', end - k, end), end - k
-  return {'train': ('path', 0, end), 'valid': layout['valid'], 'test': layout['test']}
+    splits[name], end = ('path', end - k, end), end - k
+  return {'train': ('path', 0, end), 'valid': splits['valid'], 'test': splits['test']}
 
 
 def _bytes(paths: Dict[str, str], wheres: Dict[str, str], cut: corpus.Cut, encoding: str
