@@ -97,8 +97,9 @@ def test_old_field_flags_set_todays_fields():
        '--config.bptt_length=16'], None)
   assert cli.upgrade_flags(['main.py', spec, '--noconfig.model.residual']) == (
       ['main.py', spec], None)
-  assert cli.upgrade_flags(['main.py', spec, '--config.data.num_train=77', '--config.task=copy'])[0] \
-      == ['main.py', spec, '--config.data.copy.num_train=77', '--config.dataset=copy']
+  both = ['--config.data.num_train=77', '--config.task=copy']
+  assert cli.upgrade_flags(['main.py', spec, *both])[0] == [
+      'main.py', spec, '--config.data.copy.num_train=77', '--config.dataset=copy']
   bad = ['main.py', spec, '--config.num_steps=abc']
   assert cli.upgrade_flags(bad) == (
       bad, "--config.num_steps=abc: config.num_steps (an old field) is an integer, not 'abc'")

@@ -146,8 +146,8 @@ def test_a_grid_of_old_field_names_sets_todays_fields(config_path):
   assert extra.values == {'num_steps': 64, 'task': 'copy', 'optimizer.loss_reduction': 'sequence',
                           'data.num_train': 77}
   assert sweep.point_command(extra, 'c.py', 'w', base=base)[4:] == [
-      '--config.dataset=copy', '--config.loss_reduction=sequence', '--config.data.copy.num_train=77',
-      '--config.seed=0']
+      '--config.dataset=copy', '--config.loss_reduction=sequence',
+      '--config.data.copy.num_train=77', '--config.seed=0']
 
 
 def test_short_names_keep_the_full_field_when_ambiguous():

@@ -145,7 +145,7 @@ def upgrade_flags(argv: list[str], name: str = 'config') -> tuple[list[str], Opt
   for i, path, text in old:
     values[i], problem = _old_value(text, common.read_legacy(config, path))
     if problem:
-      return argv, f'{argv[i]}: {name}.{path} (an old field) is {problem}'
+      return argv, f'{argv[i]}: {name}.{path} (an old field) {problem}'
   within = dict(_leaves(config))
   within.update(common.upgrade({path: values[i] for i, path, _ in old}, within))
   given = {path for path, _ in _overrides(argv, name)}
@@ -156,20 +156,22 @@ def upgrade_flags(argv: list[str], name: str = 'config') -> tuple[list[str], Opt
 
 
 def _old_value(text: Optional[str], like) -> tuple[Any, Optional[str]]:
-  """(the value of an old field's flag, None), or (None, what the value should be). `text`: what
-  follows '=' (None for --name.FIELD, 'false' for --noname.FIELD); `like`: a value of the old
-  field's type (None: the text as it is)."""
+  """(the value of an old field's flag, None), or (None, what is wrong with it: 'is an integer,
+  not ...'). `text`: what follows '=' (None for --name.FIELD, 'false' for --noname.FIELD);
+  `like`: a value of the old field's type (None: the text as it is)."""
   if isinstance(like, bool):
     low = (text or 'true').lower()
-    return (low in _TRUE, None) if low in _TRUE + _FALSE else (None, f'true or false, not {text!r}')
+    if low not in _TRUE + _FALSE:
+      return None, f'is true or false, not {text!r}'
+    return low in _TRUE, None
   if text is None:
-    return None, f'given no value, e.g. ={like}'
+    return None, 'needs a value'
   for kind, expected in ((int, 'an integer'), (float, 'a number')):
     if isinstance(like, kind):
       try:
         return kind(text), None
       except ValueError:
-        return None, f'{expected}, not {text!r}'
+        return None, f'is {expected}, not {text!r}'
   return text, None
 
 
