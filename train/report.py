@@ -4,7 +4,8 @@
 
 Reads `sweep.json` (written by train.sweep) and each point's `results.json`, `metrics.jsonl` and
 `config.json`; without sweep.json every subdirectory with a config.json is a point and the swept
-fields are those whose values differ between them. Writes to `--out` (default: the sweep dir):
+fields are those whose values differ between them (each config.json read as today's config, so
+runs of several versions compare by today's fields). Writes to `--out` (default: the sweep dir):
 
 - `report.md`: one row per setting (the points that differ only in seed): the final validation
   and test metric (bits per character for character-level language models, perplexity for
