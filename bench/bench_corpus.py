@@ -1,4 +1,4 @@
-"""Text corpora: load time and memory of `--config.task=text` on large files, at the first run
+"""Text corpora: load time and memory of `--config.dataset=text` on large files, at the first run
 (encoding, writing the token cache) and at the next (the cache memory-mapped).
 
 Run by hand (never in CI):
@@ -29,7 +29,7 @@ def load(path: str, level: str, cache_dir: str) -> dict:
   from configs import common
   from train import data
   config = common.base_config()
-  config.task, config.data.path, config.data.level = 'text', path, level
+  config.dataset, config.data.path, config.data.level = 'text', path, level
   config.data.cache_dir = cache_dir
   before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
   start = time.perf_counter()

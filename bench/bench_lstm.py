@@ -84,7 +84,7 @@ import numpy as np  # noqa: E402
 import optax  # noqa: E402
 
 from lstm import StackedLSTM  # noqa: E402
-from lstm.layout import cpu_name as cpu_model  # noqa: E402
+from lstm.loop_order import cpu_name as cpu_model  # noqa: E402
 
 try:
   from lstm import fast as lstm_fast  # noqa: E402

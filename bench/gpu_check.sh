@@ -53,17 +53,17 @@ echo "gpu_check: mode $mode, python $("$PY" -c 'import sys; print(sys.version.sp
 
 # (a) Equivalence tests. The files that need only jax, flax, numpy and pytest (tests/test_interop.py
 # imports keras, which a GPU machine may lack). Deselected on the GPU:
-# test_inference_layout_follows_the_size asserts the CPU-only dispatch rule of
+# test_inference_loop_order_follows_the_size asserts the CPU-only dispatch rule of
 # lstm.fast.feature_major_pays (feature-major inference at batch >= 32, hidden >= 256 on CPU);
-# off the CPU every layer runs batch-major, and both layouts are still compared with the reference
-# by the `layout` fixture's tests.
+# off the CPU every layer runs batch-major, and both loop orders are still compared with the
+# reference by the `loop_order` fixture's tests.
 TEST_FILES="tests/test_fast.py tests/test_layer.py tests/test_stack.py tests/test_cell.py tests/test_activations.py"
 note=""
 if [ -n "${GPU_CHECK_TESTS:-}" ]; then
   read -r -a test_args <<< "$GPU_CHECK_TESTS"
 elif [ $mode = gpu ]; then
-  read -r -a test_args <<< "$TEST_FILES --deselect tests/test_fast.py::test_inference_layout_follows_the_size"
-  note="Deselected: tests/test_fast.py::test_inference_layout_follows_the_size (asserts the CPU-only feature-major dispatch rule). Not run: tests/test_interop.py (imports keras)."
+  read -r -a test_args <<< "$TEST_FILES --deselect tests/test_fast.py::test_inference_loop_order_follows_the_size"
+  note="Deselected: tests/test_fast.py::test_inference_loop_order_follows_the_size (asserts the CPU-only feature-major dispatch rule). Not run: tests/test_interop.py (imports keras)."
   workers=${GPU_CHECK_WORKERS:-6}
   if [ "$workers" != 0 ] && "$PY" -c 'import xdist' 2>/dev/null; then
     test_args+=(-n "$workers")

@@ -68,18 +68,18 @@ def get_config(arg='ptb'):
   c.keep_checkpoints = 1
   c.log_every_steps = 50
   if dataset == 'ptb':
-    c.task = 'ptb_char'
+    c.dataset = 'ptb_char'
     c.model.hidden_size = 128
     c.model.embed_size = 32
     c.batch_size = 32
-    c.num_steps = 64
+    c.bptt_length = 64
     c.num_train_steps = 500
     c.eval_every_steps = 100
     c.checkpoint_every_steps = 250
     c.data.max_train_tokens = 1_000_000
     c.data.max_eval_tokens = 50_000
   else:
-    c.task = 'mnist1d'
+    c.dataset = 'mnist1d'
     c.model.hidden_size = 64
     c.batch_size = 64
     c.num_train_steps = 1000

@@ -20,7 +20,7 @@ output activation left at tanh, and `model.output_activation` in {relu, linear} 
 candidate (Greff found the output activation necessary when the cell state is unbounded). Each
 setting is tuned over configs/study.py's learning rates with seed 0 and then run with its 5 seeds
 at the chosen rate; every setting is paired by seed against the canonical tanh cell with the same
-cell_clip. The rest is configs/study.py's setting for the same task. An unbounded activation lets
+cell_clip. The rest is configs/study.py's setting for the same dataset. An unbounded activation lets
 the cell state and h grow without limit, and the language model carries its state from batch to
 batch, so divergence (a non-finite loss stops the run with status `diverged`) is part of the
 result: the report counts diverged runs, and a rate at which a tuning run diverged is never

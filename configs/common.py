@@ -5,7 +5,8 @@
 from __future__ import annotations
 
 import ast
-from typing import Any
+import functools
+from typing import Any, Callable, Optional
 
 import ml_collections
 from ml_collections import config_dict
@@ -29,23 +30,64 @@ def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(result)
 
 
-# Fields that older configs and run directories spell differently: each with today's fields for
-# a value of it, and its value read back from today's config.
-LEGACY = {'model.residual': (lambda on: {'model.block': 'residual_op_on_skip'} if on else {},
-                             lambda config: config.model.block == 'residual_op_on_skip')}
+def _field(config, dotted: str):
+  """The value of the field `dotted` ('model.num_layers') of `config`."""
+  return functools.reduce(lambda node, part: node[part], dotted.split('.'), config)
 
 
-def upgrade(flat: dict[str, Any]) -> dict[str, Any]:
+def _renamed(new: str) -> tuple[Callable, Callable]:
+  """The LEGACY entry of a field whose only change is its name: today's `new`."""
+  return (lambda value, _: {new: value}), (lambda config: _field(config, new))
+
+
+# The generated datasets whose split sizes configs once gave as data.num_train / num_valid /
+# num_test (until each dataset's parameters moved to their own sub-dict config.data.<dataset>,
+# in git commit 692a8ff): the dataset the config named read them, and no other dataset read them.
+_SIZED = ('speech_digits', 'copy', 'adding')
+
+
+def _split_size(split: str) -> tuple[Callable, Callable]:
+  """The LEGACY entry of data.num_<split>: config.data.<dataset>.num_<split> of the config's own
+  dataset; nothing for a dataset that never read it (a language model's, where it had no
+  effect)."""
+  def upgrade(size, fields):  # a config that names no dataset has the default one
+    dataset = fields.get('dataset', base_config().dataset)
+    return {f'data.{dataset}.num_{split}': size} if dataset in _SIZED else {}
+  return upgrade, lambda config: (config.data[config.dataset][f'num_{split}']
+                                  if config.dataset in _SIZED else None)
+
+
+# Fields that older configs, run directories and command lines spell differently: each with (a
+# function giving today's fields for a value of it and the config's fields by today's names,
+# dotted; a function reading its value back from today's config).
+LEGACY = {
+    'model.residual': (lambda on, _: {'model.block': 'residual_op_on_skip'} if on else {},
+                       lambda config: config.model.block == 'residual_op_on_skip'),
+    'task': _renamed('dataset'),
+    'num_steps': _renamed('bptt_length'),
+    'optimizer.loss_reduction': _renamed('loss_reduction'),
+    'data.num_train': _split_size('train'),
+    'data.num_valid': _split_size('valid'),
+    'data.num_test': _split_size('test'),
+}
+
+
+def upgrade(flat: dict[str, Any], within: Optional[dict[str, Any]] = None) -> dict[str, Any]:
   """`flat` (dotted field -> value) with every legacy field replaced, in its place, by today's
-  fields; a value given for today's field itself wins."""
-  result = {}
-  for key, value in flat.items():
-    if key not in LEGACY:
-      result[key] = value
-      continue
-    for new_key, new_value in LEGACY[key][0](value).items():
-      if new_key not in flat:
-        result[new_key] = new_value
+  fields; a value given for today's field itself wins. `within`: the dotted fields of the config
+  that `flat` overrides, where a legacy field's meaning depends on another field (data.num_train
+  on the dataset)."""
+  context = {**(within or {}), **flat}
+  for _ in range(2):  # the second pass reads the other fields by today's names
+    result = {}
+    for key, value in flat.items():
+      if key not in LEGACY:
+        result[key] = value
+        continue
+      for new_key, new_value in LEGACY[key][0](value, context).items():
+        if new_key not in flat:
+          result[new_key] = new_value
+    context = {**(within or {}), **result}
   return result
 
 
@@ -58,13 +100,15 @@ def base_config() -> ml_collections.ConfigDict:
   """The fields every config has, with canonical defaults (h straight up, tanh/sigmoid, forget
   bias 1). Experiment configs change what they need."""
   c = ml_collections.ConfigDict()
-  c.task = 'ptb_char'           # the data: a name in train.data.TASKS
+  c.dataset = 'ptb_char'        # the data: a name in train.data.DATASETS
   c.seed = 0                    # parameters, dropout and data order
   c.num_train_steps = 1000      # the run's length (unless num_epochs > 0)
   c.num_epochs = 0.0            # > 0: train this many epochs instead of num_train_steps
+  c.loss_reduction = 'token'    # token: mean over tokens | sequence: sum over time, mean over rows
   c.batch_size = 32             # rows per training batch, over all devices
   c.eval_batch_size = config_dict.placeholder(int)  # None: batch_size
-  c.num_steps = 64              # time steps per batch (truncated BPTT length for language models)
+  c.bptt_length = 64            # time steps per training row of a language model: the truncated
+                                # BPTT length
   c.eval_every_steps = 500      # validation every this many steps
   c.checkpoint_every_steps = 500  # a checkpoint every this many steps
   c.keep_checkpoints = 2        # the newest checkpoints kept
@@ -78,8 +122,8 @@ def base_config() -> ml_collections.ConfigDict:
   d.max_train_tokens = config_dict.placeholder(int)  # cut the train stream (quick runs)
   d.max_eval_tokens = config_dict.placeholder(int)   # cut the valid and test streams
   d.document_separator = config_dict.placeholder(str)  # documents end with it: state reset after
-  # task 'text': a plain-text file of the user's
-  d.path = config_dict.placeholder(str)        # the file (required for task 'text')
+  # dataset 'text': a plain-text file of the user's
+  d.path = config_dict.placeholder(str)        # the file (required for dataset 'text')
   d.level = 'char'                             # char | word (whitespace, <eos> per line) | byte
   d.valid_path = config_dict.placeholder(str)  # a file for valid; else cut from the end of path
   d.test_path = config_dict.placeholder(str)   # a file for test; else cut from the end of path
@@ -90,7 +134,7 @@ def base_config() -> ml_collections.ConfigDict:
   d.cache = True                               # char/word ids kept on disk, memory-mapped later
   d.cache_dir = config_dict.placeholder(str)   # None: $STACKED_LSTM_CACHE or ~/.cache/...
   d.allow_changed_data = False                 # resume although a data file's contents changed
-  # Generated datasets: each task's parameters in its own sub-dict
+  # Generated datasets: each dataset's parameters in its own sub-dict
   d.mnist1d = ml_collections.ConfigDict(dict(
       seed=42,           # the package's own seed: the published dataset
       num_samples=5000,  # split 4:1 into train and test
@@ -187,5 +231,4 @@ def base_config() -> ml_collections.ConfigDict:
   o.weight_decay = 1e-4         # adamw
   o.initial_accumulator = 0.1   # adagrad
   o.grad_clip_norm = 1.0        # clip the global gradient norm (0: no clipping)
-  o.loss_reduction = 'token'    # token: mean over tokens | sequence: sum over time, mean over rows
   return c

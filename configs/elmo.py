@@ -16,9 +16,9 @@ from configs import common
 def get_config(arg=None):
   args = common.parse_arg(arg, full=False, epochs=3.0)
   c = common.base_config()
-  c.task = 'ptb_word'
+  c.dataset = 'ptb_word'
   c.batch_size = 32
-  c.num_steps = 20
+  c.bptt_length = 20
   c.num_train_steps = 0
   c.num_epochs = args.epochs
   c.eval_every_steps = 1000

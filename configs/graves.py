@@ -16,7 +16,7 @@ from configs import common
 def get_config(arg=None):
   args = common.parse_arg(arg, layers=3, hidden=128, steps=3000)
   c = common.base_config()
-  c.task = 'speech_digits'
+  c.dataset = 'speech_digits'
   c.data.speech_digits.num_train = 4000
   c.data.speech_digits.num_valid = 300
   c.data.speech_digits.num_test = 500

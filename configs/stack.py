@@ -12,13 +12,13 @@ from configs import common
 def get_config(arg=None):
   args = common.parse_arg(arg, layers=2, hidden=256, between='none', full=False)
   c = common.base_config()
-  c.task = 'ptb_char'
+  c.dataset = 'ptb_char'
   c.model.num_layers = args.layers
   c.model.hidden_size = args.hidden
   c.model.between = args.between
   c.model.embed_size = 64
   c.batch_size = 32
-  c.num_steps = 100
+  c.bptt_length = 100
   c.optimizer.name = 'adam'
   c.optimizer.learning_rate = 3e-3
   c.optimizer.schedule = 'cosine'

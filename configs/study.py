@@ -14,20 +14,20 @@ Protocol (implemented by train.sweep's tuning stage and train.report's paired co
 - Arms: model.between in {none, relu, tanh, gelu, layernorm} at 2 and 4 layers; the same five
   with model.residual=True at 8 layers (GNMT, Kim et al. 2017: plain deep stacks need it); and a
   plain 8-layer stack (between none) with a long warm-up (WARMUP_8_PLAIN steps), to see whether
-  any plain 8-layer stack leaves the unigram level. 16 settings per task. Everything else is the
+  any plain 8-layer stack leaves the unigram level. 16 settings per dataset. Everything else is the
   canonical stack: tanh/sigmoid cell, forget bias 1, no dropout; Adam with linear warm-up, cosine
   decay, gradient norm clipped at 1.
-- Equal tuning: every setting of a task runs at each learning rate of its LEARNING_RATES[task]
+- Equal tuning: every setting of a dataset runs at each learning rate of its LEARNING_RATES[dataset]
   (a factor of 33 or more) with seed 0; the rate with the best final validation metric is the
   setting's; test figures are reported at that rate only (report: "Tuning", tuning.png, which
-  marks a choice at the edge of the grid). Every arm of a task gets the same grid; where a
+  marks a choice at the edge of the grid). Every arm of a dataset gets the same grid; where a
   tuning stage chose an edge for some arms, the grid was extended on that side for every arm of
-  the task, before the seeds that depend on it. History: the grid was first {1e-3, 3e-3, 1e-2}:
+  the dataset, before the seeds that depend on it. History: the grid was first {1e-3, 3e-3, 1e-2}:
   on mnist1d the first six tuning runs (between none at 2 and 4 layers) reached 55-73% / 87-94% /
   96-98% validation accuracy, best at the grid's edge, so it moved up by a factor of 3 before any
   other arm ran. With {3e-3, 1e-2, 3e-2} the whole mnist1d tuning stage then chose 3e-2, the top
-  edge, for 7 of its 15 settings, so 1e-1 was added for every setting and task before any
-  seeds-stage run and before the ptb and speech sweeps began. On the speech task the tuning
+  edge, for 7 of its 15 settings, so 1e-1 was added for every setting and dataset before any
+  seeds-stage run and before the ptb and speech sweeps began. On the speech dataset the tuning
   stage of configs/variants.py (the same grid, 8 arms) chose 3e-3, the bottom edge, for 4 arms,
   so 1e-3 was added for speech (both sweeps) before its study sweep began. With 1e-3 the
   variants' tuning stage chose 1e-3, the new bottom edge, for 3 of 8 arms (vanilla, NP, NFG), so
@@ -75,15 +75,15 @@ these are upper bounds): steps/s at 2 / 4 / 8 layers (8 with residual)
 plus about 15 s of start-up and compilation per run and 10 validation passes. With
 NUM_TRAIN_STEPS steps a run costs about 55 / 130 / 260 s (mnist1d, 2,000 steps), 110 / 200 /
 500 s (ptb, 2,000 steps: 0.8 of an epoch of the training text) and 60 / 130 / 300 s (speech,
-1,000 steps). Each task has 16 settings x (4 tuning runs, 5 for mnist1d and 6 for speech,
+1,000 steps). Each dataset has 16 settings x (4 tuning runs, 5 for mnist1d and 6 for speech,
 + 4 more seeds) = 128 runs (144 for mnist1d, 160 for speech):
 
   mnist1d  ~6.3 core-hours    ptb  ~10.5 core-hours    speech  ~8 core-hours
 
-about 25 core-hours for the three, run one task at a time on one core (mnist1d, then ptb, then
+about 25 core-hours for the three, run one dataset at a time on one core (mnist1d, then ptb, then
 speech); configs/cell_activation.py adds the asker's variant at 2 layers (~1.5 core-hours). The
 sweeps resume across sessions: each finished run's config, metrics and results are committed
-under results/study_<task>/runs/ as they complete.
+under results/study_<dataset>/runs/ as they complete.
 
 Implementation note. Runs started from about 2026-12-04 19:12 UTC (PTB from its 2nd run of that
 day, `between=layernorm, num_layers=4, rate 0.01`; speech from its 5th, `between=gelu,
@@ -104,7 +104,7 @@ anything that favours an arm.
 """
 from configs import common
 
-TASKS = ('mnist1d', 'ptb', 'speech')
+DATASETS = ('mnist1d', 'ptb', 'speech')
 BETWEEN = ['none', 'relu', 'tanh', 'gelu', 'layernorm']
 LEARNING_RATES = {'mnist1d': [1e-3, 3e-3, 1e-2, 3e-2, 1e-1], 'ptb': [3e-3, 1e-2, 3e-2, 1e-1],
                   'speech': [3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1]}
@@ -113,15 +113,15 @@ WARMUP_8_PLAIN = {'mnist1d': 500, 'ptb': 500, 'speech': 250}  # of NUM_TRAIN_STE
 NUM_TRAIN_STEPS = {'mnist1d': 2000, 'ptb': 2000, 'speech': 1000}
 
 
-def _task(arg) -> str:
+def _dataset(arg) -> str:
   name = (arg or 'ptb').strip()
-  if name not in TASKS:
-    raise ValueError(f'configs/study.py:{name} is not known; use one of {", ".join(TASKS)}')
+  if name not in DATASETS:
+    raise ValueError(f'configs/study.py:{name} is not known; use one of {", ".join(DATASETS)}')
   return name
 
 
 def get_config(arg='ptb'):
-  task = _task(arg)
+  dataset = _dataset(arg)
   c = common.base_config()
   c.model.num_layers = 2
   c.model.between = 'none'
@@ -131,24 +131,24 @@ def get_config(arg='ptb'):
   o.schedule = 'cosine'
   o.warmup_steps = 100
   o.grad_clip_norm = 1.0
-  c.num_train_steps = NUM_TRAIN_STEPS[task]
+  c.num_train_steps = NUM_TRAIN_STEPS[dataset]
   c.keep_checkpoints = 1
   c.log_every_steps = 50
   c.eval_every_steps = c.num_train_steps // 10
   c.checkpoint_every_steps = c.num_train_steps // 4
-  if task == 'mnist1d':
-    c.task = 'mnist1d'
+  if dataset == 'mnist1d':
+    c.dataset = 'mnist1d'
     c.model.hidden_size = 64
     c.batch_size = 64
-  elif task == 'ptb':
-    c.task = 'ptb_char'
+  elif dataset == 'ptb':
+    c.dataset = 'ptb_char'
     c.model.hidden_size = 128
     c.model.embed_size = 32
     c.batch_size = 32
-    c.num_steps = 64
+    c.bptt_length = 64
     c.data.max_eval_tokens = 100_000
   else:
-    c.task = 'speech_digits'
+    c.dataset = 'speech_digits'
     c.model.hidden_size = 64
     c.model.bidirectional = True
     c.batch_size = 32
@@ -164,12 +164,12 @@ def _valid_voices():
 
 
 def get_sweep(arg='ptb'):
-  task = _task(arg)
+  dataset = _dataset(arg)
   return {'axes': {'model.between': BETWEEN, 'model.num_layers': [2, 4]},
           'extra': ([{'model.between': b, 'model.num_layers': 8, 'model.residual': True}
                      for b in BETWEEN]
                     + [{'model.between': 'none', 'model.num_layers': 8,
-                        'optimizer.warmup_steps': WARMUP_8_PLAIN[task]}]),
+                        'optimizer.warmup_steps': WARMUP_8_PLAIN[dataset]}]),
           'seeds': SEEDS,
-          'tune': {'optimizer.learning_rate': LEARNING_RATES[task]},
+          'tune': {'optimizer.learning_rate': LEARNING_RATES[dataset]},
           'compare': {'field': 'model.between', 'reference': 'none'}}

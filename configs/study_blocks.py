@@ -22,11 +22,11 @@ Protocol (what changed from configs/study.py, and why):
   form stays as `residual_op_on_skip` with layernorm and one activation, the link to the earlier
   tables.
 - Tuning on two seeds of its own (TUNE_SEEDS, 100 and 101: never evaluation seeds) at every rate
-  of LEARNING_RATES[task]; a setting's rate is the one with the best final validation metric
+  of LEARNING_RATES[dataset]; a setting's rate is the one with the best final validation metric
   averaged over both (a rate with a diverged tuning run is not chosen). Evaluation on 5 fresh
   seeds (SEEDS, 0-4) at that rate; no tuning run is an evaluation run (train.sweep's
-  'tune_seeds', train.report's "Tuning" section). Where any arm of a task chooses an edge of the
-  grid, the grid is extended on that side for every arm of the task before its seeds run (the
+  'tune_seeds', train.report's "Tuning" section). Where any arm of a sweep chooses an edge of the
+  grid, the grid is extended on that side for every arm of the sweep before its seeds run (the
   plan keeps a reserve for one extension).
 - Paired: a seed fixes the data order and the initial values of the parameters two arms share;
   each arm is compared with REFERENCE (the plain stack, nothing between the layers) at the same
@@ -59,14 +59,14 @@ Arms (`ARMS`; `model.between` is the op, 'none' unless named; the first layer is
   (the same at FFN_MATCHED_HIDDEN, the parameter count of prenorm), skip_layernorm and
   skip_gelu / skip_tanh (residual_op_on_skip, the earlier tables' form); at 2 layers: plain,
   proj_size = half the width (LSTMP), the cell's own layer_norm, and on speech dropout=0.3 between layers.
-  Which arms run at which depth per task: DEPTHS_OF.
+  Which arms run at which depth per sweep: DEPTHS_OF.
 
 Plan and cost (`print_plan()` prints this table from SECONDS_PER_RUN; runs = arms x (3 rates x
 2 tuning seeds + 5 evaluation seeds), ptb_long 5 seeds per arm; seconds per run from the
 committed runs of the same shapes, one run per core of the 2-core AMD EPYC family 25 model 17;
 docs/study-round-three.md has the timings behind it):
 
-  | task | depth | width | steps | arms | runs | s per run | core-hours |
+  | sweep | depth | width | steps | arms | runs | s per run | core-hours |
   |---|---:|---:|---:|---|---:|---:|---:|
   | ptb | 2 | 128 | 2,000 | plain, residual, proj, cell_layernorm | 44 | 74 | 0.9 |
   | ptb | 4 | 128 | 2,000 | plain, plain_layernorm, residual, residual_relu, residual_tanh, residual_gelu, prenorm, postnorm, prenorm_ffn, prenorm_ffn_matched, skip_layernorm | 121 | 160/200 | 5.6 |
@@ -90,7 +90,7 @@ import os
 
 from configs import common, study
 
-TASKS = ('ptb', 'ptb_long', 'ptb_wide', 'speech')
+SWEEPS = ('ptb', 'ptb_long', 'ptb_wide', 'speech')
 TUNE_SEEDS = [100, 101]
 SEEDS = [0, 1, 2, 3, 4]
 LEARNING_RATES = {'ptb': [3e-3, 1e-2, 3e-2], 'speech': [1e-3, 3e-3, 1e-2]}
@@ -114,7 +114,7 @@ ARMS = {
     'skip_layernorm': {'model.block': 'residual_op_on_skip', 'model.between': 'layernorm'},
     'skip_gelu': {'model.block': 'residual_op_on_skip', 'model.between': 'gelu'},
     'skip_tanh': {'model.block': 'residual_op_on_skip', 'model.between': 'tanh'},
-    'proj': {'model.proj_size': 64},  # half the task's width (settings)
+    'proj': {'model.proj_size': 64},  # half the sweep's width (settings)
     'cell_layernorm': {'model.layer_norm': True},
     'dropout': {'model.dropout': 0.3},
 }
@@ -135,7 +135,7 @@ DEPTHS_OF = {
                8: ['plain', 'plain_layernorm', 'residual', 'residual_tanh', 'prenorm',
                    'skip_tanh']},
 }
-# Each arm is paired with REFERENCE_OF[task] at the same depth: the plain stack, except in the
+# Each arm is paired with REFERENCE_OF[sweep] at the same depth: the plain stack, except in the
 # sweeps that run only blocks with a residual, where it is the residual block (y + LSTM(y)).
 RESIDUAL = {'model.block': 'residual', 'model.between': 'none'}
 REFERENCE_OF = {'ptb': REFERENCE, 'ptb_long': RESIDUAL, 'ptb_wide': RESIDUAL,
@@ -150,7 +150,13 @@ OUTPUTS = {'ptb': 50, 'speech': 11}     # characters / digits and the CTC blank
 EMBEDDING = {'ptb': 50 * 32, 'speech': 0}
 
 
-def param_count(task: str, num_layers: int, hidden: int, ffn_factor: float = 0.0,
+def _dataset(sweep: str) -> str:
+  """configs/study.py's argument for the data of `sweep` (a sweep of this file, or already that
+  argument)."""
+  return 'speech' if sweep == 'speech' else 'ptb'
+
+
+def param_count(sweep: str, num_layers: int, hidden: int, ffn_factor: float = 0.0,
                 gated: bool = True, block: str = 'prenorm') -> int:
   """Parameters of a stack as the study builds it: canonical LSTM layers (4 (in H + H H + H) per
   direction), the first plain, each later one a block with a layer norm (2 W; prenorm adds a final
@@ -158,11 +164,11 @@ def param_count(task: str, num_layers: int, hidden: int, ffn_factor: float = 0.0
   W, else W -> F -> W; F = round(ffn_factor W)); the embedding and the output layer. W is the
   width between layers (2 H for speech's bidirectional stack). Checked against the model's own
   count by tests/test_study.py where the block forms exist."""
-  kind = 'speech' if task == 'speech' else 'ptb'
-  directions = 2 if kind == 'speech' else 1
+  dataset = _dataset(sweep)
+  directions = 2 if dataset == 'speech' else 1
   width = directions * hidden
   lstm = lambda n_in: directions * 4 * (n_in * hidden + hidden * hidden + hidden)
-  total = EMBEDDING[kind] + lstm(INPUTS[kind]) + width * OUTPUTS[kind] + OUTPUTS[kind]
+  total = EMBEDDING[dataset] + lstm(INPUTS[dataset]) + width * OUTPUTS[dataset] + OUTPUTS[dataset]
   inner = round(ffn_factor * width)
   ffn = 0
   if ffn_factor:
@@ -173,61 +179,57 @@ def param_count(task: str, num_layers: int, hidden: int, ffn_factor: float = 0.0
   return total + (2 * width if block == 'prenorm' else 0)
 
 
-def matched_hidden(task: str, num_layers: int, hidden: int) -> int:
+def matched_hidden(sweep: str, num_layers: int, hidden: int) -> int:
   """The hidden size at which prenorm with the feed-forward sublayer has the parameter count
   nearest to prenorm's without it at `hidden`."""
-  target = param_count(task, num_layers, hidden)
+  target = param_count(sweep, num_layers, hidden)
   return min(range(hidden // 2, hidden + 1),
-             key=lambda h: abs(param_count(task, num_layers, h, FFN['model.ffn_factor']) - target))
+             key=lambda h: abs(param_count(sweep, num_layers, h, FFN['model.ffn_factor']) - target))
 
 
-def _kind(task: str) -> str:
-  return 'speech' if task == 'speech' else 'ptb'
-
-
-FFN_MATCHED_HIDDEN = {(task, depth): matched_hidden(_kind(task), depth, HIDDEN[task])
-                      for task in TASKS for depth in DEPTHS_OF[task]}
+FFN_MATCHED_HIDDEN = {(sweep, depth): matched_hidden(_dataset(sweep), depth, HIDDEN[sweep])
+                      for sweep in SWEEPS for depth in DEPTHS_OF[sweep]}
 
 
 # ----------------------------------------------------------------------------------------------
 # Configs and grids
 
 
-def _task(arg) -> str:
+def _sweep(arg) -> str:
   name = (arg or 'ptb').strip()
-  if name not in TASKS:
-    raise ValueError(f'configs/study_blocks.py:{name} is not known; use one of {", ".join(TASKS)}')
+  if name not in SWEEPS:
+    raise ValueError(f'configs/study_blocks.py:{name} is not known; use one of {", ".join(SWEEPS)}')
   return name
 
 
 def get_config(arg='ptb'):
-  task = _task(arg)
-  c = study.get_config(_kind(task))
-  c.model.hidden_size = HIDDEN[task]
-  c.num_train_steps = NUM_TRAIN_STEPS[task]
+  sweep = _sweep(arg)
+  c = study.get_config(_dataset(sweep))
+  c.model.hidden_size = HIDDEN[sweep]
+  c.num_train_steps = NUM_TRAIN_STEPS[sweep]
   c.eval_every_steps = c.num_train_steps // 10
   c.checkpoint_every_steps = c.num_train_steps // 4
-  c.optimizer.learning_rate = LEARNING_RATES[_kind(task)][1]
+  c.optimizer.learning_rate = LEARNING_RATES[_dataset(sweep)][1]
   c.seed = SEEDS[0]
   return c
 
 
-def settings(task: str) -> list[dict]:
-  """The task's settings, as the sweep's extra points (the tuned rate not set)."""
+def settings(sweep: str) -> list[dict]:
+  """The sweep's settings, as the sweep's extra points (the tuned rate not set)."""
   out = []
-  for depth, arms in DEPTHS_OF[task].items():
+  for depth, arms in DEPTHS_OF[sweep].items():
     for arm in arms:
       setting = {**REFERENCE, **ARMS[arm], 'model.num_layers': depth}
       if arm == 'prenorm_ffn_matched':
-        setting['model.hidden_size'] = FFN_MATCHED_HIDDEN[task, depth]
+        setting['model.hidden_size'] = FFN_MATCHED_HIDDEN[sweep, depth]
       if arm == 'proj':  # LSTMP: h projected to half the cell's width
-        setting['model.proj_size'] = HIDDEN[task] // 2
+        setting['model.proj_size'] = HIDDEN[sweep] // 2
       out.append(setting)
   return out
 
 
-def _compare(task: str) -> dict:
-  return {'setting': REFERENCE_OF[task], 'by': ['model.num_layers']}
+def _compare(sweep: str) -> dict:
+  return {'setting': REFERENCE_OF[sweep], 'by': ['model.num_layers']}
 
 
 RESULTS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'results')
@@ -248,11 +250,11 @@ def chosen_rates(sweep_dir: str = os.path.join(RESULTS, 'study_blocks_ptb', 'run
 
 
 def get_sweep(arg='ptb'):
-  task = _task(arg)
-  if task != 'ptb_long':
-    return {'extra': settings(task), 'tune_seeds': TUNE_SEEDS, 'seeds': SEEDS,
-            'tune': {'optimizer.learning_rate': LEARNING_RATES[_kind(task)]},
-            'compare': _compare(task)}
+  sweep = _sweep(arg)
+  if sweep != 'ptb_long':
+    return {'extra': settings(sweep), 'tune_seeds': TUNE_SEEDS, 'seeds': SEEDS,
+            'tune': {'optimizer.learning_rate': LEARNING_RATES[_dataset(sweep)]},
+            'compare': _compare(sweep)}
   # 8,000 steps at the rate :ptb's tuning chose for the same setting; settings whose tuning has
   # not finished are not in the grid yet (rerun the sweep once it has).
   from train import sweep as sweep_lib
@@ -266,7 +268,7 @@ def get_sweep(arg='ptb'):
                                 list(ptb['tune']))
     if rates.get(key) is not None:
       extra.append({**setting, 'optimizer.learning_rate': rates[key]})
-  return {'extra': extra, 'seeds': SEEDS, 'compare': _compare(task)}
+  return {'extra': extra, 'seeds': SEEDS, 'compare': _compare(sweep)}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -288,18 +290,18 @@ EXTENSION_RESERVE = 0.1  # of the tuning runs: one grid extension for some arms
 
 
 def plan() -> list[dict]:
-  """One row per (task, depth, arm): runs and core-hours from SECONDS_PER_RUN."""
+  """One row per (sweep, depth, arm): runs and core-hours from SECONDS_PER_RUN."""
   rows = []
-  for task in TASKS:
-    kind = _kind(task)
-    tuning = 0 if task == 'ptb_long' else len(LEARNING_RATES[kind]) * len(TUNE_SEEDS)
-    for depth, arms in DEPTHS_OF[task].items():
-      seconds = SECONDS_PER_RUN[kind, depth, HIDDEN[task], NUM_TRAIN_STEPS[task]]
+  for sweep in SWEEPS:
+    dataset = _dataset(sweep)
+    tuning = 0 if sweep == 'ptb_long' else len(LEARNING_RATES[dataset]) * len(TUNE_SEEDS)
+    for depth, arms in DEPTHS_OF[sweep].items():
+      seconds = SECONDS_PER_RUN[dataset, depth, HIDDEN[sweep], NUM_TRAIN_STEPS[sweep]]
       for arm in arms:
         cost = seconds * (FFN_COST if 'ffn' in arm else 1.0)
         runs = tuning + len(SEEDS)
-        rows.append({'task': task, 'depth': depth, 'arm': arm, 'width': HIDDEN[task],
-                     'steps': NUM_TRAIN_STEPS[task], 'runs': runs, 'seconds': cost,
+        rows.append({'sweep': sweep, 'depth': depth, 'arm': arm, 'width': HIDDEN[sweep],
+                     'steps': NUM_TRAIN_STEPS[sweep], 'runs': runs, 'seconds': cost,
                      'core_hours': runs * cost / 3600})
   return rows
 
@@ -308,19 +310,19 @@ def print_plan() -> None:
   """The plan as the docstring's table: python -c 'from configs import study_blocks as s;
   s.print_plan()'."""
   rows = plan()
-  print('| task | depth | width | steps | arms | runs | s per run | core-hours |')
+  print('| sweep | depth | width | steps | arms | runs | s per run | core-hours |')
   print('|---|---:|---:|---:|---|---:|---:|---:|')
   groups: dict = {}
   for r in rows:
-    groups.setdefault((r['task'], r['depth'], r['width'], r['steps']), []).append(r)
+    groups.setdefault((r['sweep'], r['depth'], r['width'], r['steps']), []).append(r)
   total_runs = total = 0.0
-  for (task, depth, width, steps), members in groups.items():
+  for (sweep, depth, width, steps), members in groups.items():
     runs = sum(r['runs'] for r in members)
     hours = sum(r['core_hours'] for r in members)
     per = sorted({round(r['seconds']) for r in members})
-    print(f'| {task} | {depth} | {width} | {steps:,} | {", ".join(r["arm"] for r in members)} '
+    print(f'| {sweep} | {depth} | {width} | {steps:,} | {", ".join(r["arm"] for r in members)} '
           f'| {runs} | {"/".join(map(str, per))} | {hours:.1f} |')
     total_runs, total = total_runs + runs, total + hours
   reserve = sum(r['core_hours'] * (1 - len(SEEDS) / r['runs']) for r in rows
-                if r['task'] != 'ptb_long') * EXTENSION_RESERVE
+                if r['sweep'] != 'ptb_long') * EXTENSION_RESERVE
   print(f'| all | | | | | {total_runs:.0f} | | {total:.1f} (+{reserve:.1f} reserve) |')

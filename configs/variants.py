@@ -1,4 +1,4 @@
-"""Greff et al. 2017 ("LSTM: A Search Space Odyssey") on this project's speech task: which parts
+"""Greff et al. 2017 ("LSTM: A Search Space Odyssey") on this project's speech dataset: which parts
 of the LSTM cell matter?
 
   python -m train.sweep --config=configs/variants.py --sweep_dir=results/variants_speech/runs
@@ -13,7 +13,7 @@ Arms (Greff's names): vanilla (the LSTM with peepholes, Greff's baseline), NIG (
 i = 1), NFG (no forget gate, f = 1), NOG (no output gate, o = 1), NIAF (no input activation: the
 candidate is linear), NOAF (no output activation: h = o * c), NP (no peepholes), CIFG (coupled
 input and forget gate, i = 1 - f). FGR (full gate recurrence) is not built. Each is vanilla with
-one change. The task is configs/study.py's speech task (bidirectional, CTC, held-out validation
+one change. The data is configs/study.py's speech dataset (bidirectional, CTC, held-out validation
 and test voices; label error rate), at 2 layers; the protocol is the study's: every arm tuned
 over configs/study.py's learning rates with seed 0, then SEEDS at its chosen rate, each arm
 paired by seed against vanilla.

@@ -27,9 +27,10 @@ def get_config(arg='small'):
     raise ValueError(f'configs/zaremba.py:{size} is not known; use one of {", ".join(SIZES)}')
   hidden, steps, dropout, init, clip, decay, start, epochs = SIZES[size]
   c = common.base_config()
-  c.task = 'ptb_word'
+  c.dataset = 'ptb_word'
   c.batch_size = 20
-  c.num_steps = steps
+  c.bptt_length = steps
+  c.loss_reduction = 'sequence'  # their loss sums over the bptt_length steps: lr 1 assumes it
   c.num_train_steps = 0
   c.num_epochs = float(epochs)
   c.eval_every_steps = 2000
@@ -49,5 +50,4 @@ def get_config(arg='small'):
   o.decay_start_epoch = start
   o.decay_factor = decay
   o.grad_clip_norm = clip
-  o.loss_reduction = 'sequence'  # their loss sums over the num_steps steps: lr 1 assumes it
   return c

@@ -1,7 +1,7 @@
 """The project's cache directory: `$STACKED_LSTM_CACHE`, else `~/.cache/stacked_lstm`.
 
-What is kept there can always be made again: the inference layouts measured on this machine
-(`lstm.layout`) and the trainer's generated or encoded data.
+What is kept there can always be made again: the inference loop orders measured on this machine
+(`lstm.loop_order`) and the trainer's generated or encoded data.
 """
 import os
 

@@ -12,7 +12,7 @@ is the same; what differs is the work and memory around it (each point measured,
   they store it. The rest of this list is about the XLA loops that run every other layer (bfloat16
   ones on CPUs without AVX512-BF16 included), and every layer where the kernel cannot be built.
 * Inference (nothing differentiated: the custom VJP's primal) on CPU, for the shapes where it
-  was measured faster on this machine (`feature_major_pays`, `lstm.layout`: measured once per
+  was measured faster on this machine (`feature_major_pays`, `lstm.loop_order`: measured once per
   CPU and shape, cached), runs one feature-major loop: carries (H, B), inputs
   (T, F, B), and each step computes kernel^T x_t + w^T h. XLA:CPU runs these (4H, K) by (K, B)
   products markedly faster than the batch-major x_t kernel and h w at such sizes, and projecting
@@ -80,7 +80,7 @@ import numpy as np
 from jax._src import core as jax_core  # the trace in effect (`forward_mode`); no public API
 from jax._src.interpreters import ad as jax_ad
 
-from lstm import activations, layout, manual_axes, native, switches
+from lstm import activations, loop_order, manual_axes, native, switches
 from lstm.cell import DEFAULTS, OPTIONS, in_effect, restart
 
 Array = jax.Array
@@ -327,18 +327,18 @@ def _reset_at(resets: Optional[Array], t) -> Optional[Array]:
 
 
 def feature_major_pays(batch: int, hidden: int, features: int, dtype) -> bool:
-  """Whether inference runs `_infer_feature_major`: `lstm.layout`'s choice for this shape on this
-  machine (measured once per CPU and shape on CPU; batch-major on accelerators).
+  """Whether inference runs `_infer_feature_major`: `lstm.loop_order`'s choice for this shape on
+  this machine (measured once per CPU and shape on CPU; batch-major on accelerators).
 
   Measured against the batch-major loop on the first 2-core AMD EPYC (one layer's inference,
   median time ratio): 0.86x at batch 32 x hidden 256 (T=128, input 128), 0.73x at 256 x 256, 0.60x
   at 32 x 1024; 1.05x at 16 x 256, 0.99x at 16 x 512; slower at 32 x 128 (1.13x), 8 x 256 (1.09x),
   4 x 256 (1.68x), 64 x 64 (1.24x) and 1 x 512 (1.22x); on a newer AMD EPYC about even at 32 x 256.
   """
-  return layout.feature_major(batch, hidden, features, dtype, _measure_layouts)
+  return loop_order.feature_major(batch, hidden, features, dtype, _measure_loop_orders)
 
 
-def _measure_layouts(batch: int, hidden: int, features: int, dtype, steps: int
+def _measure_loop_orders(batch: int, hidden: int, features: int, dtype, steps: int
                      ) -> tuple[float, float]:
   """Best seconds of one canonical layer's inference of this shape: (batch-major, feature-major)."""
   spec = _Spec(jnp.tanh, jnp.tanh, _sigmoid, True, False, False, False)
@@ -352,7 +352,7 @@ def _measure_layouts(batch: int, hidden: int, features: int, dtype, steps: int
   for name, impl in (('batch_major', _infer_batch_major), ('feature_major', _infer_feature_major)):
     compiled = jax.jit(functools.partial(impl, spec)).lower(*inputs).compile()
     runs[name] = functools.partial(compiled, *inputs)
-  best = layout.time_best(runs)
+  best = loop_order.time_best(runs)
   return best['batch_major'], best['feature_major']
 
 
@@ -373,7 +373,7 @@ def _layer_impl(spec: _Spec, x, kernel, w, b, h0, c0, mask, resets, drop):
     _, hs, cs = native.forward(x, kernel, w, b, h0, c0, mask if spec.masked else None,
                                keep_gates=False)
     return _masked(spec, hs, mask), hs[-1], cs[-1]
-  # The layout is chosen per shape; a symbolic shape (jax.export) runs batch-major.
+  # The loop order is chosen per shape; a symbolic shape (jax.export) runs batch-major.
   if (all(isinstance(d, int) for d in x.shape)
       and feature_major_pays(x.shape[1], w.shape[0], x.shape[2], x.dtype)):
     return _infer_feature_major(spec, x, kernel, w, b, h0, c0, mask, resets, drop)

@@ -181,7 +181,7 @@ def _torch_refusals(model: StackedLSTM) -> list[str]:
 
 
 def _looped_params(model: StackedLSTM, variables) -> dict[str, Any]:
-  """`variables`' parameters in the looped layout, checked to hold every array `model` needs
+  """`variables`' parameters as the looped parameter tree, checked to hold every array `model` needs
   (ValueError naming the first one missing or extra, as params/layer_k/direction)."""
   if not isinstance(variables, Mapping):
     raise TypeError('to_torch(model, variables): variables must be the mapping model.init '
@@ -207,8 +207,8 @@ def to_torch(model: StackedLSTM, variables: Mapping[str, Any]):
   """A `torch.nn.LSTM` (batch_first=True, float32) computing what `model` computes.
 
   bias_ih = bias and bias_hh = 0. Parameters of a `scan_layers=True` model are converted with
-  `scanned_to_looped` first (both layouts are accepted). Raises ValueError naming every option that
-  torch.nn.LSTM cannot represent: activation (or candidate/output activation) other than tanh,
+  `scanned_to_looped` first (both parameter trees are accepted). Raises ValueError naming every
+  option that torch.nn.LSTM cannot represent: activation (or candidate/output activation) other than tanh,
   recurrent_activation other than sigmoid, peephole, layer_norm, cell_clip, proj_clip, a gate
   variant (input_gate, forget_gate or output_gate False, coupled_gates), recurrent_dropout,
   zoneout, weight_drop, between other than 'none', a block other than 'plain' (and any other

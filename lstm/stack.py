@@ -17,7 +17,7 @@ where F(u) = W_2 act(W_1 u + b_1) + b_2, or W_2 (act(W_g u + b_g) * (W_1 u + b_1
 `ffn_gated` (xLSTM's gated MLP), W_1 of width round(ffn_factor * d) for a stack of width d.
 The residual forms need every layer to output the same width. `scan_layers` runs layers 2..L
 under `nn.scan` over the layer axis (the first has its own input width); `scanned_to_looped` /
-`looped_to_scanned` convert parameters between the looped and scanned layouts.
+`looped_to_scanned` convert parameters between the looped and scanned parameter trees.
 """
 from __future__ import annotations
 

@@ -1,12 +1,12 @@
 """Shared test set-up: Keras runs on the JAX backend; float32 matmuls at full precision; the
-inference layout by the size rule; the project's cache directory in a temporary directory, not
+inference loop order by the size rule; the project's cache directory in a temporary directory, not
 the user's; the `fast_calls` fixture; `trained_run`, tiny runs trained once per session."""
 import os
 
 os.environ.setdefault('KERAS_BACKEND', 'jax')
-# The suite runs both inference layouts explicitly (tests/test_fast.py) and tests the measured
-# choice on its own (tests/test_layout.py); elsewhere the size rule keeps runs reproducible.
-os.environ.setdefault('LSTM_INFERENCE_LAYOUT', 'rule')
+# The suite runs both inference loop orders explicitly (tests/test_fast.py) and tests the measured
+# choice on its own (tests/test_loop_order.py); elsewhere the size rule keeps runs reproducible.
+os.environ.setdefault('LSTM_LOOP_ORDER', 'rule')
 
 import jax  # noqa: E402
 import pytest  # noqa: E402

@@ -232,13 +232,13 @@ def _old_config_json(residual: bool) -> dict:
 @pytest.mark.parametrize('residual,block', [(True, 'residual_op_on_skip'), (False, 'plain')])
 def test_old_run_directories_read_residual_as_a_block(tmp_path, residual, block):
   import json
-  from train import checkpoint
+  from train import workdir as workdir_lib
   saved = _old_config_json(residual)
-  assert checkpoint.config_from_dict(saved, 'config.json').model.block == block
+  assert workdir_lib.config_from_dict(saved, 'config.json').model.block == block
   (tmp_path / 'config.json').write_text(json.dumps(saved))
   today = common.base_config()
   today.model.block = block
-  checkpoint.record_config(str(tmp_path), today.to_json())  # the same run: resumes
+  workdir_lib.record_config(str(tmp_path), today.to_json())  # the same run: resumes
   today.model.block = 'prenorm'
-  with pytest.raises(checkpoint.ConfigConflict, match='model.block'):
-    checkpoint.record_config(str(tmp_path), today.to_json())
+  with pytest.raises(workdir_lib.ConfigConflict, match='model.block'):
+    workdir_lib.record_config(str(tmp_path), today.to_json())

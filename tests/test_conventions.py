@@ -1,5 +1,5 @@
 """Flax's conventions where Flax has one: `tabulate`, narrow parameter dtypes, float64 under
-`jax_enable_x64`, `deterministic` as `nn.Dropout` asks for it, and the carry layout in the help
+`jax_enable_x64`, `deterministic` as `nn.Dropout` asks for it, and the carry's order in the help
 a user reads first."""
 import pydoc
 
@@ -93,7 +93,7 @@ def test_without_training_time_options_deterministic_may_be_left_out():
     LSTMCell, LSTMCell.__call__, LSTMLayer, LSTMLayer.__call__, StackedLSTM.__call__,
     lstm.run_sequence, lstm_nnx, lstm_nnx.Cell.__call__, lstm_nnx.Module.__call__, lstm.layer],
     ids=lambda o: getattr(o, '__qualname__', getattr(o, '__name__', str(o))))
-def test_help_shows_the_carry_layout(obj):
+def test_help_shows_the_carry_order(obj):
   """help() names the carry `(h, c)` and the conversion to Flax's `(c, h)`; on a `__call__` it
   lists the arguments."""
   text = pydoc.render_doc(obj, renderer=pydoc.plaintext)

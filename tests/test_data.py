@@ -1,4 +1,4 @@
-"""Tests for train/data.py: contents against the reference numbers, batch layout, resumption."""
+"""Tests for train/data.py: contents against the reference numbers, batch contents, resumption."""
 import json
 import math
 
@@ -9,12 +9,12 @@ from configs import common
 from train import data
 
 
-def config(task, **fields):
-  """The default config for `task` with `fields` set in config.data (in the task's own
+def config(dataset, **fields):
+  """The default config for `dataset` with `fields` set in config.data (in the dataset's own
   sub-dict for generated datasets)."""
   c = common.base_config()
-  c.task = task
-  section = c.data[task] if task in c.data else c.data
+  c.dataset = dataset
+  section = c.data[dataset] if dataset in c.data else c.data
   for key, value in fields.items():
     section[key] = value
   return c
@@ -35,7 +35,7 @@ def assert_batches_equal(a, b):
 def lm_dataset(n=1000):
   """A token stream whose ids are their own positions: contiguity is easy to check."""
   splits = {name: data.Split(tokens=np.arange(n, dtype=np.int32)) for name in data.SPLITS}
-  return data.Dataset(task='toy', kind='lm', splits=splits, vocab_size=n, num_classes=n,
+  return data.Dataset(name='toy', kind='lm', splits=splits, vocab_size=n, num_classes=n,
                       input_features=None, itos=[str(i) for i in range(n)])
 
 
@@ -43,7 +43,7 @@ def classify_dataset(n=103, steps=3):
   """Each example's features hold its index, so batches reveal which examples they contain."""
   inputs = np.repeat(np.arange(n, dtype=np.float32)[:, None, None], steps, axis=1)
   split = data.Split(inputs=inputs, targets=(np.arange(n) % 7).astype(np.int32))
-  return data.Dataset(task='toy', kind='classify', splits={s: split for s in data.SPLITS},
+  return data.Dataset(name='toy', kind='classify', splits={s: split for s in data.SPLITS},
                       vocab_size=None, num_classes=7, input_features=1, itos=None)
 
 
@@ -109,7 +109,7 @@ def test_ptb_max_train_tokens_truncates_train_only():
 
 
 def test_lm_batches_are_contiguous_rows():
-  b = data.Batcher(lm_dataset(1000), 'train', batch_size=4, num_steps=7, seed=0, shuffle=True)
+  b = data.Batcher(lm_dataset(1000), 'train', batch_size=4, bptt_length=7, seed=0, shuffle=True)
   row_len = 250
   assert b.batches_per_epoch() == (row_len - 1) // 7 == 35
   batches = take(b, 35)
@@ -128,7 +128,7 @@ def test_lm_batches_are_contiguous_rows():
 
 
 def test_lm_eval_pass_includes_short_last_batch():
-  b = data.Batcher(lm_dataset(1000), 'valid', batch_size=4, num_steps=7, seed=0, shuffle=False,
+  b = data.Batcher(lm_dataset(1000), 'valid', batch_size=4, bptt_length=7, seed=0, shuffle=False,
                    drop_remainder=False)
   batches = list(b.epoch_batches())
   assert len(batches) == b.batches_per_epoch() == 36
@@ -139,7 +139,7 @@ def test_lm_eval_pass_includes_short_last_batch():
 
 
 def test_lm_on_real_ptb_follows_the_stream(ptb_word):
-  b = data.Batcher(ptb_word, 'train', batch_size=20, num_steps=35, seed=0, shuffle=False)
+  b = data.Batcher(ptb_word, 'train', batch_size=20, bptt_length=35, seed=0, shuffle=False)
   row_len = 929_589 // 20
   assert b.batches_per_epoch() == (row_len - 1) // 35
   first, second = take(b, 2)
@@ -150,11 +150,11 @@ def test_lm_on_real_ptb_follows_the_stream(ptb_word):
 
 def test_lm_resume_reproduces_next_batches():
   ds = lm_dataset(1000)
-  a = data.Batcher(ds, 'train', batch_size=4, num_steps=7, seed=3, shuffle=False)
+  a = data.Batcher(ds, 'train', batch_size=4, bptt_length=7, seed=3, shuffle=False)
   take(a, 33)  # close to the epoch boundary, so the continuation crosses it
   state = json.loads(json.dumps(a.state()))
   assert all(type(v) is int for v in state.values())
-  b = data.Batcher(ds, 'train', batch_size=4, num_steps=7, seed=3, shuffle=False)
+  b = data.Batcher(ds, 'train', batch_size=4, bptt_length=7, seed=3, shuffle=False)
   b.restore(state)
   assert_batches_equal(take(b, 5), take(a, 5))
   assert a.state() == b.state() == {'epoch': 1, 'position': 3}
@@ -166,23 +166,23 @@ def test_lm_resume_reproduces_next_batches():
 
 def test_classify_shuffle_is_seeded_and_differs_between_epochs():
   ds = classify_dataset(103)
-  b = data.Batcher(ds, 'train', batch_size=10, num_steps=None, seed=1, shuffle=True)
+  b = data.Batcher(ds, 'train', batch_size=10, bptt_length=None, seed=1, shuffle=True)
   assert b.batches_per_epoch() == 10
   epochs = [np.concatenate([example_ids(x) for x in take(b, 10)]) for _ in range(2)]
   for ids in epochs:
     assert len(set(ids)) == 100  # no repeats inside an epoch (3 dropped as the remainder)
   assert not np.array_equal(epochs[0], epochs[1])
-  same = data.Batcher(ds, 'train', batch_size=10, num_steps=None, seed=1, shuffle=True)
+  same = data.Batcher(ds, 'train', batch_size=10, bptt_length=None, seed=1, shuffle=True)
   np.testing.assert_array_equal(np.concatenate([example_ids(x) for x in take(same, 10)]), epochs[0])
-  other = data.Batcher(ds, 'train', batch_size=10, num_steps=None, seed=2, shuffle=True)
+  other = data.Batcher(ds, 'train', batch_size=10, bptt_length=None, seed=2, shuffle=True)
   assert not np.array_equal(np.concatenate([example_ids(x) for x in take(other, 10)]), epochs[0])
-  plain = data.Batcher(ds, 'train', batch_size=10, num_steps=None, seed=1, shuffle=False)
+  plain = data.Batcher(ds, 'train', batch_size=10, bptt_length=None, seed=1, shuffle=False)
   np.testing.assert_array_equal(example_ids(next(plain)), np.arange(10))
 
 
-def test_classify_batch_layout():
+def test_classify_batch_fields():
   ds = data.load_dataset(config('digits'))
-  batch = next(data.Batcher(ds, 'train', batch_size=16, num_steps=None, seed=0, shuffle=True))
+  batch = next(data.Batcher(ds, 'train', batch_size=16, bptt_length=None, seed=0, shuffle=True))
   assert sorted(batch) == ['inputs', 'labels', 'lengths', 'valid']
   assert batch['inputs'].shape == (16, 8, 8) and batch['inputs'].dtype == np.float32
   assert batch['labels'].shape == (16,) and batch['labels'].dtype == np.int32
@@ -193,15 +193,15 @@ def test_classify_batch_layout():
 
 def test_classify_resume_reproduces_next_batches():
   ds = classify_dataset(103)
-  a = data.Batcher(ds, 'train', batch_size=10, num_steps=None, seed=5, shuffle=True)
+  a = data.Batcher(ds, 'train', batch_size=10, bptt_length=None, seed=5, shuffle=True)
   take(a, 17)
-  b = data.Batcher(ds, 'train', batch_size=10, num_steps=None, seed=5, shuffle=True)
+  b = data.Batcher(ds, 'train', batch_size=10, bptt_length=None, seed=5, shuffle=True)
   b.restore(json.loads(json.dumps(a.state())))
   assert_batches_equal(take(b, 12), take(a, 12))  # crosses into a third epoch
 
 
 def test_restore_rejects_out_of_range_state():
-  b = data.Batcher(classify_dataset(103), 'train', batch_size=10, num_steps=None, seed=0,
+  b = data.Batcher(classify_dataset(103), 'train', batch_size=10, bptt_length=None, seed=0,
                    shuffle=True)
   with pytest.raises(ValueError, match='out of range'):
     b.restore({'epoch': 0, 'position': 11})
@@ -209,7 +209,7 @@ def test_restore_rejects_out_of_range_state():
 
 def test_eval_pass_covers_every_example_once():
   ds = classify_dataset(103)
-  b = data.Batcher(ds, 'test', batch_size=10, num_steps=None, seed=0, shuffle=False,
+  b = data.Batcher(ds, 'test', batch_size=10, bptt_length=None, seed=0, shuffle=False,
                    drop_remainder=False)
   assert b.batches_per_epoch() == 11
   for _ in range(2):  # epoch_batches() is repeatable: it leaves the state alone
@@ -221,18 +221,18 @@ def test_eval_pass_covers_every_example_once():
     ids = np.concatenate([example_ids(x) for x in batches])[valid == 1]
     np.testing.assert_array_equal(np.sort(ids), np.arange(103))
   # Also when shuffled, and for a split smaller than one batch.
-  shuffled = data.Batcher(ds, 'test', batch_size=10, num_steps=None, seed=4, shuffle=True,
+  shuffled = data.Batcher(ds, 'test', batch_size=10, bptt_length=None, seed=4, shuffle=True,
                           drop_remainder=False)
   ids = [example_ids(x)[x['valid'] == 1] for x in shuffled.epoch_batches()]
   np.testing.assert_array_equal(np.sort(np.concatenate(ids)), np.arange(103))
-  tiny = data.Batcher(ds, 'test', batch_size=500, num_steps=None, seed=0, shuffle=False,
+  tiny = data.Batcher(ds, 'test', batch_size=500, bptt_length=None, seed=0, shuffle=False,
                       drop_remainder=False)
   (only,) = list(tiny.epoch_batches())
   assert only['inputs'].shape[0] == 500 and only['valid'].sum() == 103
 
 
 # ------------------------------------------------------------------------------------------------
-# Synthetic tasks
+# Synthetic datasets
 
 
 def test_copy_task_structure_and_baseline():
@@ -254,7 +254,7 @@ def test_copy_task_structure_and_baseline():
   probs = np.where(split.targets == 8, 1.0, 0.0)
   probs[:, 40:] = 1 / 8
   assert math.isclose(float(-np.log(probs).mean()), data.copy_baseline(30), rel_tol=1e-12)
-  batch = next(data.Batcher(ds, 'train', batch_size=16, num_steps=None, seed=0, shuffle=True))
+  batch = next(data.Batcher(ds, 'train', batch_size=16, bptt_length=None, seed=0, shuffle=True))
   assert sorted(batch) == ['inputs', 'targets', 'valid', 'weights']
   assert batch['weights'].dtype == np.float32 and batch['targets'].shape == (16, length)
   # Seeded: same seed same data; splits differ from each other.
@@ -280,7 +280,7 @@ def test_adding_problem_markers_and_targets():
   assert split.targets.dtype == np.float32
   # Predicting 1 everywhere gives about the documented baseline MSE (2/12).
   assert abs(float(((split.targets - 1.0) ** 2).mean()) - data.ADDING_BASELINE_MSE) < 0.015
-  batch = next(data.Batcher(ds, 'train', batch_size=8, num_steps=None, seed=0, shuffle=True))
+  batch = next(data.Batcher(ds, 'train', batch_size=8, bptt_length=None, seed=0, shuffle=True))
   assert sorted(batch) == ['inputs', 'targets', 'valid']
   assert batch['inputs'].shape == (8, 50, 2) and batch['targets'].shape == (8,)
   # Changing num_train leaves valid unchanged (each split has its own random stream).
@@ -331,7 +331,7 @@ def test_text_char_level_with_fractions(tmp_path):
   text = ''.join(f'line {i} of the corpus\n' for i in range(100))
   path.write_text(text)
   ds = data.load_dataset(config('text', path=str(path)))
-  assert ds.task == 'text' and ds.kind == 'lm'
+  assert ds.name == 'text' and ds.kind == 'lm'
   n = len(text)
   sizes = {k: v.tokens.size for k, v in ds.splits.items()}
   assert sizes['test'] == sizes['valid'] == round(0.05 * n)  # fractions of the whole file
@@ -388,7 +388,7 @@ def test_text_errors_name_the_path(tmp_path, case, problem):
 
 
 def test_text_without_path_or_with_bad_separate_file(tmp_path):
-  with pytest.raises(ValueError, match=r"config.task='text' needs config.data.path"):
+  with pytest.raises(ValueError, match=r"config.dataset='text' needs config.data.path"):
     data.load_dataset(config('text'))
   good = tmp_path / 'train.txt'
   good.write_text('some text here\n' * 10)
@@ -400,33 +400,33 @@ def test_text_without_path_or_with_bad_separate_file(tmp_path):
 # Errors
 
 
-def test_unknown_task_lists_valid_names():
+def test_unknown_dataset_lists_valid_names():
   with pytest.raises(ValueError) as info:
     data.load_dataset(config('imagenet'))
   message = str(info.value)
-  assert "config.task='imagenet'" in message and '\n' not in message
-  for name in data.TASKS:
+  assert "config.dataset='imagenet'" in message and '\n' not in message
+  for name in data.DATASETS:
     assert name in message
-  assert set(data.TASKS) == {'ptb_char', 'ptb_word', 'text', 'mnist1d', 'digits', 'copy', 'adding',
-                             'speech_digits'}
+  assert set(data.DATASETS) == {'ptb_char', 'ptb_word', 'text', 'mnist1d', 'digits', 'copy',
+                                'adding', 'speech_digits'}
 
 
 def test_oversize_batch_errors_name_batch_size_and_split_size():
   with pytest.raises(ValueError, match=r'config.batch_size=200 is larger .*103 examples'):
-    data.Batcher(classify_dataset(103), 'train', batch_size=200, num_steps=None, seed=0,
+    data.Batcher(classify_dataset(103), 'train', batch_size=200, bptt_length=None, seed=0,
                  shuffle=True)
   with pytest.raises(ValueError, match=r'config.batch_size=100 is too large .*1000 tokens'):
-    data.Batcher(lm_dataset(1000), 'train', batch_size=100, num_steps=10, seed=0, shuffle=False)
+    data.Batcher(lm_dataset(1000), 'train', batch_size=100, bptt_length=10, seed=0, shuffle=False)
 
 
-@pytest.mark.parametrize('batch_size, num_steps, match', [
+@pytest.mark.parametrize('batch_size, bptt_length, match', [
     (0, 5, 'config.batch_size=0'), (-3, 5, 'config.batch_size=-3'),
-    (4, 0, 'config.num_steps=0'), (4, -1, 'config.num_steps=-1'),
-    (4, None, 'config.num_steps is required'),
+    (4, 0, 'config.bptt_length=0'), (4, -1, 'config.bptt_length=-1'),
+    (4, None, 'config.bptt_length is required'),
 ])
-def test_bad_batch_size_or_num_steps(batch_size, num_steps, match):
+def test_bad_batch_size_or_bptt_length(batch_size, bptt_length, match):
   with pytest.raises(ValueError, match=match):
-    data.Batcher(lm_dataset(1000), 'train', batch_size=batch_size, num_steps=num_steps, seed=0,
+    data.Batcher(lm_dataset(1000), 'train', batch_size=batch_size, bptt_length=bptt_length, seed=0,
                  shuffle=False)
 
 
@@ -437,7 +437,7 @@ def test_describe_is_one_line(ptb_word):
 
 def test_lm_with_reverse_cuts_the_reversed_stream_the_same_way():
   stream = np.arange(1000, dtype=np.int32)
-  ds = data.Dataset(task='t', kind='lm', splits={'train': data.Split(tokens=stream)},
+  ds = data.Dataset(name='t', kind='lm', splits={'train': data.Split(tokens=stream)},
                     vocab_size=1000, num_classes=1000, input_features=None, itos=None)
   b = data.Batcher(ds, 'train', 4, 10, 0, shuffle=False, with_reverse=True)
   first, second = next(b), next(b)
@@ -469,7 +469,7 @@ def test_document_separator_marks_where_each_document_begins(tmp_path):
   np.testing.assert_array_equal(split.starts, expected)
   assert split.starts.sum() > 20
   # the batches carry the marks of their inputs, and of the reversed stream for a biLM
-  b = data.Batcher(ds, 'train', batch_size=2, num_steps=7, seed=0, shuffle=False,
+  b = data.Batcher(ds, 'train', batch_size=2, bptt_length=7, seed=0, shuffle=False,
                    with_reverse=True)
   rows = split.tokens[:len(split.tokens) // 2 * 2].reshape(2, -1)
   marks = split.starts[:rows.size].reshape(2, -1)
@@ -483,7 +483,7 @@ def test_document_separator_marks_where_each_document_begins(tmp_path):
   for j in backward[1:]:  # reading backwards, a document begins right after '\n\n'
     assert reversed_text[j - 2:j] == '\n\n' and reversed_text[j] != '\n'
   rows_rev = split.starts_rev[:rows.size].reshape(2, -1)
-  b = data.Batcher(ds, 'train', batch_size=2, num_steps=7, seed=0, shuffle=False,
+  b = data.Batcher(ds, 'train', batch_size=2, bptt_length=7, seed=0, shuffle=False,
                    with_reverse=True)
   np.testing.assert_array_equal(next(b)['segment_starts_rev'], rows_rev[:, :7])
   # word level: the separator is a word

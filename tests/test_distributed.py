@@ -131,4 +131,4 @@ def test_sigterm_during_start_up_stops_at_the_first_step(tmp_path):
   assert proc.returncode == 0, out[-3000:]
   assert 'SIGTERM received: saving a checkpoint and stopping' in out
   results = json.loads((tmp_path / 'results.json').read_text())
-  assert results == {'status': 'preempted', 'step': 1, 'task': 'ptb_char'}
+  assert results == {'status': 'preempted', 'step': 1, 'dataset': 'ptb_char'}

@@ -91,7 +91,7 @@ def test_a_file_at_byte_level_equals_its_split(trained_run, tmp_path):
 def test_errors_are_one_line(trained_run, tmp_path):
   run = train.load_run(trained_run('classify'))
   with pytest.raises(ConfigError, match=r'--data_path is for language models; .* a classify '
-                                        r'task \(digits\)'):
+                                        r'model of dataset digits'):
     evaluate_run(run, data_path=str(tmp_path))
   char = train.load_run(trained_run('char'))
   for path, match in [(tmp_path / 'missing.txt', 'is not a file'),

@@ -84,7 +84,7 @@ def test_command_line_round_trip(trained_run, tmp_path):
   done = run_tool('train.export', f'--from_torch={out_file}', f'--workdir={imported}')
   assert done.returncode == 0, done.stderr
   back = train.load_run(imported)
-  assert json.load(open(os.path.join(imported, 'config.json')))['task'] == 'ptb_char'
+  assert json.load(open(os.path.join(imported, 'config.json')))['dataset'] == 'ptb_char'
   np.testing.assert_allclose(np.asarray(back.model.apply({'params': back.params}, tokens)[0]),
                              np.asarray(run.model.apply({'params': run.params}, tokens)[0]),
                              atol=1e-5, rtol=1e-5)

@@ -20,8 +20,8 @@ _jit = functools.partial(jax.jit, compiler_options={'xla_backend_optimization_le
 
 
 @pytest.fixture(params=['batch_major', pytest.param('feature_major', marks=pytest.mark.slow)])
-def layout(request, monkeypatch):
-  """Runs the test once per inference loop layout (`fast.feature_major_pays` decides otherwise);
+def loop_order(request, monkeypatch):
+  """Runs the test once per inference loop order (`fast.feature_major_pays` decides otherwise);
   the feature-major runs are in the slow set."""
   monkeypatch.setattr(fast, 'feature_major_pays',
                       lambda *shape: request.param == 'feature_major')
@@ -93,7 +93,7 @@ def _compare(model, seq_lengths=None, with_carry=True, tol=1e-5, x=None, **apply
 
 
 @pytest.mark.parametrize('reverse, padded', [(False, False), (True, True), (False, True)])
-def test_layer_matches_reference(fast_calls, layout, reverse, padded):
+def test_layer_matches_reference(fast_calls, loop_order, reverse, padded):
   _compare(LSTMLayer(LSTMCell(H), reverse=reverse), LENGTHS if padded else None)
   assert fast_calls
 
@@ -104,24 +104,24 @@ def test_layer_matches_reference(fast_calls, layout, reverse, padded):
     ('gelu', 'sigmoid', True),
     (jax.nn.soft_sign, lambda z: jax.nn.sigmoid(2.0 * z), False),
 ])
-def test_other_activations_match_reference(fast_calls, layout, activation, recurrent_activation,
+def test_other_activations_match_reference(fast_calls, loop_order, activation, recurrent_activation,
                                            padded):
   cell = LSTMCell(H, activation=activation, recurrent_activation=recurrent_activation)
   _compare(LSTMLayer(cell, reverse=padded), LENGTHS if padded else None)
   assert fast_calls
 
 
-def test_no_bias_and_zero_initial_carry(fast_calls, layout):
+def test_no_bias_and_zero_initial_carry(fast_calls, loop_order):
   _compare(LSTMLayer(LSTMCell(H, use_bias=False)), LENGTHS, with_carry=False)
   assert fast_calls
 
 
-def test_one_step_and_batch_of_one(fast_calls, layout):
+def test_one_step_and_batch_of_one(fast_calls, loop_order):
   _compare(LSTMLayer(LSTMCell(H)), jnp.array([1]), x=jax.random.normal(jax.random.key(4), (1, 1, F)))
   assert fast_calls
 
 
-def test_arbitrary_mask_through_run_sequence(fast_calls, layout):
+def test_arbitrary_mask_through_run_sequence(fast_calls, loop_order):
   """run_sequence takes any (T, B) mask, not only prefixes: frozen carry, zero outputs."""
 
   class Masked(nn.Module):
@@ -161,19 +161,19 @@ def test_arbitrary_mask_through_run_sequence(fast_calls, layout):
     dict(num_layers=2, remat=True, reverse=True),
     dict(cells=({'features': 6}, {'features': H, 'activation': 'relu'})),
 ], ids=['bidirectional', 'residual', 'scan_layers', 'remat-reverse', 'cells'])
-def test_stack_matches_reference(fast_calls, layout, kwargs):
+def test_stack_matches_reference(fast_calls, loop_order, kwargs):
   kwargs = dict(kwargs)
   kwargs.setdefault('hidden_size', H)
   _compare(StackedLSTM(**kwargs), LENGTHS)
   assert fast_calls
 
 
-def test_unpadded_bidirectional_remat_stack_matches_reference(fast_calls, layout):
+def test_unpadded_bidirectional_remat_stack_matches_reference(fast_calls, loop_order):
   _compare(StackedLSTM(num_layers=2, hidden_size=H, bidirectional=True, reverse=True, remat=True))
   assert fast_calls
 
 
-def test_padded_outputs_are_zero_and_carries_frozen(layout):
+def test_padded_outputs_are_zero_and_carries_frozen(loop_order):
   model = StackedLSTM(num_layers=2, hidden_size=H, bidirectional=True)
   x = jax.random.normal(jax.random.key(0), (B, T, F))
   variables = _jit(model.init)(jax.random.key(1), x)
@@ -229,12 +229,12 @@ def test_mixed_dtype_carry_takes_the_reference_path(fast_calls):
 
 
 @pytest.mark.skipif(jax.default_backend() != 'cpu',
-                    reason='the feature-major layout is a CPU rule; accelerators run batch-major')
-def test_inference_layout_follows_the_size(monkeypatch):
+                    reason='the feature-major loop is a CPU rule; accelerators run batch-major')
+def test_inference_loop_order_follows_the_size(monkeypatch):
   """Under the 'rule' policy, at batch 32 x hidden 256 on CPU inference runs feature-major, equal
   to the reference path; smaller layers and training run batch-major (XLA loops: the CPU kernel,
   which takes such layers first, is off)."""
-  monkeypatch.setenv('LSTM_INFERENCE_LAYOUT', 'rule')
+  monkeypatch.setenv('LSTM_LOOP_ORDER', 'rule')
   monkeypatch.setenv(native.ENV, '0')
   used = []
   for name in ('_infer_feature_major', '_infer_batch_major'):
@@ -274,7 +274,7 @@ def test_reference_path_context_nests_and_restores():
 
 
 @pytest.mark.slow  # a training step in two dtypes
-def test_bfloat16_runs_end_to_end_close_to_float32(fast_calls, layout):
+def test_bfloat16_runs_end_to_end_close_to_float32(fast_calls, loop_order):
   x = jax.random.normal(jax.random.key(0), (B, T, F))
   model32 = StackedLSTM(num_layers=1, hidden_size=8, bidirectional=True)
   model16 = StackedLSTM(num_layers=1, hidden_size=8, bidirectional=True, dtype=jnp.bfloat16)
@@ -356,7 +356,7 @@ FAST_OPTIONS = {
                                                      (False, True, True)],
                          ids=['forward', 'reverse-padded-resets', 'padded-resets'])
 @pytest.mark.parametrize('case', list(FAST_OPTIONS))
-def test_cell_options_match_reference(fast_calls, layout, case, reverse, padded, resets):
+def test_cell_options_match_reference(fast_calls, loop_order, case, reverse, padded, resets):
   layer = LSTMLayer(LSTMCell(H, **FAST_OPTIONS[case]), reverse=reverse)
   _compare(layer, LENGTHS if padded else None, segment_starts=STARTS if resets else None,
            **TRAINING)
@@ -369,7 +369,7 @@ def test_cell_options_match_reference(fast_calls, layout, case, reverse, padded,
     dict(num_layers=2, bidirectional=True, reverse=True, remat=True, recurrent_dropout=0.3),
     dict(num_layers=3, scan_layers=True, coupled_gates=True, weight_drop=0.3),
 ], ids=['bidirectional', 'bidirectional-reverse-remat-dropout', 'scan_layers-cifg-weight_drop'])
-def test_stack_resets_and_options_match_reference(fast_calls, layout, kwargs):
+def test_stack_resets_and_options_match_reference(fast_calls, loop_order, kwargs):
   _compare(StackedLSTM(hidden_size=H, **kwargs), LENGTHS, segment_starts=STARTS, **TRAINING)
   assert fast_calls
 

@@ -28,9 +28,9 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from tests.trainer_utils import ROOT, assert_same_params, run_main, tiny_config
-from train import checkpoint, checksums, faults, lock, trainer
-from train.checkpoint import saved_steps
+from tests.trainer_utils import ROOT, assert_same_params, run_main, tiny_config, write_old_names
+from train import checksums, faults, lock, trainer, workdir as workdir_lib
+from train.workdir import saved_steps
 
 pytestmark = pytest.mark.slow  # processes killed, full disks, damaged checkpoints of trained runs
 
@@ -62,13 +62,13 @@ deleter.StandardCheckpointDeleter.delete = delete
 """
 DISK_FULL_AT_SAVE_20 = """
 import os
-from train import checkpoint
-_save = checkpoint.Checkpoints.save
+from train import workdir as workdir_lib
+_save = workdir_lib.Checkpoints.save
 def save(self, step, state, meta):
   if step == 20:
     fill({directory!r})
   return _save(self, step, state, meta)
-checkpoint.Checkpoints.save = save
+workdir_lib.Checkpoints.save = save
 """
 FILL_DISK = """
 def fill(directory):  # a file that takes every free block of the filesystem
@@ -319,7 +319,7 @@ def test_a_workdir_of_another_run_is_refused(copy_of):
 
 
 def test_an_unreadable_config_json_is_refused(tmp_path):
-  (tmp_path / 'config.json').write_text('{"task": "ptb_ch')
+  (tmp_path / 'config.json').write_text('{"dataset": "ptb_ch')
   with pytest.raises(trainer.ConfigError, match=f'^{tmp_path}/config.json is not readable JSON'):
     trainer.train_and_evaluate(tiny_config(), str(tmp_path))
   assert sorted(os.listdir(tmp_path)) == [lock.LOCK_FILE, 'config.json']
@@ -360,7 +360,7 @@ def test_kills_inside_saves_and_sigterm_in_evaluation_resume_to_the_same_paramet
   stopped = run_main(workdir, prelude=SIGTERM_IN_EVALUATION)  # the evaluation at step 15
   assert_reported(stopped, status=0)
   results = json.loads(open(os.path.join(workdir, 'results.json')).read())
-  assert results == {'task': 'ptb_char', 'status': 'preempted', 'step': 15}
+  assert results == {'dataset': 'ptb_char', 'status': 'preempted', 'step': 15}
   assert saved_steps(workdir) == [10, 15]
   records = [json.loads(line) for line in open(os.path.join(workdir, 'metrics.jsonl'))]
   assert {'step': 15, 'split': 'valid'}.items() <= records[-1].items()  # it ended first
@@ -395,10 +395,10 @@ def test_out_of_device_memory_names_the_sizes(tmp_path, reference):
   assert re.fullmatch(
       r'out of memory on the device \(RESOURCE_EXHAUSTED: Out of memory allocating 2748\d{8} '
       rf'bytes.\) for batches of 8 x 10 \(config.batch_size x time steps\) and {num_params:,} '
-      r'parameters; use a smaller config.batch_size or config.num_steps, '
+      r'parameters; use a smaller config.batch_size or config.bptt_length, '
       r'config.model.remat=True, or config.model.scan_layers=True for a deep stack', error), error
   results = json.loads(open(os.path.join(tmp_path, 'run', 'results.json')).read())
-  assert results == {'task': 'ptb_char', 'status': 'failed', 'message': error}
+  assert results == {'dataset': 'ptb_char', 'status': 'failed', 'message': error}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -418,7 +418,7 @@ def _abstract(state):
 
 
 def _saved(workdir, steps, keep=3):
-  ckpts = checkpoint.Checkpoints(workdir, keep)
+  ckpts = workdir_lib.Checkpoints(workdir, keep)
   for step in steps:
     ckpts.save(step, _state(step), {'step': step})
   ckpts.close()
@@ -439,7 +439,7 @@ DAMAGES = {
 def test_each_kind_of_damage_is_set_aside(tmp_path, damage):
   _saved(str(tmp_path), [10, 20])
   DAMAGES[damage](str(tmp_path / 'checkpoints' / '20'))
-  ckpts = checkpoint.Checkpoints(str(tmp_path), 3)
+  ckpts = workdir_lib.Checkpoints(str(tmp_path), 3)
   state, meta = ckpts.restore(_abstract(_state(0)))
   assert meta == {'step': 10} and float(state['w'][0, 0]) == 10
   assert ckpts.manager.all_steps() == [10]
@@ -454,11 +454,11 @@ def test_set_aside_names_are_numbered_and_collection_keeps_the_last_good_one(tmp
   root = str(tmp_path / 'checkpoints')
   for _ in range(2):
     truncate(data_files(root, '.', 30))
-    ckpts = checkpoint.Checkpoints(str(tmp_path), 2)
+    ckpts = workdir_lib.Checkpoints(str(tmp_path), 2)
     assert ckpts.restore(_abstract(_state(0)))[1] == {'step': 20}
     ckpts.save(30, _state(30), {'step': 30})
     ckpts.close()
-  ckpts = checkpoint.Checkpoints(str(tmp_path), 2)
+  ckpts = workdir_lib.Checkpoints(str(tmp_path), 2)
   ckpts.save(40, _state(40), {'step': 40})
   assert ckpts.manager.all_steps() == [30, 40]
   assert ckpts.restore(_abstract(_state(0)))[1] == {'step': 40}
@@ -467,12 +467,12 @@ def test_set_aside_names_are_numbered_and_collection_keeps_the_last_good_one(tmp
 
 
 def test_a_damaged_best_checkpoint_is_set_aside(tmp_path):
-  ckpts = checkpoint.Checkpoints(str(tmp_path), 2)
+  ckpts = workdir_lib.Checkpoints(str(tmp_path), 2)
   ckpts.save_best(15, _state(15), {'loss': 1.5})
   assert ckpts.best_valid(_abstract(_state(0))) == {'loss': 1.5}
   ckpts.close()
   truncate(data_files(str(tmp_path), 'best', 15))
-  ckpts = checkpoint.Checkpoints(str(tmp_path), 2)
+  ckpts = workdir_lib.Checkpoints(str(tmp_path), 2)
   assert ckpts.best_valid(_abstract(_state(0))) is None
   ckpts.close()
   assert os.listdir(tmp_path / 'best') == ['15.damaged']
@@ -614,10 +614,10 @@ def test_an_import_into_a_held_directory_is_refused_and_leftovers_wait_for_the_l
   assert sorted(os.listdir(target)) == [lock.LOCK_FILE]
   leftover = tmp_path / 'run' / 'checkpoints' / '5.orbax-checkpoint-tmp-1'
   leftover.mkdir(parents=True)
-  checkpoint.Checkpoints(str(tmp_path / 'run'), 2).close()  # no lock held: left alone
+  workdir_lib.Checkpoints(str(tmp_path / 'run'), 2).close()  # no lock held: left alone
   assert leftover.exists()
   with lock.holding(str(tmp_path / 'run'), 'training'):
-    checkpoint.Checkpoints(str(tmp_path / 'run'), 2).close()
+    workdir_lib.Checkpoints(str(tmp_path / 'run'), 2).close()
   assert not leftover.exists()
 
 
@@ -696,16 +696,30 @@ def test_the_tools_refuse_a_changed_vocabulary_in_one_line(copy_of):
 
 def test_runs_written_before_checksums_still_load(copy_of):
   """No checksums.json (every committed run under results/, and workdirs of earlier versions):
-  nothing to check against, and a deleted config.json beside checkpoints is still not replaced."""
+  nothing to check against, and a deleted config.json beside checkpoints is still not replaced.
+  Files that name fields as versions before the renames did (config.json's task, num_steps and
+  optimizer.loss_reduction; dataset.json's and results.json's task): the run loads, evaluates to
+  the figure it reported and resumes, and its config.json is then written with today's names."""
   import train
+  from train import evaluate
   os.remove(os.path.join(copy_of, 'checksums.json'))
-  assert train.load_run(copy_of).step == STEPS
+  write_old_names(copy_of)
+  reported = json.load(open(os.path.join(copy_of, 'results.json')))
+  run = train.load_run(copy_of)
+  assert run.step == STEPS and run.dataset.name == run.config.dataset == 'ptb_char'
+  assert evaluate.evaluate_run(run, 'valid')['metrics'] == reported['valid']
+  resumed = trainer.train_and_evaluate(tiny_config(num_train_steps=STEPS + 10), copy_of)
+  assert (resumed['status'], resumed['step'], resumed['dataset']) == ('completed', STEPS + 10,
+                                                                      'ptb_char')
+  saved = json.load(open(os.path.join(copy_of, 'config.json')))
+  assert saved['dataset'] == 'ptb_char' and saved['bptt_length'] == 10 and 'task' not in saved
+  os.remove(os.path.join(copy_of, 'checksums.json'))  # written by the resumed run
   committed = sorted(glob.glob(os.path.join(ROOT, 'results', '**', 'config.json'),
                               recursive=True))
   assert len(committed) > 100
   for path in committed:
     checksums.verify(os.path.dirname(path), ['config.json', 'dataset.json', 'vocab.json'])
-  assert checkpoint.read_config(os.path.dirname(committed[-1])).model.hidden_size > 0
+  assert workdir_lib.read_config(os.path.dirname(committed[-1])).model.hidden_size > 0
   os.remove(os.path.join(copy_of, 'config.json'))
   with pytest.raises(trainer.ConfigError, match=f'^{copy_of} holds checkpoints but no '
                                                 'config.json, so the run they belong to is'):
@@ -795,14 +809,14 @@ trainer._log_train = _log_train
 """
 SIGINT_TWICE_AT_SAVE_20 = """
 import os, signal
-from train import checkpoint
-_save = checkpoint.Checkpoints.save
+from train import workdir as workdir_lib
+_save = workdir_lib.Checkpoints.save
 def save(self, step, state, meta):
   if step == 20:
     os.kill(os.getpid(), signal.SIGINT)
     os.kill(os.getpid(), signal.SIGINT)
   return _save(self, step, state, meta)
-checkpoint.Checkpoints.save = save
+workdir_lib.Checkpoints.save = save
 """
 
 
@@ -814,13 +828,13 @@ def test_ctrl_c_and_sighup_stop_with_a_checkpoint_and_a_second_ctrl_c_at_once(tm
   compiling = run_main(workdir, prelude=SIGINT_IN_FIRST_COMPILE)
   assert_reported(compiling, status=0)
   assert 'SIGINT received: saving a checkpoint and stopping' in compiling.stderr
-  assert results() == {'task': 'ptb_char', 'status': 'preempted', 'step': 1}
+  assert results() == {'dataset': 'ptb_char', 'status': 'preempted', 'step': 1}
   assert saved_steps(workdir) == [1] and leftovers() == []
 
   hung_up = run_main(workdir, prelude=SIGHUP_AT_STEP_15)
   assert_reported(hung_up, status=0)
   assert 'SIGHUP received: saving a checkpoint and stopping' in hung_up.stderr
-  assert results() == {'task': 'ptb_char', 'status': 'preempted', 'step': 15}
+  assert results() == {'dataset': 'ptb_char', 'status': 'preempted', 'step': 15}
   assert saved_steps(workdir) == [10, 15] and leftovers() == []  # keep_checkpoints=2
 
   interrupted = run_main(workdir, prelude=SIGINT_TWICE_AT_SAVE_20)
@@ -948,7 +962,7 @@ def test_a_killed_sweep_stops_its_points_and_a_rerun_never_runs_one_twice(tmp_pa
     assert time.time() - start < 120, 'the point outlived its sweep'
     time.sleep(0.1)
   assert json.load(open(os.path.join(point, 'results.json'))) == {
-      'task': 'ptb_char', 'status': 'preempted', 'step': 15}
+      'dataset': 'ptb_char', 'status': 'preempted', 'step': 15}
   assert 'SIGTERM received: saving a checkpoint' in open(os.path.join(point, 'log.txt')).read()
 
   # A second sweep while one holds the sweep directory: refused before it writes sweep.json.

@@ -277,7 +277,7 @@ def test_to_torch_matches_model(options):
                again['params'], dict(params))
 
 
-def test_to_torch_accepts_both_scan_layouts():
+def test_to_torch_accepts_both_parameter_trees():
   looped = StackedLSTM(num_layers=3, hidden_size=H)
   scanned = StackedLSTM(num_layers=3, hidden_size=H, scan_layers=True)
   variables = random_variables(looped)

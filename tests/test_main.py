@@ -9,13 +9,13 @@ import time
 import pytest
 
 from tests.trainer_utils import ROOT, assert_same_params, run_main
-from train.checkpoint import saved_steps
+from train.workdir import saved_steps
 
 pytestmark = pytest.mark.slow  # main.py as a real process: kill -9, SIGTERM, flag errors
 
 LONG = ['--config.num_train_steps=60', '--config.checkpoint_every_steps=5',
         '--config.eval_every_steps=1000', '--config.model.hidden_size=48',
-        '--config.num_steps=32', '--config.model.dropout=0.1']
+        '--config.bptt_length=32', '--config.model.dropout=0.1']
 
 
 def _wait_for(predicate, proc, timeout=120):
@@ -54,7 +54,7 @@ def test_sigterm_writes_checkpoint_and_exits_cleanly(tmp_path):
   workdir = str(tmp_path)
   proc = run_main(workdir, *LONG[:1], '--config.checkpoint_every_steps=1000',
                   '--config.log_every_steps=1', '--config.model.hidden_size=48',
-                  '--config.num_steps=32', wait=False)
+                  '--config.bptt_length=32', wait=False)
   try:
     assert _wait_for(lambda: os.path.exists(os.path.join(workdir, 'metrics.jsonl')), proc)
     proc.send_signal(signal.SIGTERM)
@@ -65,6 +65,20 @@ def test_sigterm_writes_checkpoint_and_exits_cleanly(tmp_path):
   results = json.loads((tmp_path / 'results.json').read_text())
   assert results['status'] == 'preempted'
   assert saved_steps(workdir) == [results['step']] and 0 < results['step'] < 60
+
+
+def test_flags_of_old_fields_set_todays(tmp_path):
+  """--config.task, --config.num_steps and --config.optimizer.loss_reduction, as commands
+  written before the renames give them: the run trains with today's fields set to their values."""
+  result = run_main(str(tmp_path), '--config.task=ptb_char', '--config.num_steps=12',
+                    '--config.optimizer.loss_reduction=sequence', '--config.num_train_steps=2',
+                    '--config.eval_every_steps=2')
+  assert result.returncode == 0, result.stderr
+  saved = json.loads((tmp_path / 'config.json').read_text())
+  assert (saved['dataset'], saved['bptt_length'], saved['loss_reduction']) == \
+      ('ptb_char', 12, 'sequence')
+  assert not {'task', 'num_steps'} & set(saved) and 'loss_reduction' not in saved['optimizer']
+  assert json.loads((tmp_path / 'results.json').read_text())['status'] == 'completed'
 
 
 def test_bad_override_is_one_line(tmp_path):
@@ -91,6 +105,8 @@ def test_misspelt_field_is_refused(tmp_path):
     (['--config.model.ffn_gated=maybe'], "config.model.ffn_gated is true or false, not 'maybe'"),
     (['--config.data.mnist1d=3'], 'config.data.mnist1d is a group of fields, not one'),
     (['--workdr=/tmp/x'], "Unknown command line flag 'workdr'. Did you mean: workdir"),
+    (['--config.num_steps=abc'],
+     "error: --config.num_steps=abc: config.num_steps (an old field) is an integer, not 'abc'"),
 ])
 def test_flag_errors_are_one_line_with_status_2(tmp_path, flags, expected):
   result = run_main(str(tmp_path), *flags)

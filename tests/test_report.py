@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import scipy.stats
 
+from tests.trainer_utils import write_old_names
 from train import report, statistics
 
 # Two-sided 95% Student t critical values t(0.975, df), df = 1..30, from the printed tables.
@@ -64,14 +65,15 @@ def _write(path, value):
 
 
 def _make_run(sweep_dir, name, status, values, seed, valid=None, steps=(100, 200, 300),
-              task='ptb_char', key='bpc'):
+              dataset='ptb_char', key='bpc'):
   workdir = os.path.join(sweep_dir, name)
   os.makedirs(workdir)
-  config = {'task': task, 'seed': seed, 'model': {'between': values['model.between'],
-                                                  'num_layers': values['model.num_layers'],
-                                                  'residual': values['model.residual']}}
+  config = {'dataset': dataset, 'bptt_length': 64, 'loss_reduction': 'token', 'seed': seed,
+            'model': {'between': values['model.between'],
+                      'num_layers': values['model.num_layers'],
+                      'residual': values['model.residual']}}
   _write(os.path.join(workdir, 'config.json'), config)
-  results = {'status': status, 'task': task, 'step': steps[-1]}
+  results = {'status': status, 'dataset': dataset, 'step': steps[-1]}
   if status == 'completed':
     results.update(valid={'loss': valid * math.log(2), key: valid},
                    test={'loss': (valid + 0.1) * math.log(2), key: valid + 0.1},
@@ -127,7 +129,8 @@ def test_report_statistics_diverged_and_plots(tmp_path):
   path = report.write_report(sweep_dir, out)
   assert path == os.path.join(out, 'report.md')
   text = open(path).read()
-  assert '- 15 runs of task `ptb_char`: 11 completed, 2 diverged, 1 missing, 1 preempted.' in text
+  assert ('- 15 runs of dataset `ptb_char`: 11 completed, 2 diverged, 1 missing, 1 preempted.'
+          in text)
 
   description, runs = report.read_sweep(sweep_dir)
   metric = report.choose_metric(runs)
@@ -198,12 +201,37 @@ def test_a_setting_equal_to_the_base_is_named_by_the_field_its_extra_points_vary
 
 
 def test_report_without_sweep_json_infers_the_fields(tmp_path):
+  """The fields are read as today's config reads them: the old `model.residual` as the block."""
   make_sweep(str(tmp_path), with_description=False)
   description, runs = report.read_sweep(str(tmp_path))
-  assert description['fields'] == ['model.between', 'model.num_layers', 'model.residual']
+  assert description['fields'] == ['model.between', 'model.block', 'model.num_layers']
   assert len(runs) == 14  # the never-started point has no workdir
   text = open(report.write_report(str(tmp_path))).read()
-  assert '| between | num_layers | residual | seeds |' in text
+  assert '| between | block | num_layers | seeds |' in text
+
+
+@pytest.mark.parametrize('with_description', [True, False])
+def test_a_sweep_of_old_and_new_names_reports_as_one(tmp_path, with_description):
+  """Half the runs written with today's names, half with earlier ones: the same fields, groups,
+  statistics and header as the sweep written with today's names alone."""
+  texts = {}
+  for mixed in (False, True):
+    sweep_dir = str(tmp_path / f'mixed={mixed}' / 'runs')
+    os.makedirs(sweep_dir)
+    make_sweep(sweep_dir, with_description)
+    if mixed:
+      for name in sorted(os.listdir(sweep_dir))[::2]:
+        if os.path.isdir(os.path.join(sweep_dir, name)):
+          write_old_names(os.path.join(sweep_dir, name))
+    description, runs = report.read_sweep(sweep_dir)
+    assert {r.results.get('dataset') for r in runs if r.results} == {'ptb_char'}
+    text = open(report.write_report(sweep_dir)).read()
+    texts[mixed] = [line.replace(sweep_dir, 'SWEEP') for line in text.splitlines()
+                    if not line.startswith('- Generated')]
+  assert texts[True] == texts[False]
+  runs = 15 if with_description else 14  # without sweep.json, no point is known to be missing
+  assert any(line.startswith(f'- {runs} runs of dataset `ptb_char`: 11 completed, 2 diverged')
+             for line in texts[True])
 
 
 def test_classification_accuracy_in_percent_and_settings_plot(tmp_path):
@@ -217,7 +245,7 @@ def test_classification_accuracy_in_percent_and_settings_plot(tmp_path):
       workdir = os.path.join(sweep_dir, name)
       os.makedirs(workdir)
       _write(os.path.join(workdir, 'results.json'), {
-          'status': status, 'task': 'mnist1d', 'step': 100,
+          'status': status, 'dataset': 'mnist1d', 'step': 100,
           **({'valid': {'loss': 0.5, 'accuracy': acc}, 'test': {'loss': 0.5, 'accuracy': acc}}
              if acc is not None else {'message': 'nan'})})
       with open(os.path.join(workdir, 'metrics.jsonl'), 'w') as f:

@@ -12,7 +12,7 @@ from train.evaluate import evaluate_run
 from train.validation import ConfigError
 from tests.trainer_utils import RUNS, read_metrics, run_config
 
-pytestmark = pytest.mark.slow  # trains a run of every kind of task
+pytestmark = pytest.mark.slow  # trains a run of every kind of dataset
 
 
 def _results(workdir):

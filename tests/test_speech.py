@@ -220,7 +220,7 @@ def test_valid_and_test_do_not_depend_on_num_train(small, tmp_path):
 
 def _speech_config(**fields):
   c = common.base_config()
-  c.task = 'speech_digits'
+  c.dataset = 'speech_digits'
   c.data.speech_digits.update(fields)
   return c
 
@@ -230,7 +230,7 @@ def test_load_speech_digits(small, cache_dir):
   ds = data.load_dataset(_speech_config(**SMALL, cache_dir=cache_dir, subsample=3, deltas=1,
                                         voices=','.join(speech.TRAIN_VOICES)))
   assert isinstance(ds, Dataset)
-  assert (ds.task, ds.kind, ds.num_classes, ds.vocab_size) == ('speech_digits', 'ctc', 10, None)
+  assert (ds.name, ds.kind, ds.num_classes, ds.vocab_size) == ('speech_digits', 'ctc', 10, None)
   assert ds.input_features == 40 * 2 * 3
   assert {name: s.size for name, s in ds.splits.items()} == {'train': 6, 'valid': 2, 'test': 3}
   for name, s in ds.splits.items():

@@ -1,8 +1,10 @@
-"""The code's shape: no import circle, short functions in train/, and every config field the code
-reads declared in configs/common.py (so that every field can be set from the command line)."""
+"""The code's shape: no import circle, short functions in train/, every config field the code
+reads declared in configs/common.py (so that every field can be set from the command line), and
+results/README.md indexing every folder of results/."""
 import ast
 import glob
 import os
+import re
 
 import ml_collections
 import pytest
@@ -216,3 +218,15 @@ def _leaves(config, prefix=''):
       yield from _leaves(value, f'{prefix}{key}.')
     else:
       yield prefix + key
+
+
+def test_results_readme_indexes_every_folder():
+  """results/README.md names every folder under results/ (what it answers, its config and
+  command), and no folder that is not there."""
+  results = os.path.join(ROOT, 'results')
+  text = open(os.path.join(results, 'README.md')).read()
+  folders = {name for name in os.listdir(results) if os.path.isdir(os.path.join(results, name))}
+  assert len(folders) > 10
+  first_cells = [line.split('|')[1] for line in text.splitlines() if line.startswith('| `')]
+  indexed = {name for cell in first_cells for name in re.findall(r'`([\w.-]+)/`', cell)}
+  assert folders == indexed

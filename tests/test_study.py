@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 
 from configs import study
-from train import checkpoint, sweep, trainer
+from train import sweep, trainer, workdir as workdir_lib
 from tests.trainer_utils import ROOT, tiny_config
 
-pytestmark = pytest.mark.slow  # trains the study's tiny stacks per task
+pytestmark = pytest.mark.slow  # trains the study's tiny stacks per dataset
 
 ARMS = [{'model.between': 'none'}, {'model.between': 'relu'}, {'model.between': 'layernorm'},
         {'model.between': 'gelu', 'model.residual': True},
@@ -23,19 +23,19 @@ def _flat(tree):
           for k, v in jax.tree_util.tree_flatten_with_path(tree)[0]}
 
 
-def _start(task, seed, arm):
-  config = tiny_config(task, seed=seed, **{'model.num_layers': 3, **arm})
+def _start(dataset, seed, arm):
+  config = tiny_config(dataset, seed=seed, **{'model.num_layers': 3, **arm})
   s = trainer.setup(config)
   state, _ = trainer.initial_state(s)
   batches = [next(s.train_batches) for _ in range(3)]
   return _flat(state.params), batches
 
 
-@pytest.mark.parametrize('task', ['ptb_char', 'mnist1d'])
-def test_same_seed_same_data_order_and_shared_initial_values(task):
-  params0, batches0 = _start(task, 0, ARMS[0])
+@pytest.mark.parametrize('dataset', ['ptb_char', 'mnist1d'])
+def test_same_seed_same_data_order_and_shared_initial_values(dataset):
+  params0, batches0 = _start(dataset, 0, ARMS[0])
   for arm in ARMS[1:]:
-    params, batches = _start(task, 0, arm)
+    params, batches = _start(dataset, 0, arm)
     shared = set(params) & set(params0)
     assert len(shared) >= len(params0) - 1 and any('lstm' in k for k in shared)
     for key in shared:
@@ -44,18 +44,18 @@ def test_same_seed_same_data_order_and_shared_initial_values(task):
       for key in a:
         np.testing.assert_array_equal(a[key], b[key])
   # and a different seed changes both
-  params1, batches1 = _start(task, 1, ARMS[0])
+  params1, batches1 = _start(dataset, 1, ARMS[0])
   assert any(not np.array_equal(params1[k], params0[k]) for k in params0)
-  if task == 'mnist1d':  # the language model reads its stream in order whatever the seed
+  if dataset == 'mnist1d':  # the language model reads its stream in order whatever the seed
     assert not np.array_equal(batches1[0]['inputs'], batches0[0]['inputs'])
 
 
-@pytest.mark.parametrize('task', study.TASKS)
-def test_study_grid(task):
+@pytest.mark.parametrize('dataset', study.DATASETS)
+def test_study_grid(dataset):
   """16 settings, each tuned over the same learning rates, then 5 seeds; compared with none."""
-  grid = study.get_sweep(task)
-  points = sweep.expand(study.get_config(task), grid)
-  rates = study.LEARNING_RATES[task]
+  grid = study.get_sweep(dataset)
+  points = sweep.expand(study.get_config(dataset), grid)
+  rates = study.LEARNING_RATES[dataset]
   assert len(points) == 16 * len(rates)
   assert {p.seed for p in points} == {study.SEEDS[0]} and len(study.SEEDS) >= 5
   assert len(rates) >= 3 and max(rates) / min(rates) >= 10
@@ -116,7 +116,7 @@ def test_speech_common_rate_check_links_the_studys_own_runs_of_the_same_points()
         os.path.join(ROOT, 'results', 'study_speech', 'runs'))
     assert os.path.basename(target) == p.name
     with open(os.path.join(target, 'config.json')) as f:  # saved before the blocks: upgraded
-      saved = checkpoint.config_from_dict(json.load(f), 'config.json')
+      saved = workdir_lib.config_from_dict(json.load(f), 'config.json')
     assert json.loads(saved.to_json()) == json.loads(p.config.to_json())
     assert sweep.point_status(workdir) == 'completed'
   assert linked == 21  # none's seed 0 (its tuning run) and every seed of the other four arms
@@ -149,16 +149,16 @@ def test_blocks_study_tunes_on_its_own_seeds_and_evaluates_on_five_fresh_ones():
   """configs/study_blocks.py: every sweep but ptb_long tunes on two seeds that are never
   evaluation seeds, over a grid of 3 rates spanning 10x; ptb_long runs 4x the steps."""
   from configs import study_blocks as blocks
-  for task in ('ptb', 'ptb_wide', 'speech'):
-    grid = sweep.check_sweep(blocks.get_sweep(task))
+  for name in ('ptb', 'ptb_wide', 'speech'):
+    grid = sweep.check_sweep(blocks.get_sweep(name))
     assert len(grid['tune_seeds']) >= 2 and len(grid['seeds']) == 5
     assert not set(grid['tune_seeds']) & set(grid['seeds'])
     rates = grid['tune']['optimizer.learning_rate']
     assert len(rates) == 3 and max(rates) / min(rates) >= 10
-    reference = blocks.REFERENCE_OF[task]
-    for depth in blocks.DEPTHS_OF[task]:  # every depth has its reference arm
+    reference = blocks.REFERENCE_OF[name]
+    for depth in blocks.DEPTHS_OF[name]:  # every depth has its reference arm
       assert any(all(s.get(k) == v for k, v in reference.items()) and
-                 s['model.num_layers'] == depth for s in grid['extra']), (task, depth)
+                 s['model.num_layers'] == depth for s in grid['extra']), (name, depth)
   assert blocks.get_config('ptb_long').num_train_steps == \
       4 * study.NUM_TRAIN_STEPS['ptb'] == 4 * blocks.get_config('ptb').num_train_steps
   assert blocks.get_config('ptb_wide').model.hidden_size == 256
@@ -168,7 +168,7 @@ def test_blocks_study_tunes_on_its_own_seeds_and_evaluates_on_five_fresh_ones():
       {'none', 'relu', 'tanh', 'gelu'}
   assert any(s.get('model.block') == 'residual_op_on_skip' for s in ptb)
   # ptb_long only evaluates settings that :ptb tunes (it reads their chosen rates)
-  keys = lambda task: {json.dumps(s, sort_keys=True) for s in blocks.settings(task)}
+  keys = lambda name: {json.dumps(s, sort_keys=True) for s in blocks.settings(name)}
   assert keys('ptb_long') <= keys('ptb')
 
 
@@ -177,52 +177,52 @@ def test_blocks_study_parameter_count_matches_the_models_own_and_the_matched_wid
   results), and the matched feed-forward arm is within 2% of prenorm's count."""
   from configs import study_blocks as blocks
   written = {}
-  for task, name in (('ptb', 'between=none,num_layers={},learning_rate=0.03,seed=0'),
+  for dataset, name in (('ptb', 'between=none,num_layers={},learning_rate=0.03,seed=0'),
                      ('speech', 'between=none,num_layers={},learning_rate=0.001,seed=0')):
     for depth in (2, 4):
-      path = os.path.join(ROOT, 'results', f'study_{task}', 'runs', name.format(depth),
+      path = os.path.join(ROOT, 'results', f'study_{dataset}', 'runs', name.format(depth),
                           'results.json')
-      written[task, depth] = json.load(open(path))['num_params']
-      hidden = study.get_config(task).model.hidden_size
-      assert blocks.param_count(task, depth, hidden, block='plain') == written[task, depth]
-  for (task, depth), hidden in blocks.FFN_MATCHED_HIDDEN.items():
-    kind = 'speech' if task == 'speech' else 'ptb'
-    target = blocks.param_count(kind, depth, blocks.HIDDEN[task])
+      written[dataset, depth] = json.load(open(path))['num_params']
+      hidden = study.get_config(dataset).model.hidden_size
+      assert blocks.param_count(dataset, depth, hidden, block='plain') == written[dataset, depth]
+  for (name, depth), hidden in blocks.FFN_MATCHED_HIDDEN.items():
+    kind = 'speech' if name == 'speech' else 'ptb'
+    target = blocks.param_count(kind, depth, blocks.HIDDEN[name])
     matched = blocks.param_count(kind, depth, hidden, blocks.FFN['model.ffn_factor'])
-    assert abs(matched - target) / target < 0.02 and hidden < blocks.HIDDEN[task]
+    assert abs(matched - target) / target < 0.02 and hidden < blocks.HIDDEN[name]
 
 
 def test_blocks_study_plan_counts_every_run_of_its_grids():
   """The plan's run count is what the sweeps define: settings x (rates x tuning seeds + 5)."""
   from configs import study_blocks as blocks
   rows = blocks.plan()
-  for task in ('ptb', 'ptb_wide', 'speech'):
-    grid = blocks.get_sweep(task)
+  for name in ('ptb', 'ptb_wide', 'speech'):
+    grid = blocks.get_sweep(name)
     expected = len(grid['extra']) * (len(grid['tune']['optimizer.learning_rate'])
                                      * len(grid['tune_seeds']) + len(grid['seeds']))
-    assert sum(r['runs'] for r in rows if r['task'] == task) == expected
-  assert sum(r['runs'] for r in rows if r['task'] == 'ptb_long') == \
+    assert sum(r['runs'] for r in rows if r['sweep'] == name) == expected
+  assert sum(r['runs'] for r in rows if r['sweep'] == 'ptb_long') == \
       len(blocks.settings('ptb_long')) * len(blocks.SEEDS)
   assert 25 < sum(r['core_hours'] for r in rows) < 35
 
 
-@pytest.mark.parametrize('task', ['ptb', 'speech'])
-def test_blocks_study_parameter_count_is_the_stacks_own(task):
+@pytest.mark.parametrize('dataset', ['ptb', 'speech'])
+def test_blocks_study_parameter_count_is_the_stacks_own(dataset):
   """configs/study_blocks.py's param_count, less the embedding and the head, is the number of
   parameters StackedLSTM creates, for every block form and the matched feed-forward arm."""
   from configs import study_blocks as blocks
   from lstm import StackedLSTM
-  width = 2 if task == 'speech' else 1
+  width = 2 if dataset == 'speech' else 1
   for depth in (4, 8):
-    for hidden, ffn, block in [(blocks.HIDDEN[task], 0, 'plain'),
-                               (blocks.HIDDEN[task], 0, 'prenorm'),
-                               (blocks.HIDDEN[task], 0, 'postnorm'),
-                               (blocks.FFN_MATCHED_HIDDEN[task, depth], 4 / 3, 'prenorm')]:
-      model = StackedLSTM(num_layers=depth, hidden_size=hidden, bidirectional=task == 'speech',
+    for hidden, ffn, block in [(blocks.HIDDEN[dataset], 0, 'plain'),
+                               (blocks.HIDDEN[dataset], 0, 'prenorm'),
+                               (blocks.HIDDEN[dataset], 0, 'postnorm'),
+                               (blocks.FFN_MATCHED_HIDDEN[dataset, depth], 4 / 3, 'prenorm')]:
+      model = StackedLSTM(num_layers=depth, hidden_size=hidden, bidirectional=dataset == 'speech',
                           block=block, ffn_factor=ffn, ffn_gated=True)
-      x = jax.ShapeDtypeStruct((1, 3, blocks.INPUTS[task]), jax.numpy.float32)
+      x = jax.ShapeDtypeStruct((1, 3, blocks.INPUTS[dataset]), jax.numpy.float32)
       created = sum(a.size for a in jax.tree.leaves(jax.eval_shape(model.init,
                                                                    jax.random.key(0), x)))
-      outside = width * hidden * blocks.OUTPUTS[task] + blocks.OUTPUTS[task] \
-          + blocks.EMBEDDING[task]
-      assert blocks.param_count(task, depth, hidden, ffn, block=block) - outside == created
+      outside = width * hidden * blocks.OUTPUTS[dataset] + blocks.OUTPUTS[dataset] \
+          + blocks.EMBEDDING[dataset]
+      assert blocks.param_count(dataset, depth, hidden, ffn, block=block) - outside == created

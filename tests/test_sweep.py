@@ -28,7 +28,7 @@ from configs import common
 
 def get_config(arg=None):
   c = common.base_config()
-  c.task = 'ptb_char'
+  c.dataset = 'ptb_char'
   c.model.hidden_size = 16
   c.num_train_steps = 20
   c.data.max_train_tokens = 5000
@@ -128,6 +128,28 @@ def test_expand_errors(config_path, bad, message):
     sweep.expand(base, bad)
 
 
+def test_a_grid_of_old_field_names_sets_todays_fields(config_path):
+  """A grid written before the renames (an axis over num_steps, an extra point with task and
+  optimizer.loss_reduction, the data sizes of a dataset that read them): its points keep their
+  names, and their configs and commands set today's fields."""
+  base, _, _ = _points(config_path)
+  points = sweep.expand(base, {
+      'axes': {'num_steps': [16, 32]},
+      'extra': [{'task': 'copy', 'optimizer.loss_reduction': 'sequence', 'data.num_train': 77}]})
+  assert [p.name for p in points] == [
+      'num_steps=16,seed=0', 'num_steps=32,seed=0',
+      'task=copy,loss_reduction=sequence,num_train=77,seed=0']
+  assert [p.config.bptt_length for p in points] == [16, 32, 64]
+  extra = points[-1]
+  assert (extra.config.dataset, extra.config.loss_reduction, extra.config.data.copy.num_train) == \
+      ('copy', 'sequence', 77)
+  assert extra.values == {'num_steps': 64, 'task': 'copy', 'optimizer.loss_reduction': 'sequence',
+                          'data.num_train': 77}
+  assert sweep.point_command(extra, 'c.py', 'w', base=base)[4:] == [
+      '--config.dataset=copy', '--config.loss_reduction=sequence',
+      '--config.data.copy.num_train=77', '--config.seed=0']
+
+
 def test_short_names_keep_the_full_field_when_ambiguous():
   assert sweep._short_names(['model.dropout', 'data.dropout', 'model.between']) == {
       'model.dropout': 'model.dropout', 'data.dropout': 'data.dropout', 'model.between': 'between'}
@@ -160,7 +182,7 @@ def test_commands_reproduce_each_point_config(config_path):
 def _write_results(workdir, status, **extra):
   os.makedirs(workdir, exist_ok=True)
   with open(os.path.join(workdir, 'results.json'), 'w') as f:
-    json.dump({'status': status, 'task': 'ptb_char', **extra}, f)
+    json.dump({'status': status, 'dataset': 'ptb_char', **extra}, f)
 
 
 class FakeRunner:
@@ -496,7 +518,7 @@ def test_tuning_stage_cli_runs_both_stages_and_the_report_pairs_them(config_path
 workdir = [a for a in sys.argv if a.startswith('--workdir=')][0].split('=', 1)[1]
 os.makedirs(workdir, exist_ok=True)
 bpc = _tuned_bpc(os.path.basename(workdir))
-json.dump({'status': 'completed', 'task': 'ptb_char', 'valid': {'bpc': bpc},
+json.dump({'status': 'completed', 'dataset': 'ptb_char', 'valid': {'bpc': bpc},
            'test': {'bpc': bpc}}, open(os.path.join(workdir, 'results.json'), 'w'))
 ''')
   code = (f'import sys; sys.path.insert(0, {ROOT!r}); from train import sweep; '
@@ -570,3 +592,34 @@ def test_tuning_on_two_seeds_chooses_on_the_mean_and_evaluates_on_fresh_seeds(co
   tuning_row = next(line for line in text.splitlines()
                     if line.startswith('| between=none, num_layers=2 |'))
   assert '**1.500**' in tuning_row  # the mean of seed 10 (2.0) and seed 11 (1.0) at 0.1
+
+
+def test_a_committed_sweep_sees_its_runs_finished_whatever_names_their_configs_use(tmp_path):
+  """A copy of results/study_ptb_plain8/runs, whose config.json files name the fields as they
+  were then (task, num_steps, optimizer.loss_reduction), and one rewritten with today's names (a
+  run written since): every point is finished with the config the sweep runs now; a run whose
+  saved config differs is named, in today's field."""
+  import shutil
+  from configs import study_ptb_plain8
+  from train import workdir as workdir_lib
+  sweep_dir = str(tmp_path / 'runs')
+  shutil.copytree(os.path.join(ROOT, 'results', 'study_ptb_plain8', 'runs'), sweep_dir)
+  names = sorted(n for n in os.listdir(sweep_dir) if os.path.isdir(os.path.join(sweep_dir, n)))
+  saved = {n: files.read_json(os.path.join(sweep_dir, n, 'config.json')) for n in names}
+  assert all({'task', 'num_steps'} <= set(c) and 'loss_reduction' in c['optimizer']
+             for c in saved.values())
+  today = workdir_lib.read_config(os.path.join(sweep_dir, names[0]))
+  files.write_json(os.path.join(sweep_dir, names[0], 'config.json'),
+                   json.loads(today.to_json_best_effort()), sort_keys=True)
+  spec = os.path.join(ROOT, 'configs', 'study_ptb_plain8.py')
+
+  def changed():
+    _, points, _ = sweep.prepare(study_ptb_plain8.get_config(), spec, sweep_dir, {}, 'python',
+                                 'main.py')
+    statuses = {p.name: sweep.point_status(os.path.join(sweep_dir, p.name)) for p in points}
+    assert sorted(statuses) == names and set(statuses.values()) == {'completed'}
+    return sweep.changed_points(sweep_dir, points, statuses)
+  assert changed() == {}
+  files.write_json(os.path.join(sweep_dir, names[1], 'config.json'),
+                   {**saved[names[1]], 'num_steps': 32})
+  assert changed() == {names[1]: 'config.bptt_length: the run has 32, the sweep now 64'}

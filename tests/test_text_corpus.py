@@ -11,7 +11,7 @@ import pytest
 
 from configs import common
 from tests.trainer_utils import run_main, tiny_config
-from train import checkpoint, data, trainer
+from train import data, trainer, workdir as workdir_lib
 from train.data import corpus, text, token_cache
 from train.data.vocab import EOS, UNK, codepoints, joined_lines
 from train.validation import ConfigError
@@ -19,7 +19,7 @@ from train.validation import ConfigError
 
 def config(**fields):
   c = common.base_config()
-  c.task = 'text'
+  c.dataset = 'text'
   for key, value in fields.items():
     c.data[key] = value
   return c
@@ -316,7 +316,7 @@ def test_a_decoding_error_names_its_byte_and_a_blank_file_is_empty(tmp_path, sma
 # The data's fingerprint on resume
 
 
-TEXT_RUN = ['--config.task=text', '--config.num_train_steps=4', '--config.eval_every_steps=100',
+TEXT_RUN = ['--config.dataset=text', '--config.num_train_steps=4', '--config.eval_every_steps=100',
             '--config.checkpoint_every_steps=2', '--config.data.test_fraction=0.2',
             '--config.data.valid_fraction=0.2']
 
@@ -327,7 +327,7 @@ def _text_run_config(path, **overrides):
                                  'eval_every_steps': 100, 'checkpoint_every_steps': 2,
                                  'data.test_fraction': 0.2, 'data.valid_fraction': 0.2,
                                  **overrides})
-  c.task = 'text'
+  c.dataset = 'text'
   return c
 
 
@@ -375,7 +375,7 @@ def test_the_override_accepts_a_changed_file_and_keeps_its_fingerprint(tmp_path)
   assert resumed['status'] == 'completed' and resumed['steps_this_run'] == 2
   saved = json.loads(open(os.path.join(workdir, 'dataset.json')).read())['data_files']['path']
   assert saved['size'] == path.stat().st_size  # the file as it is now is the run's data
-  checkpoint.check_dataset(workdir, data.load_dataset(_text_run_config(path)))
+  workdir_lib.check_dataset(workdir, data.load_dataset(_text_run_config(path)))
 
 
 @pytest.mark.slow  # trains a run

@@ -8,14 +8,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from train import data, optim, tasks, trainer
+from train import data, objectives, optim, trainer
 from train.validation import ConfigError
 from tests.trainer_utils import read_metrics, tiny_config
 
 pytestmark = pytest.mark.slow  # every test trains a run
 
 
-@pytest.mark.parametrize('task, overrides, metric', [
+@pytest.mark.parametrize('dataset, overrides, metric', [
     ('ptb_char', {}, 'bpc'),
     ('ptb_word', {'model.tie_embeddings': True, 'model.embed_size': 16}, 'perplexity'),
     ('ptb_word', {'model.bilm': True, 'model.proj_size': 8, 'model.cell_clip': 3.0,
@@ -29,9 +29,9 @@ pytestmark = pytest.mark.slow  # every test trains a run
     ('speech_digits', {'batch_size': 16, 'model.bidirectional': True, 'model.peephole': True,
                        'optimizer.learning_rate': 3e-3}, 'label_error_rate'),
 ])
-def test_every_task_trains_and_writes_results(tmp_path, monkeypatch, task, overrides, metric):
+def test_every_dataset_trains_and_writes_results(tmp_path, monkeypatch, dataset, overrides, metric):
   monkeypatch.setenv('STACKED_LSTM_CACHE', str(tmp_path / 'cache'))
-  config = tiny_config(task, **overrides)
+  config = tiny_config(dataset, **overrides)
   results = trainer.train_and_evaluate(config, str(tmp_path))
   assert results['status'] == 'completed' and results['step'] == 30
   records = read_metrics(tmp_path)
@@ -70,8 +70,8 @@ def test_text_file_task(tmp_path):
 def _one_step_setup(config):
   """(model, batch, schedule, tx, state) for one training step of a language model config."""
   dataset = data.load_dataset(config)
-  model = tasks.for_dataset(dataset).build_model(config)
-  batch = next(data.Batcher(dataset, 'train', config.batch_size, config.num_steps, 0, False))
+  model = objectives.for_dataset(dataset).build_model(config)
+  batch = next(data.Batcher(dataset, 'train', config.batch_size, config.bptt_length, 0, False))
   batch = jax.tree.map(jnp.asarray, batch)
   params = model.init(jax.random.key(0), batch['inputs'])['params']
   schedule = optim.make_schedule(config.optimizer, 10, 30)
@@ -88,8 +88,8 @@ def test_one_step_changes_every_parameter():
                                       'model.peephole': True})
   model, batch, schedule, tx, state = _one_step_setup(config)
   params = state.params
-  task = tasks.for_dataset(data.load_dataset(config))
-  step = jax.jit(trainer.make_train_step(model, task, tx, schedule))
+  objective = objectives.for_dataset(data.load_dataset(config))
+  step = jax.jit(trainer.make_train_step(model, objective, tx, schedule))
   new_state, metrics = step(state, batch, jnp.asarray(True))
   unchanged = [jax.tree_util.keystr(path) for path, a in jax.tree_util.tree_flatten_with_path(
       jax.tree.map(lambda a, b: bool(jnp.all(a == b)), params, new_state.params))[0] if a]
@@ -113,25 +113,26 @@ def test_bfloat16_compute_trains_float32_parameters(tmp_path, fast_calls):
   assert np.mean(train_losses[-2:]) < np.mean(train_losses[:2])
 
 
-def test_sequence_loss_reduction_scales_the_gradient_by_num_steps():
-  """Zaremba's loss (sum over the unrolled steps, mean over rows) has num_steps times the per-token
-  gradient: SGD at rate r/num_steps on it takes the step SGD at rate r takes on the per-token mean.
+def test_sequence_loss_reduction_scales_the_gradient_by_bptt_length():
+  """Zaremba's loss (sum over the unrolled steps, mean over rows) has bptt_length times the
+  per-token gradient: SGD at rate r/bptt_length on it takes the step SGD at rate r takes on the
+  per-token mean.
   The logged loss is the per-token mean either way."""
   overrides = {'optimizer.name': 'sgd', 'optimizer.grad_clip_norm': 0.0}
   token_config = tiny_config('ptb_word', **overrides, **{'optimizer.learning_rate': 1.0})
   sequence_config = tiny_config('ptb_word', **overrides, **{
-      'optimizer.learning_rate': 1.0 / token_config.num_steps, 'optimizer.loss_reduction': 'sequence'})
+      'optimizer.learning_rate': 1.0 / token_config.bptt_length, 'loss_reduction': 'sequence'})
   results = {}
   for config in (token_config, sequence_config):
     model, batch, schedule, tx, state = _one_step_setup(config)
-    task = tasks.for_dataset(data.load_dataset(config))
-    step = jax.jit(trainer.make_train_step(model, task, tx, schedule,
-                                           config.optimizer.loss_reduction))
-    results[config.optimizer.loss_reduction] = step(state, batch, jnp.asarray(True))
+    objective = objectives.for_dataset(data.load_dataset(config))
+    step = jax.jit(trainer.make_train_step(model, objective, tx, schedule,
+                                           config.loss_reduction))
+    results[config.loss_reduction] = step(state, batch, jnp.asarray(True))
   (token_state, token), (sequence_state, sequence) = results['token'], results['sequence']
   assert float(token['loss']) == pytest.approx(float(sequence['loss']), rel=1e-6)
   assert float(sequence['grad_norm']) == pytest.approx(
-      token_config.num_steps * float(token['grad_norm']), rel=1e-5)
+      token_config.bptt_length * float(token['grad_norm']), rel=1e-5)
   moved = jax.tree.map(lambda a, b: float(jnp.max(jnp.abs(a - b))), token_state.params,
                        state.params)
   assert min(jax.tree.leaves(moved)) > 1e-4  # every parameter moved, by more than rounding
@@ -140,7 +141,8 @@ def test_sequence_loss_reduction_scales_the_gradient_by_num_steps():
 
 
 @pytest.mark.parametrize('overrides, match', [
-    ({'task': 'imagenet'}, "config.task='imagenet' is not a known task; choose one of ptb_char"),
+    ({'dataset': 'imagenet'}, "config.dataset='imagenet' is not a known dataset; choose one of "
+     'ptb_char'),
     ({'optimizer.name': 'adamax'}, "config.optimizer.name='adamax' is not known; use one of sgd"),
     ({'model.activation': 'rleu'}, "config.model: activation='rleu' is not a known"),
     ({'model.between': 'softmax'}, "config.model: between='softmax' is not known"),
@@ -148,10 +150,10 @@ def test_sequence_loss_reduction_scales_the_gradient_by_num_steps():
     ({'model.num_layers': -1}, r'config.model.num_layers=-1 must be a positive integer'),
     ({'num_train_steps': 0}, r'config.num_train_steps=0 must be a positive integer'),
     ({'batch_size': 0}, r'config.batch_size=0 must be a positive integer'),
-    ({'task': 'digits', 'batch_size': 5000}, r'config.batch_size=5000 is larger than'),
+    ({'dataset': 'digits', 'batch_size': 5000}, r'config.batch_size=5000 is larger than'),
     ({'batch_size': 6000}, r'config.batch_size=6000 is too large'),
     ({'optimizer.schedule': 'linear'}, "config.optimizer.schedule='linear' is not known"),
-    ({'optimizer.loss_reduction': 'batch'}, "config.optimizer.loss_reduction='batch' is not known"),
+    ({'loss_reduction': 'batch'}, "config.loss_reduction='batch' is not known"),
 ])
 def test_bad_config_fails_before_compiling(tmp_path, monkeypatch, overrides, match):
   def no_jit(*a, **k):
@@ -159,7 +161,7 @@ def test_bad_config_fails_before_compiling(tmp_path, monkeypatch, overrides, mat
   monkeypatch.setattr(trainer.jax, 'jit', no_jit)
   with pytest.raises(ConfigError, match=match) as info:
     overrides = dict(overrides)
-    trainer.train_and_evaluate(tiny_config(overrides.pop('task', 'ptb_char'), **overrides),
+    trainer.train_and_evaluate(tiny_config(overrides.pop('dataset', 'ptb_char'), **overrides),
                                str(tmp_path))
   assert '\n' not in str(info.value)
   assert not os.path.exists(tmp_path / 'checkpoints')
@@ -193,12 +195,12 @@ def test_divergence_found_at_a_logging_step_reports_the_first_non_finite_step(tm
     workdir = str(tmp_path / f'every{every}')
     files_at_step_3 = {}
 
-    def save(*args, original=trainer.checkpoint.Checkpoints.save, **kwargs):
+    def save(*args, original=trainer.workdir_lib.Checkpoints.save, **kwargs):
       original(*args, **kwargs)
       files_at_step_3.update(_checkpoint_files(workdir))
 
     with pytest.MonkeyPatch.context() as patch:
-      patch.setattr(trainer.checkpoint.Checkpoints, 'save', save)
+      patch.setattr(trainer.workdir_lib.Checkpoints, 'save', save)
       # The loss grows past DIVERGENCE_FACTOR times its start at step 3 (tests/test_faults.py
       # tests that rule); here the non-finite rule alone is tested.
       patch.setattr(trainer, 'DIVERGENCE_FACTOR', math.inf)
@@ -259,19 +261,19 @@ def test_language_model_never_carries_state_across_documents(tmp_path):
                                  'birds sing at dawn'] * 60) + '\n')
   config = tiny_config('text', **{'data.path': str(corpus), 'data.document_separator': '\n\n'})
   dataset = data.load_dataset(config)
-  task = tasks.for_dataset(dataset)
-  model = task.build_model(config)
+  objective = objectives.for_dataset(dataset)
+  model = objective.build_model(config)
   batch = jax.tree.map(jnp.asarray, next(data.Batcher(dataset, 'train', 8, 30, 0, False)))
   row, start = next((r, int(c)) for r in range(8)
                     for c in np.flatnonzero(np.asarray(batch['segment_starts'][r])) if c > 0)
-  params = model.init(jax.random.key(0), **task.model_inputs(batch))['params']
-  carry_shape = jax.eval_shape(lambda: task.apply(model, params, batch, None, None, False)[1])
+  params = model.init(jax.random.key(0), **objective.model_inputs(batch))['params']
+  carry_shape = jax.eval_shape(lambda: objective.apply(model, params, batch, None, None, False)[1])
   noisy = jax.tree.map(lambda s: jax.random.normal(jax.random.key(1), s.shape, s.dtype),
                        carry_shape)
-  logits, _ = task.apply(model, params, batch, noisy, None, False)
+  logits, _ = objective.apply(model, params, batch, noisy, None, False)
   changed = dict(batch, inputs=batch['inputs'].at[row, :start].set(
       (batch['inputs'][row, :start] + 1) % dataset.vocab_size))
-  other, _ = task.apply(model, params, changed, None, None, False)
+  other, _ = objective.apply(model, params, changed, None, None, False)
   np.testing.assert_allclose(other[row, start:], logits[row, start:], rtol=1e-5, atol=1e-6)
   assert not np.allclose(other[row, :start], logits[row, :start])  # before it, it does
   results = trainer.train_and_evaluate(config, str(tmp_path / 'run'))

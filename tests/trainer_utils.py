@@ -10,7 +10,7 @@ from configs import common
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-TASK_DATA = {  # fields of config.data
+DATA_FIELDS = {  # fields of config.data
     'ptb_char': dict(max_train_tokens=6000, max_eval_tokens=2000),
     'ptb_word': dict(max_train_tokens=6000, max_eval_tokens=2000),
     'mnist1d': {'mnist1d.num_samples': 600, 'mnist1d.valid_size': 100},
@@ -32,15 +32,15 @@ def set_field(config, key, value):
   node[last] = value
 
 
-def tiny_config(task='ptb_char', **overrides):
+def tiny_config(dataset='ptb_char', **overrides):
   c = common.base_config()
-  c.task = task
-  for k, v in TASK_DATA.get(task, {}).items():
+  c.dataset = dataset
+  for k, v in DATA_FIELDS.get(dataset, {}).items():
     set_field(c, f'data.{k}', v)
   c.model.hidden_size = 16
   c.model.embed_size = 8
   c.batch_size = 8
-  c.num_steps = 10
+  c.bptt_length = 10
   c.num_train_steps = 30
   c.eval_every_steps = 15
   c.checkpoint_every_steps = 10
@@ -49,6 +49,26 @@ def tiny_config(task='ptb_char', **overrides):
   for key, value in overrides.items():
     set_field(c, key, value)
   return c
+
+
+# The names that runs written before the renames gave today's fields and keys, per file of the
+# workdir (dotted): what the tests of old runs write.
+OLD_NAMES = {'config.json': {'dataset': 'task', 'bptt_length': 'num_steps',
+                             'loss_reduction': 'optimizer.loss_reduction'},
+             'dataset.json': {'name': 'task'},
+             'results.json': {'dataset': 'task'}}
+
+
+def write_old_names(workdir):
+  """Rewrites the workdir's config.json, dataset.json and results.json (those it holds) as
+  versions before the renames wrote them."""
+  from train import files
+  for name, renamed in OLD_NAMES.items():
+    path = os.path.join(workdir, name)
+    if os.path.exists(path):
+      flat = files.flatten(files.read_json(path))
+      files.write_json(path, files.unflatten({renamed.get(k, k): v for k, v in flat.items()}),
+                       sort_keys=True)
 
 
 def flag_args(config_overrides):
@@ -81,8 +101,8 @@ def run_main(workdir, *flags, timeout=300, wait=True, prelude=None):
 def load_params(workdir):
   """The parameters of the latest checkpoint in `workdir`, as a flat {path: numpy array}."""
   import jax
-  from train import checkpoint
-  _, step, params = checkpoint.restore_params(str(workdir))
+  from train import workdir as workdir_lib
+  _, step, params = workdir_lib.restore_params(str(workdir))
   flat = jax.tree_util.tree_flatten_with_path(params)[0]
   return step, {jax.tree_util.keystr(k): np.asarray(v) for k, v in flat}
 
@@ -97,8 +117,8 @@ def assert_same_params(workdir, reference, step):
     np.testing.assert_allclose(params_b[key], params_a[key], rtol=1e-6, atol=1e-7, err_msg=key)
 
 
-# Tiny trained runs of every kind of task, shared by the tests of trained runs (the `trained_run`
-# fixture): name -> (task, overrides). 'byte' reads the files that `write_byte_corpus` writes.
+# Tiny trained runs of every kind of dataset, shared by the tests of trained runs (the `trained_run`
+# fixture): name -> (dataset, overrides). 'byte' reads the files that `write_byte_corpus` writes.
 SHORT = {'num_train_steps': 12, 'eval_every_steps': 4, 'checkpoint_every_steps': 6,
          'log_every_steps': 4}
 RUNS = {
@@ -128,12 +148,12 @@ def write_byte_corpus(directory):
 
 def run_config(name, directory):
   """The config of run `name` of RUNS; data files it needs go to `directory`."""
-  task, overrides = RUNS[name]
+  dataset, overrides = RUNS[name]
   overrides = {**SHORT, **overrides}
   if name == 'byte':
     train, valid = write_byte_corpus(directory)
     overrides.update({'data.path': train, 'data.valid_path': valid, 'data.test_fraction': 0.2})
-  return tiny_config(task, **overrides)
+  return tiny_config(dataset, **overrides)
 
 
 def read_metrics(workdir):

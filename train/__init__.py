@@ -1,5 +1,5 @@
-"""The trainer: data, task models, the loop, checkpoints, metrics, sweeps and reports; and
-`load_run`, the way other code uses a trained run."""
+"""The trainer: data, the models and their objectives, the loop, the workdir, metrics, sweeps and
+reports; and `load_run`, the way other code uses a trained run."""
 from train.run import Run, load_run
 from train.trainer import train_and_evaluate
 

@@ -8,7 +8,8 @@ print, so that a failed write to stdout is one line too. Any error in the flags 
 flag or config field, a value of the wrong type, a config file that does not exist or whose
 argument is not known) ends the program with one line on stderr naming the flag, what is wrong
 and the closest valid names, and exit status 2 (absl's status for flag errors), instead of a
-traceback.
+traceback. A flag of a config field renamed since (configs/common.py's LEGACY, e.g.
+`--config.task=text`) sets today's fields, as a config.json of an earlier version is read.
 """
 from __future__ import annotations
 
@@ -86,7 +87,14 @@ def output(text: str, newline: bool = True) -> None:
 
 
 def parse_flags(argv: list[str]) -> list[str]:
-  """absl's flags_parser: the parsed FLAGS, or one error line and exit status 2."""
+  """absl's flags_parser: the parsed FLAGS (old config fields' flags read as `upgrade_flags`
+  reads them), or one error line and exit status 2."""
+  upgraded, problem = upgrade_flags(argv)
+  if problem:
+    sys.stderr.write(f'error: {problem}\n')
+    sys.exit(USAGE_ERROR)
+  if upgraded != argv:
+    argv = sys.argv = upgraded  # ml_collections' config flag reads its overrides from sys.argv
   try:
     rest = flags.FLAGS(argv)
     if 'config' in flags.FLAGS and flags.FLAGS['config'].value is not None:
@@ -110,6 +118,61 @@ def flag_error(argv: list[str], error: Exception, config_flag: str = 'config') -
         return problem
   lines = [line.strip() for line in str(error).splitlines() if line.strip()]
   return lines[0] if lines else type(error).__name__
+
+
+def format_value(value) -> str:
+  """A value as a command-line flag reads it (and as sweep workdir names show it)."""
+  return value if isinstance(value, str) else repr(value)
+
+
+def upgrade_flags(argv: list[str], name: str = 'config') -> tuple[list[str], Optional[str]]:
+  """(`argv` with each --name.FIELD=VALUE of an old field, one of configs/common.py's LEGACY,
+  replaced in its place by the flags of today's fields it amounts to, as a config.json of an
+  earlier version is read; a flag of today's field itself wins), or (argv, one line) for a value
+  that the old field could not hold. `--config.task=text` -> `--config.dataset=text`."""
+  from configs import common
+  old = []  # (index in argv, old field, its value as written)
+  for i, arg in enumerate(argv):
+    for prefix, bare in ((f'--{name}.', None), (f'--no{name}.', 'false')):
+      path, eq, value = arg[len(prefix):].partition('=')
+      if arg.startswith(prefix) and path in common.LEGACY:
+        old.append((i, path, value if eq else bare))
+  spec = _flag_value(argv, name)
+  config = None if not old or spec is None else load_config(spec, name)[0]
+  if config is None:
+    return argv, None  # the parser reports what is wrong with the config flag
+  values = {}
+  for i, path, text in old:
+    values[i], problem = _old_value(text, common.read_legacy(config, path))
+    if problem:
+      return argv, f'{argv[i]}: {name}.{path} (an old field) {problem}'
+  within = dict(_leaves(config))
+  within.update(common.upgrade({path: values[i] for i, path, _ in old}, within))
+  given = {path for path, _ in _overrides(argv, name)}
+  replaced = {i: [f'--{name}.{key}={format_value(new)}'
+                  for key, new in common.upgrade({path: values[i]}, within).items()
+                  if key not in given] for i, path, _ in old}
+  return [arg for i, arg in enumerate(argv) for arg in replaced.get(i, [arg])], None
+
+
+def _old_value(text: Optional[str], like) -> tuple[Any, Optional[str]]:
+  """(the value of an old field's flag, None), or (None, what is wrong with it: 'is an integer,
+  not ...'). `text`: what follows '=' (None for --name.FIELD, 'false' for --noname.FIELD);
+  `like`: a value of the old field's type (None: the text as it is)."""
+  if isinstance(like, bool):
+    low = (text or 'true').lower()
+    if low not in _TRUE + _FALSE:
+      return None, f'is true or false, not {text!r}'
+    return low in _TRUE, None
+  if text is None:
+    return None, 'needs a value'
+  for kind, expected in ((int, 'an integer'), (float, 'a number')):
+    if isinstance(like, kind):
+      try:
+        return kind(text), None
+      except ValueError:
+        return None, f'is {expected}, not {text!r}'
+  return text, None
 
 
 def _flag_value(argv: list[str], name: str) -> Optional[str]:
@@ -154,12 +217,13 @@ def load_config(spec: str, name: str = 'config') -> tuple[Any, Optional[str]]:
   return config, None
 
 
-def _leaves(config, prefix: str = '') -> Iterator[str]:
+def _leaves(config, prefix: str = '') -> Iterator[tuple[str, Any]]:
+  """(dotted field, value) of every field of `config`."""
   for key, value in config.items():
     if isinstance(value, ml_collections.ConfigDict):
       yield from _leaves(value, f'{prefix}{key}.')
     else:
-      yield prefix + key
+      yield prefix + key, value
 
 
 def override_problem(config, path: str, value: Optional[str], name: str = 'config'
@@ -168,7 +232,7 @@ def override_problem(config, path: str, value: Optional[str], name: str = 'confi
   node, parts = config, path.split('.')
   for i, part in enumerate(parts):
     if not isinstance(node, ml_collections.ConfigDict) or part not in node:
-      fields = list(_leaves(config))
+      fields = [path for path, _ in _leaves(config)]
       near = difflib.get_close_matches(path, fields, n=3, cutoff=0.6)
       if not near:
         near = [f for f in fields if f.split('.')[-1] in

@@ -40,7 +40,7 @@ def group_norms(grads) -> dict[str, float]:
 
 def activation_stds(s: trainer.Setup, params, batch) -> dict[str, float]:
   """Standard deviation of each intermediate output at these parameters (one batch)."""
-  _, state = s.model.apply({'params': params}, **s.task.model_inputs(batch),
+  _, state = s.model.apply({'params': params}, **s.objective.model_inputs(batch),
                            capture_intermediates=True, mutable=['intermediates'])
   out = {}
   for path, leaf in jax.tree_util.tree_flatten_with_path(state['intermediates'])[0]:
@@ -61,14 +61,14 @@ def diagnose(config, steps: int) -> dict:
   def step(state, batch):
     def loss_fn(params):
       rng = jax.random.fold_in(state.rng, state.step)
-      outputs, carry = s.task.apply(s.model, params, batch, state.carry or None, rng, True)
-      sums = s.task.loss_sums(outputs, batch)
+      outputs, carry = s.objective.apply(s.model, params, batch, state.carry or None, rng, True)
+      sums = s.objective.loss_sums(outputs, batch)
       return sums['loss'] / sums['count'], carry
     (loss, carry), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     updates, opt_state = s.tx.update(grads, state.opt_state, state.params)
     return state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
                          opt_state=opt_state, carry=jax.lax.stop_gradient(carry)
-                         if s.task.stream else ()), loss, grads
+                         if s.objective.stream else ()), loss, grads
 
   batch = first
   for i in range(steps + 1):

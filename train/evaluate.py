@@ -22,7 +22,7 @@ from typing import Any, Optional
 import jax
 import numpy as np
 
-from train import checkpoint, cli, data, distributed, faults, files, lock, trainer
+from train import cli, data, distributed, faults, files, lock, trainer, workdir as workdir_lib
 from train.run import Run, load_run
 from train.validation import ConfigError
 
@@ -34,8 +34,8 @@ def _split_batcher(run: Run, split: str) -> tuple[data.Batcher, dict]:
     dataset = data.load_dataset(run.config)
   except ValueError as e:
     raise ConfigError(str(e)) from None
-  checkpoint.check_dataset(run.workdir, dataset)
-  return trainer.eval_batcher(run.config, dataset, run.task, split), {'split': split}
+  workdir_lib.check_dataset(run.workdir, dataset)
+  return trainer.eval_batcher(run.config, dataset, run.objective, split), {'split': split}
 
 
 def read_text(path: str, vocab: data.Vocabulary, encoding: str):
@@ -57,11 +57,11 @@ def read_text(path: str, vocab: data.Vocabulary, encoding: str):
 def _file_batcher(run: Run, path: str) -> tuple[data.Batcher, dict]:
   if run.vocab is None:
     raise ConfigError(f'--data_path is for language models; the run in {run.workdir} is a '
-                      f'{run.dataset.kind} task ({run.config.task}): use --split')
+                      f'{run.dataset.kind} model of dataset {run.config.dataset}: use --split')
   ids, unknown = run.vocab.encode_counted(read_text(path, run.vocab, run.config.data.encoding))
   dataset = dataclasses.replace(run.dataset, splits={'train': data.Split(tokens=ids)})
   try:
-    batcher = trainer.eval_batcher(run.config, dataset, run.task, 'train')
+    batcher = trainer.eval_batcher(run.config, dataset, run.objective, 'train')
   except ValueError:
     rows = run.config.eval_batch_size or run.config.batch_size
     raise ConfigError(f'--data_path={path!r} holds {len(ids)} tokens, too few for the run\'s '
@@ -83,12 +83,12 @@ def evaluate_run(run: Run, split: str = 'valid', data_path: Optional[str] = None
   with faults.out_of_memory_reported(sizes, 'evaluate on a device with more memory (e.g. the '
                                      'CPU: JAX_PLATFORMS=cpu)'):
     sample = trainer.first_rows(batcher)
-    zero_carry = trainer.make_zero_carry(run.model, run.task, dist, run.params, sample)
-    eval_step = jax.jit(trainer.make_eval_step(run.model, run.task))
+    zero_carry = trainer.make_zero_carry(run.model, run.objective, dist, run.params, sample)
+    eval_step = jax.jit(trainer.make_eval_step(run.model, run.objective))
     params = jax.device_put(run.params, dist.replicated)
-    sums = trainer.evaluate(eval_step, params, batcher, dist, run.task, zero_carry)
+    sums = trainer.evaluate(eval_step, params, batcher, dist, run.objective, zero_carry)
   return {'step': run.step, 'checkpoint': run.checkpoint, **record,
-          'metrics': run.task.summarize(sums)}
+          'metrics': run.objective.summarize(sums)}
 
 
 def record_path(run: Run, record: dict) -> str:

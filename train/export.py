@@ -27,7 +27,7 @@ import torch
 import lstm.interop
 from configs import common
 from lstm import StackedLSTM
-from train import checkpoint, cli, data, faults, files, lock, models, tasks
+from train import cli, data, faults, files, lock, models, objectives, workdir as workdir_lib
 from train.run import Run, language_model, load_run
 from train.validation import ConfigError, check_config
 
@@ -116,8 +116,8 @@ _TORCH_CELL = {**{f.name: f.default for f in dataclasses.fields(StackedLSTM)
 
 def _config(embed, lstm_module, head, vocab: data.Vocabulary, config):
   config = common.base_config() if config is None else config.copy_and_resolve_references()
-  if config.task == 'ptb_char' and vocab.level != 'char':
-    config.task = 'text'  # the default task reads characters; a 'text' task reads any level
+  if config.dataset == 'ptb_char' and vocab.level != 'char':
+    config.dataset = 'text'  # the default dataset reads characters; 'text' reads any level
   config.data.level = vocab.level
   m = config.model
   m.update(_TORCH_CELL)
@@ -134,7 +134,7 @@ def from_torch(embed: torch.nn.Embedding, lstm_module: torch.nn.LSTM,
                config=None) -> Run:
   """Writes a run directory in `workdir` (which must hold no run) for the PyTorch language model
   `embed` -> `lstm_module` -> `head` (None: tied to the embedding) over `vocab`; returns it
-  loaded. `config` (default: configs/common.py's, task 'text' at the vocabulary's level) says
+  loaded. `config` (default: configs/common.py's, dataset 'text' at the vocabulary's level) says
   which data the model is for (evaluation on a split reads it); its model fields are set from
   the modules."""
   if embed.num_embeddings != len(vocab):
@@ -142,10 +142,10 @@ def from_torch(embed: torch.nn.Embedding, lstm_module: torch.nn.LSTM,
                       f'{len(vocab)} tokens: they must be equal')
   config = _config(embed, lstm_module, head, vocab, config)
   params = _params(embed, lstm_module, head)
-  dataset = data.Dataset(task=config.task, kind='lm', splits={}, vocab_size=len(vocab),
+  dataset = data.Dataset(name=config.dataset, kind='lm', splits={}, vocab_size=len(vocab),
                          num_classes=len(vocab), input_features=None, itos=list(vocab.itos),
                          level=vocab.level, vocab=vocab)
-  expected = jax.eval_shape(lambda: tasks.for_dataset(dataset).build_model(config).init(
+  expected = jax.eval_shape(lambda: objectives.for_dataset(dataset).build_model(config).init(
       jax.random.key(0), np.zeros((1, 1), np.int32))['params'])
   if jax.tree.map(lambda a: a.shape, expected) != jax.tree.map(np.shape, params):
     raise ConfigError('the modules do not form the language model the config describes')
@@ -154,9 +154,9 @@ def from_torch(embed: torch.nn.Embedding, lstm_module: torch.nn.LSTM,
   with lock.holding(workdir, 'import'):
     if os.path.exists(os.path.join(workdir, 'config.json')):
       raise ConfigError(f'{workdir} holds a run already; import into a new directory')
-    checkpoint.record_config(workdir, config.to_json_best_effort())
-    checkpoint.record_dataset(workdir, dataset)
-    checkpoint.save_params(workdir, 0, params, {'step': 0, 'imported_from': 'torch'})
+    workdir_lib.record_config(workdir, config.to_json_best_effort())
+    workdir_lib.record_dataset(workdir, dataset)
+    workdir_lib.save_params(workdir, 0, params, {'step': 0, 'imported_from': 'torch'})
   return load_run(workdir)
 
 
@@ -181,7 +181,7 @@ def load(path: str) -> tuple[TorchLanguageModel, data.Vocabulary, Any]:
     raise ConfigError(f'{path} is not a language model written by train.export --out')
   module = TorchLanguageModel.from_sizes(**saved['sizes'])
   module.load_state_dict(saved['state_dict'])
-  config = None if saved['config'] is None else checkpoint.config_from_dict(saved['config'], path)
+  config = None if saved['config'] is None else workdir_lib.config_from_dict(saved['config'], path)
   return module.eval(), data.Vocabulary.from_json(saved['vocab']), config
 
 

@@ -1,5 +1,5 @@
-"""Files of a run: writes that a reader never sees half of, JSON in and out, and the dotted view
-of a saved config.
+"""Files of a run: writes that a reader never sees half of, JSON in and out, a run's
+`results.json` read whatever version wrote it, and the dotted view of a saved config.
 
 `atomic_write` writes to a temporary file in the target's directory and renames it over the
 target, so a crash or a full disk leaves either the old file or the new one, never a mix; the
@@ -79,6 +79,28 @@ def read_json(path: str) -> Optional[Any]:
       return json.load(f)
   except (OSError, ValueError):
     return None
+
+
+# results.json's keys that earlier versions wrote under another name: old -> today's.
+RESULTS_RENAMED = {'task': 'dataset'}
+
+
+def respelt(record: Any, renamed: dict[str, str]) -> Any:
+  """`record` (a dict read from a run's JSON file) with each old key of `renamed` moved to its
+  new name (where both are present, the new one wins); anything that is not a dict unchanged."""
+  if not isinstance(record, dict):
+    return record
+  result = {key: value for key, value in record.items() if key not in renamed}
+  for old, new in renamed.items():
+    if old in record and new not in record:
+      result[new] = record[old]
+  return result
+
+
+def read_results(workdir: str) -> Optional[Any]:
+  """The run's `results.json` in today's keys (`RESULTS_RENAMED`), or None when it is missing or
+  unreadable."""
+  return respelt(read_json(os.path.join(workdir, 'results.json')), RESULTS_RENAMED)
 
 
 def flatten(config: dict) -> dict[str, Any]:

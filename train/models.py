@@ -1,4 +1,5 @@
-"""Task models around `lstm.StackedLSTM`; `train.tasks` builds the one each task needs.
+"""The models around `lstm.StackedLSTM`; `train.objectives` builds the one each kind of dataset
+needs.
 
 - `LanguageModel`: embedding -> dropout -> stack -> dropout -> softmax head (optionally tied).
 - `BiLanguageModel`: ELMo's pair of language models, forward and backward, sharing embedding and

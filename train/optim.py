@@ -10,9 +10,6 @@ import optax
 
 OPTIMIZERS = ('sgd', 'momentum', 'adam', 'adamw', 'adagrad')
 SCHEDULES = ('constant', 'step', 'cosine')
-# what the training step differentiates: the mean over tokens, or the sum over time steps of the
-# mean over sequences (Zaremba's and TensorFlow's PTB code; their learning rates assume it)
-LOSS_REDUCTIONS = ('token', 'sequence')
 
 
 def make_schedule(opt_config, steps_per_epoch: int, num_train_steps: int) -> optax.Schedule:

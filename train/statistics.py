@@ -1,5 +1,5 @@
 """Statistics of a sweep's results: Student-t intervals over seeds, paired differences between
-arms that share seeds, and the metric each task is judged by.
+arms that share seeds, and the metric each kind of dataset is judged by.
 
 `stats(values)`: mean, sample standard deviation and the 95% t interval of the mean.
 `paired_difference(arm, reference)`: the per-seed differences of two arms run with the same seeds

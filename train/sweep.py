@@ -83,6 +83,7 @@ import ml_collections
 from lstm import cache
 from configs import common
 from train import faults, files, lock, statistics
+from train.cli import format_value
 
 FINISHED = ('completed', 'diverged')
 IN_USE = 'in use'  # a point not started because another process holds its workdir
@@ -131,7 +132,7 @@ def apply_overrides(config, overrides: dict[str, Any]):
   misspelt field or a value of the wrong type is an error."""
   new = copy.deepcopy(config)  # types and placeholders kept
   new.lock()
-  for key, value in common.upgrade(overrides).items():
+  for key, value in common.upgrade(overrides, files.flatten(config.to_dict())).items():
     *path, last = key.split('.')
     node = new
     for part in path:
@@ -143,11 +144,6 @@ def apply_overrides(config, overrides: dict[str, Any]):
     except (TypeError, ValueError, KeyError, AttributeError) as e:
       raise SweepError(f'sweep field {key!r} cannot be set to {value!r}: {e}') from None
   return new
-
-
-def format_value(value) -> str:
-  """A value as a command-line flag reads it (and as workdir names show it)."""
-  return value if isinstance(value, str) else repr(value)
 
 
 def _short_names(keys: Sequence[str]) -> dict[str, str]:
@@ -291,7 +287,7 @@ def choose_tuned(sweep_dir: str, tune_points: Sequence[Point], field: str) -> di
     by_setting.setdefault(setting_key(p.values, [field]), []).append(p)
   out = {}
   for key, points in by_setting.items():
-    results = {p.name: read_results(os.path.join(sweep_dir, p.name)) for p in points}
+    results = {p.name: files.read_results(os.path.join(sweep_dir, p.name)) for p in points}
     pending = [p.name for p in points if (results[p.name] or {}).get('status') not in FINISHED]
     if pending:
       out[key] = {'value': None, 'pending': pending}
@@ -325,7 +321,8 @@ def override_flags(overrides: dict[str, Any], base=None) -> list[str]:
   """`--config.K=V` flags; a None value that the base config also holds is left out (a flag
   cannot say None)."""
   flags = []
-  for key, value in common.upgrade(overrides).items():
+  within = None if base is None else files.flatten(base.to_dict())
+  for key, value in common.upgrade(overrides, within).items():
     if value is None:
       if base is not None and get_field(base, key) is None:
         continue
@@ -350,27 +347,23 @@ def _display_path(path: str) -> str:
 # State of a point's workdir
 
 
-def read_results(workdir: str) -> Optional[dict]:
-  return files.read_json(os.path.join(workdir, 'results.json'))
-
-
 def point_status(workdir: str) -> Optional[str]:
   """The status in the workdir's results.json (completed, diverged, preempted, ...), or None."""
-  results = read_results(workdir)
+  results = files.read_results(workdir)
   return None if results is None else results.get('status')
 
 
 def config_difference(workdir: str, config) -> Optional[str]:
-  """How the config saved in `workdir` (read as train/checkpoint.py reads it, old fields upgraded)
+  """How the config saved in `workdir` (read as train/workdir.py reads it, old fields upgraded)
   differs from `config`, the config the sweep would run there now: 'config.F: the run has A, the
   sweep now B' for the first field that differs (fields of NOT_COMPARED aside), a line saying
   why the saved one cannot be read, or None when they are equal or the workdir has no
   config.json (results written by other means than main.py)."""
-  from train import checkpoint, validation
+  from train import validation, workdir as workdir_lib
   if not os.path.exists(os.path.join(workdir, 'config.json')):
     return None  # not a run of main.py (which writes config.json first): nothing to compare
   try:
-    saved = checkpoint.read_config(workdir)
+    saved = workdir_lib.read_config(workdir)
   except (validation.ConfigError, faults.RunFault) as e:
     return f'its config cannot be read: {e}'
   a = files.flatten(json.loads(saved.to_json_best_effort()))
@@ -524,7 +517,7 @@ def run_points(sweep_dir: str, points: Sequence[Point], commands: dict[str, list
       rc, error = -1, e
     else:
       error = None
-    results = read_results(workdir)
+    results = files.read_results(workdir)
     status = (results or {}).get('status')
     # main.py exits 0 when it completes or is preempted and 1 when the run diverges; any other
     # outcome (a crash, a config error, results.json left from an earlier attempt) is a failure.

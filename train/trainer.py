@@ -10,8 +10,8 @@ checksums). The run holds the workdir's lock (train/lock.py) from before its fir
 end; a second process on the workdir is refused. SIGTERM, SIGINT (Ctrl-C) and SIGHUP save a
 checkpoint and return (`distributed.Preemption`; a second Ctrl-C exits at once); a loss that is
 not finite, or that grows past DIVERGENCE_FACTOR times its first value, stops the run as
-`diverged`. A completed run is not run again. What differs between kinds of task (model inputs,
-losses, metrics) is asked of `tasks.Task`.
+`diverged`. A completed run is not run again. What differs between kinds of dataset (model inputs,
+losses, metrics) is asked of their `objectives.Objective`.
 
 The loop does not wait for the device at every step: the steps' metrics stay on the device until
 a logging, evaluation, checkpoint or stopping step, where they are fetched together and checked.
@@ -23,7 +23,7 @@ evaluating and checkpointing.
 A stopping signal during an evaluation stops the run right after it (with a checkpoint); during
 the final checkpoint and evaluation, they finish; while the run starts (compiling, restoring), it
 stops before the first step. A run resumes from the newest checkpoint that restores
-(see `checkpoint.Checkpoints`); a fault of its environment (a write that fails, device memory
+(see `workdir.Checkpoints`); a fault of its environment (a write that fails, device memory
 that runs out) ends it with `faults.RunFault`, whose message is one line, and `results.json`
 says `failed` where it can be written.
 """
@@ -45,8 +45,8 @@ from absl import logging
 from jax.experimental import multihost_utils
 
 from lstm import memory
-from train import checkpoint, data, distributed, faults, files, metrics as metrics_lib, optim
-from train import lock, tasks, validation
+from train import data, distributed, faults, files, metrics as metrics_lib, optim
+from train import lock, objectives, validation, workdir as workdir_lib
 
 ConfigError = validation.ConfigError
 
@@ -78,28 +78,28 @@ class NonFiniteLoss(Diverged, FloatingPointError):
 # Step functions
 
 
-def make_train_step(model, task: tasks.Task, tx, schedule, loss_reduction: str = 'token'
-                    ) -> Callable:
+def make_train_step(model, objective: objectives.Objective, tx, schedule,
+                    loss_reduction: str = 'token') -> Callable:
   """The jitted-to-be training step. The loss it differentiates is the mean over tokens
   (`loss_reduction='token'`) or the sum over time steps of the mean over sequences ('sequence',
-  Zaremba's and TensorFlow's PTB code: num_steps times larger, which their learning rates and
+  Zaremba's and TensorFlow's PTB code: bptt_length times larger, which their learning rates and
   clipping thresholds assume). The logged loss is the per-token mean either way."""
-  if loss_reduction not in optim.LOSS_REDUCTIONS:
+  if loss_reduction not in objectives.LOSS_REDUCTIONS:
     raise ValueError(f'loss_reduction={loss_reduction!r}; use one of '
-                     + ', '.join(optim.LOSS_REDUCTIONS))
+                     + ', '.join(objectives.LOSS_REDUCTIONS))
 
   def train_step(state: TrainState, batch, reset):
     rng = jax.random.fold_in(state.rng, state.step)
     carry = jax.tree.map(lambda c: jnp.where(reset, jnp.zeros_like(c), c), state.carry)
 
     def loss_fn(params):
-      outputs, new_carry = task.apply(model, params, batch, carry or None, rng, True)
-      sums = task.loss_sums(outputs, batch)
+      outputs, new_carry = objective.apply(model, params, batch, carry or None, rng, True)
+      sums = objective.loss_sums(outputs, batch)
       if loss_reduction == 'sequence':
-        objective = sums['loss'] / batch['inputs'].shape[0]  # rows of the global batch
+        loss = sums['loss'] / batch['inputs'].shape[0]  # rows of the global batch
       else:
-        objective = sums['loss'] / jnp.maximum(sums['count'], 1e-12)
-      return objective, (sums, new_carry)
+        loss = sums['loss'] / jnp.maximum(sums['count'], 1e-12)
+      return loss, (sums, new_carry)
 
     (_, (sums, new_carry)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     loss = sums['loss'] / jnp.maximum(sums['count'], 1e-12)
@@ -110,23 +110,23 @@ def make_train_step(model, task: tasks.Task, tx, schedule, loss_reduction: str =
     if 'correct' in sums:
       out['accuracy'] = sums['correct'] / jnp.maximum(sums['count'], 1e-12)
     new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
-                              carry=jax.lax.stop_gradient(new_carry) if task.stream else ())
+                              carry=jax.lax.stop_gradient(new_carry) if objective.stream else ())
     return new_state, out
   return train_step
 
 
-def make_eval_step(model, task: tasks.Task) -> Callable:
+def make_eval_step(model, objective: objectives.Objective) -> Callable:
   """(params, batch, carry) -> (loss sums, arrays for the host, next carry)."""
   def eval_step(params, batch, carry):
-    outputs, new_carry = task.apply(model, params, batch, carry or None, None, False)
-    return (task.loss_sums(outputs, batch), task.eval_outputs(outputs),
-            new_carry if task.stream else ())
+    outputs, new_carry = objective.apply(model, params, batch, carry or None, None, False)
+    return (objective.loss_sums(outputs, batch), objective.eval_outputs(outputs),
+            new_carry if objective.stream else ())
   return eval_step
 
 
 def evaluate(eval_step, params, batcher: data.Batcher, dist: distributed.Distribution,
-             task: tasks.Task, zero_carry: Callable) -> dict[str, float]:
-  """Sums over one pass of `batcher` (device sums and the task's host sums)."""
+             objective: objectives.Objective, zero_carry: Callable) -> dict[str, float]:
+  """Sums over one pass of `batcher` (device sums and the objective's host sums)."""
   totals: dict[str, float] = {}
 
   def add(sums):
@@ -136,11 +136,11 @@ def evaluate(eval_step, params, batcher: data.Batcher, dist: distributed.Distrib
   carry = ()
   for host_batch in batcher.epoch_batches():
     batch = dist.put_batch(host_batch)
-    if task.stream and not carry:
+    if objective.stream and not carry:
       carry = zero_carry(batch['inputs'].shape[0])
     sums, fetched, carry = eval_step(params, batch, carry)
     if fetched:
-      add(task.host_sums({k: dist.gather(v) for k, v in fetched.items()}, host_batch))
+      add(objective.host_sums({k: dist.gather(v) for k, v in fetched.items()}, host_batch))
     add(sums)
   return totals
 
@@ -153,7 +153,7 @@ def evaluate(eval_step, params, batcher: data.Batcher, dist: distributed.Distrib
 class Setup:
   config: Any
   dataset: data.Dataset
-  task: tasks.Task
+  objective: objectives.Objective
   model: Any
   train_batches: data.Batcher
   eval_batches: dict[str, data.Batcher]
@@ -170,12 +170,13 @@ def total_steps(config, steps_per_epoch: int) -> int:
   return config.num_train_steps
 
 
-def eval_batcher(config, dataset: data.Dataset, task: tasks.Task, split: str) -> data.Batcher:
+def eval_batcher(config, dataset: data.Dataset, objective: objectives.Objective,
+                 split: str) -> data.Batcher:
   """One pass over `split` as the run evaluates it (the same rows, steps and order)."""
-  num_steps = config.num_steps if task.stream else None
-  return data.Batcher(dataset, split, config.eval_batch_size or config.batch_size, num_steps,
+  bptt_length = config.bptt_length if objective.stream else None
+  return data.Batcher(dataset, split, config.eval_batch_size or config.batch_size, bptt_length,
                       config.seed, shuffle=False, drop_remainder=False,
-                      with_reverse=task.stream and config.model.bilm)
+                      with_reverse=objective.stream and config.model.bilm)
 
 
 def setup(config) -> Setup:
@@ -183,12 +184,12 @@ def setup(config) -> Setup:
   validation.check_config(config)
   try:
     dataset = data.load_dataset(config)
-    task = tasks.for_dataset(dataset)
-    num_steps = config.num_steps if task.stream else None
-    with_reverse = task.stream and config.model.bilm
-    train = data.Batcher(dataset, 'train', config.batch_size, num_steps, config.seed,
-                         shuffle=not task.stream, with_reverse=with_reverse)
-    evals = {split: eval_batcher(config, dataset, task, split) for split in ('valid', 'test')}
+    objective = objectives.for_dataset(dataset)
+    bptt_length = config.bptt_length if objective.stream else None
+    with_reverse = objective.stream and config.model.bilm
+    train = data.Batcher(dataset, 'train', config.batch_size, bptt_length, config.seed,
+                         shuffle=not objective.stream, with_reverse=with_reverse)
+    evals = {split: eval_batcher(config, dataset, objective, split) for split in ('valid', 'test')}
   except ValueError as e:
     raise ConfigError(str(e)) from None
   dist = distributed.Distribution()
@@ -198,8 +199,9 @@ def setup(config) -> Setup:
   steps_per_epoch = train.batches_per_epoch()
   num_train_steps = total_steps(config, steps_per_epoch)
   schedule = optim.make_schedule(config.optimizer, steps_per_epoch, num_train_steps)
-  return Setup(config, dataset, task, task.build_model(config), train, evals, dist, schedule,
-               optim.make_optimizer(config.optimizer, schedule), steps_per_epoch, num_train_steps)
+  return Setup(config, dataset, objective, objective.build_model(config), train, evals, dist,
+               schedule, optim.make_optimizer(config.optimizer, schedule), steps_per_epoch,
+               num_train_steps)
 
 
 def first_rows(batcher: data.Batcher) -> dict:
@@ -207,12 +209,12 @@ def first_rows(batcher: data.Batcher) -> dict:
   return jax.tree.map(lambda x: jnp.asarray(x[:1]), next(iter(batcher.epoch_batches())))
 
 
-def make_zero_carry(model, task: tasks.Task, dist: distributed.Distribution, params,
-                    sample) -> Callable:
+def make_zero_carry(model, objective: objectives.Objective, dist: distributed.Distribution,
+                    params, sample) -> Callable:
   """`zero_carry(batch_size)`: the language model's zero carried state for a batch of that many
   rows, sharded like a batch. `params` may be shapes only."""
   carry_shapes = jax.eval_shape(
-      lambda p: task.apply(model, p, sample, None, None, False)[1], params)
+      lambda p: objective.apply(model, p, sample, None, None, False)[1], params)
 
   def zero_carry(batch_size):
     zeros = lambda: jax.tree.map(lambda a: jnp.zeros((batch_size,) + a.shape[1:], a.dtype),
@@ -229,15 +231,15 @@ def initial_state(s: Setup) -> tuple[TrainState, Callable]:
   def init_state():
     rng = jax.random.PRNGKey(s.config.seed)
     params = s.model.init({'params': jax.random.fold_in(rng, 1)},
-                          **s.task.model_inputs(sample))['params']
+                          **s.objective.model_inputs(sample))['params']
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=s.tx.init(params),
                       rng=jax.random.fold_in(rng, 2), carry=())
 
   state_shape = jax.eval_shape(init_state)
-  zero_carry = make_zero_carry(s.model, s.task, s.dist, state_shape.params, sample)
+  zero_carry = make_zero_carry(s.model, s.objective, s.dist, state_shape.params, sample)
   state = jax.jit(init_state,
                   out_shardings=jax.tree.map(lambda _: s.dist.replicated, state_shape))()
-  if s.task.stream:
+  if s.objective.stream:
     state = state.replace(carry=zero_carry(s.config.batch_size))
   return state, zero_carry
 
@@ -263,13 +265,13 @@ def train_and_evaluate(config, workdir: str) -> dict:
     os.makedirs(workdir, exist_ok=True)
   with _holding(workdir), distributed.Preemption() as preemption:
     config_json = config.to_json_best_effort()
-    checkpoint.compare_config(workdir, config_json)  # every saved file checked before any write
-    checkpoint.check_dataset(workdir, s.dataset, config.data.allow_changed_data)
-    checkpoint.record_config(workdir, config_json)  # files that would not change are not written
-    checkpoint.record_dataset(workdir, s.dataset, config.data.allow_changed_data)
+    workdir_lib.compare_config(workdir, config_json)  # every saved file checked before any write
+    workdir_lib.check_dataset(workdir, s.dataset, config.data.allow_changed_data)
+    workdir_lib.record_config(workdir, config_json)  # files that would not change are not written
+    workdir_lib.record_dataset(workdir, s.dataset, config.data.allow_changed_data)
     with _out_of_memory_reported(s):
       state, zero_carry = initial_state(s)
-    ckpts = checkpoint.Checkpoints(workdir, config.keep_checkpoints)
+    ckpts = workdir_lib.Checkpoints(workdir, config.keep_checkpoints)
     restored = ckpts.restore(_abstract(state))
     first_loss = None
     if restored is not None:
@@ -284,7 +286,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
       first_loss = meta.get('first_loss')
       logging.info('resumed from step %d in %s', int(state.step), workdir)
     writer = metrics_lib.MetricWriter(workdir, int(state.step))
-    results = {'task': config.task, 'status': 'running'}
+    results = {'dataset': config.dataset, 'status': 'running'}
     try:
       with _out_of_memory_reported(s):
         return _run(s, state, zero_carry, ckpts, writer, results, workdir, preemption, first_loss)
@@ -324,7 +326,7 @@ def _holding(workdir: str):
 def _finished(workdir: str, restored_step: int, num_train_steps: int):
   """The results of the workdir's run when it completed at `num_train_steps` and its newest
   checkpoint that restores (`restored_step`) is that step's, else None."""
-  results = files.read_json(os.path.join(workdir, 'results.json'))
+  results = files.read_results(workdir)
   if (isinstance(results, dict) and results.get('status') == 'completed'
       and results.get('step') == num_train_steps == restored_step):
     return results
@@ -356,12 +358,12 @@ def _out_of_memory_reported(s: Setup):
     rows, steps = s.train_batches.batch_shape()
     sample = first_rows(s.train_batches)
     shapes = jax.eval_shape(lambda: s.model.init(jax.random.PRNGKey(0),
-                                                 **s.task.model_inputs(sample)))
+                                                 **s.objective.model_inputs(sample)))
     num_params = sum(math.prod(x.shape) for x in jax.tree.leaves(shapes))
     return (f'batches of {rows} x {steps} (config.batch_size x time steps) and {num_params:,} '
             'parameters')
   return faults.out_of_memory_reported(
-      sizes, 'use a smaller config.batch_size or config.num_steps, config.model.remat=True, or '
+      sizes, 'use a smaller config.batch_size or config.bptt_length, config.model.remat=True, or '
       'config.model.scan_layers=True for a deep stack')
 
 
@@ -370,15 +372,15 @@ def _run(s: Setup, state: TrainState, zero_carry, ckpts, writer, results: dict,
   """The steps from `state` on; fills `results` (status and metrics) and returns it.
   `first_loss`: the loss of the run's step 1 (None before it, or from a checkpoint that
   predates its recording), which the divergence rule compares with."""
-  config, task, dist = s.config, s.task, s.dist
+  config, objective, dist = s.config, s.objective, s.dist
   start_step = step = int(state.step)
   tokens_per_step = int(np.prod(s.train_batches.batch_shape()))
   progress = metrics_lib.Progress(start_step, s.num_train_steps, tokens_per_step)
-  train_step = jax.jit(make_train_step(s.model, task, s.tx, s.schedule,
-                                       config.optimizer.loss_reduction), donate_argnums=0)
-  eval_step = jax.jit(make_eval_step(s.model, task))
-  run_eval = lambda split: task.summarize(evaluate(eval_step, state.params,
-                                                   s.eval_batches[split], dist, task, zero_carry))
+  train_step = jax.jit(make_train_step(s.model, objective, s.tx, s.schedule,
+                                       config.loss_reduction), donate_argnums=0)
+  eval_step = jax.jit(make_eval_step(s.model, objective))
+  run_eval = lambda split: objective.summarize(evaluate(
+      eval_step, state.params, s.eval_batches[split], dist, objective, zero_carry))
   start = {} if first_loss is None else {'loss': first_loss}
   save = lambda: ckpts.save(step, state, {'data': s.train_batches.state(), 'step': step,
                                           'first_loss': start.get('loss')})
@@ -403,7 +405,7 @@ def _run(s: Setup, state: TrainState, zero_carry, ckpts, writer, results: dict,
       interval += _fetch_finite(pending, step, results, ckpts, workdir, start)
       pending = []
     if at_log:
-      _log_train(step, interval, task, writer, progress)
+      _log_train(step, interval, objective, writer, progress)
       interval = []
     with _not_counted(progress):
       if at_eval:
@@ -436,7 +438,7 @@ def _run(s: Setup, state: TrainState, zero_carry, ckpts, writer, results: dict,
 class _Best:
   """The best validation so far (kept over resumption in `best/`) and its parameters."""
 
-  def __init__(self, ckpts: checkpoint.Checkpoints, abstract_params):
+  def __init__(self, ckpts: workdir_lib.Checkpoints, abstract_params):
     self.ckpts, self.valid = ckpts, ckpts.best_valid(abstract_params)
 
   def offer(self, step: int, params, valid: dict) -> None:
@@ -479,11 +481,12 @@ def _not_counted(progress: metrics_lib.Progress):
     progress.last_time += time.perf_counter() - start
 
 
-def _log_train(step: int, interval: list, task: tasks.Task, writer, progress) -> None:
+def _log_train(step: int, interval: list, objective: objectives.Objective, writer,
+               progress) -> None:
   """One training record: the mean of the interval's metrics, the last learning rate."""
   scalars = {k: float(np.mean([float(m[k]) for m in interval])) for k in interval[-1]}
   scalars['learning_rate'] = float(interval[-1]['learning_rate'])
-  scalars.update(task.derived(scalars['loss']))
+  scalars.update(objective.derived(scalars['loss']))
   rate = progress.rate(step)
   writer.write(step, 'train', {**scalars, **rate})
   progress.line(step, {k: scalars[k] for k in ('loss', 'bpc', 'perplexity', 'accuracy')

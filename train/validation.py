@@ -4,7 +4,7 @@ Each problem raises `ConfigError` with one line naming the field and what would 
 """
 from __future__ import annotations
 
-from train import data, models, optim
+from train import data, models, objectives, optim
 
 
 class ConfigError(ValueError):
@@ -28,23 +28,23 @@ def _one_of(value, path: str, choices) -> None:
 
 def check_config(config) -> None:
   """Raises ConfigError for the first problem found in `config`."""
-  if config.task not in data.TASKS:
-    raise ConfigError(f'config.task={config.task!r} is not a known task; '
-                      f'choose one of {", ".join(data.TASKS)}')
+  if config.dataset not in data.DATASETS:
+    raise ConfigError(f'config.dataset={config.dataset!r} is not a known dataset; '
+                      f'choose one of {", ".join(data.DATASETS)}')
   for path in ('batch_size', 'eval_every_steps', 'checkpoint_every_steps', 'keep_checkpoints',
                'log_every_steps', 'model.num_layers', 'model.hidden_size'):
     _positive_int(config, path)
   if not config.num_epochs > 0:  # without epochs, the run is num_train_steps long
     _positive_int(config, 'num_train_steps')
-  if config.num_steps is not None:
-    _positive_int(config, 'num_steps')
+  if config.bptt_length is not None:
+    _positive_int(config, 'bptt_length')
   if config.eval_batch_size is not None:
     _positive_int(config, 'eval_batch_size')
+  _one_of(config.loss_reduction, 'loss_reduction', objectives.LOSS_REDUCTIONS)
   opt = config.optimizer
   m = config.model
   _one_of(opt.name, 'optimizer.name', optim.OPTIMIZERS)
   _one_of(opt.schedule, 'optimizer.schedule', optim.SCHEDULES)
-  _one_of(opt.loss_reduction, 'optimizer.loss_reduction', optim.LOSS_REDUCTIONS)
   if not opt.learning_rate > 0:
     raise ConfigError(f'config.optimizer.learning_rate={opt.learning_rate!r} must be positive')
   _one_of(m.dtype, 'model.dtype', models.DTYPES)

@@ -1,7 +1,7 @@
 """Datasets and batching for the trainer: pure numpy, deterministic, resumable.
 
-`load_dataset(config)` builds the `Dataset` named by `config.task` from `config.data`; `Batcher`
-walks one of its splits. The loaders, one module per family:
+`load_dataset(config)` builds the `Dataset` named by `config.dataset` (a name in `DATASETS`) from
+`config.data`; `Batcher` walks one of its splits. The loaders, one module per family:
 
   text.py           token streams for language models: Penn Treebank (char, word), text files
   corpus.py         text to token ids at corpus scale (chunked, vectorised, smallest dtype)
@@ -31,7 +31,7 @@ from train.data.text import load_ptb_char, load_ptb_word, load_text
 from train.data.vocab import EOS, UNK, Vocabulary
 
 
-TASKS: Dict[str, Callable[[Any], Dataset]] = {
+DATASETS: Dict[str, Callable[[Any], Dataset]] = {
     'ptb_char': load_ptb_char,
     'ptb_word': load_ptb_word,
     'text': load_text,
@@ -44,13 +44,13 @@ TASKS: Dict[str, Callable[[Any], Dataset]] = {
 
 
 def load_dataset(config: Any) -> Dataset:
-  """The Dataset named by `config.task`, built from `config.data`."""
-  if config.task not in TASKS:
-    raise ValueError(f'config.task={config.task!r} is not a known task; choose one of '
-                     f'{", ".join(TASKS)}')
-  return TASKS[config.task](config.data)
+  """The Dataset named by `config.dataset`, built from `config.data`."""
+  if config.dataset not in DATASETS:
+    raise ValueError(f'config.dataset={config.dataset!r} is not a known dataset; choose one of '
+                     f'{", ".join(DATASETS)}')
+  return DATASETS[config.dataset](config.data)
 
 
 __all__ = ['ADDING_BASELINE_MSE', 'Batcher', 'COPY_BLANK', 'COPY_DATA_SYMBOLS', 'COPY_DELIMITER',
-           'COPY_LENGTH', 'Dataset', 'EOS', 'KINDS', 'SPLITS', 'Split', 'TASKS', 'UNK',
+           'COPY_LENGTH', 'DATASETS', 'Dataset', 'EOS', 'KINDS', 'SPLITS', 'Split', 'UNK',
            'Vocabulary', 'copy_baseline', 'load_dataset', 'make_adding_split', 'make_copy_split']

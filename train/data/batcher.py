@@ -9,7 +9,7 @@ from typing import Any, Dict, Iterator, Mapping, Optional
 
 import numpy as np
 
-from train import tasks
+from train import objectives
 from train.data.dataset import Dataset
 
 
@@ -23,7 +23,7 @@ class Batcher:
   len % batch_size tokens are not used.
   `with_reverse` adds 'inputs_rev' / 'targets_rev', the same cut of the reversed stream, for a
   backward language model that carries its own state (ELMo's biLM).
-  Example datasets: the batch holds `fields` (batch key -> Split field; by default the task's
+  Example datasets: the batch holds `fields` (batch key -> Split field; by default the objective's
   `batch_fields`), in the order of a permutation seeded by (seed, epoch) when `shuffle`, else
   in order. Every batch has 'valid' (B,) float32: 1 for real examples, 0 for padding; with
   drop_remainder=False the last batch is padded (with copies of the split's first example) to
@@ -33,32 +33,34 @@ class Batcher:
   for evaluation and leaves the state alone. `state()` / `restore()` are plain ints.
   """
 
-  def __init__(self, dataset: Dataset, split: str, batch_size: int, num_steps: Optional[int],
+  def __init__(self, dataset: Dataset, split: str, batch_size: int, bptt_length: Optional[int],
                seed: int, shuffle: bool, drop_remainder: bool = True,
                with_reverse: bool = False, fields: Optional[Mapping[str, str]] = None):
     if split not in dataset.splits:
-      raise ValueError(f'split {split!r} is not one of {sorted(dataset.splits)} of {dataset.task}')
+      raise ValueError(f'split {split!r} is not one of {sorted(dataset.splits)} of {dataset.name}')
     if not isinstance(batch_size, (int, np.integer)) or batch_size <= 0:
       raise ValueError(f'config.batch_size={batch_size!r} must be a positive integer')
-    if num_steps is not None and (not isinstance(num_steps, (int, np.integer)) or num_steps <= 0):
-      raise ValueError(f'config.num_steps={num_steps!r} must be a positive integer')
+    if bptt_length is not None and (not isinstance(bptt_length, (int, np.integer))
+                                    or bptt_length <= 0):
+      raise ValueError(f'config.bptt_length={bptt_length!r} must be a positive integer')
     self.dataset, self.split, self.stream = dataset, split, dataset.is_stream
-    self.batch_size, self.num_steps = int(batch_size), num_steps
+    self.batch_size, self.bptt_length = int(batch_size), bptt_length
     self.seed, self.shuffle, self.drop_remainder = int(seed), bool(shuffle), bool(drop_remainder)
     self._epoch, self._position = 0, 0
     self._perm_cache = (None, None)
     data = dataset.splits[split]
-    where = f'the {split!r} split of {dataset.task}'
+    where = f'the {split!r} split of {dataset.name}'
     if self.stream:
-      if num_steps is None:
-        raise ValueError(f'{dataset.task} is a language-model task: config.num_steps is required')
+      if bptt_length is None:
+        raise ValueError(f'{dataset.name} is a language-model dataset: config.bptt_length is '
+                         'required')
       tokens = data.tokens  # in its own dtype (uint8 / uint16...); batches are int32
       row_len = len(tokens) // self.batch_size
-      need = self.num_steps + 1 if drop_remainder else 2
+      need = self.bptt_length + 1 if drop_remainder else 2
       if row_len < need:
         raise ValueError(f'config.batch_size={self.batch_size} is too large for {where} '
                          f'({len(tokens)} tokens): rows of {row_len} tokens, need at least {need} '
-                         f'(config.num_steps={self.num_steps})')
+                         f'(config.bptt_length={self.bptt_length})')
       self._rows = tokens[:row_len * self.batch_size].reshape(self.batch_size, row_len)
       # The reversed stream, cut the same way, for a backward language model (ELMo's biLM).
       self._starts = None if data.starts is None else self._cut(data.starts, row_len)
@@ -66,13 +68,13 @@ class Batcher:
                           else self._cut(data.starts_rev, row_len))
       self._rows_rev = (tokens[::-1][:row_len * self.batch_size].reshape(self.batch_size, row_len)
                         if with_reverse else None)
-      full, rest = divmod(row_len - 1, self.num_steps)
+      full, rest = divmod(row_len - 1, self.bptt_length)
       self._num_batches = full + (1 if rest and not drop_remainder else 0)
     else:
       self._size = data.size
       self._fields = {}
       if fields is None:
-        fields = tasks.TASKS[dataset.kind].batch_fields
+        fields = objectives.OBJECTIVES[dataset.kind].batch_fields
       for key, attr in fields.items():
         value = getattr(data, attr)
         if key == 'lengths' and value is None:  # all sequences full length
@@ -93,7 +95,7 @@ class Batcher:
   def batch_shape(self) -> tuple[int, int]:
     """(rows, time steps) of a batch's inputs."""
     if self.stream:
-      return self.batch_size, self.num_steps
+      return self.batch_size, self.bptt_length
     return self.batch_size, self._fields['inputs'].shape[1]
 
   def state(self) -> Dict[str, int]:
@@ -132,8 +134,8 @@ class Batcher:
 
   def _batch(self, epoch: int, position: int) -> Dict[str, np.ndarray]:
     if self.stream:
-      start = position * self.num_steps
-      stop = min(start + self.num_steps, self._rows.shape[1] - 1)
+      start = position * self.bptt_length
+      stop = min(start + self.bptt_length, self._rows.shape[1] - 1)
       batch = {'inputs': self._rows[:, start:stop].astype(np.int32),
                'targets': self._rows[:, start + 1:stop + 1].astype(np.int32)}
       if self._starts is not None:

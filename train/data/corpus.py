@@ -40,12 +40,12 @@ class Encoded:
     return {name: self.tokens[start:stop] for name, (start, stop) in self.splits.items()}
 
 
-def bounds(layout: Mapping[str, Piece], lengths: Mapping[str, int]) -> Dict[str, Tuple[int, int]]:
+def bounds(splits: Mapping[str, Piece], lengths: Mapping[str, int]) -> Dict[str, Tuple[int, int]]:
   """Each split's (start, stop) in the sources' tokens laid one after another (in the order of
   `lengths`)."""
   offsets = dict(zip(lengths, np.cumsum([0, *lengths.values()]).tolist()))
   return {name: (offsets[source] + start, offsets[source] + stop)
-          for name, (source, start, stop) in layout.items()}
+          for name, (source, start, stop) in splits.items()}
 
 
 def steps(array: np.ndarray, start: int = 0, stop: Optional[int] = None) -> Iterator[np.ndarray]:
@@ -169,15 +169,15 @@ def encode_text(level: str, sources: Mapping[str, Iterable[str]], cut: Cut, line
     for piece in (_char_pieces(texts) if level == 'char' else split_words(texts)):
       ids[name].append(table(piece))
   lengths = {name: blocks.length for name, blocks in ids.items()}
-  layout = cut(lengths)
+  splits = cut(lengths)
   size = len(table.symbols)
   counts = {split: _counts(ids[source].pieces(start, stop), size)
-            for split, (source, start, stop) in layout.items()}
+            for split, (source, start, stop) in splits.items()}
   if level == 'char':
     vocab, mapping = _char_vocabulary(table.symbols, counts, lines)
   else:
     vocab, mapping = _word_vocabulary(table.index, counts, max_vocab, strict)
-  return Encoded(_mapped(ids, mapping.astype(id_dtype(len(vocab)))), bounds(layout, lengths), vocab)
+  return Encoded(_mapped(ids, mapping.astype(id_dtype(len(vocab)))), bounds(splits, lengths), vocab)
 
 
 def _counts(pieces: Iterable[np.ndarray], size: int) -> np.ndarray:

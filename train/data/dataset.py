@@ -32,7 +32,7 @@ class Split:
 
 @dataclasses.dataclass
 class Dataset:
-  task: str
+  name: str                      # its name in train.data.DATASETS (config.dataset)
   kind: str                      # one of KINDS
   splits: Dict[str, Split]       # 'train' / 'valid' / 'test'
   vocab_size: Optional[int]      # token inputs: number of symbols; None for float inputs
@@ -63,7 +63,7 @@ class Dataset:
       if self.num_classes is not None:
         shape.append(f'{self.num_classes} classes')
       shape.append(f'{self.splits["train"].inputs.shape[1]} steps')
-    return f'{self.task} ({self.kind}): {", ".join(shape)}; {sizes} {unit}'
+    return f'{self.name} ({self.kind}): {", ".join(shape)}; {sizes} {unit}'
 
 
 def readonly(array: np.ndarray) -> np.ndarray:

@@ -3,7 +3,7 @@ target per step) and the adding problem (regression).
 
 Everything is generated in code; each generated dataset's parameters are its own sub-dict of
 `config.data` (`config.data.mnist1d`, `.digits`, `.copy`, `.adding`), declared in
-configs/common.py. The synthetic tasks draw each split from its own random stream.
+configs/common.py. The synthetic datasets draw each split from its own random stream.
 """
 from __future__ import annotations
 
@@ -64,7 +64,7 @@ def load_mnist1d(data_config: Any) -> Dataset:
   splits = {'train': Split(inputs=x[:cut, :, None], targets=y[:cut]),
             'valid': Split(inputs=x[cut:, :, None], targets=y[cut:]),
             'test': Split(inputs=x_test[:, :, None], targets=y_test)}
-  return Dataset(task='mnist1d', kind='classify', splits=splits, vocab_size=None, num_classes=10,
+  return Dataset(name='mnist1d', kind='classify', splits=splits, vocab_size=None, num_classes=10,
                  input_features=1, itos=None)
 
 
@@ -85,16 +85,16 @@ def load_digits(data_config: Any) -> Dataset:
   parts = {'test': order[:n_test], 'valid': order[n_test:n_test + n_valid],
            'train': order[n_test + n_valid:]}
   splits = {name: Split(inputs=x[parts[name]], targets=y[parts[name]]) for name in SPLITS}
-  return Dataset(task='digits', kind='classify', splits=splits, vocab_size=None, num_classes=10,
+  return Dataset(name='digits', kind='classify', splits=splits, vocab_size=None, num_classes=10,
                  input_features=8, itos=None)
 
 
-def _synthetic_sizes(fields: Any, task: str) -> Dict[str, int]:
+def _synthetic_sizes(fields: Any, dataset: str) -> Dict[str, int]:
   sizes = {'train': int(fields.num_train), 'valid': int(fields.num_valid),
            'test': int(fields.num_test)}
   for name, n in sizes.items():
     if n < 1:
-      raise ValueError(f'config.data.{task}.num_{name}={n} must be >= 1')
+      raise ValueError(f'config.data.{dataset}.num_{name}={n} must be >= 1')
   return sizes
 
 
@@ -129,7 +129,7 @@ def load_copy(data_config: Any) -> Dataset:
   recall_only = bool(fields.loss_on_recall_only)
   splits = {name: make_copy_split(_split_rng(fields.seed, 1, name), n, delay, recall_only)
             for name, n in _synthetic_sizes(fields, 'copy').items()}
-  return Dataset(task='copy', kind='per_step', splits=splits, vocab_size=10, num_classes=10,
+  return Dataset(name='copy', kind='per_step', splits=splits, vocab_size=10, num_classes=10,
                  input_features=None, itos=None)
 
 
@@ -157,5 +157,5 @@ def load_adding(data_config: Any) -> Dataset:
     raise ValueError(f'config.data.adding.seq_len={seq_len} must be >= 2')
   splits = {name: make_adding_split(_split_rng(fields.seed, 2, name), n, seq_len)
             for name, n in _synthetic_sizes(fields, 'adding').items()}
-  return Dataset(task='adding', kind='regress', splits=splits, vocab_size=None, num_classes=None,
+  return Dataset(name='adding', kind='regress', splits=splits, vocab_size=None, num_classes=None,
                  input_features=2, itos=None)

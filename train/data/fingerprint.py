@@ -2,7 +2,7 @@
 
 One fingerprint serves twice: it keys the token cache of a text corpus (token_cache.py), so that
 a file edited in place misses the cache, and a run's dataset.json keeps it for every file the run
-reads, so that a resumed run refuses a file whose contents changed (train/checkpoint.py). SHA-256
+reads, so that a resumed run refuses a file whose contents changed (train/workdir.py). SHA-256
 rather than BLAKE2: with the CPU's SHA extensions it is the faster of the two (about 600 MB/s on
 the project's loaded 2-core machine, so a 1 GB corpus takes under 2 s).
 """

@@ -1,9 +1,9 @@
-"""The `speech_digits` task: spoken digit strings from `train.speech`, as a CTC dataset.
+"""The `speech_digits` dataset: spoken digit strings from `train.speech`, as a CTC dataset.
 
 `config.data.speech_digits` holds the generator's parameters (declared in configs/common.py).
 Split fields: inputs (N, T, F) float32, lengths (N,) int32 frames, targets (N, max_digits) int32
 digit ids (-1 padding), weights (N, max_digits) float32 (1 on real labels: label lengths are
-weights.sum(1)). num_classes=10 digits; the CTC blank is class 10, added by the task.
+weights.sum(1)). num_classes=10 digits; the CTC blank is class 10, added by its objective.
 """
 from __future__ import annotations
 
@@ -49,6 +49,6 @@ def load_speech_digits(data_config: Any) -> Dataset:
     for a in (s.features, s.lengths, s.labels, weights):
       readonly(a)
     splits[name] = Split(inputs=s.features, lengths=s.lengths, targets=s.labels, weights=weights)
-  return Dataset(task='speech_digits', kind='ctc', splits=splits, vocab_size=None,
+  return Dataset(name='speech_digits', kind='ctc', splits=splits, vocab_size=None,
                  num_classes=speech.NUM_CLASSES,
                  input_features=int(built['train'].features.shape[2]), itos=list(speech.DIGIT_WORDS))

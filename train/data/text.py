@@ -25,7 +25,7 @@ from train.data.vocab import UNK, Vocabulary, joined_lines
 CHUNK_BYTES = 1 << 20  # of a file read and decoded at a time
 
 
-def _lm_dataset(task: str, data_config: Any, streams: Dict[str, np.ndarray],
+def _lm_dataset(dataset: str, data_config: Any, streams: Dict[str, np.ndarray],
                 vocab: Vocabulary, data_files: Optional[Dict[str, dict]] = None) -> Dataset:
   """An lm Dataset from encoded streams, cut to the optional max_train_tokens / max_eval_tokens."""
   caps = {'train': data_config.max_train_tokens, 'valid': data_config.max_eval_tokens,
@@ -38,7 +38,7 @@ def _lm_dataset(task: str, data_config: Any, streams: Dict[str, np.ndarray],
     starts = document_starts(tokens, vocab, data_config.document_separator)
     splits[name] = Split(tokens=tokens, starts=None if starts is None else starts[0],
                          starts_rev=None if starts is None else starts[1])
-  return Dataset(task=task, kind='lm', splits=splits, vocab_size=len(vocab),
+  return Dataset(name=dataset, kind='lm', splits=splits, vocab_size=len(vocab),
                  num_classes=len(vocab), input_features=None, itos=list(vocab.itos),
                  level=vocab.level, vocab=vocab, data_files=data_files)
 
@@ -161,10 +161,10 @@ def _cut(data_config: Any, level: str, lengths: Dict[str, int]) -> Dict[str, cor
   valid just before it); train is the rest."""
   fractions = {'valid': data_config.valid_fraction, 'test': data_config.test_fraction}
   n = end = lengths['path']
-  layout = {}
+  splits = {}
   for name in ('test', 'valid'):
     if f'{name}_path' in lengths:
-      layout[name] = (f'{name}_path', 0, lengths[f'{name}_path'])
+      splits[name] = (f'{name}_path', 0, lengths[f'{name}_path'])
       continue
     fraction = float(fractions[name])
     if not 0.0 < fraction < 1.0:
@@ -173,8 +173,8 @@ def _cut(data_config: Any, level: str, lengths: Dict[str, int]) -> Dict[str, cor
     if k < 1 or k >= end:
       raise ValueError(f'config.data.path={str(data_config.path)!r} is too short ({n} {level} '
                        f'tokens) to cut a {name} split of config.data.{name}_fraction={fraction}')
-    layout[name], end = ('path', end - k, end), end - k
-  return {'train': ('path', 0, end), 'valid': layout['valid'], 'test': layout['test']}
+    splits[name], end = ('path', end - k, end), end - k
+  return {'train': ('path', 0, end), 'valid': splits['valid'], 'test': splits['test']}
 
 
 def _bytes(paths: Dict[str, str], wheres: Dict[str, str], cut: corpus.Cut, encoding: str
@@ -226,7 +226,7 @@ def load_text(data_config: Any) -> Dataset:
   """
   path = data_config.path
   if path is None or str(path) == '':
-    raise ValueError("config.task='text' needs config.data.path: a plain-text file "
+    raise ValueError("config.dataset='text' needs config.data.path: a plain-text file "
                      "(e.g. enwik8, text8, wiki.train.tokens)")
   level = data_config.level
   if level not in ('char', 'word', 'byte'):

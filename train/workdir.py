@@ -1,16 +1,17 @@
-"""The workdir's checkpoints (orbax) and the files that describe its run.
+"""The workdir of a run: the files that describe it and its checkpoints.
+
+`config.json` (the config), `dataset.json` (the data's shape: its name, kind, vocabulary size,
+classes, input features) and, for language models, `vocab.json` are what rebuilds the model
+without the data; `record_config` and `record_dataset` refuse a workdir whose files describe a
+different run, and `read_config` / `config_from_dict` read a config.json of any version (fields
+renamed since are read through configs/common.py's `LEGACY`). `dataset.json` also keeps the
+fingerprint of every data file the run reads (dataset 'text'), so that a resumed run refuses a
+file whose contents changed (unless config.data.allow_changed_data).
 
 `checkpoints/<step>/`: the train state plus JSON metadata (data position), the newest
 `keep_checkpoints` kept; `best/<step>/`: the parameters with the lowest validation loss so far and
 that validation's metrics. Orbax writes each step to a temporary directory and renames it when
 complete, so a run killed mid-save leaves the previous checkpoint as the latest.
-
-`config.json` (the config), `dataset.json` (the data's shape: kind, vocabulary size, classes,
-input features) and, for language models, `vocab.json` are what rebuilds the model without the
-data; `record_config` and `record_dataset` refuse a workdir whose files describe a different run.
-`dataset.json` also keeps the fingerprint of every data file the run reads (task 'text'), so
-that a resumed run refuses a file whose contents changed (unless
-config.data.allow_changed_data).
 `restore_params` reads the parameters of any saved step without writing anything, and refuses a
 damaged one in one line (`faults.RunFault`) where a training run sets it aside (`Checkpoints`).
 """
@@ -111,8 +112,9 @@ def config_from_dict(saved: dict, where: str) -> ml_collections.ConfigDict:
   return config
 
 
-_SHAPE_FIELDS = ('task', 'kind', 'vocab_size', 'num_classes', 'input_features', 'level')
-_DATA_FILES = 'data_files'  # dataset.json's fingerprints of the files read (task 'text')
+_SHAPE_FIELDS = ('name', 'kind', 'vocab_size', 'num_classes', 'input_features', 'level')
+_DATA_FILES = 'data_files'  # dataset.json's fingerprints of the files read (dataset 'text')
+_SHAPE_RENAMED = {'task': 'name'}  # dataset.json's keys that earlier versions wrote: old -> today's
 
 
 def _describe(dataset: data.Dataset) -> dict[str, Any]:
@@ -129,13 +131,20 @@ def _dataset_files(dataset: data.Dataset) -> dict[str, Any]:
   return written
 
 
+def _read_saved(workdir: str, name: str) -> Any:
+  """The JSON value of the workdir's file `name` (None when missing or unreadable); dataset.json
+  in today's keys."""
+  value = files.read_json(os.path.join(workdir, name))
+  return files.respelt(value, _SHAPE_RENAMED) if name == 'dataset.json' else value
+
+
 def check_dataset(workdir: str, dataset: data.Dataset, allow_changed_data: bool = False) -> None:
   """Refuses data that no longer gives the shapes or vocabulary saved in `workdir`, and a data
   file whose contents changed since its fingerprint was saved there, unless `allow_changed_data`
   (a workdir saved before fingerprints were has none to compare)."""
   described = _dataset_files(dataset)
   checksums.verify(workdir, list(described))
-  saved = {name: files.read_json(os.path.join(workdir, name)) for name in described}
+  saved = {name: _read_saved(workdir, name) for name in described}
   saved_files = (saved['dataset.json'] or {}).pop(_DATA_FILES, None) or {}
   described['dataset.json'].pop(_DATA_FILES, None)
   for name, value in described.items():
@@ -169,7 +178,7 @@ def read_dataset(workdir: str) -> Optional[data.Dataset]:
   predates `dataset.json`. RunFault (one line naming the file) for a file that was changed,
   damaged or deleted after the run wrote it."""
   checksums.verify(workdir, ['dataset.json', 'vocab.json'])
-  shape = files.read_json(os.path.join(workdir, 'dataset.json'))
+  shape = _read_saved(workdir, 'dataset.json')
   if shape is None:
     if os.path.exists(os.path.join(workdir, 'dataset.json')):
       raise faults.RunFault(f'{workdir}/dataset.json is not readable JSON; restore it from a '

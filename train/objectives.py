@@ -1,7 +1,7 @@
-"""What each kind of task means to the trainer: the model it builds, the model's inputs from a
-batch, the loss sums, what evaluation adds, and the summary metrics.
+"""The objective of each kind of dataset: the model it builds, the model's inputs from a batch, the
+loss sums, what evaluation adds, and the summary metrics.
 
-One `Task` class per kind of dataset (`Dataset.kind`):
+One `Objective` class per kind of dataset (`Dataset.kind`):
 
   lm        language models over a token stream; the LSTM state is carried from batch to batch
   classify  one label per sequence
@@ -9,9 +9,9 @@ One `Task` class per kind of dataset (`Dataset.kind`):
   regress   one float per sequence (adding problem)
   ctc       a label sequence per utterance: CTC loss, greedy decoding in evaluation
 
-`for_dataset(dataset)` gives the task of a dataset; the trainer, the evaluator and the tests ask it,
-and nothing else switches on the kind. Adding a kind is adding one class to `TASKS`. Loss sums are
-sums over the batch, so evaluation adds batches exactly.
+`for_dataset(dataset)` gives the objective of a dataset; the trainer, the evaluator and the tests
+ask it, and nothing else switches on the kind. Adding a kind is adding one class to `OBJECTIVES`.
+Loss sums are sums over the batch, so evaluation adds batches exactly.
 """
 from __future__ import annotations
 
@@ -27,6 +27,12 @@ import optax
 from train import metrics, models
 
 
+# config.loss_reduction, what the training step differentiates: the mean over tokens, or the sum
+# over time steps of the mean over sequences (Zaremba's and TensorFlow's PTB code; their learning
+# rates assume it)
+LOSS_REDUCTIONS = ('token', 'sequence')
+
+
 def _xent(logits, labels):
   return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
 
@@ -35,7 +41,7 @@ def _full_lengths(inputs) -> jax.Array:
   return jnp.full(inputs.shape[:1], inputs.shape[1], jnp.int32)
 
 
-class Task:
+class Objective:
   """The behaviour shared by every kind; each kind's class changes what differs."""
   kind: ClassVar[str] = ''
   stream: ClassVar[bool] = False  # batches are contiguous rows of one stream; state is carried
@@ -85,7 +91,7 @@ class Task:
     return out
 
 
-class LanguageModelTask(Task):
+class LanguageModelObjective(Objective):
   kind = 'lm'
   stream = True
 
@@ -139,7 +145,7 @@ class LanguageModelTask(Task):
     return out
 
 
-class ClassifyTask(Task):
+class ClassifyObjective(Objective):
   kind = 'classify'
   batch_fields = {'inputs': 'inputs', 'labels': 'targets', 'lengths': 'lengths'}
 
@@ -160,7 +166,7 @@ class ClassifyTask(Task):
     return {'loss': (xent * valid).sum(), 'count': valid.sum(), 'correct': (correct * valid).sum()}
 
 
-class RegressTask(ClassifyTask):
+class RegressObjective(ClassifyObjective):
   kind = 'regress'
   batch_fields = {'inputs': 'inputs', 'targets': 'targets'}
 
@@ -173,7 +179,7 @@ class RegressTask(ClassifyTask):
     return {'loss': (err * valid).sum(), 'count': valid.sum()}
 
 
-class PerStepTask(Task):
+class PerStepObjective(Objective):
   kind = 'per_step'
   batch_fields = {'inputs': 'inputs', 'targets': 'targets', 'weights': 'weights'}
 
@@ -197,7 +203,7 @@ class PerStepTask(Task):
             'correct': (correct * weights).sum()}
 
 
-class CTCTask(PerStepTask):
+class CTCObjective(PerStepObjective):
   """Label sequences under CTC; the blank is the class after the labels (`num_classes`)."""
   kind = 'ctc'
   batch_fields = {'inputs': 'inputs', 'targets': 'targets', 'weights': 'weights',
@@ -207,7 +213,7 @@ class CTCTask(PerStepTask):
     return self.dataset.num_classes + 1
 
   def model_inputs(self, batch):
-    return Task.model_inputs(self, batch)
+    return Objective.model_inputs(self, batch)
 
   def loss_sums(self, outputs, batch):  # loss per utterance
     frames = jnp.arange(outputs.shape[1])[None, :]
@@ -230,12 +236,12 @@ class CTCTask(PerStepTask):
     return out
 
 
-TASKS: dict[str, type[Task]] = {cls.kind: cls for cls in (
-    LanguageModelTask, ClassifyTask, PerStepTask, RegressTask, CTCTask)}
+OBJECTIVES: dict[str, type[Objective]] = {cls.kind: cls for cls in (
+    LanguageModelObjective, ClassifyObjective, PerStepObjective, RegressObjective, CTCObjective)}
 
 
-def for_dataset(dataset) -> Task:
-  """The task of `dataset` (by its kind)."""
-  if dataset.kind not in TASKS:
-    raise ValueError(f'dataset kind {dataset.kind!r} is not one of {", ".join(TASKS)}')
-  return TASKS[dataset.kind](dataset)
+def for_dataset(dataset) -> Objective:
+  """The objective of `dataset` (by its kind)."""
+  if dataset.kind not in OBJECTIVES:
+    raise ValueError(f'dataset kind {dataset.kind!r} is not one of {", ".join(OBJECTIVES)}')
+  return OBJECTIVES[dataset.kind](dataset)

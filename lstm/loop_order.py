@@ -1,22 +1,22 @@
-"""Which inference loop layout a CPU runs faster: measured once per machine and shape, cached.
+"""Which inference loop order a CPU runs faster: measured once per machine and shape, cached.
 
 `lstm.fast` runs a layer's inference (nothing differentiated) either batch-major (the inputs of
 all steps projected by one matmul, then a loop of `h w`) or feature-major (carries (H, B), each
 step `kernel^T x_t + w^T h`). Which is faster depends on the CPU as well as the sizes: on one AMD
 EPYC the feature-major loop took 0.86x the batch-major time at batch 32 x hidden 256, on a newer
-one about the same time. So on CPU the layout is measured, not guessed:
+one about the same time. So on CPU the loop order is measured, not guessed:
 
 * `policy()`: 'measure' (the default), 'rule' (batch >= 32 and hidden >= 256, measured on the first
   machine), 'batch_major' or 'feature_major'; set by `set_policy` or the environment variable
-  `LSTM_INFERENCE_LAYOUT`. Accelerators always run batch-major, and so does a program of several
+  `LSTM_LOOP_ORDER`. Accelerators always run batch-major, and so does a program of several
   JAX processes (every process must trace the same program) and any layer below batch 16 or
   hidden 128, where the feature-major loop lost on every machine measured.
-* Measuring compiles one canonical layer of the shape in each layout (MEASURE_STEPS = 128 steps:
+* Measuring compiles one canonical layer of the shape in each loop order (MEASURE_STEPS = 128 steps:
   at 32 the fixed costs decide, and on an Intel Xeon 32 steps chose batch-major for a layer that
   runs 0.95x as long feature-major over 128) and times both interleaved, in a thread of its own
   so that it runs outside the trace that asked; the faster by its best time is kept, and the
   rule's choice when they are within 3%. It takes a few seconds, once per shape and machine.
-* Choices are kept in memory and in `inference_layout.json` in the project's cache directory
+* Choices are kept in memory and in `loop_order.json` in the project's cache directory
   (`lstm.cache`: `$STACKED_LSTM_CACHE`, else `~/.cache/stacked_lstm`), keyed by the CPU
   (`cpu_name()`), the JAX version and the shape; the file is replaced atomically, a file that
   cannot be read is measured anew, and one that cannot be written leaves the choice in memory.
@@ -47,10 +47,10 @@ log = logging.getLogger(__name__)
 
 
 def policy() -> str:
-  """The layout policy: `set_policy`'s, else `LSTM_INFERENCE_LAYOUT`, else 'measure'."""
-  chosen = _policy or os.environ.get('LSTM_INFERENCE_LAYOUT') or 'measure'
+  """The loop-order policy: `set_policy`'s, else `LSTM_LOOP_ORDER`, else 'measure'."""
+  chosen = _policy or os.environ.get('LSTM_LOOP_ORDER') or 'measure'
   if chosen not in POLICIES:
-    raise ValueError(f'LSTM_INFERENCE_LAYOUT={chosen!r} is not a layout policy; use one of '
+    raise ValueError(f'LSTM_LOOP_ORDER={chosen!r} is not a loop-order policy; use one of '
                      f'{", ".join(POLICIES)}')
   return chosen
 
@@ -59,8 +59,8 @@ def set_policy(name: Optional[str]) -> None:
   """Sets the policy for this process (None: back to the environment's or the default)."""
   global _policy
   if name is not None and name not in POLICIES:
-    raise ValueError(f'set_policy(name): name={name!r} is not a layout policy; use one of '
-                     f'{", ".join(POLICIES)}, or None for LSTM_INFERENCE_LAYOUT or the default')
+    raise ValueError(f'set_policy(name): name={name!r} is not a loop-order policy; use one of '
+                     f'{", ".join(POLICIES)}, or None for LSTM_LOOP_ORDER or the default')
   _policy = name
 
 
@@ -90,7 +90,7 @@ def feature_major(batch: int, hidden: int, features: int, dtype,
       times = _outside_trace(lambda: measure(batch, hidden, features, dtype, MEASURE_STEPS))
       _memory[key] = _faster_is_feature_major(*times, rule(batch, hidden))
       _write(_cache_file(), key, _memory[key])
-      log.info('timed the inference loop layouts of batch %d x hidden %d (features %d) in %.1f s: '
+      log.info('timed the inference loop orders of batch %d x hidden %d (features %d) in %.1f s: '
                'batch-major %.3g ms, feature-major %.3g ms; %s kept in %s', batch, hidden,
                features, time.perf_counter() - start, 1e3 * times[0], 1e3 * times[1],
                'feature-major' if _memory[key] else 'batch-major', _cache_file())
@@ -174,7 +174,7 @@ def time_best(fns: dict[str, Callable[[], object]], reps: int = 5, budget: float
 
 
 def _cache_file() -> str:
-  return os.path.join(cache.directory(), 'inference_layout.json')
+  return os.path.join(cache.directory(), 'loop_order.json')
 
 
 def _read(path: str) -> dict[str, bool]:
@@ -192,7 +192,7 @@ def _write(path: str, key: str, value: bool) -> None:
   try:
     os.makedirs(os.path.dirname(path), exist_ok=True)
     saved = {**_read(path), key: value}
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix='.inference_layout.')
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix='.loop_order.')
     with os.fdopen(fd, 'w') as f:
       json.dump(saved, f, indent=1, sort_keys=True)
     os.replace(tmp, path)
