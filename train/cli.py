@@ -23,6 +23,8 @@ from typing import Any, Callable, Iterator, Optional
 import ml_collections
 from absl import app, flags
 
+from train import files
+
 USAGE_ERROR = 2
 INTERRUPTED = 130  # 128 + SIGINT, as shells report a program that Ctrl-C ended
 PIPE_CLOSED = 141  # 128 + SIGPIPE
@@ -146,7 +148,7 @@ def upgrade_flags(argv: list[str], name: str = 'config') -> tuple[list[str], Opt
     values[i], problem = _old_value(text, common.read_legacy(config, path))
     if problem:
       return argv, f'{argv[i]}: {name}.{path} (an old field) {problem}'
-  within = dict(_leaves(config))
+  within = files.flatten(config.to_dict())
   within.update(common.upgrade({path: values[i] for i, path, _ in old}, within))
   given = {path for path, _ in _overrides(argv, name)}
   replaced = {i: [f'--{name}.{key}={format_value(new)}'
@@ -217,13 +219,12 @@ def load_config(spec: str, name: str = 'config') -> tuple[Any, Optional[str]]:
   return config, None
 
 
-def _leaves(config, prefix: str = '') -> Iterator[tuple[str, Any]]:
-  """(dotted field, value) of every field of `config`."""
+def _leaves(config, prefix: str = '') -> Iterator[str]:
   for key, value in config.items():
     if isinstance(value, ml_collections.ConfigDict):
       yield from _leaves(value, f'{prefix}{key}.')
     else:
-      yield prefix + key, value
+      yield prefix + key
 
 
 def override_problem(config, path: str, value: Optional[str], name: str = 'config'
@@ -232,7 +233,7 @@ def override_problem(config, path: str, value: Optional[str], name: str = 'confi
   node, parts = config, path.split('.')
   for i, part in enumerate(parts):
     if not isinstance(node, ml_collections.ConfigDict) or part not in node:
-      fields = [path for path, _ in _leaves(config)]
+      fields = list(_leaves(config))
       near = difflib.get_close_matches(path, fields, n=3, cutoff=0.6)
       if not near:
         near = [f for f in fields if f.split('.')[-1] in
