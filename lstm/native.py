@@ -123,6 +123,7 @@ def bf16_available() -> bool:
   return cpu_has_bf16() and available() and _status.get('bf16', False)
 
 
+@functools.cache  # read once per process: the CPU does not change under it
 def cpu_has_bf16() -> bool:
   """Whether this CPU has AVX512-BF16: `BF16_FLAG` among the flags in /proc/cpuinfo."""
   return any(line.startswith('flags') and BF16_FLAG in line.split()
