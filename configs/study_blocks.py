@@ -26,8 +26,9 @@ Protocol (what changed from configs/study.py, and why):
   averaged over both (a rate with a diverged tuning run is not chosen). Evaluation on 5 fresh
   seeds (SEEDS, 0-4) at that rate; no tuning run is an evaluation run (train.sweep's
   'tune_seeds', train.report's "Tuning" section). Where any arm of a sweep chooses an edge of the
-  grid, the grid is extended on that side for every arm of the sweep before its seeds run (the
-  plan keeps a reserve for one extension).
+  grid, the grid is extended on that side for every arm of the sweep before its seeds run, by
+  one value (EXTEND, train.sweep's 'extend': no seed starts before every arm is tuned; the plan
+  keeps a reserve for one extension).
 - Paired: a seed fixes the data order and the initial values of the parameters two arms share;
   each arm is compared with REFERENCE (the plain stack, nothing between the layers) at the same
   depth and width, per seed, with the t interval, the Wilcoxon signed-rank p and a bootstrap
@@ -94,6 +95,8 @@ SWEEPS = ('ptb', 'ptb_long', 'ptb_wide', 'speech')
 TUNE_SEEDS = [100, 101]
 SEEDS = [0, 1, 2, 3, 4]
 LEARNING_RATES = {'ptb': [3e-3, 1e-2, 3e-2], 'speech': [1e-3, 3e-3, 1e-2]}
+# the value a grid gains on a side where some arm chose its edge
+EXTEND = {'ptb': {'below': [1e-3], 'above': [1e-1]}, 'speech': {'below': [3e-4], 'above': [3e-2]}}
 NUM_TRAIN_STEPS = {'ptb': 2000, 'ptb_long': 8000, 'ptb_wide': 2000, 'speech': 1000}
 HIDDEN = {'ptb': 128, 'ptb_long': 128, 'ptb_wide': 256, 'speech': 64}
 REFERENCE = {'model.block': 'plain', 'model.between': 'none'}
@@ -236,16 +239,15 @@ RESULTS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 
 
 def chosen_rates(sweep_dir: str = os.path.join(RESULTS, 'study_blocks_ptb', 'runs')) -> dict:
-  """{setting as JSON: rate} that :ptb's tuning stage chose in `sweep_dir`, for the settings
-  whose tuning runs have all finished (none before :ptb has run)."""
+  """{setting as JSON: rate} that :ptb's tuning stage chose in `sweep_dir`, once every setting's
+  tuning has finished and no grid extension is left to run (empty before)."""
   from train import sweep as sweep_lib
   if not os.path.isdir(sweep_dir):
     return {}
-  grid = get_sweep('ptb')
-  base = get_config('ptb')
-  points = sweep_lib.expand(base, grid)
-  field = 'optimizer.learning_rate'
-  choices = sweep_lib.choose_tuned(sweep_dir, points, field)
+  _, _, choices, ready = sweep_lib.tune_stage(get_config('ptb'),
+                                              sweep_lib.check_sweep(get_sweep('ptb')), sweep_dir)
+  if not ready:  # an arm still tuning could yet extend the grid and change every choice
+    return {}
   return {key: c['value'] for key, c in choices.items() if c['value'] is not None}
 
 
@@ -254,9 +256,10 @@ def get_sweep(arg='ptb'):
   if sweep != 'ptb_long':
     return {'extra': settings(sweep), 'tune_seeds': TUNE_SEEDS, 'seeds': SEEDS,
             'tune': {'optimizer.learning_rate': LEARNING_RATES[_dataset(sweep)]},
+            'extend': EXTEND[_dataset(sweep)],
             'compare': _compare(sweep)}
-  # 8,000 steps at the rate :ptb's tuning chose for the same setting; settings whose tuning has
-  # not finished are not in the grid yet (rerun the sweep once it has).
+  # 8,000 steps at the rate :ptb's tuning chose for the same setting; empty until that tuning,
+  # its grid extension included, has finished (run the sweep once it has).
   from train import sweep as sweep_lib
   rates = chosen_rates()
   ptb = sweep_lib.check_sweep(get_sweep('ptb'))

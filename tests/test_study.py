@@ -155,6 +155,9 @@ def test_blocks_study_tunes_on_its_own_seeds_and_evaluates_on_five_fresh_ones():
     assert not set(grid['tune_seeds']) & set(grid['seeds'])
     rates = grid['tune']['optimizer.learning_rate']
     assert len(rates) == 3 and max(rates) / min(rates) >= 10
+    # an edge chosen by any arm grows the grid on that side by one value, in the grid's steps
+    assert grid['extend']['below'] == [pytest.approx(min(rates) ** 2 / sorted(rates)[1], rel=0.12)]
+    assert grid['extend']['above'] == [pytest.approx(max(rates) ** 2 / sorted(rates)[1], rel=0.12)]
     reference = blocks.REFERENCE_OF[name]
     for depth in blocks.DEPTHS_OF[name]:  # every depth has its reference arm
       assert any(all(s.get(k) == v for k, v in reference.items()) and

@@ -4,6 +4,7 @@ import inspect
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -40,6 +41,12 @@ def get_sweep(arg=None):
     return {{'axes': {{'model.between': ['none', 'relu'], 'model.num_layers': [2, 4]}},
             'seeds': [0, 1, 2], 'tune': {{'optimizer.learning_rate': [0.001, 0.01, 0.1]}},
             'compare': {{'field': 'model.between', 'reference': 'none'}}}}
+  if arg in ('extend', 'extend_once'):  # a grid that grows where a setting chose its edge
+    extend = ({{'below': [0.0001], 'above': [0.1, 1.0]}} if arg == 'extend'
+              else {{'above': [0.03]}})
+    return {{'axes': {{'model.between': ['none', 'relu'], 'model.num_layers': [2]}},
+            'seeds': [0, 1], 'tune': {{'optimizer.learning_rate': [0.001, 0.01]}},
+            'extend': extend}}
   if arg == 'fresh':  # tuned on two seeds of its own, evaluated on three others
     return {{'axes': {{'model.between': ['none', 'relu'], 'model.num_layers': [2]}},
             'seeds': [0, 1, 2], 'tune_seeds': [10, 11],
@@ -509,10 +516,9 @@ def test_a_setting_that_diverged_at_every_rate_gets_no_seeds_and_the_report_says
   assert '| relu | 4 |' not in text  # no row in the results by setting
 
 
-def test_tuning_stage_cli_runs_both_stages_and_the_report_pairs_them(config_path, tmp_path):
-  """train.sweep's own loop: the tuning stage, then the seeds its choices make runnable (main.py
-  replaced by a script that writes results.json), then the report."""
-  sweep_dir = str(tmp_path / 'sweep')
+def _cli_with_fake_main(tmp_path, config_spec, sweep_dir):
+  """train.sweep's own loop, with main.py replaced by a script that writes results.json with
+  _tuned_bpc's metric."""
   fake_main = tmp_path / 'fake_main.py'
   fake_main.write_text('import json, math, os, sys\n' + inspect.getsource(_tuned_bpc) + '''
 workdir = [a for a in sys.argv if a.startswith('--workdir=')][0].split('=', 1)[1]
@@ -524,9 +530,16 @@ json.dump({'status': 'completed', 'dataset': 'ptb_char', 'valid': {'bpc': bpc},
   code = (f'import sys; sys.path.insert(0, {ROOT!r}); from train import sweep; '
           f'sweep.MAIN = {str(fake_main)!r}; sweep._define_flags(); '
           'from absl import app; app.run(lambda argv: sys.exit(sweep.main(argv)))')
-  result = subprocess.run([sys.executable, '-c', code, f'--config={config_path}:tune',
-                           f'--sweep_dir={sweep_dir}'], capture_output=True, text=True,
-                          timeout=300, env=dict(os.environ, JAX_PLATFORMS='cpu'))
+  return subprocess.run([sys.executable, '-c', code, f'--config={config_spec}',
+                         f'--sweep_dir={sweep_dir}'], capture_output=True, text=True,
+                        timeout=300, env=dict(os.environ, JAX_PLATFORMS='cpu'))
+
+
+def test_tuning_stage_cli_runs_both_stages_and_the_report_pairs_them(config_path, tmp_path):
+  """train.sweep's own loop: the tuning stage, then the seeds its choices make runnable, then
+  the report."""
+  sweep_dir = str(tmp_path / 'sweep')
+  result = _cli_with_fake_main(tmp_path, config_path + ':tune', sweep_dir)
   assert result.returncode == 0, result.stderr
   runs = sorted(d for d in os.listdir(sweep_dir) if os.path.isdir(os.path.join(sweep_dir, d)))
   assert len(runs) == 12 + 8
@@ -538,6 +551,88 @@ json.dump({'status': 'completed', 'dataset': 'ptb_char', 'valid': {'bpc': bpc},
   cells = [c.strip() for c in row.strip('|').split('|')]
   assert cells[2:6] == ['3', '0', '0/3', '+0.000']  # ties: better in none of the pairs
   assert os.path.exists(os.path.join(sweep_dir, 'tuning.png'))
+
+
+def _tuned_values(spec):
+  return spec['tune']['optimizer.learning_rate']
+
+
+def test_a_chosen_edge_grows_the_grid_for_every_setting_before_any_seed(config_path, tmp_path):
+  """none is best at 0.01 and relu at 0.1 (_tuned_bpc); the grid starts at [0.001, 0.01] with
+  0.1 and then 1.0 to come above it and 0.0001 below."""
+  sweep_dir = str(tmp_path / 'sweep')
+  base, _, _ = _points(config_path, 'extend')
+  prepare = lambda: sweep.prepare(base, config_path + ':extend', sweep_dir, {}, 'python',
+                                  'main.py')
+  runner = TuningRunner()
+  run = lambda points: sweep.run_points(sweep_dir, points, {p.name: ['true'] for p in points},
+                                        runner=runner, log=lambda line: None)
+  spec, points, _ = prepare()
+  assert _tuned_values(spec) == [0.001, 0.01] and {p.stage for p in points} == {'tune'}
+  run([p for p in points if 'between=none' in p.name])
+  spec, points, _ = prepare()  # none's tuning is done, but no seed runs while relu's is not
+  assert {p.stage for p in points} == {'tune'} and len(points) == 4
+  run(points)
+  spec, points, _ = prepare()  # both chose 0.01, the last value: 0.1 is tuned for both
+  assert _tuned_values(spec) == [0.001, 0.01, 0.1] and {p.stage for p in points} == {'tune'}
+  assert {p.name for p in points} - set(runner.calls) == {
+      'between=none,num_layers=2,learning_rate=0.1,seed=0',
+      'between=relu,num_layers=2,learning_rate=0.1,seed=0'}
+  run(points)
+  spec, points, _ = prepare()  # relu chose 0.1, again the last value: 1.0 joins
+  assert _tuned_values(spec) == [0.001, 0.01, 0.1, 1.0] and {p.stage for p in points} == {'tune'}
+  run(points)
+  spec, points, commands = prepare()  # no setting at an edge: the seeds run at the choices
+  assert _tuned_values(spec) == [0.001, 0.01, 0.1, 1.0]
+  assert {p.name for p in points if p.stage == 'seeds'} == {
+      'between=none,num_layers=2,learning_rate=0.01,seed=1',
+      'between=relu,num_layers=2,learning_rate=0.1,seed=1'}
+  assert len(runner.calls) == 8  # 0.0001 was never tuned: no setting chose 0.001
+  description = sweep.sweep_description(config_path + ':extend', spec, points, base, {}, commands)
+  assert description['extend'] == {'below': [0.0001], 'above': [0.1, 1.0]}
+  assert description['tune'] == {'optimizer.learning_rate': [0.001, 0.01, 0.1, 1.0]}
+  # train.sweep's own loop grows the grid the same way, from nothing to the seeds
+  cli_dir = str(tmp_path / 'cli')
+  result = _cli_with_fake_main(tmp_path, config_path + ':extend', cli_dir)
+  assert result.returncode == 0, result.stderr
+  assert sorted(d for d in os.listdir(cli_dir) if os.path.isdir(os.path.join(cli_dir, d))) == \
+      sorted(p.name for p in points)
+  assert files.read_json(os.path.join(cli_dir, 'sweep.json'))['tune'] == description['tune']
+  text = open(report.write_report(cli_dir)).read()
+  assert ('The list could grow where a setting chose its first or last value (below 0.0001, '
+          'above 0.1, 1.0), tuned for every setting before any evaluation seed ran: 0.1, 1.0 joined '
+          'it.') in text
+
+
+def test_a_grid_whose_extension_ran_out_keeps_its_edge_choice(config_path, tmp_path):
+  sweep_dir = str(tmp_path / 'sweep')
+  base, _, _ = _points(config_path, 'extend_once')
+  prepare = lambda: sweep.prepare(base, config_path + ':extend_once', sweep_dir, {}, 'python',
+                                  'main.py')
+  for _ in range(2):
+    _, points, _ = prepare()
+    sweep.run_points(sweep_dir, points, {p.name: ['true'] for p in points},
+                     runner=TuningRunner(), log=lambda line: None)
+  spec, points, _ = prepare()
+  assert _tuned_values(spec) == [0.001, 0.01, 0.03]
+  assert {p.name for p in points if p.stage == 'seeds'} == {
+      'between=none,num_layers=2,learning_rate=0.01,seed=1',
+      'between=relu,num_layers=2,learning_rate=0.03,seed=1'}  # the edge, with nothing beyond
+
+
+@pytest.mark.parametrize('extend, message', [
+    ({'above': [0.1]}, "sweep['extend'] needs sweep['tune']"),
+    ({'up': [0.1]}, "must be {'below': [values], 'above': [values]}"),
+    ({'above': []}, "must be {'below': [values], 'above': [values]}"),
+    ({'above': [0.01]}, "repeats a value of the tuned list of 'optimizer.learning_rate'"),
+])
+def test_extend_errors(config_path, extend, message):
+  base, _, _ = _points(config_path)
+  bad = {'axes': {'model.between': ['none']}, 'extend': extend}
+  if 'needs' not in message:
+    bad['tune'] = {'optimizer.learning_rate': [0.001, 0.01]}
+  with pytest.raises(sweep.SweepError, match=re.escape(message)):
+    sweep.expand(base, bad)
 
 
 class TwoSeedTuningRunner(FakeRunner):

@@ -907,6 +907,20 @@ def _results_section(description: dict, settings: Sequence[Setting], metric: Met
   return lines
 
 
+def _extension_sentence(description: dict) -> str:
+  """What the sweep's 'extend' added to the tuned list (train.sweep.tune_stage), or ''."""
+  extend = description.get('extend')
+  if not extend:
+    return ''
+  values = [_fmt_value(v) for v in list(description['tune'].values())[0]]
+  added = [_fmt_value(v) for side in ('below', 'above') for v in extend.get(side, [])
+           if _fmt_value(v) in values]
+  offered = ', '.join(f'{side} {", ".join(map(_fmt_value, extend[side]))}' for side in extend)
+  return (f' The list could grow where a setting chose its first or last value ({offered}), '
+          'tuned for every setting before any evaluation seed ran: '
+          + (f'{", ".join(added)} joined it.' if added else 'no setting chose an edge.'))
+
+
 def _study_sections(description: dict, records: Sequence[dict], settings: Sequence[Setting],
                     metric: Metric) -> tuple[list, list]:
   """The tuning table and the paired comparisons (lines), and their rows for the plots."""
@@ -925,6 +939,7 @@ def _study_sections(description: dict, records: Sequence[dict], settings: Sequen
               + (f' (seed {", ".join(map(str, reused))}: its tuning run at that value is also '
                  'its evaluation run).' if reused else
                  ', none of them used in tuning: the tables above and below hold no tuning run.')
+              + _extension_sentence(description)
               + f' Final validation {metric.label}'
               + (', mean over the tuning seeds' if len(tune_seeds) > 1 else '') + ':', '',
               tuning_table(description, records, metric), '']

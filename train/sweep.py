@@ -33,8 +33,11 @@ and the seeds stage runs that setting at that value with every seed of `'seeds'`
 diverged tuning run is never chosen. A tuning seed that is also an evaluation seed (the default)
 makes its tuning run at the chosen value that seed's evaluation run; with `'tune_seeds'` disjoint
 from `'seeds'` (e.g. tune on [100, 101], evaluate on [0, 1, 2, 3, 4]) every evaluation run is
-fresh, and train.report counts no tuning run among the evaluation runs. `'compare': {'field': 'model.between', 'reference':
-'none'}` tells the report which arm the others are paired against (within each group of settings
+fresh, and train.report counts no tuning run among the evaluation runs. `'extend': {'below':
+[3e-4], 'above': [3e-2]}` grows a grid whose edge was chosen: no seed runs before every setting
+is tuned, and while any setting chose the first (last) value, the next value of 'below' ('above')
+is tuned for every setting before any seed runs. `'compare': {'field': 'model.between',
+'reference': 'none'}` tells the report which arm the others are paired against (within each group of settings
 equal but for that field); `'compare': {'setting': {...}}` pairs every setting against the one
 with those values, and `'by': ['model.cell_clip']` does that within each value of the fields
 named. Point names then carry the tuned field, e.g.
@@ -94,7 +97,7 @@ NOT_COMPARED = ('keep_checkpoints', 'log_every_steps', 'checkpoint_every_steps',
                 'data.cache_dir', 'data.allow_changed_data')
 CHANGED_POINTS = ('stop', 'rerun', 'accept')
 MAIN = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'main.py')
-SWEEP_KEYS = ('axes', 'seeds', 'extra', 'tune', 'tune_seeds', 'compare')
+SWEEP_KEYS = ('axes', 'seeds', 'extra', 'tune', 'tune_seeds', 'extend', 'compare')
 
 
 class SweepError(ValueError):
@@ -185,6 +188,7 @@ def check_sweep(sweep: Any) -> dict:
       raise SweepError(f'the tuned field {key!r} may not also be an axis or set by an extra point')
   if tune_seeds is not None and not tune:
     raise SweepError("sweep['tune_seeds'] needs sweep['tune']")
+  extend = _check_extend(sweep.get('extend'), tune)
   compare = sweep.get('compare')
   by_field = isinstance(compare, dict) and set(compare) == {'field', 'reference'} \
       and compare['field'] in axes
@@ -197,7 +201,26 @@ def check_sweep(sweep: Any) -> dict:
                      "{'setting': {<field>: <value>, ...}} with an optional 'by': [<field>, ...] "
                      f"not among the setting's fields; got {compare!r}")
   return {'axes': axes, 'seeds': seeds, 'extra': extra, 'tune': tune,
-          'tune_seeds': tune_seeds, 'compare': compare}
+          'tune_seeds': tune_seeds, 'extend': extend, 'compare': compare}
+
+
+def _check_extend(extend, tune: dict) -> Optional[dict]:
+  """sweep['extend'] as {'below': [...], 'above': [...]}, or None when not given."""
+  if extend is None:
+    return None
+  if not tune:
+    raise SweepError("sweep['extend'] needs sweep['tune']")
+  if not isinstance(extend, dict) or not extend or set(extend) - {'below', 'above'} \
+      or not all(isinstance(v, (list, tuple)) and v for v in extend.values()):
+    raise SweepError("sweep['extend'] must be {'below': [values], 'above': [values]} (either or "
+                     "both): the values the tuned list gains, one at a time and in that order, "
+                     f"beyond its first and its last; got {extend!r}")
+  (key, values), = tune.items()
+  every = [*values, *extend.get('below', []), *extend.get('above', [])]
+  if len(set(map(format_value, every))) != len(every):
+    raise SweepError(f"sweep['extend'] repeats a value of the tuned list of {key!r} or one of its "
+                     f'own: {every}')
+  return {side: list(extend[side]) for side in ('below', 'above') if side in extend}
 
 
 def _check_seeds(seeds, key: str):
@@ -295,6 +318,40 @@ def choose_tuned(sweep_dir: str, tune_points: Sequence[Point], field: str) -> di
     candidates = [(p.values[field], results[p.name]) for p in points]
     out[key] = {'value': statistics.best_tuned_value(candidates), 'pending': []}
   return out
+
+
+def tune_stage(config, sweep: dict, sweep_dir: str):
+  """The tuning stage as the runs in `sweep_dir` have grown it: (the sweep with its tuned list
+  as it stands, the tuning points, each setting's choice (choose_tuned), whether the seeds stage
+  may start). `sweep` is as check_sweep returns it.
+
+  Without sweep['extend'] a setting's seeds may start once its own tuning runs have finished.
+  With it, no seed starts before every setting's tuning has finished; then, while some setting
+  chose the first (last) value of the tuned list, the next value of extend['below'] (['above'])
+  joins the list for every setting, and its tuning runs come before any seed. The list is derived
+  from the finished runs each time, so a resumed sweep finds the same one."""
+  (field, values), = sweep['tune'].items()
+  values = list(values)
+  extend = sweep['extend'] or {}
+  below, above = list(extend.get('below', [])), list(extend.get('above', []))
+  while True:
+    sweep = {**sweep, 'tune': {field: list(values)}}
+    points = expand(config, {**sweep, 'extend': None})  # the values added are checked already
+    choices = choose_tuned(sweep_dir, points, field)
+    if not extend:
+      return sweep, points, choices, True
+    if any(c['pending'] for c in choices.values()):
+      return sweep, points, choices, False
+    chosen = {format_value(c['value']) for c in choices.values() if c['value'] is not None}
+    grown = False
+    if below and format_value(values[0]) in chosen:
+      values.insert(0, below.pop(0))
+      grown = True
+    if above and format_value(values[-1]) in chosen:
+      values.append(above.pop(0))
+      grown = True
+    if not grown:
+      return sweep, points, choices, True
 
 
 def expand_seed_stage(config, sweep: dict, choices: dict[str, dict]) -> list[Point]:
@@ -574,6 +631,7 @@ def sweep_description(config_spec: str, sweep: dict, points: Sequence[Point], ba
       'extra': sweep['extra'],
       'tune': sweep['tune'],
       'tune_seeds': sweep['tune_seeds'],
+      'extend': sweep['extend'],
       'compare': sweep['compare'],
       'choices': sweep.get('choices', {}),
       'fields': keys,
@@ -690,8 +748,8 @@ def load_grid(config_spec: str) -> dict:
 def prepare(config, config_spec: str, sweep_dir: str, forwarded: dict, python: str,
             main_py: str, absolute: bool = False):
   """(sweep, points, commands) for a loaded config; checks every point's config. With a tuned
-  field the points are the tuning stage and the seeds stage of every setting whose tuning runs in
-  `sweep_dir` have finished; sweep['choices'] holds each setting's choice."""
+  field the points are the tuning stage (its list grown as tune_stage says) and the seeds stage of
+  every setting whose choice is final; sweep['choices'] holds each setting's choice."""
   from train import validation
   sweep = check_sweep(load_grid(config_spec))
   keys = swept_fields(sweep)
@@ -701,11 +759,11 @@ def prepare(config, config_spec: str, sweep_dir: str, forwarded: dict, python: s
                        'points')
   points = expand(config, sweep)
   if sweep['tune']:
-    (field, _), = sweep['tune'].items()
-    sweep['choices'] = choose_tuned(sweep_dir, points, field)
+    sweep, points, choices, ready = tune_stage(config, sweep, sweep_dir)
+    sweep['choices'] = choices
     names = {p.name for p in points}
-    points += [p for p in expand_seed_stage(config, sweep, sweep['choices'])
-               if p.name not in names]
+    if ready:
+      points += [p for p in expand_seed_stage(config, sweep, choices) if p.name not in names]
   for point in points:
     try:
       validation.check_config(point.config)
