@@ -884,7 +884,7 @@ def main(argv=None):
   if args.out is None:
     args.out = default_out(args.quick)
   os.makedirs(args.out, exist_ok=True)
-  command = 'python bench/bench_lstm.py ' + ' '.join(argv if argv is not None else sys.argv[1:])
+  command = ' '.join(['python bench/bench_lstm.py', *(argv if argv is not None else sys.argv[1:])])
   log = lambda s: print(s, flush=True)
   if args.memory == 'keep':
     from lstm import memory
