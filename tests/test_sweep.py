@@ -604,6 +604,24 @@ def test_a_chosen_edge_grows_the_grid_for_every_setting_before_any_seed(config_p
           'it.') in text
 
 
+def test_a_sweep_in_its_tuning_stage_reports_its_tuning_runs(config_path, tmp_path):
+  """Tuned on seeds 10 and 11, evaluated on 0-2: every tuning run finished, no evaluation run."""
+  sweep_dir = str(tmp_path / 'sweep')
+  base, _, _ = _points(config_path, 'fresh')
+  spec, points, commands = sweep.prepare(base, config_path + ':fresh', sweep_dir, {}, 'python',
+                                         'main.py')
+  sweep.run_points(sweep_dir, points, {p.name: ['true'] for p in points},
+                   runner=TwoSeedTuningRunner(), log=lambda line: None)
+  files.write_json(os.path.join(sweep_dir, 'sweep.json'), sweep.sweep_description(
+      config_path + ':fresh', spec, points, base, {}, commands), default=repr)
+  text = open(report.write_report(sweep_dir)).read()
+  assert 'No evaluation run has finished yet (the sweep is in its tuning stage' in text
+  tuning_row = next(line for line in text.splitlines()
+                    if line.startswith('| between=none, num_layers=2 |'))
+  assert '**1.500**' in tuning_row  # the mean of seeds 10 and 11 at 0.1
+  assert not os.path.exists(os.path.join(sweep_dir, 'curves.png'))
+
+
 def test_a_grid_whose_extension_ran_out_keeps_its_edge_choice(config_path, tmp_path):
   sweep_dir = str(tmp_path / 'sweep')
   base, _, _ = _points(config_path, 'extend_once')

@@ -296,6 +296,8 @@ def plot_curves(path: str, description: dict, settings: Sequence[Setting], metri
   by_depth = DEPTH in description['fields']
   exclude = [DEPTH] if by_depth else []
   panels = sorted({s.values.get(DEPTH) for s in settings}) if by_depth else [None]
+  if not settings:  # e.g. a sweep still in its tuning stage
+    return None
   labels = list(dict.fromkeys(setting_label(description, s.values, exclude) for s in settings))
   colors, styles = _colors(labels), _styles(labels)
   fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels) + 1.2, 4.2), squeeze=False,
@@ -872,6 +874,10 @@ def _runs_table(runs: Sequence[Run], metric: Optional[Metric]) -> str:
 
 def _results_section(description: dict, settings: Sequence[Setting], metric: Metric,
                      unchosen: Sequence[str] = ()) -> list:
+  if not settings:
+    return ['## Results by setting', '', 'No evaluation run has finished yet'
+            + (' (the sweep is in its tuning stage: see "Tuning").' if description['tune']
+               else '.'), '']
   fields = description['fields']
   short = _short(fields)
   header = [short[k] for k in fields] + ['seeds', 'diverged', f'valid {metric.label_short}',
