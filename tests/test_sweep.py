@@ -643,11 +643,14 @@ def test_a_grid_whose_extension_ran_out_keeps_its_edge_choice(config_path, tmp_p
     ({'up': [0.1]}, "must be {'below': [values], 'above': [values]}"),
     ({'above': []}, "must be {'below': [values], 'above': [values]}"),
     ({'above': [0.01]}, "repeats a value of the tuned list of 'optimizer.learning_rate'"),
+    ({'above': [0.0001]}, "in grid order they would be [0.001, 0.01, 0.0001]"),
+    ({'below': [0.0001, 0.0003]}, "in grid order they would be [0.0003, 0.0001, 0.001, 0.01]"),
+    ({'above': ['big']}, "sweep['extend'] needs numbers in order"),
 ])
 def test_extend_errors(config_path, extend, message):
   base, _, _ = _points(config_path)
   bad = {'axes': {'model.between': ['none']}, 'extend': extend}
-  if 'needs' not in message:
+  if "needs sweep['tune']" not in message:
     bad['tune'] = {'optimizer.learning_rate': [0.001, 0.01]}
   with pytest.raises(sweep.SweepError, match=re.escape(message)):
     sweep.expand(base, bad)

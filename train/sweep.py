@@ -220,6 +220,14 @@ def _check_extend(extend, tune: dict) -> Optional[dict]:
   if len(set(map(format_value, every))) != len(every):
     raise SweepError(f"sweep['extend'] repeats a value of the tuned list of {key!r} or one of its "
                      f'own: {every}')
+  # the values in the order the grid would hold them once every one had joined
+  line = [*reversed(extend.get('below', [])), *values, *extend.get('above', [])]
+  numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in line)
+  if not numbers or not (all(a < b for a, b in zip(line, line[1:]))
+                         or all(a > b for a, b in zip(line, line[1:]))):
+    raise SweepError(f"sweep['extend'] needs numbers in order: the tuned list of {key!r} sorted, "
+                     "'below' going on past its first value and 'above' past its last, each "
+                     f'nearest first; in grid order they would be {line}')
   return {side: list(extend[side]) for side in ('below', 'above') if side in extend}
 
 
