@@ -1,6 +1,7 @@
 """Where the training step's time goes, against the matmul peak: run by hand on an idle machine.
 
     python bench/bench_breakdown.py                 # 2-layer training and forward-only cases
+    python bench/bench_breakdown.py --dtype bfloat16  # the same in bfloat16 compute
     python bench/bench_breakdown.py --quick --out /tmp/bench   # smoke run, seconds
 
 Times bench/bench_lstm.py's 2-layer cases (input 128, hidden 256, batch 32, T=128, float32, a
@@ -19,7 +20,9 @@ matmul peak and its time at the peak; "above the peak" is a part's time less tha
 step would save if the part ran at the peak; its share of the step's total above the peak says
 which part to attack first. Then the second layer's gradient matmuls one at a time, as the
 library forms them, beside a bare dot of the same size on an operand already transposed. Writes `bench_breakdown.{json,md}` to the folder bench_lstm.py writes
-to (`bench/results/<cpu-slug>/`; a temporary folder with --quick).
+to (`bench/results/<cpu-slug>/`; a temporary folder with --quick); with `--dtype bfloat16`,
+`StackedLSTM(dtype=bfloat16)` (the kernel's bfloat16 calls where the CPU has AVX512-BF16) against
+the peak of a bfloat16 dot accumulating in float32, into `bench_breakdown_bf16.{json,md}`.
 """
 from __future__ import annotations
 
@@ -58,16 +61,17 @@ class FnRunner:
     return out
 
 
-def _array(rng, shape, scale=0.1):
-  return jnp.asarray((rng.standard_normal(shape) * scale).astype(np.float32))
+def _array(rng, shape, scale=0.1, dtype=jnp.float32):
+  return jnp.asarray((rng.standard_normal(shape) * scale).astype(np.float32), dtype)
 
 
-def part_runners(case, x, y, step_runner):
-  """{part: FnRunner} for a case's layers, on its shapes; `step_runner` supplies the parameters
-  (for Adam's tree)."""
+def part_runners(case, x, y, step_runner, dtype=jnp.float32):
+  """{part: FnRunner} for a case's layers, on its shapes, the layers' arrays in `dtype` (the
+  parameters, which Adam updates, float32); `step_runner` supplies the parameters."""
   hidden, batch = bench.case_size(case)
   steps, layers, train = case['steps'], case['layers'], case['train']
   rng = np.random.default_rng(0)
+  array = lambda shape, scale=0.1: _array(rng, shape, scale, dtype)
   widths = [bench.F_IN] + [hidden] * (layers - 1)
   fwd = jax.jit(lambda *a: native.forward(*a, None, keep_gates=train))
   bwd = jax.jit(lambda *a: native.backward(*a, None))
@@ -75,23 +79,23 @@ def part_runners(case, x, y, step_runner):
   def grads(x_l, kernel, w, hs, h0, dz, with_dx):
     out = [fast._matmul_tn(x_l, dz, kernel.dtype), *fast._weight_grads(w, hs, h0, dz, None, None)]
     if with_dx:
-      out.append(jnp.dot(dz, kernel.T))
+      out.append(jnp.dot(dz, kernel.T, preferred_element_type=jnp.float32).astype(x_l.dtype))
     return out
 
   forwards, backwards, matmuls = [], [], []
   for layer, f in enumerate(widths):
-    x_l = _array(rng, (steps, batch, f), 1.0)
-    kernel, w = _array(rng, (f, 4 * hidden)), _array(rng, (hidden, 4 * hidden))
-    b, h0, c0 = (_array(rng, s) for s in ((4 * hidden,), (batch, hidden), (batch, hidden)))
+    x_l = array((steps, batch, f), 1.0)
+    kernel, w = array((f, 4 * hidden)), array((hidden, 4 * hidden))
+    b, h0, c0 = (array(s) for s in ((4 * hidden,), (batch, hidden), (batch, hidden)))
     forwards.append((fwd, (x_l, kernel, w, b, h0, c0)))
     if train:
       gates, hs, cs = fwd(x_l, kernel, w, b, h0, c0)
-      dy = _array(rng, (steps, batch, hidden))
+      dy = array((steps, batch, hidden))
       backwards.append((bwd, (gates, cs, c0, w, dy, h0, c0)))
-      dz = _array(rng, (steps, batch, 4 * hidden))
+      dz = array((steps, batch, 4 * hidden))
       matmuls.append((jax.jit(grads, static_argnums=6), (x_l, kernel, w, hs, h0, dz, layer > 0)))
   head_w, head_b = _array(rng, (hidden, bench.CLASSES)), _array(rng, (bench.CLASSES,))
-  top = _array(rng, (batch, steps, hidden), 1.0)
+  top = array((batch, steps, hidden), 1.0)
   labels = jnp.asarray(y)
   loss = lambda p, h: bench._xent(h @ p[0] + p[1], labels)
   head = jax.jit(jax.value_and_grad(loss, argnums=(0, 1)) if train else loss)
@@ -125,34 +129,36 @@ def part_flops(case):
   return flops
 
 
-def matmul_runners(case):
+def matmul_runners(case, dtype=jnp.float32):
   """The second layer's gradient matmuls one at a time, as lstm/fast.py forms them and as bare
   dots on operands already in the layout the dot wants: {name: (FnRunner, FLOPs)}."""
   hidden, batch = bench.case_size(case)
   steps, four = case['steps'], 4 * hidden
   rng = np.random.default_rng(1)
-  x, hs = _array(rng, (steps, batch, hidden), 1.0), _array(rng, (steps, batch, hidden), 1.0)
-  h0, dz = _array(rng, (batch, hidden)), _array(rng, (steps, batch, four))
-  kernel, w = _array(rng, (hidden, four)), _array(rng, (hidden, four))
-  x_t = jnp.asarray(np.asarray(x).reshape(-1, hidden).T)
+  array = lambda shape, scale=0.1: _array(rng, shape, scale, dtype)
+  x, hs = array((steps, batch, hidden), 1.0), array((steps, batch, hidden), 1.0)
+  h0, dz = array((batch, hidden)), array((steps, batch, four))
+  kernel, w = array((hidden, four)), array((hidden, four))
+  x_t = jnp.asarray(np.asarray(x.astype(jnp.float32)).reshape(-1, hidden).T, dtype)
   dz_2d = dz.reshape(-1, four)
   n = 2 * steps * batch * hidden * four
   fns = {
-      'x^T dz (input kernel)': (lambda a, b: fast._matmul_tn(a, b, jnp.float32), (x, dz)),
+      'x^T dz (input kernel)': (lambda a, b: fast._matmul_tn(a, b, dtype), (x, dz)),
       'h_prev^T dz and the bias sum (recurrent kernel)':
           (lambda *a: fast._weight_grads(*a, None, None), (w, hs, h0, dz)),
-      'dz kernel^T (dx)': (lambda a, k: jnp.dot(a, k.T), (dz, kernel)),
+      'dz kernel^T (dx)': (lambda a, k: jnp.dot(a, k.T, preferred_element_type=jnp.float32)
+                           .astype(dtype), (dz, kernel)),
       'a bare dot of the same size, the left operand already transposed':
-          (jnp.dot, (x_t, dz_2d)),
+          (lambda a, b: jnp.dot(a, b, preferred_element_type=jnp.float32), (x_t, dz_2d)),
   }
   return {name: (FnRunner([(jax.jit(f), args)]), n) for name, (f, args) in fns.items()}
 
 
-def run_case(case, reps, peak, log):
+def run_case(case, reps, peak, log, dtype=jnp.float32):
   hidden, batch = bench.case_size(case)
   x, y = bench.make_data(batch, case['steps'])
-  step = bench.build_project(case, x, y)
-  runners = {'step': step, **part_runners(case, x, y, step)}
+  step = bench.build_project(case, x, y, dtype=None if dtype == jnp.float32 else dtype)
+  runners = {'step': step, **part_runners(case, x, y, step, dtype)}
   budget = 0.6
   times, inner = bench.time_interleaved(runners, reps, budget)
   median = {name: statistics.median(t) for name, t in times.items()}
@@ -182,14 +188,21 @@ def run_case(case, reps, peak, log):
 
 def markdown(result):
   info, peak = result['machine'], result['peak_gflops']
+  bf16 = result.get('dtype') == 'bfloat16'
+  compute = ('bfloat16 compute (`StackedLSTM(dtype=bfloat16)`, float32 parameters), '
+             + ("the kernel's bfloat16 calls" if result.get('bf16_kernel') else
+                'the XLA loops (no AVX512-BF16 here)') if bf16 else 'float32, the CPU kernel on')
   lines = [
-      f'### Where the step\'s time goes: {info["cpu"]}, {info["cores"]} cores', '',
-      f'jax {info["jax"]}; {bench.memory_text(info)}; fp32 matmul peak measured with jnp.dot: '
+      f'### Where the step\'s time goes{" in bfloat16" if bf16 else ""}: {info["cpu"]}, '
+      f'{info["cores"]} cores', '',
+      f'jax {info["jax"]}; {bench.memory_text(info)}; '
+      + ('bfloat16 matmul peak (float32 accumulation)' if bf16 else 'fp32 matmul peak')
+      + ' measured with jnp.dot: '
       f'{peak:.0f} GFLOP/s (best of {len(result["peak_gflops_runs"])}); 1-minute load average '
       f'{info["loadavg"][0]:.2f} at start, {info["loadavg_end"][0]:.2f} at the end; '
       f'{info["date"]}, commit {info["commit"]}.',
       f'Batch {bench.BATCH}, input {bench.F_IN}, hidden {bench.HIDDEN}, T={bench.STEPS}, head to '
-      f'{bench.CLASSES} classes, float32, Adam, the CPU kernel on. Medians over interleaved '
+      f'{bench.CLASSES} classes, Adam, {compute}. Medians over interleaved '
       'repetitions; each part compiled alone on the step\'s shapes; "the rest" is the step less '
       'the parts. "above the peak" = the time less the part\'s matmul FLOPs at the peak.',
       f'Command: `{result["command"]}`', '']
@@ -221,7 +234,10 @@ def main(argv=None):
                       'bench/results/<cpu-slug>/; a temporary folder with --quick)')
   parser.add_argument('--quick', action='store_true', help='tiny smoke run')
   parser.add_argument('--reps', type=int, default=None, help='repetitions per case')
+  parser.add_argument('--dtype', choices=('float32', 'bfloat16'), default='float32',
+                      help="the layers' compute dtype (StackedLSTM's dtype)")
   args = parser.parse_args(argv)
+  dtype = jnp.dtype(args.dtype)
   if not native.available():
     sys.exit('bench_breakdown: the CPU kernel is not available here (lstm.native.available()); '
              'this benchmark times its parts')
@@ -236,17 +252,17 @@ def main(argv=None):
   cases = [c for c in bench.speed_cases(args.quick) if c['layers'] == 2
            and not c.get('bidirectional')][:2]
   size = 1024 if args.quick else 2048
-  peaks = [bench.measure_peak(size)]
+  peaks = [bench.measure_peak(size, dtype=dtype)]
   results = []
   for case in cases:
     log(f'case: {case["name"]}')
-    results.append(run_case(case, reps, peaks[0], log))
-    peaks.append(bench.measure_peak(size))
+    results.append(run_case(case, reps, peaks[0], log, dtype))
+    peaks.append(bench.measure_peak(size, dtype=dtype))
   peak = max(peaks)
   for c in results:  # against the best peak seen, as bench_lstm.py
     c.update(run_case_fractions(c, peak))
   log('the gradient matmuls one at a time')
-  mm = matmul_runners(cases[0])
+  mm = matmul_runners(cases[0], dtype)
   times, _ = bench.time_interleaved({k: r for k, (r, _) in mm.items()}, reps, 0.3)
   matmuls = [dict(name=k, ms=statistics.median(times[k]) * 1e3, gflop=f / 1e9,
                   peak_fraction=f / statistics.median(times[k]) / (peak * 1e9))
@@ -255,8 +271,10 @@ def main(argv=None):
   command = ' '.join(['python bench/bench_breakdown.py',
                       *(argv if argv is not None else sys.argv[1:])])
   result = dict(machine=info, peak_gflops=peak, peak_gflops_runs=peaks, command=command,
-                cases=results, matmuls=matmuls)
-  bench.write_part(out, 'breakdown', result, markdown(result), log)
+                cases=results, matmuls=matmuls, dtype=args.dtype,
+                bf16_kernel=dtype == jnp.bfloat16 and native.bf16_available())
+  bench.write_part(out, 'breakdown' if dtype == jnp.float32 else 'breakdown_bf16', result,
+                   markdown(result), log)
 
 
 def run_case_fractions(c, peak):

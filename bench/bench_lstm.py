@@ -355,12 +355,13 @@ BUILDERS = {
 }
 
 
-def measure_peak(n=2048, reps=8):
-  """Best fp32 GFLOP/s of a large jnp.dot on this machine (best of `reps`; the script measures it
-  before, between and after the cases and keeps the best, since other load only lowers it)."""
-  a = jnp.asarray(np.random.default_rng(0).standard_normal((n, n), dtype=np.float32))
-  b = jnp.asarray(np.random.default_rng(1).standard_normal((n, n), dtype=np.float32))
-  f = jax.jit(jnp.dot)
+def measure_peak(n=2048, reps=8, dtype=jnp.float32):
+  """Best GFLOP/s of a large jnp.dot on this machine (best of `reps`; the script measures it
+  before, between and after the cases and keeps the best, since other load only lowers it); in
+  bfloat16, the dot of bfloat16 operands accumulating in float32."""
+  a = jnp.asarray(np.random.default_rng(0).standard_normal((n, n), dtype=np.float32), dtype)
+  b = jnp.asarray(np.random.default_rng(1).standard_normal((n, n), dtype=np.float32), dtype)
+  f = jax.jit(lambda a, b: jnp.dot(a, b, preferred_element_type=jnp.float32))
   f(a, b).block_until_ready()
   best = float('inf')
   for _ in range(reps):
