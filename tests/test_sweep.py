@@ -393,6 +393,24 @@ def test_slurm_task_requeues_a_stopped_run_a_bounded_number_of_times(tmp_path):
   assert (tmp_path / 'scontrol').read_text() == 'requeue 6_0\n'
 
 
+@pytest.mark.skipif(not os.path.exists('/proc/self/autogroup'),
+                    reason="Linux's autogroup scheduling is not in this kernel")
+def test_a_niced_sweep_runs_its_points_at_its_niceness(tmp_path):
+  """Each point runs in a session of its own; under autogroup scheduling that session would get
+  an equal share of the CPU whatever the sweep's nice value, unless its group is niced too."""
+  point = ('import os, time; time.sleep(1); '
+           'print("process", os.getpriority(os.PRIO_PROCESS, 0)); '
+           'print(open("/proc/self/autogroup").read())')
+  sweeper = (f'import os, sys; sys.path.insert(0, {ROOT!r}); os.nice(7); from train import sweep; '
+             f'sys.exit(sweep.Runner()([sys.executable, "-c", {point!r}], {str(tmp_path)!r}))')
+  result = subprocess.run([sys.executable, '-c', sweeper], capture_output=True, text=True,
+                          timeout=60)
+  assert result.returncode == 0, result.stderr
+  log = (tmp_path / 'log.txt').read_text()
+  assert 'process 7' in log
+  assert re.search(r'/autogroup-\d+ nice 7', log), log
+
+
 @pytest.mark.slow  # trains two points as processes
 def test_points_run_with_the_persistent_compilation_cache(tmp_path, monkeypatch):
   monkeypatch.delenv('JAX_COMPILATION_CACHE_DIR', raising=False)

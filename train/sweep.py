@@ -508,8 +508,24 @@ def _ending_with(parent: int) -> Callable[[], None]:
   return arm
 
 
+def _share_niceness(pid: int) -> None:
+  """Gives the session of point `pid` the sweep's niceness. Linux's autogroup scheduling shares
+  the CPU between sessions before it looks at any process's nice value, so a point in a session
+  of its own would compete with the user's other work as an equal whatever `nice` the sweep ran
+  under; a session's group takes a nice value of its own in /proc/<pid>/autogroup. Elsewhere, or
+  where that file cannot be written, nothing changes."""
+  nice = os.getpriority(os.PRIO_PROCESS, 0) if hasattr(os, 'getpriority') else 0
+  if nice <= 0:
+    return
+  try:
+    with open(f'/proc/{pid}/autogroup', 'w') as f:
+      f.write(str(nice))
+  except OSError:
+    pass
+
+
 class Runner:
-  """Runs point commands as subprocesses; on stop() sends them SIGTERM (they checkpoint). The
+  """Runs point commands as subprocesses, each in a session of its own at the sweep's niceness; on stop() sends them SIGTERM (they checkpoint). The
   points end with the sweep: if it is killed, they get SIGTERM and checkpoint."""
 
   def __init__(self):
@@ -530,6 +546,7 @@ class Runner:
         proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL, start_new_session=True,
                                 env=point_environment(), preexec_fn=_ending_with(os.getpid()))
+        _share_niceness(proc.pid)
         self.procs.add(proc)
       try:
         return proc.wait()
