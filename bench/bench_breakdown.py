@@ -154,36 +154,41 @@ def matmul_runners(case, dtype=jnp.float32):
   return {name: (FnRunner([(jax.jit(f), args)]), n) for name, (f, args) in fns.items()}
 
 
-def run_case(case, reps, peak, log, dtype=jnp.float32):
+def run_case(case, reps, log, dtype=jnp.float32):
+  """The step's and each part's median times over `reps` interleaved repetitions (the figures
+  against the peak are added by `with_peak`)."""
   hidden, batch = bench.case_size(case)
   x, y = bench.make_data(batch, case['steps'])
   step = bench.build_project(case, x, y, dtype=None if dtype == jnp.float32 else dtype)
   runners = {'step': step, **part_runners(case, x, y, step, dtype)}
-  budget = 0.6
-  times, inner = bench.time_interleaved(runners, reps, budget)
-  median = {name: statistics.median(t) for name, t in times.items()}
+  times, inner = bench.time_interleaved(runners, reps, 0.6)
+  median = {name: statistics.median(t) * 1e3 for name, t in times.items()}
   flops = part_flops(case)
   assert sum(flops.values()) == bench.case_flops(case)
-  step_s = median['step']
-  parts_s = sum(median[p] for p in flops)
-  rows = []
-  for name in [p for p in PARTS if p in flops] + ['the rest']:
-    seconds = step_s - parts_s if name == 'the rest' else median[name]
-    f = flops.get(name, 0)
-    at_peak = f / (peak * 1e9)
-    rows.append(dict(part=name, ms=seconds * 1e3, gflop=f / 1e9,
-                     peak_fraction=f / seconds / (peak * 1e9) if f and seconds > 0 else None,
-                     at_peak_ms=at_peak * 1e3, above_peak_ms=(seconds - at_peak) * 1e3,
-                     times_ms=None if name == 'the rest' else [t * 1e3 for t in times[name]]))
-    log(f'  {name:18s} {seconds * 1e3:8.2f} ms')
-  total_flops = sum(flops.values())
-  above = step_s - total_flops / (peak * 1e9)
+  rows = [dict(part=name, ms=median[name], gflop=flops[name] / 1e9,
+               times_ms=[t * 1e3 for t in times[name]]) for name in PARTS if name in flops]
+  rows.append(dict(part='the rest', ms=median['step'] - sum(r['ms'] for r in rows), gflop=0.0,
+                   times_ms=None))
   for r in rows:
-    r['share_of_above'] = r['above_peak_ms'] / (above * 1e3)
-  return dict(case=case, inner_steps=inner, repetitions=reps, step_ms=step_s * 1e3,
-              step_times_ms=[t * 1e3 for t in times['step']], gflop=total_flops / 1e9,
-              step_peak_fraction=total_flops / step_s / (peak * 1e9),
-              above_peak_ms=above * 1e3, rows=rows)
+    log(f'  {r["part"]:18s} {r["ms"]:8.2f} ms')
+  return dict(case=case, inner_steps=inner, repetitions=reps, step_ms=median['step'],
+              step_times_ms=[t * 1e3 for t in times['step']], gflop=sum(flops.values()) / 1e9,
+              rows=rows)
+
+
+def with_peak(c, peak):
+  """A case's figures against `peak` GFLOP/s: each part's fraction of it, its time at it, the time
+  above it and that time's share of the step's."""
+  above = c['step_ms'] - c['gflop'] / peak * 1e3
+  rows = []
+  for r in c['rows']:
+    at_peak = r['gflop'] / peak * 1e3
+    rows.append({**r, 'at_peak_ms': at_peak, 'above_peak_ms': r['ms'] - at_peak,
+                 'peak_fraction': r['gflop'] / r['ms'] / peak * 1e3 if r['gflop'] and r['ms'] > 0
+                 else None,
+                 'share_of_above': (r['ms'] - at_peak) / above})
+  return {**c, 'rows': rows, 'above_peak_ms': above,
+          'step_peak_fraction': c['gflop'] / c['step_ms'] / peak * 1e3}
 
 
 def markdown(result):
@@ -256,11 +261,10 @@ def main(argv=None):
   results = []
   for case in cases:
     log(f'case: {case["name"]}')
-    results.append(run_case(case, reps, peaks[0], log, dtype))
+    results.append(run_case(case, reps, log, dtype))
     peaks.append(bench.measure_peak(size, dtype=dtype))
-  peak = max(peaks)
-  for c in results:  # against the best peak seen, as bench_lstm.py
-    c.update(run_case_fractions(c, peak))
+  peak = max(peaks)  # the best seen, as bench_lstm.py: other load only lowers it
+  results = [with_peak(c, peak) for c in results]
   log('the gradient matmuls one at a time')
   mm = matmul_runners(cases[0], dtype)
   times, _ = bench.time_interleaved({k: r for k, (r, _) in mm.items()}, reps, 0.3)
@@ -275,19 +279,6 @@ def main(argv=None):
                 bf16_kernel=dtype == jnp.bfloat16 and native.bf16_available())
   bench.write_part(out, 'breakdown' if dtype == jnp.float32 else 'breakdown_bf16', result,
                    markdown(result), log)
-
-
-def run_case_fractions(c, peak):
-  """A case's peak-relative figures recomputed against `peak`."""
-  above = c['step_ms'] - c['gflop'] / peak * 1e3
-  rows = []
-  for r in c['rows']:
-    at_peak = r['gflop'] / peak * 1e3
-    rows.append({**r, 'at_peak_ms': at_peak, 'above_peak_ms': r['ms'] - at_peak,
-                 'peak_fraction': r['gflop'] / r['ms'] / peak * 1e3 if r['gflop'] and r['ms'] > 0
-                 else None,
-                 'share_of_above': (r['ms'] - at_peak) / above})
-  return dict(rows=rows, above_peak_ms=above, step_peak_fraction=c['gflop'] / c['step_ms'] / peak * 1e3)
 
 
 if __name__ == '__main__':
