@@ -756,6 +756,58 @@ checksums.write(workdir, {{'config.json': 'new\\n'}})
       'config.json': [hashlib.sha256(b'new\n').hexdigest()]}
 
 
+def test_no_process_of_a_run_reads_the_files_process_0_is_halfway_through_writing(tmp_path,
+                                                                                monkeypatch):
+  """Two processes as threads: process 0 writes config.json and dataset.json (checksums.json
+  first, listing files not yet written, then the files) while process 1 reads them to check
+  them. Process 1 reads as soon as process 0 is halfway through (or after 2 s): it must never see
+  the half-written state and take the run for a damaged one."""
+  import threading
+  from train import files
+  local = threading.local()
+  halfway = threading.Event()
+  barrier = threading.Barrier(2, timeout=30)
+  monkeypatch.setattr(workdir_lib.jax, 'process_count', lambda: 2)
+  monkeypatch.setattr(workdir_lib.jax, 'process_index', lambda: local.index)
+  monkeypatch.setattr(workdir_lib.multihost_utils, 'sync_global_devices',
+                      lambda name: barrier.wait())
+  atomic_write, verify = files.atomic_write, checksums.verify
+
+  def slow_write(path, write):
+    atomic_write(path, write)
+    if local.index == 0 and path.endswith(checksums.CHECKSUMS) and not halfway.is_set():
+      halfway.set()
+      time.sleep(0.5)
+
+  def waiting_verify(workdir, names):
+    if local.index == 1:
+      halfway.wait(2)
+    verify(workdir, names)
+
+  monkeypatch.setattr(files, 'atomic_write', slow_write)
+  monkeypatch.setattr(checksums, 'verify', waiting_verify)
+  config = tiny_config()
+  from train import data
+  dataset = data.load_dataset(config)
+  errors = {}
+
+  def process(index):
+    local.index = index
+    try:
+      workdir_lib.record_config(str(tmp_path), config.to_json_best_effort())
+      workdir_lib.record_dataset(str(tmp_path), dataset)
+    except Exception as e:  # noqa: BLE001 - reported below
+      errors[index] = e
+  threads = [threading.Thread(target=process, args=(i,)) for i in (0, 1)]
+  for t in threads:
+    t.start()
+  for t in threads:
+    t.join(60)
+  assert not errors, errors
+  assert halfway.is_set()
+  verify(str(tmp_path), ['config.json', 'dataset.json', 'vocab.json'])
+
+
 # ------------------------------------------------------------------------------------------------
 # Records: a finished run, a torn line
 

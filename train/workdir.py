@@ -76,13 +76,23 @@ def compare_config(workdir: str, config_json: str) -> None:
         f'{"; ..." if len(diffs) > 5 else ""}); use a new --workdir or the saved config')
 
 
+def _in_step(what: str) -> None:
+  """Waits for every process of a multi-process run at `what`: the files that process 0
+  writes are read by all, and one reading while process 0 is halfway through replacing them (its
+  checksums listing a file not yet written) would take the run for a damaged one."""
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices(what)
+
+
 def record_config(workdir: str, config_json: str) -> None:
   """Saves the config in `workdir/config.json` (with its checksum), or refuses what
   `compare_config` refuses."""
   compare_config(workdir, config_json)
+  _in_step(f'config.json of {workdir} checked')
   if jax.process_index() == 0:
     text = files.json_text(json.loads(config_json), sort_keys=True)
     checksums.write(workdir, {'config.json': text})
+  _in_step(f'config.json of {workdir} written')
 
 
 def read_config(workdir: str) -> ml_collections.ConfigDict:
@@ -168,9 +178,11 @@ def record_dataset(workdir: str, dataset: data.Dataset, allow_changed_data: bool
   """Saves `dataset.json` (with the data files' fingerprints) and `vocab.json` for a language
   model, or refuses data that `check_dataset` refuses."""
   check_dataset(workdir, dataset, allow_changed_data)
+  _in_step(f'dataset.json of {workdir} checked')
   if jax.process_index() == 0:
     checksums.write(workdir, {name: files.json_text(value)
                               for name, value in _dataset_files(dataset).items()})
+  _in_step(f'dataset.json of {workdir} written')
 
 
 def read_dataset(workdir: str) -> Optional[data.Dataset]:
