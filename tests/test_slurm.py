@@ -24,9 +24,11 @@ pytestmark = [pytest.mark.slurm, pytest.mark.slow]  # every test trains runs in 
 
 SCRIPT = os.path.join(ROOT, 'scripts', 'slurm', 'train.sbatch')
 CONFIG = '--config=tests/tiny_config.py'  # relative: the job script runs in the clone
-# Long enough that SLURM's first time-limit check (0-30 s after the start) finds it running.
-LONG = ['--config.num_train_steps=24000', '--config.eval_every_steps=100000',
-        '--config.checkpoint_every_steps=6000', '--config.log_every_steps=3000']
+# Long enough that SLURM's time-limit signal (due 10 s in, sent at a check up to 30 s later)
+# finds it running on an idle machine: 24,000 steps ended in 25 s on an idle 2-core AMD EPYC.
+LONG_STEPS = 96000
+LONG = [f'--config.num_train_steps={LONG_STEPS}', '--config.eval_every_steps=1000000',
+        '--config.checkpoint_every_steps=24000', '--config.log_every_steps=12000']
 SHORT = ['--config.num_train_steps=16', '--config.checkpoint_every_steps=8',
          '--config.eval_every_steps=8', '--config.log_every_steps=2']
 SWEEP_CONFIG = '''"""A two-point sweep for tests/test_slurm.py."""
@@ -159,7 +161,7 @@ def test_job_script_runs_a_run_to_its_end_from_another_directory(long_runs):
   job_id, workdir, log = long_runs['whole']
   assert _job(job_id)['JobState'] == 'COMPLETED', _read(log)[-3000:]
   results = _results(workdir)
-  assert results['status'] == 'completed' and results['step'] == 24000
+  assert results['status'] == 'completed' and results['step'] == LONG_STEPS
   first = _read(log).splitlines()[0]
   assert first.startswith(f'job {job_id} (restart 0) on ') and ' main.py --config=tests/' in first
 
@@ -174,12 +176,12 @@ def test_time_limit_requeues_and_resumes_to_the_uninterrupted_results(long_runs)
   assert 'requeue: the run stopped early (status preempted)' in text
   assert 'resumed from step' in text and text.count('job ' + job_id) >= 2  # one log, appended
   results, reference = _results(workdir), _results(long_runs['whole'][1])
-  assert results['status'] == 'completed' and results['steps_this_run'] < 24000
+  assert results['status'] == 'completed' and results['steps_this_run'] < LONG_STEPS
   for split in ('valid', 'test'):
     assert results[split] == reference[split], split
   step_a, a = load_params(workdir)
   step_b, b = load_params(long_runs['whole'][1])
-  assert step_a == step_b == 24000
+  assert step_a == step_b == LONG_STEPS
   for key in a:
     np.testing.assert_array_equal(a[key], b[key], err_msg=key)
 
