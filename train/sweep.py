@@ -37,8 +37,8 @@ fresh, and train.report counts no tuning run among the evaluation runs. `'extend
 [3e-4], 'above': [3e-2]}` grows a grid whose edge was chosen: no seed runs before every setting
 is tuned, and while any setting chose the first (last) value, the next value of 'below' ('above')
 is tuned for every setting before any seed runs. `'compare': {'field': 'model.between',
-'reference': 'none'}` tells the report which arm the others are paired against (within each group of settings
-equal but for that field); `'compare': {'setting': {...}}` pairs every setting against the one
+'reference': 'none'}` tells the report which arm the others are paired against (within each
+group of settings equal but for that field); `'compare': {'setting': {...}}` pairs every setting against the one
 with those values, and `'by': ['model.cell_clip']` does that within each value of the fields
 named. Point names then carry the tuned field, e.g.
 `between=relu,num_layers=4,learning_rate=0.003,seed=1`.
@@ -525,8 +525,9 @@ def _share_niceness(pid: int) -> None:
 
 
 class Runner:
-  """Runs point commands as subprocesses, each in a session of its own at the sweep's niceness; on stop() sends them SIGTERM (they checkpoint). The
-  points end with the sweep: if it is killed, they get SIGTERM and checkpoint."""
+  """Runs point commands as subprocesses, each in a session of its own at the sweep's niceness;
+  on stop() sends them SIGTERM (they checkpoint). The points end with the sweep: if it is killed,
+  they get SIGTERM and checkpoint."""
 
   def __init__(self):
     self.lock = threading.Lock()

@@ -331,8 +331,7 @@ def _newest_restoring(manager: ocp.CheckpointManager, read: Callable[[int], Any]
     absl_logging.warning('%s %d in %s is damaged (%s): moved to %s; %s', what, step, directory, why,
                     aside, f'using step {found[0]}' if found else f'no {what} is left')
   if damaged:
-    if jax.process_count() > 1:
-      multihost_utils.sync_global_devices(f'checkpoints set aside in {directory}')
+    _in_step(f'checkpoints set aside in {directory}')
     manager.reload()
   return found
 
