@@ -597,8 +597,12 @@ def test_a_chosen_edge_grows_the_grid_for_every_setting_before_any_seed(config_p
       'between=none,num_layers=2,learning_rate=0.1,seed=0',
       'between=relu,num_layers=2,learning_rate=0.1,seed=0'}
   run(points)
-  spec, points, _ = prepare()  # relu chose 0.1, again the last value: 1.0 joins
+  spec, points, commands = prepare()  # relu chose 0.1, again the last value: 1.0 joins
   assert _tuned_values(spec) == [0.001, 0.01, 0.1, 1.0] and {p.stage for p in points} == {'tune'}
+  files.write_json(os.path.join(sweep_dir, 'sweep.json'), sweep.sweep_description(
+      config_path + ':extend', spec, points, base, {}, commands), default=repr)
+  assert ('0.1, 1.0 joined it so far (tuning has not finished, so it may still grow).'
+          in open(report.write_report(sweep_dir)).read())  # a report made mid-tuning
   run(points)
   spec, points, commands = prepare()  # no setting at an edge: the seeds run at the choices
   assert _tuned_values(spec) == [0.001, 0.01, 0.1, 1.0]

@@ -913,8 +913,9 @@ def _results_section(description: dict, settings: Sequence[Setting], metric: Met
   return lines
 
 
-def _extension_sentence(description: dict) -> str:
-  """What the sweep's 'extend' added to the tuned list (train.sweep.tune_stage), or ''."""
+def _extension_sentence(description: dict, records: Sequence[dict]) -> str:
+  """What the sweep's 'extend' added to the tuned list (train.sweep.tune_stage), or ''; `records`
+  (tuning_choices) say whether tuning has finished, before which no edge is known."""
   extend = description.get('extend')
   if not extend:
     return ''
@@ -924,7 +925,10 @@ def _extension_sentence(description: dict) -> str:
   offered = ', '.join(f'{side} {", ".join(map(_fmt_value, extend[side]))}' for side in extend)
   return (f' The list could grow where a setting chose its first or last value ({offered}), '
           'tuned for every setting before any evaluation seed ran: '
-          + (f'{", ".join(added)} joined it.' if added else 'no setting chose an edge.'))
+          + (f'{", ".join(added)} joined it' if added else 'nothing joined it')
+          + (' so far (tuning has not finished, so it may still grow).'
+             if any(r['pending'] for r in records) else
+             '.' if added else ' (no setting chose an edge).'))
 
 
 def _study_sections(description: dict, records: Sequence[dict], settings: Sequence[Setting],
@@ -945,7 +949,7 @@ def _study_sections(description: dict, records: Sequence[dict], settings: Sequen
               + (f' (seed {", ".join(map(str, reused))}: its tuning run at that value is also '
                  'its evaluation run).' if reused else
                  ', none of them used in tuning: the tables above and below hold no tuning run.')
-              + _extension_sentence(description)
+              + _extension_sentence(description, records)
               + f' Final validation {metric.label}'
               + (', mean over the tuning seeds' if len(tune_seeds) > 1 else '') + ':', '',
               tuning_table(description, records, metric), '']
