@@ -30,14 +30,15 @@ def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(result)
 
 
-def _field(config, dotted: str):
-  """The value of the field `dotted` ('model.num_layers') of `config`."""
+def field(config, dotted: str):
+  """The value of the field `dotted` ('model.num_layers') of `config`; KeyError, AttributeError or
+  TypeError where `config` has no such field."""
   return functools.reduce(lambda node, part: node[part], dotted.split('.'), config)
 
 
 def _renamed(new: str) -> tuple[Callable, Callable]:
   """The LEGACY entry of a field whose only change is its name: today's `new`."""
-  return (lambda value, _: {new: value}), (lambda config: _field(config, new))
+  return (lambda value, _: {new: value}), (lambda config: field(config, new))
 
 
 # The generated datasets whose split sizes configs once gave as data.num_train / num_valid /

@@ -121,13 +121,10 @@ class Point:
 def get_field(config, key: str):
   if key in common.LEGACY:  # a field older sweep configs name, read from today's fields
     return common.read_legacy(config, key)
-  node = config
-  for part in key.split('.'):
-    try:
-      node = node[part]
-    except (KeyError, AttributeError, TypeError):
-      raise SweepError(f'sweep field {key!r} is not a field of the config') from None
-  return node
+  try:
+    return common.field(config, key)
+  except (KeyError, AttributeError, TypeError):
+    raise SweepError(f'sweep field {key!r} is not a field of the config') from None
 
 
 def apply_overrides(config, overrides: dict[str, Any]):

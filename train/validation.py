@@ -4,6 +4,7 @@ Each problem raises `ConfigError` with one line naming the field and what would 
 """
 from __future__ import annotations
 
+from configs import common
 from train import data, models, objectives, optim
 
 
@@ -12,9 +13,7 @@ class ConfigError(ValueError):
 
 
 def _positive_int(config, path: str, allow_zero: bool = False) -> None:
-  node = config
-  for part in path.split('.'):
-    node = node[part]
+  node = common.field(config, path)
   ok = isinstance(node, int) and not isinstance(node, bool) and (node >= 0 if allow_zero else node > 0)
   if not ok:
     kind = 'non-negative' if allow_zero else 'positive'
