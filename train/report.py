@@ -498,38 +498,54 @@ def _save(fig, path: str, title: str, metric: Metric) -> str:
 
 def plot_tuning(path: str, description: dict, records: Sequence[dict], metric: Metric,
                 title: str) -> Optional[str]:
-  """Final validation metric against the tuned value, one line per setting (mean over the tuning
-  seeds; diverged runs left out)."""
+  """Final validation metric against the tuned value, one line per setting through the mean over
+  the tuning seeds (a value where a tuning run diverged or has not finished: no point, as the
+  tuning table), each seed's run a small dot; one panel per depth where depth varies."""
   import matplotlib
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt
   field = list(description['tune'])[0]
-  labels = [setting_label(description, rec['values'], [field]) for rec in records]
-  colors, styles = _colors(labels), _styles(labels)
-  fig, ax = plt.subplots(figsize=(8, 5))
-  drawn = False
-  shown = []
-  for label, rec in zip(labels, records):
-    points = sorted((r.values[field], metric.value(r.results.get('valid') or {}))
-                    for r in rec['tuning'] if r.finished and not r.diverged)
-    if points:
-      xs, ys = zip(*points)
-      ax.plot(xs, ys, marker='o', color=colors[label], ls=styles[label], label=label)
-      shown += [(x, y, colors[label]) for x, y in points]
-      drawn = True
+  by_depth = DEPTH in description['fields']
+  labels = [setting_label(description, rec['values'], [field, DEPTH] if by_depth else [field])
+            for rec in records]
+  colors, styles = _colors(list(dict.fromkeys(labels))), _styles(list(dict.fromkeys(labels)))
+  panels = list(dict.fromkeys(rec['values'].get(DEPTH) for rec in records)) if by_depth else [None]
+  fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 4.6), squeeze=False,
+                           sharey=True)
+  drawn, shown = False, []
+  for ax, depth in zip(axes[0], panels):
+    for label, rec in zip(labels, records):
+      if by_depth and rec['values'].get(DEPTH) != depth:
+        continue
+      means = []
+      for v in description['tune'][field]:
+        if scores := tuning_scores(rec, field, v, metric):
+          means.append((v, float(np.mean(scores))))
+          ax.plot([v] * len(scores), scores, '.', color=colors[label], ms=3, alpha=0.5)
+      if means:
+        xs, ys = zip(*means)
+        ax.plot(xs, ys, marker='o', color=colors[label], ls=styles[label],
+                label=label if label not in shown else None)
+        shown.append(label)
+        drawn = True
+    if all(isinstance(v, (int, float)) and v > 0 for v in description['tune'][field]):
+      ax.set_xscale('log')
+    ax.set_xlabel(field)
+    ax.grid(alpha=0.3)
   if not drawn:
     plt.close(fig)
     return None
-  if all(isinstance(v, (int, float)) and v > 0 for v in description['tune'][field]):
-    ax.set_xscale('log')
-  ax.set_xlabel(field)
-  ax.set_ylabel(f'final validation {metric.label}')
-  limits = _cut_axis(ax, 'y', [y for _, y, _ in shown], [], metric)
-  for x, y, color in shown if limits else []:
-    _mark_beyond(ax, 'y', x, y, limits, color, f'{y:.{metric.digits}f}')
-  if limits:
-    ax.set_title(CUT_NOTE, fontsize=9)
-  ax.grid(alpha=0.3)
+  axes[0, 0].set_ylabel(f'final validation {metric.label}, mean over tuning seeds')
+  values = [y for ax in axes[0] for line in ax.get_lines() for y in line.get_ydata()]
+  limits = _cut_axis(axes[0, 0], 'y', values, [], metric)
+  for ax in axes[0] if limits else []:
+    for line in ax.get_lines():
+      if line.get_marker() == 'o':
+        for x, y in zip(line.get_xdata(), line.get_ydata()):
+          _mark_beyond(ax, 'y', x, y, limits, line.get_color(), f'{y:.{metric.digits}f}')
+  for ax, depth in zip(axes[0], panels):
+    ax.set_title('; '.join(([f'{depth} layers'] if depth is not None else [])
+                           + ([CUT_NOTE] if limits else [])), fontsize=9)
   fig.legend(loc='center left', bbox_to_anchor=(1.0, 0.5), frameon=False, fontsize=8)
   return _save(fig, path, f'{title}: tuning', metric)
 
@@ -545,7 +561,13 @@ def plot_differences(path: str, rows: Sequence[dict], metric: Metric, split: str
   if not rows:
     return None
   groups = list(dict.fromkeys(r['group'] for r in rows))
-  fig, axes = plt.subplots(len(groups), 1, figsize=(8, 0.5 * len(rows) + 1.2 * len(groups)),
+  # an arm's label without the fields its panel's title names (its group), so that long labels
+  # leave the axis its width
+  labels = {id(r): ', '.join(p for p in _fmt_value(r['value']).split(', ')
+                             if p not in (r['group'] or '').split(', ')) or _fmt_value(r['value'])
+            for r in rows}
+  width = max(8.0, 4.5 + 0.075 * max(map(len, labels.values())))
+  fig, axes = plt.subplots(len(groups), 1, figsize=(width, 0.5 * len(rows) + 1.2 * len(groups)),
                            squeeze=False)
   for ax, group_name in zip(axes[:, 0], groups):
     members = [r for r in rows if r['group'] == group_name]
@@ -572,7 +594,7 @@ def plot_differences(path: str, rows: Sequence[dict], metric: Metric, split: str
                     + ', '.join(f'{v:+.{d}f}' for v in far), (limits[1], y - 0.2),
                     textcoords='offset points', xytext=(-12, -9), ha='right', color='0.4',
                     fontsize=7)
-    ax.set_yticks(ys, [_fmt_value(r['value']) for r in members])
+    ax.set_yticks(ys, [labels[id(r)] for r in members])
     ax.set_title(f'{group_name or "all"} (vs {members[0]["reference"]})'
                  + (f'; {CUT_NOTE}' if limits else ''), fontsize=10)
     ax.set_xlabel(f'{split} {metric.label}: arm - reference (paired by seed)')
@@ -696,6 +718,17 @@ def tuning_choices(description: dict, runs: Sequence[Run]) -> tuple[list[Run], l
   return final, records
 
 
+def tuning_scores(record: dict, field: str, value, metric: Metric) -> Optional[list[float]]:
+  """The final validation metric of each tuning run of `record` (tuning_choices) at `value` of
+  the tuned `field`: None while one has not finished (or none ran), [] where one diverged."""
+  runs = [r for r in record['tuning'] if json.dumps(r.values[field]) == json.dumps(value)]
+  if not runs or not all(r.finished for r in runs):
+    return None
+  if any(r.diverged for r in runs):
+    return []
+  return [metric.value(r.results.get('valid') or {}) for r in runs]
+
+
 def tuning_table(description: dict, records: Sequence[dict], metric: Metric) -> str:
   """Final validation metric (mean over the tuning seeds) per setting and tuned value; the
   chosen value in bold; 'div' where a run diverged."""
@@ -705,12 +738,11 @@ def tuning_table(description: dict, records: Sequence[dict], metric: Metric) -> 
   for rec in records:
     row = [setting_label(description, rec['values'], [field])]
     for v in values:
-      runs = [r for r in rec['tuning'] if json.dumps(r.values[field]) == json.dumps(v)]
-      if not runs or not all(r.finished for r in runs):
+      scores = tuning_scores(rec, field, v, metric)
+      if scores is None:
         row.append('')
         continue
-      scores = [metric.value(r.results.get('valid') or {}) for r in runs if not r.diverged]
-      cell = 'div' if len(scores) < len(runs) else metric.format(np.mean(scores) / metric.scale)
+      cell = metric.format(np.mean(scores) / metric.scale) if scores else 'div'
       row.append(f'**{cell}**' if json.dumps(v) == json.dumps(rec['choice']) else cell)
     edge = rec['choice'] is not None and json.dumps(rec['choice']) in (json.dumps(values[0]),
                                                                       json.dumps(values[-1]))
