@@ -33,7 +33,10 @@ Protocol (what changed from configs/study.py, and why):
   each arm is compared with REFERENCE (the plain stack, nothing between the layers) at the same
   depth and width, per seed, with the t interval, the Wilcoxon signed-rank p and a bootstrap
   interval of the median difference, Holm and Benjamini-Hochberg over the report; the answer's
-  comparisons of all four sweeps are corrected together (`train.report --family`).
+  comparisons of all four sweeps are corrected together (`train.report --family`). A second
+  comparison pairs each block with a skip connection (WITH_SKIP) with the residual block
+  (RESIDUAL) at its depth, in the same family; it was added after speech's evaluation runs had
+  finished and before any of PTB's had started (docs/study-round-three.md).
 - Parameter counts are in every table; the feed-forward arm also runs at a matched count
   (`prenorm_ffn_matched`: the hidden size of FFN_MATCHED_HIDDEN, computed by `param_count`).
 - Budget: PTB arms at 2,000 steps (as configs/study.py, 0.8 of an epoch) and, for the arms the
@@ -231,8 +234,18 @@ def settings(sweep: str) -> list[dict]:
   return out
 
 
-def _compare(sweep: str) -> dict:
-  return {'setting': REFERENCE_OF[sweep], 'by': ['model.num_layers']}
+# Blocks with a skip connection, also paired with RESIDUAL (op = identity) at the same depth where
+# the first comparison's reference is the plain stack: what the op on the branch, a norm in the
+# block or the op on the skip path does beyond the residual itself.
+WITH_SKIP = ['residual', 'prenorm', 'postnorm', 'residual_op_on_skip']
+
+
+def _compare(sweep: str) -> list[dict]:
+  compare = [{'setting': REFERENCE_OF[sweep], 'by': ['model.num_layers']}]
+  if REFERENCE_OF[sweep] != RESIDUAL:
+    compare.append({'setting': RESIDUAL, 'by': ['model.num_layers'],
+                    'arms': {'model.block': WITH_SKIP}})
+  return compare
 
 
 RESULTS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'results')

@@ -403,6 +403,41 @@ def test_report_pairs_against_a_reference_setting_within_each_value_of_by(tmp_pa
   assert '| num_layers=2 | between=none, num_layers=4' not in text
 
 
+def test_a_list_of_comparisons_makes_a_section_each_adjusted_together(tmp_path):
+  """compare=[..., {... 'arms': ...}]: the residual extra point at 4 layers is also paired with
+  relu at its depth (the only arm with residual=True); Holm over all 4 comparisons, in the report
+  and in a family of one."""
+  make_sweep(str(tmp_path))
+  path = os.path.join(str(tmp_path), 'sweep.json')
+  description = json.load(open(path))
+  description['compare'] = [
+      {'setting': {'model.between': 'none', 'model.residual': False}, 'by': ['model.num_layers']},
+      {'setting': {'model.between': 'relu'}, 'by': ['model.num_layers'],
+       'arms': {'model.residual': [True]}}]
+  _write(path, description)
+  text = open(report.write_report(str(tmp_path))).read()
+  sections = text.split('## Paired differences from ')[1:3]
+  first, second = (part.split('\n## ')[0] for part in sections)
+  assert first.startswith('between=none, residual=False with the same num_layers (test)')
+  assert second.startswith('between=relu with the same num_layers (test)')
+  assert 'Holm p and BH p adjusted for all 4 comparisons of this report' in second
+  header = _row(first, '| group | arm |')
+  residual = '| num_layers=4 | between=none, num_layers=4, residual=True |'
+  row = _row(second, residual)
+  assert len([line for line in second.splitlines() if line.startswith('| num_layers')]) == 1
+  assert row[header.index('mean difference')] == '-0.500'  # (1.65 - 2.1 + 1.75 - 2.3) / 2
+  p = lambda arm, ref: statistics.paired_difference(arm, ref).p_value
+  relu4, none4 = {0: 2.1, 1: 2.3}, {0: 1.8, 1: 2.0}
+  family = [p({0: 1.7, 1: 1.8}, {0: 1.6, 1: 1.7}), p(relu4, none4),
+            p({0: 1.65, 1: 1.75}, none4), p({0: 1.65, 1: 1.75}, relu4)]
+  assert row[header.index('Holm p')] == f'{statistics.holm(family)[3]:.3f}'
+  assert _row(first, residual)[header.index('Holm p')] == f'{statistics.holm(family)[2]:.3f}'
+  text = open(report.write_family([str(tmp_path)], str(tmp_path / 'family'))).read()
+  assert 'all 4 comparisons (test split) of the 1 reports below' in text
+  section = text.split(': against between=relu with the same num_layers (')[1]
+  assert _row(section, residual)[header.index('Holm p')] == f'{statistics.holm(family)[3]:.3f}'
+
+
 def test_report_pairs_every_setting_against_one_reference_setting(tmp_path):
   """compare={'setting': ...}: one group, every setting against the one with those values (as
   Greff's variants against vanilla)."""

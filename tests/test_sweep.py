@@ -128,6 +128,12 @@ def test_expand_without_seeds_uses_the_config_seed(config_path):
     ({'axes': {'model.between': ['none', 'relu']},
       'compare': {'setting': {'model.between': 'none'}, 'by': 'model.num_layers'}},
      "with an optional 'by'"),
+    ({'axes': {'model.between': ['none', 'relu']},
+      'compare': [{'setting': {'model.between': 'none'}},
+                  {'setting': {'model.between': 'relu'}, 'arms': {'model.num_layers': 2}}]},
+     "or a list of those; got {'setting': {'model.between': 'relu'}, 'arms'"),
+    ({'axes': {'model.between': ['none', 'relu']}, 'compare': [{'field': 'model.between'}]},
+     "or a list of those; got {'field': 'model.between'}"),
 ])
 def test_expand_errors(config_path, bad, message):
   base, _, _ = _points(config_path)

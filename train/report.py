@@ -560,7 +560,7 @@ def plot_differences(path: str, rows: Sequence[dict], metric: Metric, split: str
   rows = [r for r in rows if r['difference'].stats.n > 1]
   if not rows:
     return None
-  groups = list(dict.fromkeys(r['group'] for r in rows))
+  groups = list(dict.fromkeys((r['group'], r['reference']) for r in rows))
   # an arm's label without the fields its panel's title names (its group), so that long labels
   # leave the axis its width
   labels = {id(r): ', '.join(p for p in _fmt_value(r['value']).split(', ')
@@ -569,8 +569,8 @@ def plot_differences(path: str, rows: Sequence[dict], metric: Metric, split: str
   width = max(8.0, 4.5 + 0.075 * max(map(len, labels.values())))
   fig, axes = plt.subplots(len(groups), 1, figsize=(width, 0.5 * len(rows) + 1.2 * len(groups)),
                            squeeze=False)
-  for ax, group_name in zip(axes[:, 0], groups):
-    members = [r for r in rows if r['group'] == group_name]
+  for ax, (group_name, reference) in zip(axes[:, 0], groups):
+    members = [r for r in rows if (r['group'], r['reference']) == (group_name, reference)]
     ys = np.arange(len(members))[::-1]
     for y, r in zip(ys, members):
       st = r['difference'].stats
@@ -753,37 +753,58 @@ def tuning_table(description: dict, records: Sequence[dict], metric: Metric) -> 
                 rows, [False] + [True] * len(values) + [True, False])
 
 
+def comparison_specs(description: dict) -> list[dict]:
+  """The sweep's comparisons: its 'compare' entry, or each entry of its list (train.sweep)."""
+  compare = description.get('compare')
+  return [] if not compare else list(compare) if isinstance(compare, list) else [compare]
+
+
+def reference_name(description: dict, spec: dict, label: str) -> str:
+  """The reference of one comparison in words: 'between=none', 'block=plain, between=none with
+  the same num_layers', or (one reference for all) its setting's `label`."""
+  if 'field' in spec:
+    return f'{spec["field"]}={spec["reference"]}'
+  if not spec.get('by'):
+    return label
+  short = _short(description['fields'])
+  name = ', '.join(f'{short.get(k, k)}={_fmt_value(v)}' for k, v in spec['setting'].items())
+  return name + f' with the same {", ".join(short.get(k, k) for k in spec["by"])}'
+
+
 def comparisons(description: dict, settings: Sequence[Setting], metric: Metric,
                 split: str) -> list[dict]:
   """Each arm against the reference arm of its group (the settings equal but for the compared
-  field and the tuned one), paired by seed."""
-  compare = description.get('compare')
-  if not compare:
-    return []
-  if 'setting' in compare:  # every setting against the one with these values, per value of `by`
-    is_reference = lambda s: all(s.values.get(k) == v for k, v in compare['setting'].items())
-    by = list(compare.get('by') or [])
-    field, ignore = None, [k for k in description['fields'] if k not in by]
-  else:
-    field, by = compare['field'], []
-    is_reference = lambda s: s.values.get(field) == compare['reference']
-    ignore = [field, *(description.get('tune') or {})]
-  groups = {}
-  for s in settings:
-    groups.setdefault(sweep_lib.setting_key(s.values, ignore), []).append(s)
+  field and the tuned one), paired by seed; for each of the sweep's comparisons in turn (a row's
+  'spec' is its index in comparison_specs, 'reference_name' its reference in words)."""
   out = []
-  for members in groups.values():
-    ref = next((s for s in members if is_reference(s)), None)
-    if ref is None:
-      continue
-    for s in members:
-      if s is not ref:
-        group_label = setting_label(description, s.values, ignore) if field or by else 'all'
-        out.append({'group': group_label, 'arm': s.label,
-                    'value': s.values.get(field) if field else s.label, 'reference': ref.label,
-                    'params': s.num_params, 'reference_params': ref.num_params,
-                    'difference': paired_difference(_by_seed(s, metric, split),
-                                                    _by_seed(ref, metric, split))})
+  for index, compare in enumerate(comparison_specs(description)):
+    if 'setting' in compare:  # every setting against the one with these values, per value of `by`
+      is_reference = lambda s: all(s.values.get(k) == v for k, v in compare['setting'].items())
+      by = list(compare.get('by') or [])
+      field, ignore = None, [k for k in description['fields'] if k not in by]
+    else:
+      field, by = compare['field'], []
+      is_reference = lambda s: s.values.get(field) == compare['reference']
+      ignore = [field, *(description.get('tune') or {})]
+    arms = {k: {json.dumps(v) for v in values} for k, values in (compare.get('arms') or {}).items()}
+    is_arm = lambda s: all(json.dumps(s.values.get(k)) in v for k, v in arms.items())
+    groups = {}
+    for s in settings:
+      groups.setdefault(sweep_lib.setting_key(s.values, ignore), []).append(s)
+    for members in groups.values():
+      ref = next((s for s in members if is_reference(s)), None)
+      if ref is None:
+        continue
+      for s in members:
+        if s is not ref and is_arm(s):
+          group_label = setting_label(description, s.values, ignore) if field or by else 'all'
+          out.append({'group': group_label, 'arm': s.label,
+                      'value': s.values.get(field) if field else s.label, 'reference': ref.label,
+                      'spec': index,
+                      'reference_name': reference_name(description, compare, ref.label),
+                      'params': s.num_params, 'reference_params': ref.num_params,
+                      'difference': paired_difference(_by_seed(s, metric, split),
+                                                      _by_seed(ref, metric, split))})
   return out
 
 
@@ -986,19 +1007,16 @@ def _study_sections(description: dict, records: Sequence[dict], settings: Sequen
               + (', mean over the tuning seeds' if len(tune_seeds) > 1 else '') + ':', '',
               tuning_table(description, records, metric), '']
   rows = comparisons(description, settings, metric, 'test')
-  if rows:
-    compare = description['compare']
-    if 'field' in compare:
-      reference = f'{compare["field"]}={compare["reference"]}'
-    elif compare.get('by'):
-      short = _short(description['fields'])
-      reference = (', '.join(f'{short.get(k, k)}={_fmt_value(v)}'
-                             for k, v in compare['setting'].items())
-                   + f' with the same {", ".join(short.get(k, k) for k in compare["by"])}')
+  adjusted = adjust(rows)
+  for index in dict.fromkeys(row['spec'] for row in rows):
+    part = [i for i, row in enumerate(rows) if row['spec'] == index]
+    pairs = max(rows[i]['difference'].pairs for i in part)
+    lines += [f'## Paired differences from {rows[part[0]]["reference_name"]} (test)', '']
+    if index != rows[0]['spec']:
+      lines += ['As in the section above, against this reference; Holm p and BH p adjusted for '
+                f'all {len(rows)} comparisons of this report.', '']
     else:
-      reference = rows[0]['reference']
-    pairs = max(row['difference'].pairs for row in rows)
-    lines += [f'## Paired differences from {reference} (test)', '',
+      lines += [
               'Per seed, arm minus reference in the same group (same seed: same data order and '
               'the same initial values of the parameters they share); mean and 95% t interval '
               'of the differences. Equivalence bound: the interval lies inside ± this bound, so '
@@ -1018,9 +1036,9 @@ def _study_sections(description: dict, records: Sequence[dict], settings: Sequen
               f'{BOOTSTRAP_SEED}' + ('; with 5 pairs or fewer a resample holds one blown-up seed '
                                      'three times often enough that the interval reaches it, '
                                      'while the median stays put' if pairs <= 5 else '') + '). '
-              'Params: the parameter counts of the arm and its reference.',
-              '',
-              comparison_table(rows, metric), '']
+              'Params: the parameter counts of the arm and its reference.', '']
+    lines += [comparison_table([rows[i] for i in part], metric,
+                               {k: [v[i] for i in part] for k, v in adjusted.items()}), '']
   return lines, rows
 
 
@@ -1058,10 +1076,12 @@ def write_family(sweep_dirs: Sequence[str], out: str) -> str:
            'is 0.05 or more says "not after Holm".', '']
   for sweep_dir, description, metric, start, stop in sections:
     title = description.get('config') or os.path.basename(os.path.normpath(sweep_dir))
-    lines += [f'## {title} ({metric.label}, {"higher" if metric.higher_is_better else "lower"} '
-              f'is better; `{sweep_dir}`)', '',
-              comparison_table(rows[start:stop], metric,
-                               {k: v[start:stop] for k, v in adjusted.items()}), '']
+    for index in dict.fromkeys(row['spec'] for row in rows[start:stop]):
+      part = [i for i in range(start, stop) if rows[i]['spec'] == index]
+      lines += [f'## {title}: against {rows[part[0]]["reference_name"]} ({metric.label}, '
+                f'{"higher" if metric.higher_is_better else "lower"} is better; `{sweep_dir}`)',
+                '', comparison_table([rows[i] for i in part], metric,
+                                     {k: [v[i] for i in part] for k, v in adjusted.items()}), '']
   os.makedirs(out, exist_ok=True)
   path = os.path.join(out, 'family.md')
   files.atomic_write(path, lambda f: f.write('\n'.join(lines).encode('utf-8')))

@@ -40,7 +40,9 @@ is tuned for every setting before any seed runs. `'compare': {'field': 'model.be
 'reference': 'none'}` tells the report which arm the others are paired against (within each
 group of settings equal but for that field); `'compare': {'setting': {...}}` pairs every setting against the one
 with those values, and `'by': ['model.cell_clip']` does that within each value of the fields
-named. Point names then carry the tuned field, e.g.
+named; `'arms': {'model.block': ['residual', 'prenorm']}` pairs only the settings with one of
+those values (the reference is found among all). A list of such entries makes one comparison of
+each, the report adjusting all of them together. Point names then carry the tuned field, e.g.
 `between=relu,num_layers=4,learning_rate=0.003,seed=1`.
 
 Points run with JAX's persistent compilation cache (`$JAX_COMPILATION_CACHE_DIR`, by default
@@ -118,6 +120,19 @@ class Point:
 # Grid expansion
 
 
+def _comparison_ok(spec, axes: dict) -> bool:
+  """Whether `spec` is one comparison that sweep['compare'] may hold (see the module docstring)."""
+  if not isinstance(spec, dict):
+    return False
+  if set(spec) == {'field', 'reference'}:
+    return spec['field'] in axes
+  return ('setting' in spec and set(spec) <= {'setting', 'by', 'arms'}
+          and isinstance(spec['setting'], dict) and isinstance(spec.get('by', []), (list, tuple))
+          and all(isinstance(k, str) and k not in spec['setting'] for k in spec.get('by', []))
+          and isinstance(spec.get('arms', {}), dict)
+          and all(isinstance(v, (list, tuple)) and v for v in spec.get('arms', {}).values()))
+
+
 def get_field(config, key: str):
   if key in common.LEGACY:  # a field older sweep configs name, read from today's fields
     return common.read_legacy(config, key)
@@ -187,16 +202,12 @@ def check_sweep(sweep: Any) -> dict:
     raise SweepError("sweep['tune_seeds'] needs sweep['tune']")
   extend = _check_extend(sweep.get('extend'), tune)
   compare = sweep.get('compare')
-  by_field = isinstance(compare, dict) and set(compare) == {'field', 'reference'} \
-      and compare['field'] in axes
-  by_setting = isinstance(compare, dict) and set(compare) in ({'setting'}, {'setting', 'by'}) \
-      and isinstance(compare['setting'], dict) \
-      and isinstance(compare.get('by', []), (list, tuple)) \
-      and all(isinstance(k, str) and k not in compare['setting'] for k in compare.get('by', []))
-  if compare is not None and not (by_field or by_setting):
-    raise SweepError("sweep['compare'] must be {'field': <an axis>, 'reference': <its value>} or "
-                     "{'setting': {<field>: <value>, ...}} with an optional 'by': [<field>, ...] "
-                     f"not among the setting's fields; got {compare!r}")
+  for spec in compare if isinstance(compare, list) and compare else [compare]:
+    if spec is not None and not _comparison_ok(spec, axes):
+      raise SweepError("sweep['compare'] must be {'field': <an axis>, 'reference': <its value>} "
+                       "or {'setting': {<field>: <value>, ...}} with an optional 'by': [<field>, "
+                       "...] not among the setting's fields and an optional 'arms': {<field>: "
+                       f"[<value>, ...]}}, or a list of those; got {spec!r}")
   return {'axes': axes, 'seeds': seeds, 'extra': extra, 'tune': tune,
           'tune_seeds': tune_seeds, 'extend': extend, 'compare': compare}
 
