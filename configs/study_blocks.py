@@ -83,9 +83,10 @@ docs/study-round-three.md has the timings behind it):
   | speech | 8 | 64 | 1,000 | plain, plain_layernorm, residual, residual_tanh, prenorm, skip_tanh | 66 | 201 | 3.7 |
   | all | | | | | 536 | | 32.0 (+1.3 reserve) |
 
-Run the sweeps one per core (`taskset -c 0 python -m train.sweep ...` and `taskset -c 1 ...` for
-another sweep), not with --parallel=2: each point's process uses XLA's and the CPU kernel's
-threads on every core, so two points of one sweep at once share both cores and each runs slower.
+Run one point per core: one sweep per core (`taskset -c 0 python -m train.sweep ...` and
+`taskset -c 1 ...` for another sweep), or one sweep with `--parallel=2 --cores_per_point=1`; not
+with --parallel=2 alone: each point's process uses XLA's and the CPU kernel's threads on every
+core it may use, so two points at once would share both cores and each run slower.
 """
 from __future__ import annotations
 

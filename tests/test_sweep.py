@@ -417,6 +417,44 @@ def test_a_niced_sweep_runs_its_points_at_its_niceness(tmp_path):
   assert re.search(r'/autogroup-\d+ nice 7', log), log
 
 
+def test_points_run_on_cores_of_their_own(config_path, tmp_path):
+  """--parallel=N with --cores_per_point=1: no two points that run at the same time share a CPU
+  (N = 2 where this machine has two CPUs to give)."""
+  sets = sweep.core_sets(1, min(2, len(os.sched_getaffinity(0))))
+  point = ('import os, time; start = time.time(); time.sleep(0.5); '
+           'print("cores", sorted(os.sched_getaffinity(0)), start, time.time())')
+  _, _, points = _points(config_path)
+  points = points[:4]
+  sweep_dir = str(tmp_path / 'sweep')
+  sweep.run_points(sweep_dir, points, {p.name: [sys.executable, '-c', point] for p in points},
+                   parallel=len(sets), runner=sweep.Runner(sets), log=lambda line: None)
+  spans = []
+  for p in points:
+    cores, start, end = re.search(r'cores (\[[\d, ]+\]) ([\d.]+) ([\d.]+)', open(
+        os.path.join(sweep_dir, p.name, 'log.txt')).read()).groups()
+    spans.append((frozenset(json.loads(cores)), float(start), float(end)))
+  assert {cores for cores, _, _ in spans} == set(sets)
+  for i, (cores_a, start_a, end_a) in enumerate(spans):
+    for cores_b, start_b, end_b in spans[i + 1:]:
+      if start_a < end_b and start_b < end_a:  # at the same time
+        assert not cores_a & cores_b
+
+
+def test_more_cores_than_the_sweep_may_use_is_one_line(config_path, tmp_path, monkeypatch):
+  monkeypatch.setattr(os, 'sched_getaffinity', lambda pid: {0, 1, 2, 3})
+  assert sweep.core_sets(2, 2) == [frozenset({0, 1}), frozenset({2, 3})]
+  with pytest.raises(ValueError, match=r'^--parallel=3 points of --cores_per_point=2 need 6 '
+                     r'CPUs, and this sweep may use 4 \(0,1,2,3\); lower one of them$'):
+    sweep.core_sets(2, 3)
+  result = _cli(f'--config={config_path}', f'--sweep_dir={tmp_path / "s"}', '--parallel=2',
+                '--cores_per_point=4096')
+  assert result.returncode != 0 and 'Traceback' not in result.stderr
+  assert result.stderr.strip().splitlines()[-1].startswith(
+      'error: --parallel=2 points of --cores_per_point=4096 need 8192 CPUs, and this sweep may '
+      'use'), result.stderr
+  assert not os.path.exists(tmp_path / 's')
+
+
 @pytest.mark.slow  # trains two points as processes
 def test_points_run_with_the_persistent_compilation_cache(tmp_path, monkeypatch):
   monkeypatch.delenv('JAX_COMPILATION_CACHE_DIR', raising=False)

@@ -532,15 +532,29 @@ def _share_niceness(pid: int) -> None:
     pass
 
 
+def core_sets(cores_per_point: int, parallel: int) -> list[frozenset]:
+  """`parallel` disjoint sets of `cores_per_point` CPUs from those this process may run on, in
+  order; ValueError, in one line, when there are not that many."""
+  cores = sorted(os.sched_getaffinity(0))
+  if cores_per_point * parallel > len(cores):
+    raise ValueError(f'--parallel={parallel} points of --cores_per_point={cores_per_point} need '
+                     f'{cores_per_point * parallel} CPUs, and this sweep may use {len(cores)} '
+                     f'({",".join(map(str, cores))}); lower one of them')
+  return [frozenset(cores[i * cores_per_point:(i + 1) * cores_per_point])
+          for i in range(parallel)]
+
+
 class Runner:
   """Runs point commands as subprocesses, each in a session of its own at the sweep's niceness;
   on stop() sends them SIGTERM (they checkpoint). The points end with the sweep: if it is killed,
-  they get SIGTERM and checkpoint."""
+  they get SIGTERM and checkpoint. With `cores` (core_sets), each point runs on a set of its own,
+  which no other running point has (as `taskset` would pin it)."""
 
-  def __init__(self):
+  def __init__(self, cores: Sequence[frozenset] = ()):
     self.lock = threading.Lock()
     self.procs: set[subprocess.Popen] = set()
     self.stopping = False
+    self.free_cores = list(cores)
 
   def __call__(self, argv: list[str], workdir: str) -> int:
     os.makedirs(workdir, exist_ok=True)
@@ -550,11 +564,18 @@ class Runner:
       with self.lock:
         if self.stopping:
           return -1
+        cores = self.free_cores.pop(0) if self.free_cores else None
+        arm = _ending_with(os.getpid())
+
+        def prepare_child():
+          arm()
+          if cores is not None:
+            os.sched_setaffinity(0, cores)
         # Own session: a Ctrl-C at the terminal reaches the sweep only, which passes on SIGTERM.
         # preexec_fn: the point gets SIGTERM (and checkpoints) when the sweep dies, even by kill -9.
         proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL, start_new_session=True,
-                                env=point_environment(), preexec_fn=_ending_with(os.getpid()))
+                                env=point_environment(), preexec_fn=prepare_child)
         _share_niceness(proc.pid)
         self.procs.add(proc)
       try:
@@ -562,6 +583,8 @@ class Runner:
       finally:
         with self.lock:
           self.procs.discard(proc)
+          if cores is not None:
+            self.free_cores.append(cores)
 
   def stop(self, sig=signal.SIGTERM) -> None:
     with self.lock:
@@ -575,11 +598,12 @@ class Runner:
 
 def run_points(sweep_dir: str, points: Sequence[Point], commands: dict[str, list[str]],
                parallel: int = 1, runner: Optional[Callable[[list[str], str], int]] = None,
-               log: Callable[[str], None] = print) -> dict[str, str]:
-  """Runs the points that are not finished, `parallel` at a time; returns {name: status}.
+               log: Callable[[str], None] = print, cores_per_point: int = 0) -> dict[str, str]:
+  """Runs the points that are not finished, `parallel` at a time, each on `cores_per_point` CPUs
+  of its own when that is not 0; returns {name: status}.
 
   `runner(argv, workdir)` runs one command and returns its exit code (tests pass a fake)."""
-  runner = runner or Runner()
+  runner = runner or Runner(core_sets(cores_per_point, parallel) if cores_per_point else ())
   statuses = {p.name: point_status(os.path.join(sweep_dir, p.name)) for p in points}
   todo = [p for p in points if statuses[p.name] not in FINISHED]
   done = len(points) - len(todo)
@@ -868,6 +892,13 @@ def main(argv):
     raise SystemExit(f'error: --{" and --".join(modes)} cannot be combined')
   if FLAGS.parallel < 1:
     raise SystemExit('error: --parallel must be at least 1')
+  if FLAGS.cores_per_point < 0:
+    raise SystemExit('error: --cores_per_point must be 0 (no pinning) or more')
+  if FLAGS.cores_per_point and not (FLAGS.slurm or FLAGS.print_commands or FLAGS.dry_run):
+    try:
+      core_sets(FLAGS.cores_per_point, FLAGS.parallel)
+    except ValueError as e:
+      raise SystemExit(f'error: {e}') from None
   config_spec = config_flags.get_config_filename(FLAGS['config'])
   forwarded = dict(config_flags.get_override_values(FLAGS['config']))
   sweep_dir = FLAGS.sweep_dir
@@ -937,7 +968,8 @@ def _run_stages(FLAGS, config_spec: str, forwarded: dict, sweep: dict, points, c
       break
     attempted.update(p.name for p in new)
     env_cmds = {name: [sys.executable, MAIN] + cmd[2:] for name, cmd in commands.items()}
-    round_statuses = run_points(sweep_dir, new, env_cmds, FLAGS.parallel, log=log)
+    round_statuses = run_points(sweep_dir, new, env_cmds, FLAGS.parallel, log=log,
+                                cores_per_point=FLAGS.cores_per_point)
     statuses.update(round_statuses)
     stopped = any(s in ('preempted', 'not started') for s in round_statuses.values())
     if not sweep['tune'] or stopped:
@@ -958,6 +990,9 @@ def _define_flags():
   flags.DEFINE_string('sweep_dir', None, 'Directory holding one workdir per point and sweep.json.')
   flags.DEFINE_integer('parallel', 1, 'Points run at once (processes); with --slurm, the most '
                        'array tasks running at once when given.')
+  flags.DEFINE_integer('cores_per_point', 0, 'Pin each running point to this many CPUs of its '
+                       'own (0: no pinning, every point may use every CPU); with --parallel=2 '
+                       'and 1 on two cores, one point per core.')
   flags.DEFINE_bool('print_commands', False, 'Print the command of each unfinished point, one '
                     'per line, and run nothing.')
   flags.DEFINE_string('slurm', None, 'Write a SLURM array script here for the unfinished points '
