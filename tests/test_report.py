@@ -186,6 +186,18 @@ def test_labels_show_extra_fields_only_where_they_differ_from_the_base(tmp_path)
       'between=none, residual=True'
 
 
+def test_labels_write_a_float_that_is_a_small_fraction_as_one():
+  """ffn_factor 4/3 reads '4/3'; a float that no fraction of a denominator up to 12 equals, or
+  a short one, as written."""
+  description = {'fields': ['model.ffn_factor'], 'axes': {}, 'base': {'model.ffn_factor': 0.0},
+                 'extra': [{'model.ffn_factor': v} for v in (4 / 3, 0.123456789, 0.5, 0.0)]}
+  label = lambda v: report.setting_label(description, {'model.ffn_factor': v})
+  assert label(4 / 3) == 'ffn_factor=4/3'
+  assert label(0.123456789) == 'ffn_factor=0.123456789'
+  assert label(0.5) == 'ffn_factor=0.5'
+  assert label(1 / 3 + 1e-12) == f'ffn_factor={1 / 3 + 1e-12!r}'
+
+
 def test_a_setting_equal_to_the_base_is_named_by_the_field_its_extra_points_vary():
   """Extras {between: none}, {between: relu} over a base with between=none: the first is
   'between=none', not 'base'; a field every extra sets alike stays unnamed."""

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import fractions
 import json
 import math
 import os
@@ -235,6 +236,12 @@ def _short(fields: Sequence[str]) -> dict[str, str]:
 
 
 def _fmt_value(v) -> str:
+  """A value as the report shows it: as written, but a float that is a small fraction exactly
+  (4/3 rather than 1.3333333333333333), which names no other value."""
+  if isinstance(v, float) and len(repr(v)) > 8:
+    fraction = fractions.Fraction(v).limit_denominator(12)
+    if fraction.denominator > 1 and float(fraction) == v:
+      return f'{fraction.numerator}/{fraction.denominator}'
   return v if isinstance(v, str) else repr(v)
 
 
