@@ -9,7 +9,7 @@ import pytest
 import scipy.stats
 
 from tests.trainer_utils import write_old_names
-from train import report, statistics
+from train import analysis, plots, report, statistics
 
 # Two-sided 95% Student t critical values t(0.975, df), df = 1..30, from the printed tables.
 T_TABLE = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179,
@@ -19,31 +19,31 @@ T_TABLE = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228
 
 def test_t_quantile_matches_the_table():
   for df, expected in enumerate(T_TABLE, start=1):
-    assert report.t_quantile(0.975, df) == pytest.approx(expected, abs=6e-4), df
-  assert report.t_quantile(0.95, 10) == pytest.approx(1.812, abs=6e-4)
-  assert report.t_quantile(0.995, 5) == pytest.approx(4.032, abs=6e-4)
+    assert statistics.t_quantile(0.975, df) == pytest.approx(expected, abs=6e-4), df
+  assert statistics.t_quantile(0.95, 10) == pytest.approx(1.812, abs=6e-4)
+  assert statistics.t_quantile(0.995, 5) == pytest.approx(4.032, abs=6e-4)
   with pytest.raises(ValueError):
-    report.t_quantile(0.975, 0)
+    statistics.t_quantile(0.975, 0)
 
 
 def test_t_quantile_matches_scipy():
   stats = pytest.importorskip('scipy.stats')
   for df in range(1, 61):
     for p in (0.9, 0.975, 0.995):
-      assert report.t_quantile(p, df) == pytest.approx(stats.t.ppf(p, df), rel=1e-9)
+      assert statistics.t_quantile(p, df) == pytest.approx(stats.t.ppf(p, df), rel=1e-9)
 
 
 def test_stats_of_a_known_sample():
-  s = report.stats([1.0, 2.0, 3.0, 4.0, 5.0])
+  s = statistics.stats([1.0, 2.0, 3.0, 4.0, 5.0])
   # mean 3, sd sqrt(2.5) = 1.58114, half width t(0.975, 4) * sd / sqrt(5) = 2.776445 * 0.707107
   assert (s.n, s.mean) == (5, 3.0)
   assert s.std == pytest.approx(math.sqrt(2.5))
   assert s.half_width == pytest.approx(1.963243, abs=1e-6)
   assert (s.ci_low, s.ci_high) == (pytest.approx(1.036757, abs=1e-6),
                                    pytest.approx(4.963243, abs=1e-6))
-  one = report.stats([2.5])
+  one = statistics.stats([2.5])
   assert one.n == 1 and one.mean == 2.5 and math.isnan(one.std) and math.isnan(one.ci_low)
-  assert report.stats([]).n == 0
+  assert statistics.stats([]).n == 0
 
 
 # ----------------------------------------------------------------------------------------------
@@ -132,14 +132,14 @@ def test_report_statistics_diverged_and_plots(tmp_path):
   assert ('- 15 runs of dataset `ptb_char`: 11 completed, 2 diverged, 1 missing, 1 preempted.'
           in text)
 
-  description, runs = report.read_sweep(sweep_dir)
-  metric = report.choose_metric(runs)
+  description, runs = analysis.read_sweep(sweep_dir)
+  metric = analysis.choose_metric(runs)
   assert metric.key == 'bpc'
   settings = {(s.values['model.between'], s.values['model.num_layers'],
-               s.values['model.residual']): s for s in report.group(description, runs, metric)}
+               s.values['model.residual']): s for s in analysis.group(description, runs, metric)}
   # none, 2 layers: 1.5, 1.6, 1.8 -> mean 1.633333, sd sqrt(0.046667 / 2) = 0.152753,
   # half width 4.302653 * 0.152753 / sqrt(3) = 0.379461 (the never-started seed 9 is unfinished)
-  s = report.stats(settings['none', 2, False].finals(metric, 'valid'))
+  s = statistics.stats(settings['none', 2, False].finals(metric, 'valid'))
   assert (s.n, s.mean, s.std) == (3, pytest.approx(1.633333, abs=1e-6),
                                    pytest.approx(0.152753, abs=1e-6))
   assert (s.ci_low, s.ci_high) == (pytest.approx(1.253872, abs=1e-5),
@@ -178,8 +178,8 @@ def test_report_statistics_diverged_and_plots(tmp_path):
 
 def test_labels_show_extra_fields_only_where_they_differ_from_the_base(tmp_path):
   make_sweep(str(tmp_path))
-  description, _ = report.read_sweep(str(tmp_path))
-  label = lambda **v: report.setting_label(description, {**{k: None for k in FIELDS}, **v},
+  description, _ = analysis.read_sweep(str(tmp_path))
+  label = lambda **v: analysis.setting_label(description, {**{k: None for k in FIELDS}, **v},
                                            exclude=['model.num_layers'])
   assert label(**{'model.between': 'relu', 'model.residual': False}) == 'between=relu'
   assert label(**{'model.between': 'none', 'model.residual': True}) == \
@@ -191,7 +191,7 @@ def test_labels_write_a_float_that_is_a_small_fraction_as_one():
   a short one, as written."""
   description = {'fields': ['model.ffn_factor'], 'axes': {}, 'base': {'model.ffn_factor': 0.0},
                  'extra': [{'model.ffn_factor': v} for v in (4 / 3, 0.123456789, 0.5, 0.0)]}
-  label = lambda v: report.setting_label(description, {'model.ffn_factor': v})
+  label = lambda v: analysis.setting_label(description, {'model.ffn_factor': v})
   assert label(4 / 3) == 'ffn_factor=4/3'
   assert label(0.123456789) == 'ffn_factor=0.123456789'
   assert label(0.5) == 'ffn_factor=0.5'
@@ -204,7 +204,7 @@ def test_a_setting_equal_to_the_base_is_named_by_the_field_its_extra_points_vary
   description = {'fields': ['model.between', 'model.num_layers'], 'axes': {},
                  'base': {'model.between': 'none', 'model.num_layers': 8},
                  'extra': [{'model.between': b, 'model.num_layers': 8} for b in ('none', 'relu')]}
-  label = lambda between: report.setting_label(
+  label = lambda between: analysis.setting_label(
       description, {'model.between': between, 'model.num_layers': 8})
   assert label('none') == 'between=none'
   assert label('relu') == 'between=relu'
@@ -215,7 +215,7 @@ def test_a_setting_equal_to_the_base_is_named_by_the_field_its_extra_points_vary
 def test_report_without_sweep_json_infers_the_fields(tmp_path):
   """The fields are read as today's config reads them: the old `model.residual` as the block."""
   make_sweep(str(tmp_path), with_description=False)
-  description, runs = report.read_sweep(str(tmp_path))
+  description, runs = analysis.read_sweep(str(tmp_path))
   assert description['fields'] == ['model.between', 'model.block', 'model.num_layers']
   assert len(runs) == 14  # the never-started point has no workdir
   text = open(report.write_report(str(tmp_path))).read()
@@ -235,7 +235,7 @@ def test_a_sweep_of_old_and_new_names_reports_as_one(tmp_path, with_description)
       for name in sorted(os.listdir(sweep_dir))[::2]:
         if os.path.isdir(os.path.join(sweep_dir, name)):
           write_old_names(os.path.join(sweep_dir, name))
-    description, runs = report.read_sweep(sweep_dir)
+    description, runs = analysis.read_sweep(sweep_dir)
     assert {r.results.get('dataset') for r in runs if r.results} == {'ptb_char'}
     text = open(report.write_report(sweep_dir)).read()
     texts[mixed] = [line.replace(sweep_dir, 'SWEEP') for line in text.splitlines()
@@ -280,13 +280,13 @@ def test_classification_accuracy_in_percent_and_settings_plot(tmp_path):
 
 def test_plot_axes_are_cut_to_the_metric_range():
   """A t interval over 3 seeds can reach past 100% accuracy or below 0 bpc; the axes stop there."""
-  accuracy = report.pick_metric({'accuracy': 0.9})
+  accuracy = statistics.pick_metric({'accuracy': 0.9})
   limits = []
-  report._cut_to_bounds(lambda low, high: limits.append((low, high)), (-40.0, 112.0), accuracy)
+  plots._cut_to_bounds(lambda low, high: limits.append((low, high)), (-40.0, 112.0), accuracy)
   margin = 0.02 * 152.0
   assert limits == [(pytest.approx(-margin), pytest.approx(100.0 + margin))]
-  bpc = report.pick_metric({'bpc': 2.0, 'accuracy': 0.5})
-  report._cut_to_bounds(lambda low, high: limits.append((low, high)), (-1.0, 9.0), bpc)
+  bpc = statistics.pick_metric({'bpc': 2.0, 'accuracy': 0.5})
+  plots._cut_to_bounds(lambda low, high: limits.append((low, high)), (-1.0, 9.0), bpc)
   assert limits[-1] == (pytest.approx(-0.2), 9.0)
 
 
@@ -575,10 +575,10 @@ def test_parameter_count_from_the_config_when_no_run_wrote_one(tmp_path):
   (workdir / 'config.json').write_text(config.to_json())
   state, _ = trainer.initial_state(trainer.setup(config))
   expected = sum(x.size for x in jax_leaves(state.params))
-  assert report.count_params(str(workdir)) == expected
-  assert report.count_params(str(tmp_path / 'missing')) is None
-  assert report.format_params(expected) == f'{expected:,}'
-  assert report.format_params(1_234_567, short=True) == '1.23M'
+  assert analysis.count_params(str(workdir)) == expected
+  assert analysis.count_params(str(tmp_path / 'missing')) is None
+  assert analysis.format_params(expected) == f'{expected:,}'
+  assert analysis.format_params(1_234_567, short=True) == '1.23M'
 
 
 def jax_leaves(tree):
@@ -588,11 +588,11 @@ def jax_leaves(tree):
 
 def test_robust_limits_leave_clean_data_alone_and_cut_an_outlier():
   values = [1.52, 1.55, 1.58, 1.61, 1.64, 1.66]
-  assert report.robust_limits(values) is None
-  low, high = report.robust_limits(values + [200.0])
+  assert plots.robust_limits(values) is None
+  low, high = plots.robust_limits(values + [200.0])
   assert low < 1.52 and 1.66 < high < 2.0
   # two far values of eight widen the quartiles: 4.34 is kept on the axis, 200 is not
-  low, high = report.robust_limits(values + [4.34, 200.0])
+  low, high = plots.robust_limits(values + [4.34, 200.0])
   assert 4.34 < high < 5
 
 
@@ -603,16 +603,16 @@ def test_a_plot_with_a_blown_up_run_cuts_its_axis_and_marks_the_run():
   fig, ax = plt.subplots()
   ok = [1.50, 1.52, 1.55]
   blown = [1.60, 1.62, 200.0]
-  shown = [(0, report.stats(ok), ok, 'C0'), (1, report.stats(blown), blown, 'C1')]
+  shown = [(0, statistics.stats(ok), ok, 'C0'), (1, statistics.stats(blown), blown, 'C1')]
   for x, st, _, _ in shown:
     ax.errorbar([x], [st.mean], yerr=[st.half_width])
-  bpc = report.pick_metric({'bpc': 1.0})
-  assert report._cut_points(ax, 'y', shown, bpc)
+  bpc = statistics.pick_metric({'bpc': 1.0})
+  assert plots._cut_points(ax, 'y', shown, bpc)
   low, high = ax.get_ylim()
   assert high < 2.0 and low < 1.5
   notes = [t.get_text() for t in ax.texts]
   assert any('mean 67.740; 1/3 runs beyond' in t for t in notes), notes
   plt.close(fig)
   fig, ax = plt.subplots()
-  assert not report._cut_points(ax, 'y', shown[:1], bpc)
+  assert not plots._cut_points(ax, 'y', shown[:1], bpc)
   plt.close(fig)
