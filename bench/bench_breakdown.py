@@ -27,7 +27,6 @@ the peak of a bfloat16 dot accumulating in float32, into `bench_breakdown_bf16.{
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys

@@ -90,10 +90,9 @@ core it may use, so two points at once would share both cores and each run slowe
 """
 from __future__ import annotations
 
-import json
 import os
 
-from configs import common, study
+from configs import study
 
 SWEEPS = ('ptb', 'ptb_long', 'ptb_wide', 'speech')
 TUNE_SEEDS = [100, 101]

@@ -117,5 +117,5 @@ def test_projected_carry_checks_the_projected_width():
   layer, variables, x = _setup(proj_size=2)
   y, _ = layer.apply(variables, x, initial_carry=(jnp.zeros((B, 2)), jnp.zeros((B, H))))
   assert y.shape == (B, T, 2)
-  with pytest.raises(ValueError, match=rf'^initial_carry\[0\] \(h\) must have shape \(batch, 2\)'):
+  with pytest.raises(ValueError, match=r'^initial_carry\[0\] \(h\) must have shape \(batch, 2\)'):
     layer.apply(variables, x, initial_carry=(jnp.zeros((B, H)), jnp.zeros((B, H))))

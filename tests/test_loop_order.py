@@ -1,7 +1,6 @@
 """lstm.loop_order: the inference loop order measured once per machine and shape, cached in memory
 and on disk, and the policies that override it."""
 import json
-import os
 
 import jax
 import jax.numpy as jnp

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 from lstm import LSTMCell, LSTMLayer, StackedLSTM, cache, fast, native
-from tests.test_fast import _assert_trees_close, _compare, _jit
+from tests.test_fast import _assert_trees_close, _compare
 from tests.trainer_utils import ROOT
 
 T, F = 9, 6

@@ -10,7 +10,7 @@ import train
 from train import data, models, run as run_lib
 from train.evaluate import evaluate_run
 from train.validation import ConfigError
-from tests.trainer_utils import RUNS, read_metrics, run_config
+from tests.trainer_utils import RUNS, read_metrics
 
 pytestmark = pytest.mark.slow  # trains a run of every kind of dataset
 
