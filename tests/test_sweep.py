@@ -697,11 +697,15 @@ def test_a_grid_whose_extension_ran_out_keeps_its_edge_choice(config_path, tmp_p
     _, points, _ = prepare()
     sweep.run_points(sweep_dir, points, {p.name: ['true'] for p in points},
                      runner=TuningRunner(), log=lambda line: None)
-  spec, points, _ = prepare()
+  spec, points, commands = prepare()
   assert _tuned_values(spec) == [0.001, 0.01, 0.03]
   assert {p.name for p in points if p.stage == 'seeds'} == {
       'between=none,num_layers=2,learning_rate=0.01,seed=1',
       'between=relu,num_layers=2,learning_rate=0.03,seed=1'}  # the edge, with nothing beyond
+  files.write_json(os.path.join(sweep_dir, 'sweep.json'), sweep.sweep_description(
+      config_path + ':extend_once', spec, points, base, {}, commands), default=repr)
+  assert ('Chosen at an edge of the grown list: between=relu, num_layers=2 (0.03). For these a '
+          'value beyond it might have done better') in open(report.write_report(sweep_dir)).read()
 
 
 @pytest.mark.parametrize('extend, message', [

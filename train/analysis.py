@@ -261,6 +261,13 @@ def tuning_choices(description: dict, runs: Sequence[Run]) -> tuple[list[Run], l
                     'pending': pending})
   return final, records
 
+def chose_edge(description: dict, record: dict) -> bool:
+  """Whether `record`'s setting (tuning_choices) chose the first or last value of the tuned list."""
+  values = list(description['tune'].values())[0]
+  return record['choice'] is not None and json.dumps(record['choice']) in (
+      json.dumps(values[0]), json.dumps(values[-1]))
+
+
 def tuning_scores(record: dict, field: str, value, metric: Metric) -> Optional[list[float]]:
   """The final validation metric of each tuning run of `record` (tuning_choices) at `value` of
   the tuned `field`: None while one has not finished (or none ran), [] where one diverged."""

@@ -41,8 +41,8 @@ from typing import Optional, Sequence
 import numpy as np
 
 from train import files, metrics as metrics_lib
-from train.analysis import (DEPTH, Run, Setting, adjust, comparisons, display_value, evaluated,
-                            format_params, plateau_gain, setting_label, short_names,
+from train.analysis import (DEPTH, Run, Setting, adjust, chose_edge, comparisons, display_value,
+                            evaluated, format_params, plateau_gain, setting_label, short_names,
                             tuning_scores)
 from train.plots import plot_curves, plot_depth, plot_differences, plot_settings, plot_tuning
 from train.statistics import (BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, Metric, Stats, stats,
@@ -107,10 +107,9 @@ def tuning_table(description: dict, records: Sequence[dict], metric: Metric) -> 
         continue
       cell = metric.format(np.mean(scores) / metric.scale) if scores else 'div'
       row.append(f'**{cell}**' if json.dumps(v) == json.dumps(rec['choice']) else cell)
-    edge = rec['choice'] is not None and json.dumps(rec['choice']) in (json.dumps(values[0]),
-                                                                      json.dumps(values[-1]))
     params = Setting(rec['values'], rec['tuning']).num_params
-    rows.append(row + [format_params(params), 'edge of the grid' if edge else ''])
+    rows.append(row + [format_params(params),
+                       'edge of the grid' if chose_edge(description, rec) else ''])
   short = short_names([field])[field]
   return _table(['setting'] + [f'{short}={display_value(v)}' for v in values] + ['params', 'note'],
                 rows, [False] + [True] * len(values) + [True, False])
@@ -287,6 +286,12 @@ def _study_sections(description: dict, records: Sequence[dict], settings: Sequen
               + f' Final validation {metric.label}'
               + (', mean over the tuning seeds' if len(tune_seeds) > 1 else '') + ':', '',
               tuning_table(description, records, metric), '']
+    edges = [f'{setting_label(description, r["values"], [field])} '
+             f'({display_value(r["choice"])})' for r in records if chose_edge(description, r)]
+    if edges and not any(r['pending'] for r in records):
+      lines += [f'Chosen at an edge of the {"grown " if description.get("extend") else ""}'
+                f'list: {"; ".join(edges)}. For these a value beyond it might have done better, '
+                'which this sweep cannot tell.', '']
   rows = comparisons(description, settings, metric, 'test')
   adjusted = adjust(rows)
   for index in dict.fromkeys(row['spec'] for row in rows):
