@@ -230,3 +230,22 @@ def test_results_readme_indexes_every_folder():
   first_cells = [line.split('|')[1] for line in text.splitlines() if line.startswith('| `')]
   indexed = {name for cell in first_cells for name in re.findall(r'`([\w.-]+)/`', cell)}
   assert folders == indexed
+
+
+def test_every_interval_the_readmes_answer_quotes_is_in_a_committed_report():
+  """Each 95% interval in the README's answer and its results table ('[-5.43, -2.82]') is one
+  that a committed report.md or family.md under results/ prints, sign for sign."""
+  readme = open(os.path.join(ROOT, 'README.md')).read()
+  answer = readme.split('**The answer so far**')[1].split('\n## ')[0]
+  table = readme.split('\n## Results at a glance')[1].split('\n## ')[0]
+  reports = [open(p).read() for p in glob.glob(os.path.join(ROOT, 'results', '**', '*.md'),
+                                                recursive=True)
+             if os.path.basename(p) in ('report.md', 'family.md')]
+  quoted = re.findall(r'\[[-+]?\d+\.\d+, [-+]?\d+\.\d+\]', answer + table)
+  assert len(quoted) >= 10
+  # the reports sign both ends ('[+0.14, +2.60]'); the README may leave a leading + off
+  signed = lambda x: x if x[0] in '+-' else '+' + x
+  for interval in quoted:
+    low, high = interval[1:-1].split(', ')
+    written = f'[{signed(low)}, {signed(high)}]'
+    assert any(written in text for text in reports), interval
