@@ -7,6 +7,7 @@
   python -m train.sweep --config=configs/study_blocks.py:ptb_long --sweep_dir=results/study_blocks_ptb_long/runs
   # each report, and the answer's comparisons corrected as one family:
   python -m train.report --sweep_dir=results/study_blocks_ptb/runs --out=results/study_blocks_ptb
+  # (the same for ptb_long, ptb_wide and speech)
   python -m train.report --family=results/study_blocks_ptb/runs,results/study_blocks_ptb_long/runs,\
 results/study_blocks_ptb_wide/runs,results/study_blocks_speech/runs --out=results/study_blocks
 
