@@ -115,6 +115,18 @@ def tuning_table(description: dict, records: Sequence[dict], metric: Metric) -> 
                 rows, [False] + [True] * len(values) + [True, False])
 
 
+def comparison_parts(rows: Sequence[dict], adjusted: dict[str, list[float]], start: int = 0,
+                     stop: Optional[int] = None) -> list[tuple[list[dict], dict]]:
+  """rows[start:stop] split by comparison (their 'spec'), each part with its slice of the
+  family-wide `adjusted` p-values: [(rows, {'Holm': [...], 'BH': [...]}), ...]."""
+  span = range(start, len(rows) if stop is None else stop)
+  parts = []
+  for index in dict.fromkeys(rows[i]['spec'] for i in span):
+    part = [i for i in span if rows[i]['spec'] == index]
+    parts.append(([rows[i] for i in part], {k: [v[i] for i in part] for k, v in adjusted.items()}))
+  return parts
+
+
 def comparison_table(rows: Sequence[dict], metric: Metric,
                      adjusted: Optional[dict[str, list[float]]] = None) -> str:
   """The paired differences, one row per comparison; `adjusted` (default: `adjust(rows)`) gives
@@ -293,12 +305,10 @@ def _study_sections(description: dict, records: Sequence[dict], settings: Sequen
                 f'list: {"; ".join(edges)}. For these a value beyond it might have done better, '
                 'which this sweep cannot tell.', '']
   rows = comparisons(description, settings, metric, 'test')
-  adjusted = adjust(rows)
-  for index in dict.fromkeys(row['spec'] for row in rows):
-    part = [i for i, row in enumerate(rows) if row['spec'] == index]
-    pairs = max(rows[i]['difference'].pairs for i in part)
-    lines += [f'## Paired differences from {rows[part[0]]["reference_name"]} (test)', '']
-    if index != rows[0]['spec']:
+  for part, part_adjusted in comparison_parts(rows, adjust(rows)):
+    pairs = max(row['difference'].pairs for row in part)
+    lines += [f'## Paired differences from {part[0]["reference_name"]} (test)', '']
+    if part[0]['spec'] != rows[0]['spec']:
       lines += ['As in the section above, against this reference; Holm p and BH p adjusted for '
                 f'all {len(rows)} comparisons of this report.', '']
     else:
@@ -323,8 +333,7 @@ def _study_sections(description: dict, records: Sequence[dict], settings: Sequen
                                      'three times often enough that the interval reaches it, '
                                      'while the median stays put' if pairs <= 5 else '') + '). '
               'Params: the parameter counts of the arm and its reference.', '']
-    lines += [comparison_table([rows[i] for i in part], metric,
-                               {k: [v[i] for i in part] for k, v in adjusted.items()}), '']
+    lines += [comparison_table(part, metric, part_adjusted), '']
   return lines, rows
 
 
@@ -353,12 +362,10 @@ def write_family(sweep_dirs: Sequence[str], out: str) -> str:
            'is 0.05 or more says "not after Holm".', '']
   for sweep_dir, description, metric, start, stop in sections:
     title = description.get('config') or os.path.basename(os.path.normpath(sweep_dir))
-    for index in dict.fromkeys(row['spec'] for row in rows[start:stop]):
-      part = [i for i in range(start, stop) if rows[i]['spec'] == index]
-      lines += [f'## {title}: against {rows[part[0]]["reference_name"]} ({metric.label}, '
+    for part, part_adjusted in comparison_parts(rows, adjusted, start, stop):
+      lines += [f'## {title}: against {part[0]["reference_name"]} ({metric.label}, '
                 f'{"higher" if metric.higher_is_better else "lower"} is better; `{sweep_dir}`)',
-                '', comparison_table([rows[i] for i in part], metric,
-                                     {k: [v[i] for i in part] for k, v in adjusted.items()}), '']
+                '', comparison_table(part, metric, part_adjusted), '']
   os.makedirs(out, exist_ok=True)
   path = os.path.join(out, 'family.md')
   files.atomic_write(path, lambda f: f.write('\n'.join(lines).encode('utf-8')))
