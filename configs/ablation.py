@@ -48,15 +48,8 @@ DEPTHS = [2, 4, 8]
 SEEDS = [0, 1, 2]
 
 
-def _dataset(arg) -> str:
-  name = (arg or 'ptb').strip()
-  if name not in DATASETS:
-    raise ValueError(f'configs/ablation.py:{name} is not known; use one of {", ".join(DATASETS)}')
-  return name
-
-
 def get_config(arg='ptb'):
-  dataset = _dataset(arg)
+  dataset = common.choice(arg, DATASETS, 'ptb', 'configs/ablation.py')
   c = common.base_config()
   c.model.num_layers = 2
   c.model.between = 'none'
@@ -89,7 +82,7 @@ def get_config(arg='ptb'):
 
 
 def get_sweep(arg='ptb'):
-  _dataset(arg)
+  common.choice(arg, DATASETS, 'ptb', 'configs/ablation.py')
   return {
       'axes': {'model.between': BETWEEN, 'model.num_layers': DEPTHS},
       'seeds': SEEDS,

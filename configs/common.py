@@ -30,6 +30,16 @@ def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(result)
 
 
+def choice(arg: str | None, options, default: str, config: str) -> str:
+  """The argument of a config file whose argument names one of `options` (`ptb` in
+  `configs/study.py:ptb`), `default` when it is empty; a ValueError naming `config` and the
+  options otherwise."""
+  name = (arg or default).strip()
+  if name not in options:
+    raise ValueError(f'{config}:{name} is not known; use one of {", ".join(options)}')
+  return name
+
+
 def field(config, dotted: str):
   """The value of the field `dotted` ('model.num_layers') of `config`; KeyError, AttributeError or
   TypeError where `config` has no such field."""

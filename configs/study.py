@@ -113,15 +113,8 @@ WARMUP_8_PLAIN = {'mnist1d': 500, 'ptb': 500, 'speech': 250}  # of NUM_TRAIN_STE
 NUM_TRAIN_STEPS = {'mnist1d': 2000, 'ptb': 2000, 'speech': 1000}
 
 
-def _dataset(arg) -> str:
-  name = (arg or 'ptb').strip()
-  if name not in DATASETS:
-    raise ValueError(f'configs/study.py:{name} is not known; use one of {", ".join(DATASETS)}')
-  return name
-
-
 def get_config(arg='ptb'):
-  dataset = _dataset(arg)
+  dataset = common.choice(arg, DATASETS, 'ptb', 'configs/study.py')
   c = common.base_config()
   c.model.num_layers = 2
   c.model.between = 'none'
@@ -164,7 +157,7 @@ def _valid_voices():
 
 
 def get_sweep(arg='ptb'):
-  dataset = _dataset(arg)
+  dataset = common.choice(arg, DATASETS, 'ptb', 'configs/study.py')
   return {'axes': {'model.between': BETWEEN, 'model.num_layers': [2, 4]},
           'extra': ([{'model.between': b, 'model.num_layers': 8, 'model.residual': True}
                      for b in BETWEEN]

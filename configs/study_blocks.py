@@ -93,7 +93,7 @@ from __future__ import annotations
 
 import os
 
-from configs import study
+from configs import common, study
 
 SWEEPS = ('ptb', 'ptb_long', 'ptb_wide', 'speech')
 TUNE_SEEDS = [100, 101]
@@ -202,15 +202,8 @@ FFN_MATCHED_HIDDEN = {(sweep, depth): matched_hidden(_dataset(sweep), depth, HID
 # Configs and grids
 
 
-def _sweep(arg) -> str:
-  name = (arg or 'ptb').strip()
-  if name not in SWEEPS:
-    raise ValueError(f'configs/study_blocks.py:{name} is not known; use one of {", ".join(SWEEPS)}')
-  return name
-
-
 def get_config(arg='ptb'):
-  sweep = _sweep(arg)
+  sweep = common.choice(arg, SWEEPS, 'ptb', 'configs/study_blocks.py')
   c = study.get_config(_dataset(sweep))
   c.model.hidden_size = HIDDEN[sweep]
   c.num_train_steps = NUM_TRAIN_STEPS[sweep]
@@ -266,7 +259,7 @@ def chosen_rates(sweep_dir: str = os.path.join(RESULTS, 'study_blocks_ptb', 'run
 
 
 def get_sweep(arg='ptb'):
-  sweep = _sweep(arg)
+  sweep = common.choice(arg, SWEEPS, 'ptb', 'configs/study_blocks.py')
   if sweep != 'ptb_long':
     return {'extra': settings(sweep), 'tune_seeds': TUNE_SEEDS, 'seeds': SEEDS,
             'tune': {'optimizer.learning_rate': LEARNING_RATES[_dataset(sweep)]},

@@ -22,9 +22,7 @@ SIZES = {
 
 
 def get_config(arg='small'):
-  size = arg or 'small'
-  if size not in SIZES:
-    raise ValueError(f'configs/zaremba.py:{size} is not known; use one of {", ".join(SIZES)}')
+  size = common.choice(arg, SIZES, 'small', 'configs/zaremba.py')
   hidden, steps, dropout, init, clip, decay, start, epochs = SIZES[size]
   c = common.base_config()
   c.dataset = 'ptb_word'

@@ -39,6 +39,18 @@ def test_stack_variants_and_bad_argument():
     stack.get_config('layer=4')
 
 
+@pytest.mark.parametrize('name, arg, options', [
+    ('ablation', 'speach', 'ptb, mnist1d'), ('study', 'ptb_wide', 'mnist1d, ptb, speech'),
+    ('study_blocks', 'mnist1d', 'ptb, ptb_long, ptb_wide, speech'), ('zaremba', 'huge', 'small, medium, large')])
+def test_a_config_argument_that_names_nothing_says_what_would(name, arg, options):
+  module = importlib.import_module(f'configs.{name}')
+  for function in ('get_config', 'get_sweep'):
+    if hasattr(module, function):
+      with pytest.raises(ValueError) as error:
+        getattr(module, function)(arg)
+      assert str(error.value) == f'configs/{name}.py:{arg} is not known; use one of {options}'
+
+
 def test_parse_arg_types():
   args = common.parse_arg('a=3,b=0.5,c=relu,d', a=1, b=0.1, c='none', d=False)
   assert (args.a, args.b, args.c, args.d) == (3, 0.5, 'relu', True)
