@@ -550,19 +550,62 @@ def test_family_report_adjusts_over_several_reports_together(tmp_path):
   path = report.write_family(dirs, str(tmp_path / 'family'))
   text = open(path).read()
   assert 'all 4 comparisons (test split) of the 2 reports below' in text
-  rows = [line for line in text.splitlines() if line.startswith('| num_layers=4 | relu |')]
+  _, glance, *sections = text.split('\n## ')
+  rows = [line for part in sections for line in part.splitlines()
+          if line.startswith('| num_layers=4 | relu |')]
   assert len(rows) == 2
   p = statistics.paired_difference({0: 2.1, 1: 2.3}, {0: 1.8, 1: 2.0}).p_value
   p2 = statistics.paired_difference({0: 1.7, 1: 1.8}, {0: 1.6, 1: 1.7}).p_value
   holm = statistics.holm([p2, p, p2, p])
-  header = _row(text.split('## ')[2], '| group | arm |')
+  header = _row(sections[0], '| group | arm |')
   cells = [c.strip() for c in rows[0].strip('|').split('|')]
   assert cells[header.index('Holm p')] == f'{holm[1]:.3f}'
   own = _row(open(report.write_report(dirs[0])).read(), '| num_layers=4 | relu |')
   assert own[header.index('Holm p')] == f'{statistics.holm([p2, p])[1]:.3f}'
+  # at a glance: a row per arm, a column per report (named by its folder where the configs are
+  # the same), the detailed rows' interval in each, bold where the family's Holm p is under 0.05
+  assert _row(glance, '| group | arm |')[2:] == [f'{d} (bits per character)' for d in dirs]
+  for group, arm_seeds, ref_seeds, holm_p in [('num_layers=2', {0: 1.7, 1: 1.8}, {0: 1.6, 1: 1.7},
+                                               holm[0]),
+                                              ('num_layers=4', {0: 2.1, 1: 2.3}, {0: 1.8, 1: 2.0},
+                                               holm[1])]:
+    st = statistics.paired_difference(arm_seeds, ref_seeds).stats
+    cell = f'{st.mean:+.3f} [{st.ci_low:+.3f}, {st.ci_high:+.3f}]'
+    cell = f'**{cell}**' if holm_p < 0.05 else cell
+    assert _row(glance, f'| {group} | relu |')[2:] == [cell, cell]
+    detailed = _row(sections[0], f'| {group} | relu |')
+    assert detailed[header.index('mean difference')] + ' ' + detailed[header.index('95% CI')] \
+        == cell.strip('*')
   with pytest.raises(ValueError, match='no paired comparisons'):
     os.remove(os.path.join(dirs[1], 'sweep.json'))
     report.write_family(dirs, str(tmp_path / 'family'))
+
+
+def test_glance_tables_put_each_arm_in_a_row_and_each_report_in_a_column():
+  """Bold exactly where the family's Holm p is under 0.05; '-' for a report without the
+  comparison or with fewer than 2 pairs; the group's fields left out of the arm's name."""
+  bpc = statistics.Metric('bpc', 'bits per character', 'bpc', False, digits=3)
+  error = statistics.Metric('error', 'label error rate (%)', 'error', False, digits=2)
+  row = lambda group, arm, arm_seeds, ref_seeds: {
+      'group': group, 'value': arm, 'reference_name': 'plain',
+      'difference': statistics.paired_difference(arm_seeds, ref_seeds)}
+  noisy = row('num_layers=4', 'block=residual, num_layers=4', {0: 1.5, 1: 1.7, 2: 1.2},
+              {0: 1.6, 1: 1.6, 2: 1.6})
+  rows = [noisy, row('num_layers=4', 'between=relu, num_layers=4', {0: 1.0}, {0: 2.0}),
+          row('num_layers=4', 'block=residual, num_layers=4', {0: 5.0, 1: 6.0, 2: 7.0},
+              {0: 1.0, 1: 3.0, 2: 2.0})]
+  lines = report.glance_tables([('ptb', bpc, 0, 2), ('speech', error, 2, 3)], rows,
+                               {'Holm': [0.2, 0.01, 0.04], 'BH': [0.2, 0.01, 0.04]})
+  text = '\n'.join(lines)
+  assert lines[0] == '### Against plain'
+  assert _row(text, '| group |') == ['group', 'arm', 'ptb (bits per character)',
+                                     'speech (label error rate (%))']
+  st = noisy['difference'].stats
+  assert _row(text, '| num_layers=4 | block=residual |') == [
+      'num_layers=4', 'block=residual', f'{st.mean:+.3f} [{st.ci_low:+.3f}, {st.ci_high:+.3f}]',
+      '**+4.00 [{:+.2f}, {:+.2f}]**'.format(*(4 + np.array([-1, 1]) * scipy.stats.t.ppf(0.975, 2)
+                                                / np.sqrt(3)))]  # differences 4, 3, 5: sd 1
+  assert _row(text, '| num_layers=4 | between=relu |')[2:] == ['-', '-']
 
 
 def test_parameter_count_from_the_config_when_no_run_wrote_one(tmp_path):

@@ -341,6 +341,7 @@ def adjust(rows: Sequence[dict]) -> dict[str, list[float]]:
   p_values = [row['difference'].p_value for row in rows]
   return {name: method(p_values) for name, method in ADJUSTMENTS.items()}
 
+
 def plateau_gain(setting: Setting, metric: Metric) -> float:
   """Mean over the setting's finished runs of the relative improvement of the validation metric
   over the last quarter of training (from the record nearest 3/4 of the steps to the last)."""

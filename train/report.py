@@ -337,6 +337,36 @@ def _study_sections(description: dict, records: Sequence[dict], settings: Sequen
   return lines, rows
 
 
+def glance_tables(columns: Sequence[tuple[str, Metric, int, int]], rows: Sequence[dict],
+                  adjusted: dict[str, list[float]]) -> list[str]:
+  """One table per reference: a row per (group, arm), a column per `columns` entry (its name,
+  metric and slice of `rows`), each cell the mean paired difference with its 95% interval, bold
+  where the family-wide Holm p is under 0.05; '-' where that sweep lacks the comparison. The arm
+  is named without the fields its group names."""
+  tables: dict[str, dict[tuple[str, str], dict[int, str]]] = {}
+  for column, (_, metric, start, stop) in enumerate(columns):
+    d = metric.digits
+    for i in range(start, stop):
+      row, st = rows[i], rows[i]['difference'].stats
+      cell = f'{st.mean:+.{d}f} [{st.ci_low:+.{d}f}, {st.ci_high:+.{d}f}]' if st.n > 1 else '-'
+      if st.n > 1 and adjusted['Holm'][i] < 0.05:
+        cell = f'**{cell}**'
+      group = row['group'] or '-'
+      arm = ', '.join(part for part in display_value(row['value']).split(', ')
+                      if part not in group.split(', '))
+      key = (group, arm or display_value(row['value']))
+      tables.setdefault(row['reference_name'], {}).setdefault(key, {})[column] = cell
+  lines = []
+  for reference, cells in tables.items():
+    groups = list(dict.fromkeys(group for group, _ in cells))
+    body = [[group, arm] + [found.get(c, '-') for c in range(len(columns))]
+            for (group, arm), found in sorted(cells.items(), key=lambda kv: groups.index(kv[0][0]))]
+    header = ['group', 'arm'] + [f'{name} ({metric.label})' for name, metric, _, _ in columns]
+    lines += [f'### Against {reference}', '',
+              _table(header, body, [False, False] + [True] * len(columns)), '']
+  return lines
+
+
 def write_family(sweep_dirs: Sequence[str], out: str) -> str:
   """Writes `out`/family.md: the paired comparisons (test) of every sweep in `sweep_dirs`, with
   Holm and Benjamini-Hochberg adjustments over all of them as one family; returns its path."""
@@ -360,8 +390,18 @@ def write_family(sweep_dirs: Sequence[str], out: str) -> str:
            'those called), not per report; p, Wilcoxon p and the intervals are each '
            'comparison\'s own. A verdict whose interval excludes 0 but whose family-wide Holm p '
            'is 0.05 or more says "not after Holm".', '']
-  for sweep_dir, description, metric, start, stop in sections:
-    title = description.get('config') or os.path.basename(os.path.normpath(sweep_dir))
+  titles = [description.get('config') or os.path.basename(os.path.normpath(sweep_dir))
+            for sweep_dir, description, *_ in sections]
+  names = [title.rpartition(':')[2] for title in titles]
+  if len(set(names)) < len(names):
+    names = [sweep_dir for sweep_dir, *_ in sections]
+  lines += ['## At a glance', '',
+            'Each arm minus its reference, mean paired difference and 95% t interval, a column '
+            'per report; bold: family-wide Holm p under 0.05; -: not in that report, or fewer '
+            'than 2 pairs. The sections below give each comparison whole.', '',
+            *glance_tables([(name, metric, start, stop) for name, (_, _, metric, start, stop)
+                            in zip(names, sections)], rows, adjusted)]
+  for title, (sweep_dir, description, metric, start, stop) in zip(titles, sections):
     for part, part_adjusted in comparison_parts(rows, adjusted, start, stop):
       lines += [f'## {title}: against {part[0]["reference_name"]} ({metric.label}, '
                 f'{"higher" if metric.higher_is_better else "lower"} is better; `{sweep_dir}`)',
