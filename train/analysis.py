@@ -294,6 +294,7 @@ def reference_name(description: dict, spec: dict, label: str) -> str:
   name = ', '.join(f'{short.get(k, k)}={display_value(v)}' for k, v in spec['setting'].items())
   return name + f' with the same {", ".join(short.get(k, k) for k in spec["by"])}'
 
+
 def comparisons(description: dict, settings: Sequence[Setting], metric: Metric,
                 split: str) -> list[dict]:
   """Each arm against the reference arm of its group (the settings equal but for the compared

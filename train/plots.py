@@ -75,7 +75,7 @@ def plot_curves(path: str, description: dict, settings: Sequence[Setting], metri
   fig.legend(list(drawn.values()), list(drawn.keys()), loc='center left',
              bbox_to_anchor=(1.0, 0.5), frameon=False, title='mean over seeds\n(band: min-max)')
   fig.suptitle(f'{title}: validation {metric.label_short} during training', fontsize=12)
-  fig.tight_layout()
+  fig.tight_layout(rect=(0, 0, 1, 1 - 0.4 / fig.get_figheight()))  # room for the suptitle
   fig.savefig(path, dpi=110, bbox_inches='tight')
   plt.close(fig)
   return path
@@ -237,7 +237,7 @@ def _save(fig, path: str, title: str, metric: Metric) -> str:
   import matplotlib.pyplot as plt
   fig.suptitle(f'{title} ({"higher" if metric.higher_is_better else "lower"} is better)',
                fontsize=12)
-  fig.tight_layout()
+  fig.tight_layout(rect=(0, 0, 1, 1 - 0.4 / fig.get_figheight()))  # room for the suptitle
   fig.savefig(path, dpi=110, bbox_inches='tight')
   plt.close(fig)
   return path
@@ -314,8 +314,9 @@ def plot_differences(path: str, rows: Sequence[dict], metric: Metric, split: str
                              if p not in (r['group'] or '').split(', ')) or display_value(r['value'])
             for r in rows}
   width = max(8.0, 4.5 + 0.075 * max(map(len, labels.values())))
+  sizes = [sum((r['group'], r['reference']) == group for r in rows) for group in groups]
   fig, axes = plt.subplots(len(groups), 1, figsize=(width, 0.5 * len(rows) + 1.2 * len(groups)),
-                           squeeze=False)
+                           squeeze=False, gridspec_kw={'height_ratios': [n + 2 for n in sizes]})
   for ax, (group_name, reference) in zip(axes[:, 0], groups):
     members = [r for r in rows if (r['group'], r['reference']) == (group_name, reference)]
     ys = np.arange(len(members))[::-1]
@@ -342,7 +343,7 @@ def plot_differences(path: str, rows: Sequence[dict], metric: Metric, split: str
                     textcoords='offset points', xytext=(-12, -9), ha='right', color='0.4',
                     fontsize=7)
     ax.set_yticks(ys, [labels[id(r)] for r in members])
-    ax.set_title(f'{group_name or "all"} (vs {members[0]["reference"]})'
+    ax.set_title(f'{group_name or "all"} (vs {members[0]["reference_name"]})'
                  + (f'; {CUT_NOTE}' if limits else ''), fontsize=10)
     ax.set_xlabel(f'{split} {metric.label}: arm - reference (paired by seed)')
     ax.grid(alpha=0.3, axis='x')
