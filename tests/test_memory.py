@@ -15,6 +15,7 @@ if sys.argv[1] == 'keep':
   assert memory.keep_freed_memory() and memory.keep_freed_memory()
 size = int(sys.argv[2]) << 20
 
+
 def allocate():
   for _ in range(10):
     a = bytearray(size)  # from malloc, zeroed (written) in full, then freed

@@ -44,6 +44,7 @@ class Run:
   def finished(self) -> bool:
     return self.status in ('completed', 'diverged')
 
+
 def _read_curve(workdir: str) -> list:
   records = {}
   try:
@@ -62,6 +63,7 @@ def _read_curve(workdir: str) -> list:
     pass
   return sorted(records.items())
 
+
 def _finite(results: dict, metric: Optional[Metric]) -> bool:
   for split in ('valid', 'test'):
     values = results.get(split)
@@ -71,6 +73,7 @@ def _finite(results: dict, metric: Optional[Metric]) -> bool:
     if not all(isinstance(values.get(k), (int, float)) and math.isfinite(values[k]) for k in keys):
       return False
   return True
+
 
 def _saved_fields(path: str) -> dict[str, Any]:
   """The dotted fields of a run's config.json as today's config reads them (fields renamed since
@@ -82,6 +85,7 @@ def _saved_fields(path: str) -> dict[str, Any]:
     return files.flatten(workdir_lib.config_from_dict(saved, path).to_dict())
   except validation.ConfigError:
     return common.upgrade(files.flatten(saved))
+
 
 def read_sweep(sweep_dir: str) -> tuple[dict, list[Run]]:
   """(description, runs): sweep.json's description (or one inferred) and every point's run."""
@@ -108,6 +112,7 @@ def read_sweep(sweep_dir: str) -> tuple[dict, list[Run]]:
                     results or {}, _read_curve(workdir)))
   return description, runs
 
+
 def count_params(workdir: str) -> Optional[int]:
   """The number of parameters of the model that the run's config.json builds (its data loaded for
   the input shapes; nothing compiled or trained); None when the workdir's config cannot build a
@@ -123,6 +128,7 @@ def count_params(workdir: str) -> Optional[int]:
                                                    **setup.objective.model_inputs(sample)))
   return int(sum(math.prod(x.shape) for x in jax.tree.leaves(shapes['params'])))
 
+
 def format_params(n: Optional[int], short: bool = False) -> str:
   """222066 -> '222,066', or with `short` '222k' (1.05M from a million on); '-' for None."""
   if n is None:
@@ -130,6 +136,7 @@ def format_params(n: Optional[int], short: bool = False) -> str:
   if not short:
     return f'{n:,}'
   return f'{n / 1e6:.2f}M' if n >= 1_000_000 else f'{n / 1e3:.0f}k'
+
 
 def choose_metric(runs: Sequence[Run]) -> Optional[Metric]:
   for run in runs:
@@ -143,6 +150,7 @@ def choose_metric(runs: Sequence[Run]) -> Optional[Metric]:
       if metric:
         return metric
   return None
+
 
 @dataclasses.dataclass
 class Setting:
@@ -178,6 +186,7 @@ class Setting:
   def num_unfinished(self) -> int:
     return sum(not r.finished for r in self.runs)
 
+
 def group(description: dict, runs: Sequence[Run], metric: Optional[Metric]) -> list[Setting]:
   """Settings in the order of their first point; runs that differ only in seed share one."""
   for run in runs:
@@ -192,9 +201,11 @@ def group(description: dict, runs: Sequence[Run], metric: Optional[Metric]) -> l
     s.label = setting_label(description, s.values)
   return out
 
+
 def short_names(fields: Sequence[str]) -> dict[str, str]:
   last = [k.split('.')[-1] for k in fields]
   return {k: (s if last.count(s) == 1 else k) for k, s in zip(fields, last)}
+
 
 def display_value(v) -> str:
   """A value as the report shows it: as written, but a float that is a small fraction exactly
@@ -204,6 +215,7 @@ def display_value(v) -> str:
     if fraction.denominator > 1 and float(fraction) == v:
       return f'{fraction.numerator}/{fraction.denominator}'
   return v if isinstance(v, str) else repr(v)
+
 
 def setting_label(description: dict, values: dict, exclude: Sequence[str] = ()) -> str:
   """'between=relu' or 'between=none, residual=True': axis fields always, fields set only by
@@ -261,6 +273,7 @@ def tuning_choices(description: dict, runs: Sequence[Run]) -> tuple[list[Run], l
                     'pending': pending})
   return final, records
 
+
 def chose_edge(description: dict, record: dict) -> bool:
   """Whether `record`'s setting (tuning_choices) chose the first or last value of the tuned list."""
   values = list(description['tune'].values())[0]
@@ -278,10 +291,12 @@ def tuning_scores(record: dict, field: str, value, metric: Metric) -> Optional[l
     return []
   return [metric.value(r.results.get('valid') or {}) for r in runs]
 
+
 def comparison_specs(description: dict) -> list[dict]:
   """The sweep's comparisons: its 'compare' entry, or each entry of its list (train.sweep)."""
   compare = description.get('compare')
   return [] if not compare else list(compare) if isinstance(compare, list) else [compare]
+
 
 def reference_name(description: dict, spec: dict, label: str) -> str:
   """The reference of one comparison in words: 'between=none', 'block=plain, between=none with
@@ -331,10 +346,12 @@ def comparisons(description: dict, settings: Sequence[Setting], metric: Metric,
                                                       _by_seed(ref, metric, split))})
   return out
 
+
 def _by_seed(setting: Setting, metric: Metric, split: str) -> dict:
   """seed -> final metric for finished runs; NaN for diverged ones."""
   return {r.seed: (math.nan if r.diverged else metric.value(r.results.get(split) or {}))
           for r in setting.runs if r.finished}
+
 
 def adjust(rows: Sequence[dict]) -> dict[str, list[float]]:
   """The paired t tests' p-values of `rows` adjusted as one family: {'Holm': [...], 'BH': [...]}
@@ -355,6 +372,7 @@ def plateau_gain(setting: Setting, metric: Metric) -> float:
     a, b = metric.value(r.curve[start][1]), metric.value(r.curve[-1][1])
     gains.append((b - a if metric.higher_is_better else a - b) / abs(b))
   return float(np.mean(gains)) if gains else math.nan
+
 
 def evaluated(sweep_dir: str):
   """(description, runs, metric, settings at their chosen values, tuning records) of a sweep."""
