@@ -217,6 +217,14 @@ def display_value(v) -> str:
   return v if isinstance(v, str) else repr(v)
 
 
+def arm_name(row: dict) -> str:
+  """A comparison row's arm without the fields its group names ('block=prenorm' in the group
+  'num_layers=4'); the whole value where nothing is left."""
+  whole = display_value(row['value'])
+  group = (row['group'] or '').split(', ')
+  return ', '.join(part for part in whole.split(', ') if part not in group) or whole
+
+
 def setting_label(description: dict, values: dict, exclude: Sequence[str] = ()) -> str:
   """'between=relu' or 'between=none, residual=True': axis fields always, fields set only by
   extra points when they differ from the base config. A setting equal to the base config is

@@ -9,7 +9,7 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
-from train.analysis import DEPTH, Run, Setting, display_value, setting_label, tuning_scores
+from train.analysis import DEPTH, Run, Setting, arm_name, setting_label, tuning_scores
 from train.statistics import Metric, Stats, stats
 
 
@@ -310,9 +310,7 @@ def plot_differences(path: str, rows: Sequence[dict], metric: Metric, split: str
   groups = list(dict.fromkeys((r['group'], r['reference']) for r in rows))
   # an arm's label without the fields its panel's title names (its group), so that long labels
   # leave the axis its width
-  labels = {id(r): ', '.join(p for p in display_value(r['value']).split(', ')
-                             if p not in (r['group'] or '').split(', ')) or display_value(r['value'])
-            for r in rows}
+  labels = {id(r): arm_name(r) for r in rows}
   width = max(8.0, 4.5 + 0.075 * max(map(len, labels.values())))
   sizes = [sum((r['group'], r['reference']) == group for r in rows) for group in groups]
   fig, axes = plt.subplots(len(groups), 1, figsize=(width, 0.5 * len(rows) + 1.2 * len(groups)),

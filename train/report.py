@@ -41,9 +41,9 @@ from typing import Optional, Sequence
 import numpy as np
 
 from train import files, metrics as metrics_lib
-from train.analysis import (DEPTH, Run, Setting, adjust, chose_edge, comparisons, display_value,
-                            evaluated, format_params, plateau_gain, setting_label, short_names,
-                            tuning_scores)
+from train.analysis import (DEPTH, Run, Setting, adjust, arm_name, chose_edge, comparisons,
+                            display_value, evaluated, format_params, plateau_gain, setting_label,
+                            short_names, tuning_scores)
 from train.plots import plot_curves, plot_depth, plot_differences, plot_settings, plot_tuning
 from train.statistics import (BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, Metric, Stats, stats,
                               unanimous_sign_test_p, wilcoxon_p)
@@ -351,10 +351,7 @@ def glance_tables(columns: Sequence[tuple[str, Metric, int, int]], rows: Sequenc
       cell = f'{st.mean:+.{d}f} [{st.ci_low:+.{d}f}, {st.ci_high:+.{d}f}]' if st.n > 1 else '-'
       if st.n > 1 and adjusted['Holm'][i] < 0.05:
         cell = f'**{cell}**'
-      group = row['group'] or '-'
-      arm = ', '.join(part for part in display_value(row['value']).split(', ')
-                      if part not in group.split(', '))
-      key = (group, arm or display_value(row['value']))
+      key = (row['group'] or '-', arm_name(row))
       tables.setdefault(row['reference_name'], {}).setdefault(key, {})[column] = cell
   lines = []
   for reference, cells in tables.items():
